@@ -1,0 +1,6 @@
+"""Adversarial attacks. Each is configured once and called on batches."""
+
+from salmap.attacks.base import Attack, AttackResult, all_other_targets, random_targets
+from salmap.attacks.fgsm import BIM, FGSM, PGD
+
+__all__ = ["Attack", "AttackResult", "BIM", "FGSM", "PGD", "all_other_targets", "random_targets"]

@@ -1,0 +1,137 @@
+"""``salmap attack NAME``: run an attack on a checkpoint and a dataset; write results and pictures.
+
+Each attack registers an :class:`AttackSpec` in ``ATTACKS``: its own arguments and how
+to build the attack object from them. Everything else (loading, batching, targets,
+results.json, the picture grid) is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from salmap.attacks import FGSM, PGD, Attack, AttackResult, random_targets
+from salmap.cli.common import (
+    add_model_data_args,
+    bounds_of,
+    load_data,
+    load_model,
+    output_folder,
+    print_table,
+    write_json,
+)
+
+
+@dataclass
+class AttackSpec:
+    """How the command line offers one attack."""
+
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace, Any, tuple[float, float]], Attack]
+    #: a custom runner (e.g. segmentation) replacing the shared classifier runner
+    runner: Callable[[argparse.Namespace], int] | None = None
+
+
+def _fgsm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps", type=float, default=0.1, help="Linf step size (default 0.1)")
+
+
+def _pgd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps", type=float, default=0.3, help="Linf radius (default 0.3)")
+    p.add_argument("--step", type=float, default=None, help="step size (default eps/4)")
+    p.add_argument("--steps", type=int, default=40, help="iterations (default 40)")
+    p.add_argument("--no-random-start", action="store_true", help="start at the clean input (BIM)")
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "fgsm": AttackSpec(
+        "Fast Gradient Sign Method (Goodfellow et al. 2014)",
+        _fgsm_args,
+        lambda a, m, b: FGSM(m, eps=a.eps, bounds=b),
+    ),
+    "pgd": AttackSpec(
+        "Projected gradient descent / iterative FGSM (Madry et al. 2017)",
+        _pgd_args,
+        lambda a, m, b: PGD(m, eps=a.eps, step=a.step, steps=a.steps, random_start=not a.no_random_start,
+                            seed=a.seed, bounds=b),
+    ),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attack", help="run an attack and write results.json and pictures", description=__doc__)
+    names = p.add_subparsers(dest="attack", metavar="ATTACK", required=True)
+    for name, spec in ATTACKS.items():
+        q = names.add_parser(name, help=spec.help, description=spec.help)
+        add_model_data_args(q)
+        q.add_argument(
+            "--targeted", choices=["none", "random", "next"], default="none",
+            help="untargeted (none), random other class, or the next class (y+1 mod classes)",
+        )
+        spec.add_args(q)
+        q.set_defaults(func=spec.runner or run_classifier_attack, attack_spec=spec)
+
+
+def choose_targets(mode: str, y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    if mode == "next":
+        return (y + 1) % num_classes
+    return random_targets(y, num_classes, seed=seed)
+
+
+def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+                batch_size: int, desc: str) -> AttackResult:
+    """Run ``attack`` over ``x`` in batches with a progress bar; join the results."""
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    results = []
+    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, unit="batch", leave=False):
+        sl = slice(i, i + batch_size)
+        if targets is None:
+            results.append(attack(x[sl], y=y[sl]))
+        else:
+            results.append(attack(x[sl], target=targets[sl]))
+    return AttackResult.concat(results)
+
+
+def run_classifier_attack(args: argparse.Namespace) -> int:
+    from salmap.evaluation.figures import adversarial_grid
+
+    model, meta = load_model(args.model, args.device)
+    ds = load_data(args.data, args.split, args.num)
+    x, y = ds.x.to(args.device), ds.y.to(args.device)
+    attack = args.attack_spec.build(args, model, bounds_of(meta))
+    targets = choose_targets(args.targeted, y, ds.num_classes, args.seed)
+    result = run_batches(attack, x, y, targets, args.batch_size, args.attack)
+    out = output_folder(args.out)
+    summary = result.summary()
+    clean_acc = float((result.pred_before == y).float().mean())
+    adv_acc = float((result.pred_after == y).float().mean())
+    summary.update(clean_accuracy=clean_acc, adversarial_accuracy=adv_acc)
+    rows = [
+        {
+            "index": i, "label": int(y[i]), "target": None if targets is None else int(targets[i]),
+            "success": bool(result.success[i]), "l0": float(result.l0[i]), "l2": float(result.l2[i]),
+            "linf": float(result.linf[i]), "iterations": int(result.iterations[i]),
+            "pred_before": int(result.pred_before[i]), "pred_after": int(result.pred_after[i]),
+        }
+        for i in range(len(result))
+    ]
+    write_json(out / "results.json", {
+        "attack": args.attack, "settings": repr(attack), "model": args.model, "data": args.data,
+        "split": args.split, "targeted": args.targeted, "summary": summary, "samples": rows,
+    })
+    adversarial_grid(x.cpu(), result.x_adv.cpu(), y.cpu(), result.pred_before.cpu(), result.pred_after.cpu(),
+                     out / "grid.png", class_names=ds.class_names, title=f"{args.attack}: {attack!r}")
+    print_table([{"attack": args.attack, **{k: summary[k] for k in
+                 ("clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds")}}],
+                ["attack", "clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds"])
+    print(f"results written to {out / 'results.json'} and {out / 'grid.png'}")
+    return 0

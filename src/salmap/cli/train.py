@@ -1,0 +1,69 @@
+"""``salmap train``: train a zoo model on a dataset and save a checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from salmap import data as datasets
+from salmap import models
+from salmap.cli.common import output_folder
+from salmap.training import train_classifier
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a zoo model and save a checkpoint", description=__doc__)
+    p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
+    p.add_argument("--model", default="lenet", help=f"zoo architecture, one of {models.available()} (default lenet)")
+    p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--stem", choices=["standard", "small"], help="resnet stem (default: small for inputs <= 64 px)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task == "segmentation":
+        from salmap.cli.train_seg import run_segmentation
+
+        return run_segmentation(args)
+    train = datasets.load_dataset(args.data, "train")
+    test = datasets.load_dataset(args.data, "test")
+    model, meta = build_classifier(args.model, train, args.stem)
+    model = model.to(args.device)
+    report = train_classifier(
+        model, train.x, train.y, test.x, test.y, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed,
+    )
+    meta.update(
+        metrics={"test_accuracy": report.test_accuracy, "train_loss": report.train_loss, "seconds": report.seconds},
+        training={"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
+    )
+    folder = models.save(model.cpu(), output_folder(args.out), meta)
+    print(f"test accuracy {report.test_accuracy:.4f} after {args.epochs} epochs in {report.seconds:.1f} s")
+    print(f"checkpoint written to {folder}")
+    print(json.dumps({"test_accuracy": report.test_accuracy}))
+    return 0
+
+
+def build_classifier(name: str, train: datasets.Dataset, stem: str | None = None):
+    """A zoo classifier sized for ``train``'s images and classes, with its checkpoint metadata."""
+    c, h, w = train.x.shape[1:]
+    kwargs: dict = {"in_channels": int(c), "num_classes": train.num_classes}
+    if name == "lenet":
+        kwargs["input_size"] = [int(h), int(w)]
+    elif name.startswith("resnet"):
+        kwargs["stem"] = stem or ("small" if max(h, w) <= 64 else "standard")
+    model = models.build(name, **kwargs)
+    meta = {
+        "input_shape": [int(c), int(h), int(w)],
+        "bounds": [0.0, 1.0],
+        "normalization": None,
+        "class_names": train.class_names,
+        "task": "classification",
+    }
+    return model, meta

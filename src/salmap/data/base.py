@@ -1,0 +1,128 @@
+"""The dataset type every loader returns, and the registry of dataset names."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from salmap._validate import check_choice
+
+SPLITS = ("train", "test", "all")
+
+
+@dataclass
+class Dataset:
+    """Images ``x`` (float ``(N, C, H, W)`` in ``[0, 1]``) and labels ``y``.
+
+    ``y`` is ``(N,)`` class indices for classification and ``(N, H, W)`` class-index masks
+    for segmentation (``task == "segmentation"``).
+    """
+
+    x: Tensor
+    y: Tensor
+    class_names: list[str]
+    name: str
+    task: str = "classification"
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, n: int | None) -> Dataset:
+        """The first ``n`` samples (all when ``n`` is None)."""
+        if n is None:
+            return self
+        if n > len(self):
+            raise ValueError(f"n must be at most the dataset size {len(self)} for {self.name}, got {n}")
+        return Dataset(self.x[:n], self.y[:n], self.class_names, self.name, self.task, self.info)
+
+
+Loader = Callable[[str, str], Dataset]
+_BUILTIN: dict[str, Callable[[str], Dataset]] = {}
+_PREFIXED: dict[str, Loader] = {}
+
+
+def register_builtin(name: str) -> Callable[[Callable[[str], Dataset]], Callable[[str], Dataset]]:
+    """Register a dataset that needs no path: ``loader(split) -> Dataset``."""
+
+    def deco(fn: Callable[[str], Dataset]) -> Callable[[str], Dataset]:
+        _BUILTIN[name] = fn
+        return fn
+
+    return deco
+
+
+def register_prefix(prefix: str) -> Callable[[Loader], Loader]:
+    """Register a file-backed dataset kind ``prefix:PATH``: ``loader(path, split) -> Dataset``."""
+
+    def deco(fn: Loader) -> Loader:
+        _PREFIXED[prefix] = fn
+        return fn
+
+    return deco
+
+
+def load_dataset(name: str, split: str = "test") -> Dataset:
+    """Load a dataset by name: a built-in (``mnist-sample``, ``digits``, ``mnist-seg``, ...)
+    or ``kind:PATH`` (``idx:``, ``npz:``, ``folder:``)."""
+    from salmap.data import files, packaged  # noqa: F401  (registration)
+
+    check_choice("split", split, SPLITS)
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}")
+    prefix, sep, path = name.partition(":")
+    if sep and prefix in _PREFIXED:
+        if not path:
+            raise ValueError(f"dataset {name!r} needs a path after '{prefix}:'")
+        return _PREFIXED[prefix](path, split)
+    if name in _BUILTIN:
+        return _BUILTIN[name](split)
+    known = sorted(_BUILTIN) + [f"{p}:PATH" for p in sorted(_PREFIXED)]
+    close = difflib.get_close_matches(name, list(_BUILTIN), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"dataset must be one of {known}, got {name!r}{hint}")
+
+
+def load(name: str, split: str = "test") -> tuple[Tensor, Tensor]:
+    """``(x, y)`` of a dataset; see :func:`load_dataset`."""
+    ds = load_dataset(name, split)
+    return ds.x, ds.y
+
+
+def available() -> list[str]:
+    """Names of the built-in datasets and the ``kind:PATH`` forms."""
+    from salmap.data import files, packaged  # noqa: F401
+
+    return sorted(_BUILTIN) + [f"{p}:PATH" for p in sorted(_PREFIXED)]
+
+
+def split_per_class(y: Tensor, test_per_class: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """A fixed, stratified split: ``test_per_class`` seeded random rows of each class go to test.
+
+    Returns ``(train_index, test_index)``, each sorted.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    test = []
+    for c in torch.unique(y):
+        rows = torch.nonzero(y == c).flatten()
+        pick = rows[torch.randperm(rows.numel(), generator=gen)[:test_per_class]]
+        test.append(pick)
+    test_idx = torch.cat(test).sort().values
+    mask = torch.ones(y.shape[0], dtype=torch.bool)
+    mask[test_idx] = False
+    return torch.nonzero(mask).flatten(), test_idx
+
+
+def take_split(x: Tensor, y: Tensor, split: str, train_idx: Tensor, test_idx: Tensor) -> tuple[Tensor, Tensor]:
+    if split == "all":
+        return x, y
+    idx = train_idx if split == "train" else test_idx
+    return x[idx], y[idx]

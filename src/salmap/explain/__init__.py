@@ -1,0 +1,6 @@
+"""Explanations: gradient saliency, occlusion, Grad-CAM and LRP, for classifiers and segmenters."""
+
+from salmap.explain.base import Explainer
+from salmap.explain.targets import Target, resolve_target
+
+__all__ = ["Explainer", "Target", "resolve_target"]

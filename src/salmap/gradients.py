@@ -1,0 +1,152 @@
+"""The shared gradient machinery every attack and explainer calls.
+
+One forward pass, then as many vector-Jacobian products (VJPs) as the caller asks
+for, over the whole batch at once. The model is put in eval mode with frozen
+parameters while it runs and restored afterwards (see :func:`frozen`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+Model = Callable[[Tensor], Tensor]
+
+
+@contextmanager
+def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
+    """Run a block with ``model`` in eval mode and its parameters not requiring grad.
+
+    The model's ``training`` flag (of every submodule) and every parameter's
+    ``requires_grad`` are restored on exit, even when the block raises. Plain
+    callables pass through unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def output_vjps(
+    model: Model,
+    x: Tensor,
+    cotangents: Sequence[Tensor | Callable[[Tensor], Tensor]],
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """One forward pass of ``model`` on ``x`` and one VJP per cotangent.
+
+    Parameters
+    ----------
+    model:
+        Maps a batch to outputs (logits for a classifier, ``(B, C, H, W)`` for a segmenter).
+    x:
+        The input batch. It is not modified; gradients are taken on a detached copy.
+    cotangents:
+        For each VJP, a tensor shaped like the (transformed) output, or a function
+        of that output returning one. The VJP is the gradient of
+        ``(cotangent * output).sum()`` with respect to ``x``, per sample.
+    transform:
+        Applied to the model's output before the VJPs (e.g. ``softmax``).
+
+    Returns
+    -------
+    (output, grads):
+        The detached (transformed) output and one gradient per cotangent, each shaped like ``x``.
+    """
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(xg)
+        if transform is not None:
+            out = transform(out)
+        grads: list[Tensor] = []
+        for i, cot in enumerate(cotangents):
+            weight = cot(out.detach()) if callable(cot) else cot
+            (g,) = torch.autograd.grad(
+                out, xg, grad_outputs=weight.to(out.dtype), retain_graph=i < len(cotangents) - 1,
+                allow_unused=True,
+            )
+            grads.append(torch.zeros_like(xg) if g is None else g.detach())
+    return out.detach(), grads
+
+
+def softmax_classes(out: Tensor) -> Tensor:
+    """Softmax over the class dimension (dim 1)."""
+    return torch.softmax(out, dim=1)
+
+
+def class_score_grads(
+    model: Model, x: Tensor, classes: Tensor, probabilities: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of the chosen class's score and of the sum of all other classes' scores.
+
+    This is the forward derivative that JSMA (Papernot et al. 2016) reads: with
+    ``Z`` the logits (or softmax probabilities when ``probabilities=True``),
+    ``alpha = dZ_t/dx`` and ``beta = sum_{j != t} dZ_j/dx``. It costs one forward
+    pass and two VJPs (the target, and the sum of all classes), never one backward
+    pass per class.
+
+    Parameters
+    ----------
+    model: classifier mapping ``(B, ...)`` to ``(B, K)``.
+    x: input batch ``(B, ...)``.
+    classes: long tensor ``(B,)``, the class ``t`` for each sample.
+    probabilities: differentiate softmax outputs instead of logits.
+
+    Returns
+    -------
+    (scores, alpha, beta): scores ``(B, K)`` (logits or probabilities), and two tensors shaped like ``x``.
+    """
+
+    def target_onehot(out: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(classes, out.shape[1]).to(out.dtype)
+
+    scores, (alpha, total) = output_vjps(
+        model,
+        x,
+        [target_onehot, torch.ones_like],
+        transform=softmax_classes if probabilities else None,
+    )
+    return scores, alpha, total - alpha
+
+
+def loss_grad(
+    model: Model,
+    x: Tensor,
+    labels: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample loss gradient: returns ``(logits, d loss / d x)``.
+
+    ``loss_fn(logits, labels)`` must return one loss per sample (``reduction='none'``);
+    the default is cross-entropy. Gradients of the summed loss are per-sample
+    gradients because samples do not interact in eval mode.
+    """
+    fn = loss_fn or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg)
+        loss = fn(logits, labels)
+        (g,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
+    return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
+
+
+@torch.no_grad()
+def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
+    """Model outputs for ``x`` in batches of ``batch_size``, without gradients."""
+    outs = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(outs)

@@ -1,0 +1,156 @@
+"""Saving and loading models: checkpoint folders, TorchScript, torch.export, factories.
+
+A checkpoint folder holds ``weights.safetensors`` and ``model.json`` (architecture name
+and arguments, input shape, bounds, normalisation, class names, metrics at save time).
+Nothing pickled is ever loaded without ``weights_only=True``: model files are untrusted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from salmap.models.registry import build
+
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+FORMAT_VERSION = 1
+
+
+def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as a checkpoint folder (``weights.safetensors`` + ``model.json``).
+
+    The architecture comes from ``meta["arch"]`` (``{"name": ..., "kwargs": {...}}``) or
+    from the model if :func:`salmap.models.build` made it. Other keys of ``meta``
+    (``input_shape``, ``bounds``, ``normalization``, ``class_names``, ``metrics``, ...)
+    are stored as given. Returns the folder.
+    """
+    meta = dict(meta or {})
+    arch = meta.get("arch") or getattr(model, "salmap_arch", None)
+    if not arch or "name" not in arch:
+        raise ValueError(
+            "meta['arch'] must name the architecture ({'name': ..., 'kwargs': {...}}) for a model "
+            f"not built by salmap.models.build, got {arch!r}"
+        )
+    meta["arch"] = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
+    meta["format_version"] = FORMAT_VERSION
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps(meta, indent=2, default=_jsonable))
+    return folder
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"meta value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a checkpoint folder."""
+    path = Path(folder) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {folder} has no {META}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"checkpoint file {path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict) or "name" not in meta["arch"]:
+        raise ValueError(f"checkpoint file {path} must hold an object with arch.name, got {str(meta)[:80]}")
+    return meta
+
+
+def load_with_meta(source: str | Path, arch: str | None = None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model and its metadata (empty when the source carries none).
+
+    ``source`` may be:
+
+    - a checkpoint folder (``weights.safetensors`` + ``model.json``), or its ``model.json``;
+    - a ``.safetensors`` or pickled state-dict file together with ``arch`` (a zoo name)
+      and its ``kwargs``; pickles are read with ``weights_only=True`` only;
+    - a TorchScript file (``torch.jit.save``) or a ``torch.export`` archive (``.pt2``);
+    - ``"package.module:factory"``: the factory is called with ``kwargs``.
+
+    The model is returned in eval mode.
+    """
+    text = str(source)
+    path = Path(text)
+    if not path.exists() and ":" in text and not text.startswith((".", "/")):
+        return _from_factory(text, **kwargs), {}
+    if path.is_file() and path.name == META:
+        path = path.parent
+    if path.is_dir():
+        meta = read_meta(path)
+        model = build(meta["arch"]["name"], **meta["arch"].get("kwargs", {}))
+        _load_state(model, path / WEIGHTS)
+        return model.eval(), meta
+    if not path.is_file():
+        raise ValueError(f"model must be a checkpoint folder, model file or 'module:factory', got {text!r} (not found)")
+    if arch is not None:
+        model = build(arch, **kwargs)
+        _load_state(model, path)
+        return model.eval(), {"arch": {"name": arch, "kwargs": kwargs}}
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module(), {}
+        except Exception as err:
+            raise ValueError(f"model file {path} is not a readable torch.export archive: {err}") from None
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval(), {}
+        except Exception:
+            pass
+        try:
+            return torch.export.load(str(path)).module(), {}
+        except Exception:
+            pass
+    raise ValueError(
+        f"model file {path} is neither TorchScript nor a torch.export archive; for a state dict pass "
+        "arch=<zoo name> (and its arguments)"
+    )
+
+
+def load(source: str | Path, arch: str | None = None, **kwargs: Any) -> nn.Module:
+    """Load a model (see :func:`load_with_meta` for what ``source`` may be)."""
+    return load_with_meta(source, arch, **kwargs)[0]
+
+
+def _load_state(model: nn.Module, path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"weights file {path} could not be read safely: {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} must hold a state dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"weights file {path} does not match the architecture: {err}") from None
+
+
+def _from_factory(spec: str, **kwargs: Any) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model factory {spec!r} could not be imported: {err}") from None
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+    return model.eval()

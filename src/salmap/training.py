@@ -1,0 +1,122 @@
+"""Training loops for the zoo's models: seeded, reproducible, with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from salmap._validate import check_number
+from salmap.gradients import predict
+
+#: ``step_hook(model, xb, yb) -> (xb, yb)`` may replace a batch (e.g. adversarial training).
+BatchHook = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class TrainReport:
+    """What a training run measured."""
+
+    epochs: int
+    seconds: float
+    train_loss: list[float] = field(default_factory=list)
+    test_accuracy: float | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global generator and return a dedicated one for data shuffling."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    batch_hook: BatchHook | None = None,
+    desc: str = "train",
+) -> TrainReport:
+    """Train ``model`` on ``(x, y)`` with Adam; returns a :class:`TrainReport`.
+
+    Shuffling and initial randomness come from ``seed`` so that a run is reproducible.
+    The model is left in eval mode.
+    """
+    check_number("epochs", epochs, low=1, integer=True)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    check_number("lr", lr, low=0.0, low_open=True)
+    gen = seed_everything(seed)
+    device = next(model.parameters()).device
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    report = TrainReport(epochs=epochs, seconds=0.0)
+    start = time.perf_counter()
+    n = x.shape[0]
+    steps = (n + batch_size - 1) // batch_size
+    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="batch", leave=False)
+    try:
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            total = 0.0
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                if batch_hook is not None:
+                    xb, yb = batch_hook(model, xb, yb)
+                    model.train()
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * idx.numel()
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            report.train_loss.append(total / n)
+    finally:
+        bar.close()
+        model.eval()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def train_classifier(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    batch_hook: BatchHook | None = None,
+) -> TrainReport:
+    """Train a classifier with cross-entropy; measure test accuracy when a test set is given."""
+    report = fit(model, x, y, nn.functional.cross_entropy, epochs, batch_size, lr, seed, progress, batch_hook)
+    if x_test is not None and y_test is not None:
+        report.test_accuracy = classifier_accuracy(model, x_test, y_test)
+        report.test_metrics["accuracy"] = report.test_accuracy
+    return report
+
+
+def classifier_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Test accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        pred = predict(model, x.to(device), batch_size).argmax(dim=1).cpu()
+    finally:
+        model.train(was_training)
+    return float((pred == y.cpu()).float().mean())
