@@ -1,0 +1,28 @@
+"""Defenses: denoising-autoencoder purification, block switching, adversarial training,
+the adaptive attacks that test them (EOT, BPDA) and their honest evaluation."""
+
+from salmap.defenses.adaptive import BPDA, EOT, DefenseWarning, adaptive_model, is_randomized
+from salmap.defenses.adversarial import adversarial_hook, adversarial_training
+from salmap.defenses.block_switch import BlockSwitch, train_block_switch
+from salmap.defenses.denoiser import DenoisingAutoencoder, Purified, reconstruction_error, train_denoiser
+from salmap.defenses.evaluation import check_trained, craft_transfer, default_attacks, evaluate_defense
+
+__all__ = [
+    "BPDA",
+    "EOT",
+    "BlockSwitch",
+    "DefenseWarning",
+    "DenoisingAutoencoder",
+    "Purified",
+    "adaptive_model",
+    "adversarial_hook",
+    "adversarial_training",
+    "check_trained",
+    "craft_transfer",
+    "default_attacks",
+    "evaluate_defense",
+    "is_randomized",
+    "reconstruction_error",
+    "train_block_switch",
+    "train_denoiser",
+]

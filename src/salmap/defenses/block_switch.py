@@ -1,0 +1,250 @@
+"""Block switching: the lower part of a network replaced by K parallel channels, one drawn at random.
+
+Wang et al., "Protecting Neural Networks with Hierarchical Random Switching: Towards
+Better Robustness-Accuracy Trade-off for Stochastic Defenses", IJCAI 2019, and Wang et
+al., "Block Switching: A Stochastic Approach for Deep Learning Security", 2019. The
+switching block holds K channels, each the lower part of an independently trained
+copy of the network; for every input one channel is chosen at random and its output
+feeds a shared upper part. Training follows the paper: train K full copies, keep their
+lower parts as the channels (frozen), then train a fresh upper part while the channels
+switch at random.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from salmap._validate import check_input, check_number
+from salmap.models.registry import build, register
+from salmap.training import TrainReport, train_classifier
+
+
+class BlockSwitch(nn.Module):
+    """A classifier whose lower part is one of K channels, picked at random for every sample.
+
+    The choice is drawn per sample on every forward pass, in training and in eval mode
+    alike (the randomness *is* the defense), from a ``torch.Generator`` held by the module
+    and seeded with ``seed``: the same seed and the same inputs give the same choices.
+    :meth:`reseed` restarts the sequence. ``last_choice`` holds the channels of the last pass.
+
+    Parameters
+    ----------
+    channels: K >= 2 modules with the same output shape (the switching block).
+    upper: the shared upper part, fed with a channel's output.
+    seed: seed of the channel choices.
+
+    Examples
+    --------
+    >>> switched = BlockSwitch([lower_a, lower_b, lower_c, lower_d], upper, seed=0)  # doctest: +SKIP
+    >>> switched(x).shape        # (B, classes), a different channel mix every call  # doctest: +SKIP
+    """
+
+    #: marks the module as randomised for :mod:`salmap.defenses.adaptive`.
+    randomized = True
+
+    def __init__(self, channels: list[nn.Module] | nn.ModuleList, upper: nn.Module, seed: int = 0) -> None:
+        super().__init__()
+        channels = list(channels)
+        if len(channels) < 2:
+            raise ValueError(f"channels must hold K >= 2 sub-networks for block switching, got K={len(channels)}")
+        for i, ch in enumerate(channels):
+            if not isinstance(ch, nn.Module):
+                raise ValueError(f"channels[{i}] must be a torch.nn.Module, got {type(ch).__name__}")
+        if not isinstance(upper, nn.Module):
+            raise ValueError(f"upper must be a torch.nn.Module, got {type(upper).__name__}")
+        self.channels = nn.ModuleList(channels)
+        self.upper = upper
+        self.seed = check_number("seed", seed, integer=True)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_choice: Tensor | None = None
+        self._frozen_channels = False
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def reseed(self, seed: int) -> BlockSwitch:
+        """Restart the channel choices from ``seed``; returns the module."""
+        self.seed = check_number("seed", seed, integer=True)
+        self.generator.manual_seed(seed)
+        return self
+
+    def choose(self, batch: int) -> Tensor:
+        """Draw one channel index per sample (CPU generator, so the draw is device-independent)."""
+        return torch.randint(self.num_channels, (batch,), generator=self.generator)
+
+    def forward(self, x: Tensor, choice: Tensor | None = None) -> Tensor:
+        """Classify ``x`` with a random channel per sample, or the channels given by ``choice`` ``(B,)``."""
+        if choice is None:
+            choice = self.choose(x.shape[0])
+        elif choice.shape != (x.shape[0],) or int(choice.min()) < 0 or int(choice.max()) >= self.num_channels:
+            raise ValueError(
+                f"choice must be {x.shape[0]} channel indices in [0, {self.num_channels - 1}], got {choice.tolist()}"
+            )
+        choice = choice.to(x.device)
+        self.last_choice = choice.detach().cpu()
+        # Run each channel once on the samples that drew it, then undo the grouping.
+        order = torch.argsort(choice, stable=True)
+        parts = [ch(x[choice == k]) for k, ch in enumerate(self.channels) if bool((choice == k).any())]
+        grouped = torch.cat(parts)
+        features = torch.empty_like(grouped)
+        features = features.index_copy(0, order, grouped)
+        return self.upper(features)
+
+    def channel_forward(self, x: Tensor, k: int) -> Tensor:
+        """The network with channel ``k`` for every sample (deterministic)."""
+        check_number("k", k, low=0, high=self.num_channels - 1, integer=True)
+        return self.upper(self.channels[k](x))
+
+    def train(self, mode: bool = True) -> BlockSwitch:
+        super().train(mode)
+        if self._frozen_channels:
+            self.channels.eval()
+        return self
+
+    @contextmanager
+    def frozen_channels(self) -> Iterator[BlockSwitch]:
+        """Keep the channels fixed (eval mode, no gradients) while the upper part trains."""
+        flags = [(p, p.requires_grad) for p in self.channels.parameters()]
+        self._frozen_channels = True
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            self.channels.eval()
+            yield self
+        finally:
+            self._frozen_channels = False
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def sequential_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of a feed-forward model, in order: an ``nn.Sequential`` (nested ones flattened)
+    or a model with ``features`` and ``classifier`` sequentials (the zoo's lenet)."""
+    if isinstance(model, nn.Sequential):
+        layers: list[nn.Module] = []
+        for child in model:
+            layers.extend(sequential_layers(child) if isinstance(child, nn.Sequential) else [child])
+        return layers
+    features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
+    if isinstance(features, nn.Sequential) and isinstance(classifier, nn.Sequential):
+        return sequential_layers(features) + sequential_layers(classifier)
+    raise ValueError(
+        "model must be an nn.Sequential or have nn.Sequential 'features' and 'classifier' to be split into "
+        f"lower and upper parts for block switching, got {type(model).__name__}"
+    )
+
+
+def default_split(layers: list[nn.Module]) -> int:
+    """Where the switching block ends by default: after the first pooling layer (the first
+    convolutional block), or after half of the layers when there is none."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            return i + 1
+    return max(1, len(layers) // 2)
+
+
+def split_model(model: nn.Module, split: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(lower, upper)``: the first ``split`` layers of ``model`` and the rest (sharing parameters)."""
+    layers = sequential_layers(model)
+    at = default_split(layers) if split is None else split
+    check_number("split", at, low=1, high=len(layers) - 1, integer=True)
+    return nn.Sequential(*layers[:at]), nn.Sequential(*layers[at:])
+
+
+def from_models(models: list[nn.Module], split: int | None = None, seed: int = 0,
+                upper: nn.Module | None = None) -> BlockSwitch:
+    """A :class:`BlockSwitch` whose channels are the lower parts of ``models`` (K >= 2 copies of
+    one architecture) and whose upper part is ``upper`` or a deep copy of the first model's."""
+    if len(models) < 2:
+        raise ValueError(f"models must hold K >= 2 networks for block switching, got K={len(models)}")
+    parts = [split_model(m, split) for m in models]
+    top = parts[0][1] if upper is None else split_model(upper, split)[1]
+    return BlockSwitch([lower for lower, _ in parts], copy.deepcopy(top) if upper is None else top, seed)
+
+
+@register("block-switch")
+def block_switch(base: dict[str, Any], channels: int = 4, split: int | None = None, seed: int = 0) -> BlockSwitch:
+    """Build an (untrained) :class:`BlockSwitch` of ``channels`` copies of the architecture ``base``
+    (``{"name": ..., "kwargs": {...}}``), split after layer ``split`` (zoo name ``"block-switch"``)."""
+    check_number("channels", channels, low=2, integer=True)
+    if not isinstance(base, dict) or "name" not in base:
+        raise ValueError(f"base must be an architecture dict {{'name': ..., 'kwargs': {{...}}}}, got {base!r}")
+    copies = [build(base["name"], **base.get("kwargs", {})) for _ in range(channels + 1)]
+    return from_models(copies[:channels], split, seed, upper=copies[channels])
+
+
+def train_block_switch(
+    base: dict[str, Any],
+    x: Tensor,
+    y: Tensor,
+    channels: int = 4,
+    split: int | None = None,
+    epochs: int = 5,
+    upper_epochs: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    x_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    progress: bool = True,
+) -> tuple[BlockSwitch, TrainReport]:
+    """Train a block-switching classifier the way Wang et al. do.
+
+    1. Train ``channels`` full copies of the architecture ``base`` from different
+       random initialisations (seeds ``seed``, ``seed + 1``, ...).
+    2. Keep the lower part (the first ``split`` layers) of each as a channel.
+    3. Train a freshly initialised upper part on top of the frozen channels while the
+       channel is switched at random for every sample.
+
+    Parameters
+    ----------
+    base: architecture dict ``{"name": zoo name, "kwargs": {...}}`` of the network.
+    x, y: training images and labels.
+    channels: K, the number of parallel channels (``>= 2``).
+    split: number of leading layers forming a channel (default: the first convolutional block).
+    epochs: epochs for each copy; ``upper_epochs`` (default ``epochs``) for the upper part.
+    batch_size, lr, seed, progress: as in :func:`salmap.training.train_classifier`.
+    x_test, y_test: optional test set; the report then holds the switched model's accuracy.
+
+    Returns
+    -------
+    (model, report): the trained :class:`BlockSwitch` (eval mode, reseeded with ``seed``)
+    and a report whose ``seconds`` is the total training time.
+
+    Examples
+    --------
+    >>> arch = {"name": "lenet", "kwargs": {"in_channels": 1, "num_classes": 10}}
+    >>> model, report = train_block_switch(arch, x_train, y_train, channels=4)  # doctest: +SKIP
+    """
+    check_number("channels", channels, low=2, integer=True)
+    check_input(x, min_dim=4)
+    upper_epochs = epochs if upper_epochs is None else upper_epochs
+    check_number("upper_epochs", upper_epochs, low=1, integer=True)
+    device = x.device
+    copies: list[nn.Module] = []
+    seconds = 0.0
+    for k in tqdm(range(channels), desc="block-switch channels", disable=not progress, leave=False):
+        torch.manual_seed(seed + k)
+        net = build(base["name"], **base.get("kwargs", {})).to(device)
+        seconds += train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + k,
+                                    progress=progress).seconds
+        copies.append(net)
+    torch.manual_seed(seed + channels)
+    fresh = build(base["name"], **base.get("kwargs", {})).to(device)
+    model = from_models(copies, split, seed, upper=fresh)
+    model.salmap_arch = {"name": "block-switch",
+                         "kwargs": {"base": base, "channels": channels, "split": split, "seed": seed}}
+    with model.frozen_channels():
+        report = train_classifier(model, x, y, x_test, y_test, epochs=upper_epochs, batch_size=batch_size,
+                                  lr=lr, seed=seed + channels, progress=progress)
+    model.eval().reseed(seed)
+    report.seconds += seconds
+    return model, report
