@@ -47,6 +47,7 @@ def output_vjps(
     x: Tensor,
     cotangents: Sequence[Tensor | Callable[[Tensor], Tensor]],
     transform: Callable[[Tensor], Tensor] | None = None,
+    wrt: Callable[[], Tensor] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """One forward pass of ``model`` on ``x`` and one VJP per cotangent.
 
@@ -62,25 +63,31 @@ def output_vjps(
         ``(cotangent * output).sum()`` with respect to ``x``, per sample.
     transform:
         Applied to the model's output before the VJPs (e.g. ``softmax``).
+    wrt:
+        Called after the forward pass; returns the tensor to differentiate with respect to
+        instead of ``x`` (e.g. a layer's activation captured by a forward hook, for
+        Grad-CAM), so that the backward pass stops there. Default: ``x``.
 
     Returns
     -------
     (output, grads):
-        The detached (transformed) output and one gradient per cotangent, each shaped like ``x``.
+        The detached (transformed) output and one gradient per cotangent, each shaped like
+        ``x`` (or like ``wrt()``).
     """
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
         out = model(xg)
         if transform is not None:
             out = transform(out)
+        inp = xg if wrt is None else wrt()
         grads: list[Tensor] = []
         for i, cot in enumerate(cotangents):
             weight = cot(out.detach()) if callable(cot) else cot
             (g,) = torch.autograd.grad(
-                out, xg, grad_outputs=weight.to(out.dtype), retain_graph=i < len(cotangents) - 1,
+                out, inp, grad_outputs=weight.to(out.dtype), retain_graph=i < len(cotangents) - 1,
                 allow_unused=True,
             )
-            grads.append(torch.zeros_like(xg) if g is None else g.detach())
+            grads.append(torch.zeros_like(inp) if g is None else g.detach())
     return out.detach(), grads
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -11,14 +12,22 @@ from salmap._validate import check_input
 from salmap.explain.targets import Target, resolve_target
 from salmap.gradients import Model, frozen, predict
 
+#: Turns the model's outputs on the batch into the resolved :class:`Target`.
+Resolver = Callable[[Tensor], Target]
+
 
 class Explainer(ABC):
     """Base class of every explanation method.
 
     An explainer holds configuration; :meth:`attribute` explains a batch. It validates
-    ``x``, resolves the target (default: the predicted class) once for every method,
-    freezes the model (eval mode, parameters not requiring grad, both restored), and
-    calls the subclass's :meth:`_attribute`.
+    ``x``, freezes the model (eval mode, parameters not requiring grad, both restored)
+    and hands the subclass the batch and the target. The target (default: the predicted
+    class) is resolved from the model's outputs on ``x``.
+
+    Subclasses implement :meth:`_attribute` (given a resolved :class:`Target`). A method
+    that runs its own forward pass on the clean batch anyway (gradient saliency,
+    Grad-CAM, occlusion) overrides :meth:`_explain` instead, so that the target is
+    resolved from that pass and no extra forward pass is spent on it.
 
     Parameters
     ----------
@@ -35,18 +44,27 @@ class Explainer(ABC):
 
         Parameters
         ----------
-        x: input batch ``(B, C, H, W)`` (or any ``(B, ...)``).
+        x: input batch ``(B, C, H, W)`` (or any ``(B, ...)``). Not modified.
         target: class per sample (int, sequence or tensor); default the predicted class.
             For segmenters, the class whose score is summed over ``mask``.
         mask: segmenters only: ``(B, H, W)`` or ``(H, W)`` bool mask of output pixels whose
             scores are summed; default every pixel predicted as ``target``.
+
+        Returns
+        -------
+        Tensor: the attribution maps (shape depends on the method), detached.
         """
         x = check_input(x)
+
+        def resolve(out: Tensor) -> Target:
+            return resolve_target(out, target, mask)
+
         with frozen(self.model):
-            x0 = x.detach()
-            out = predict(self.model, x0)
-            tgt = resolve_target(out, target, mask)
-            return self._attribute(x0, tgt).detach()
+            return self._explain(x.detach(), resolve).detach()
+
+    def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
+        """Resolve the target with one forward pass, then run :meth:`_attribute`."""
+        return self._attribute(x, resolve(predict(self.model, x)))
 
     @abstractmethod
     def _attribute(self, x: Tensor, target: Target) -> Tensor:

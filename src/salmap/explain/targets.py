@@ -41,7 +41,8 @@ class Target:
         return (self.weights(out) * out).flatten(1).sum(dim=1)
 
     def _mask(self, out: Tensor) -> Tensor:
-        assert self.mask is not None, "a segmentation target needs a pixel mask"
+        if self.mask is None:
+            raise ValueError(f"a segmentation target needs a pixel mask; the model returned shape {tuple(out.shape)}")
         return self.mask.to(out.dtype)
 
     def select(self, index: Tensor) -> Target:
@@ -85,9 +86,16 @@ def resolve_target(out: Tensor, target: Any = None, mask: Tensor | None = None) 
 
 
 def _majority_foreground(pred: Tensor) -> Tensor:
-    """Per sample, the most frequent predicted class other than 0 (background), else 0."""
-    counts = torch.stack([torch.bincount(p.flatten(), minlength=int(pred.max()) + 1) for p in pred])
-    if counts.shape[1] > 1:
-        fg = counts[:, 1:]
-        return torch.where(fg.sum(dim=1) > 0, fg.argmax(dim=1) + 1, torch.zeros_like(fg[:, 0]))
-    return torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+    """Per sample, the most frequent predicted class other than 0 (background), else 0.
+
+    Ties go to the smaller class index. Counted for the whole batch at once with one
+    ``scatter_add`` (no loop over samples).
+    """
+    flat = pred.flatten(1)
+    num_classes = int(flat.max()) + 1
+    counts = torch.zeros(flat.shape[0], num_classes, dtype=torch.long, device=pred.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    if num_classes == 1:
+        return torch.zeros(pred.shape[0], dtype=torch.long, device=pred.device)
+    fg = counts[:, 1:]
+    return torch.where(fg.sum(dim=1) > 0, fg.argmax(dim=1) + 1, torch.zeros_like(fg[:, 0]))

@@ -1,0 +1,114 @@
+"""Grad-CAM (Selvaraju et al. 2017): class activation maps weighted by gradients."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salmap.explain.base import Explainer, Resolver
+from salmap.explain.targets import Target
+from salmap.gradients import Model, output_vjps
+
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule of ``model`` called ``name`` (dotted, e.g. ``layer4`` or ``features.3``).
+
+    Raises ``ValueError`` naming the close names when there is no such module.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"layer must be a dotted module name such as 'layer4', got {name!r}")
+    names = [n for n, _ in model.named_modules() if n]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f"close names: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
+        raise ValueError(f"layer {name!r} is not a module of {type(model).__name__}; {hint}")
+    return model.get_submodule(name)
+
+
+class GradCAM(Explainer):
+    """Gradient-weighted class activation map of one layer, upsampled to the input size.
+
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV 2017. With ``A_k`` the layer's activation
+    channels and ``S_t`` the target score, the channel weights are the spatial means of
+    the gradient, ``w_k = mean_ij dS_t / dA_kij``, and the map is
+    ``ReLU(sum_k w_k A_k)``, upsampled (bilinear; linear/trilinear for 1-D/3-D layers)
+    to the input's spatial size. For a segmenter the score is a class's summed scores
+    over a pixel mask (Vinogradova et al. 2020, "Towards Interpretable Semantic
+    Segmentation via Gradient-weighted Class Activation Mapping").
+
+    The whole batch costs one forward pass and one vector-Jacobian product that stops at
+    the layer (:func:`salmap.gradients.output_vjps`). The forward hook that captures the
+    activation is removed in ``finally``, even when the model raises.
+
+    Parameters
+    ----------
+    model: a ``torch.nn.Module``, classifier ``(B, K)`` or segmenter ``(B, K, H, W)``.
+    layer: dotted name of a module whose output is ``(B, channels, *spatial)``, e.g.
+        ``"layer4"`` (ResNet), ``"features.8"`` (lenet's last convolution block).
+        If the module runs several times in one forward pass, its last call is used.
+    relu: apply the ReLU (default ``True``, as in the paper); ``False`` keeps negative evidence.
+
+    Returns
+    -------
+    :meth:`attribute` returns ``(B, 1, *input_spatial)``.
+
+    Examples
+    --------
+    >>> cam = GradCAM(resnet34, layer="layer4").attribute(images, target=labels)  # doctest: +SKIP
+    >>> cam.shape                                                               # doctest: +SKIP
+    torch.Size([16, 1, 224, 224])
+    """
+
+    def __init__(self, model: Model, layer: str = "layer4", relu: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module for Grad-CAM (layers by name), got {type(model).__name__}")
+        super().__init__(model)
+        self.layer = layer
+        self._module = find_layer(model, layer)
+        self.relu = bool(relu)
+
+    def _attribute(self, x: Tensor, target: Target) -> Tensor:
+        return self._explain(x, lambda out: target)
+
+    def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"x must be (B, C, *spatial) for Grad-CAM, got shape {tuple(x.shape)}")
+        captured: list[Tensor] = []
+
+        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
+            captured.append(output)
+
+        def activation() -> Tensor:
+            if not captured:
+                raise ValueError(f"layer {self.layer!r} did not run in the model's forward pass")
+            act = captured[-1]
+            if not isinstance(act, Tensor) or act.dim() != x.dim() or act.shape[0] != x.shape[0]:
+                shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+                raise ValueError(
+                    f"layer {self.layer!r} must output (B, channels, *spatial) with the input's {x.dim() - 2} spatial dimensions, got {shape}"
+                )
+            return act
+
+        handle = self._module.register_forward_hook(keep)
+        try:
+            _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)
+        finally:
+            handle.remove()
+        act = captured[-1].detach()
+        weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
+        cam = (weights * act).sum(dim=1, keepdim=True)
+        if self.relu:
+            cam = cam.clamp_min(0)
+        size = tuple(x.shape[2:])
+        if tuple(cam.shape[2:]) != size:
+            if len(size) not in _MODES:
+                raise ValueError(f"Grad-CAM upsamples 1-D to 3-D maps, got input shape {tuple(x.shape)}")
+            cam = F.interpolate(cam, size=size, mode=_MODES[len(size)], align_corners=False)
+        return cam

@@ -1,0 +1,56 @@
+"""Gradient saliency (sensitivity), Simonyan et al. 2014, and gradient x input."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from salmap.explain.base import Explainer, Resolver
+from salmap.explain.targets import Target
+from salmap.gradients import Model, output_vjps
+
+
+class GradientSaliency(Explainer):
+    """Gradient of the target score with respect to the input.
+
+    Simonyan, Vedaldi and Zisserman, "Deep Inside Convolutional Networks: Visualising
+    Image Classification Models and Saliency Maps", 2014: the map is ``|d S_t / d x|``.
+    ``absolute=False`` keeps the sign (which way each feature pushes the score);
+    ``times_input=True`` gives gradient x input (Shrikumar et al. 2016,
+    "Not Just a Black Box"), ``x * d S_t / d x``, taken absolute when ``absolute``.
+    The target score ``S_t`` is the class logit for a classifier and the sum of a
+    class's scores over a pixel mask for a segmenter (see :mod:`salmap.explain.targets`).
+
+    The whole batch costs one forward pass and one vector-Jacobian product
+    (:func:`salmap.gradients.output_vjps` with the target's one-hot weights as cotangent).
+
+    Parameters
+    ----------
+    model: classifier ``(B, K)`` or segmenter ``(B, K, H, W)``.
+    absolute: take the absolute value (default ``True``, as in Simonyan et al.).
+    times_input: multiply the gradient by the input (default ``False``).
+
+    Returns
+    -------
+    :meth:`attribute` returns a tensor shaped like ``x`` (one value per input feature,
+    channels kept; :mod:`salmap.explain.plot` reduces channels for display).
+
+    Examples
+    --------
+    >>> sal = GradientSaliency(model).attribute(x, target=y)             # doctest: +SKIP
+    >>> gxi = GradientSaliency(model, absolute=False, times_input=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Model, absolute: bool = True, times_input: bool = False) -> None:
+        super().__init__(model)
+        self.absolute = bool(absolute)
+        self.times_input = bool(times_input)
+
+    def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
+        # The cotangent is resolved from the same forward pass whose VJP is taken.
+        _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)])
+        if self.times_input:
+            grad = grad * x
+        return grad.abs() if self.absolute else grad
+
+    def _attribute(self, x: Tensor, target: Target) -> Tensor:
+        return self._explain(x, lambda out: target)

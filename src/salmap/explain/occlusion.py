@@ -1,0 +1,221 @@
+"""Occlusion maps (Zeiler and Fergus 2014): slide a patch over the input, watch the score drop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from salmap._validate import Bounds, check_bounds, check_number
+from salmap.explain.base import Explainer, Resolver
+from salmap.explain.targets import Target
+from salmap.gradients import Model, predict
+
+FILLS = ("zero", "mean", "grey", "random")
+
+
+class Occlusion(Explainer):
+    """Occlusion sensitivity: how much the target score drops when a patch is hidden.
+
+    Zeiler and Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014
+    (section 4.2). A patch of ``patch`` features per spatial dimension (covering every
+    channel) slides over the input with ``stride``; each position replaces the patch by
+    the ``fill`` and scores the drop of the target score against the unoccluded input,
+    ``S_t(x) - S_t(x_occluded)``. That drop is added to every feature the patch covered,
+    and each feature is divided by the number of patches that covered it.
+
+    Patch positions per dimension are ``0, s, 2s, ...`` while the patch fits; when the
+    stride does not divide ``size - patch``, one last patch is placed flush with the
+    border (starting at ``size - patch``) so that the border is covered. With
+    ``stride > patch`` the features between patches are never covered; their map is 0.
+
+    Occluded copies are evaluated ``batch_size`` at a time (all images and positions
+    mixed), so memory stays bounded by one batch of copies. Copies that equal the input
+    (the patch already holds the fill, e.g. zero-filling black background) are not
+    evaluated: their drop is 0 by definition.
+
+    Same maps as ``captum.attr.Occlusion``: with ``sliding_window_shapes=(C, *patch)``,
+    ``strides=(1, *stride)`` and ``baselines`` set to the same fill, captum also divides
+    each feature's summed drop by the number of windows that ablated it (its
+    ``use_weights``). The positions agree when the stride divides ``size - patch`` in
+    every dimension; otherwise captum's last window starts at
+    ``ceil((size - patch) / stride) * stride`` and is cut off at the border, while here
+    it is shifted back to start at ``size - patch``.
+
+    Parameters
+    ----------
+    model: classifier ``(B, K)`` or segmenter ``(B, K, H, W)``.
+    patch: patch size, one int for every spatial dimension or one per dimension.
+    stride: step between patch positions (int or per dimension), ``>= 1``; default ``patch``.
+    fill: what replaces the patch: ``"zero"``; ``"mean"`` (each image's mean, per channel);
+        ``"grey"`` (mid-range of ``bounds``); ``"random"`` (one uniform random image in
+        ``bounds`` drawn with ``seed``, the same for every sample); or a number.
+    bounds: valid input range, used by ``"grey"`` and ``"random"``.
+    batch_size: occluded copies per forward pass.
+    seed: seed of the ``"random"`` fill.
+    probabilities: score with softmax probabilities (sigmoid for a one-channel
+        segmenter) instead of logits; Zeiler and Fergus plot the correct class's probability.
+    progress: show a progress bar over the batches of copies.
+
+    Returns
+    -------
+    :meth:`attribute` returns a tensor shaped like ``x``; every channel holds the same map.
+
+    Examples
+    --------
+    >>> heat = Occlusion(model, patch=4, stride=2, fill="zero").attribute(x, target=y)  # doctest: +SKIP
+    >>> heat = Occlusion(resnet, patch=16, stride=8, fill="grey").attribute(images)     # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        patch: int | Sequence[int] = 4,
+        stride: int | Sequence[int] | None = None,
+        fill: str | float = "zero",
+        bounds: Bounds = (0.0, 1.0),
+        batch_size: int = 256,
+        seed: int = 0,
+        probabilities: bool = False,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(model)
+        self.patch = _sizes("patch", patch)
+        self.stride = self.patch if stride is None else _sizes("stride", stride)
+        if isinstance(fill, str):
+            if fill not in FILLS:
+                raise ValueError(f"fill must be one of {list(FILLS)} or a number, got {fill!r}")
+        else:
+            fill = float(check_number("fill", fill))
+        self.fill = fill
+        self.bounds = check_bounds(bounds)
+        self.batch_size = check_number("batch_size", batch_size, low=1, integer=True)
+        self.seed = check_number("seed", seed, integer=True)
+        self.probabilities = bool(probabilities)
+        self.progress = bool(progress)
+
+    def _attribute(self, x: Tensor, target: Target) -> Tensor:
+        return self._explain(x, lambda out: target)
+
+    def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"x must be (B, C, *spatial) for occlusion, got shape {tuple(x.shape)}")
+        spatial = tuple(x.shape[2:])
+        patch = _per_dim("patch", self.patch, spatial)
+        stride = _per_dim("stride", self.stride, spatial)
+        if any(k > n for k, n in zip(patch, spatial)):
+            raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
+        # One row per patch position and one column per feature, per spatial dimension:
+        # a patch is the outer product of one row of each, so sums over patches separate.
+        windows = [_windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride)]
+        grid = tuple(w.shape[0] for w in windows)
+
+        out = predict(self.model, x, self.batch_size)
+        target = resolve(out)
+        clean = target.score(self._transform(out))
+        fill = self._fill_values(x)
+        per_image = fill.dim() > 0 and fill.shape[0] > 1
+
+        # Only (image, position) pairs whose patch differs from the fill change the input.
+        differs = (x != fill).any(dim=1).to(x.dtype)
+        changed = _through_windows(differs, windows, transpose=True) > 0
+        pairs = changed.flatten(1).nonzero()
+        drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
+        chunks = range(0, pairs.shape[0], self.batch_size)
+        for lo in tqdm(chunks, desc="occlusion", unit="batch", leave=False, disable=not self.progress):
+            image, pos = pairs[lo : lo + self.batch_size].unbind(1)
+            mask = _patch_masks(pos, windows, grid)
+            copies = torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image])
+            with torch.inference_mode():
+                out = self._transform(self.model(copies))
+            drops[image, pos] = clean[image] - target.select(image).score(out)
+
+        total = _through_windows(drops.view(-1, *grid), windows, transpose=False)
+        count = _through_windows(torch.ones(1, *grid, dtype=x.dtype, device=x.device), windows, transpose=False)
+        heat = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+        return heat.unsqueeze(1).expand_as(x).contiguous()
+
+    def _transform(self, out: Tensor) -> Tensor:
+        if not self.probabilities:
+            return out
+        return torch.sigmoid(out) if out.dim() == 4 and out.shape[1] == 1 else torch.softmax(out, dim=1)
+
+    def _fill_values(self, x: Tensor) -> Tensor:
+        """The fill: a 0-dim tensor, or per image ``(B, C, 1, ...)``/``(1, C, *spatial)``."""
+        low, high = self.bounds
+        if not isinstance(self.fill, str):
+            return torch.tensor(self.fill, dtype=x.dtype, device=x.device)
+        if self.fill == "zero":
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        if self.fill == "grey":
+            return torch.tensor((low + high) / 2, dtype=x.dtype, device=x.device)
+        if self.fill == "mean":
+            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        # One random image shared by the batch, so a sample's map does not depend on its batch.
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        noise = torch.rand((1, *x.shape[1:]), generator=gen, dtype=torch.float64)
+        return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
+
+
+def _sizes(name: str, value: Any) -> tuple[int, ...]:
+    """An int or a sequence of ints, each ``>= 1``, as a tuple."""
+    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}") from None
+    if not out:
+        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int or a sequence of them (>= 1), got {value!r}")
+    return out
+
+
+def _per_dim(name: str, sizes: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
+    if len(sizes) == 1:
+        return sizes * len(spatial)
+    if len(sizes) != len(spatial):
+        raise ValueError(f"{name} must have one size per spatial dimension {spatial}, got {sizes}")
+    return sizes
+
+
+def _windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(positions, size)`` 0/1 matrix: row ``p`` marks the features patch ``p`` covers."""
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)  # the last patch covers the border
+    first = torch.tensor(starts, device=device)[:, None]
+    index = torch.arange(size, device=device)[None]
+    return ((index >= first) & (index < first + patch)).to(dtype)
+
+
+def _through_windows(values: Tensor, windows: list[Tensor], transpose: bool) -> Tensor:
+    """Contract every dimension but the first with the window matrices.
+
+    ``transpose=False``: ``(B, P_1, ..., P_n)`` per-position values to ``(B, S_1, ..., S_n)``
+    sums over the patches covering each feature. ``transpose=True``: ``(B, S_1, ...)``
+    feature values to ``(B, P_1, ...)`` sums over each patch's features.
+    """
+    for w in windows:
+        # tensordot removes axis 1 and appends the new axis last: after n steps, the order is restored.
+        values = torch.tensordot(values, w.t() if transpose else w, dims=([1], [0]))
+    return values
+
+
+def _patch_masks(pos: Tensor, windows: list[Tensor], grid: tuple[int, ...]) -> Tensor:
+    """Bool masks ``(n, *spatial)`` of the patches at flat grid positions ``pos``."""
+    index = []
+    for n in reversed(grid):  # unravel the flat (row-major) position
+        index.append(pos % n)
+        pos = pos // n
+    index.reverse()
+    mask = windows[0][index[0]].bool()
+    for d in range(1, len(windows)):
+        rows = windows[d][index[d]].bool()
+        mask = mask.unsqueeze(-1) & rows.view(rows.shape[0], *([1] * d), rows.shape[1])
+    return mask
