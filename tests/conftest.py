@@ -1,0 +1,48 @@
+"""Shared fixtures: small models the tests build (and train) themselves in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class LinearClassifier(nn.Module):
+    """``logits = W x + b`` on flattened inputs: gradients are known by hand."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def small_cnn(in_channels: int = 1, classes: int = 10, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.LazyLinear(classes),
+    )
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """A small CNN trained for a few seconds on scikit-learn's 8x8 digits, and the test split."""
+    from salmap import data
+    from salmap.training import train_classifier
+
+    xtr, ytr = data.load("digits", "train")
+    xte, yte = data.load("digits", "test")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 64, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+    train_classifier(model, xtr, ytr, epochs=8, batch_size=64, lr=3e-3, progress=False)
+    return model.eval(), xte, yte

@@ -1,0 +1,99 @@
+"""Model zoo and checkpoints: shapes, module names, round trips, untrusted files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from salmap import models
+
+
+def test_lenet_is_papernots_architecture():
+    m = models.build("lenet")
+    convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
+    linears = [l for l in m.modules() if isinstance(l, nn.Linear)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64]
+    assert [l.out_features for l in linears] == [200, 200, 10]
+    assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert models.build("lenet", in_channels=3, num_classes=4, input_size=(32, 32))(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_resnets(name):
+    m = models.build(name, in_channels=1, num_classes=7, stem="small", width=8)
+    names = dict(m.named_children())
+    for key in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"):
+        assert key in names
+    assert m(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+    big = models.build(name, num_classes=5, width=8)
+    assert big(torch.rand(1, 3, 64, 64)).shape == (1, 5)
+    blocks = sum(len(getattr(m, f"layer{i}")) for i in range(1, 5))
+    assert blocks == (8 if name == "resnet18" else 16)
+
+
+def test_unet_shapes():
+    m = models.build("unet", in_channels=3, num_classes=1, base=4, depth=2)
+    assert m(torch.rand(2, 3, 16, 16)).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        m(torch.rand(1, 3, 18, 18))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="did you mean lenet"):
+        models.build("lenett")
+    with pytest.raises(ValueError, match="does not accept"):
+        models.build("lenet", colour=True)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = models.build("resnet18", in_channels=1, num_classes=3, stem="small", width=4).eval()
+    x = torch.rand(2, 1, 28, 28)
+    models.save(m, tmp_path / "ck", {"bounds": [0.0, 1.0], "class_names": ["a", "b", "c"]})
+    assert (tmp_path / "ck" / "weights.safetensors").is_file()
+    loaded, meta = models.load_with_meta(tmp_path / "ck")
+    assert meta["class_names"] == ["a", "b", "c"] and meta["arch"]["name"] == "resnet18"
+    assert torch.equal(m(x), loaded(x))
+    assert not loaded.training
+
+
+def test_torchscript_and_export_and_state_dict(tmp_path):
+    m = models.build("lenet").eval()
+    x = torch.rand(2, 1, 28, 28)
+    torch.jit.save(torch.jit.script(m), str(tmp_path / "m.pt"))
+    assert torch.allclose(models.load(tmp_path / "m.pt")(x), m(x))
+    torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
+    assert torch.allclose(models.load(tmp_path / "m.pt2")(x), m(x), atol=1e-6)
+    torch.save(m.state_dict(), tmp_path / "sd.pth")
+    assert torch.allclose(models.load(tmp_path / "sd.pth", arch="lenet")(x), m(x))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"weight": _Exploit()}))
+    with pytest.raises(ValueError, match="could not be read safely"):
+        models.load(path, arch="lenet")
+    assert not (tmp_path / "PWNED").exists()
+    torch.save({"w": _Exploit()}, tmp_path / "evil2.pt")
+    with pytest.raises(ValueError):
+        models.load(tmp_path / "evil2.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_factory_and_missing(tmp_path):
+    m = models.load("torch.nn:Identity")
+    assert isinstance(m, nn.Identity)
+    with pytest.raises(ValueError, match="not found"):
+        models.load(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        models.load(tmp_path / "bad")
