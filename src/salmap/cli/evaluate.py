@@ -1,0 +1,118 @@
+"""``salmap evaluate [run.yaml]``: run attacks and explanations over models and data; write
+results.jsonl, summary.json, figures and a self-contained report.html.
+
+The run is described by a YAML file, by flags, or by both (flags replace the file's
+keys). The whole description is checked before any work and every problem is listed
+with its key path. A killed run resumes where it stopped when the same command is run
+again. Under ``torchrun --nproc-per-node N -m salmap evaluate run.yaml`` the batches are
+shared among the processes (gloo on CPU, nccl on GPU) and rank 0 writes the results.
+
+Example run file::
+
+    output: runs/eval
+    data: {name: mnist-sample, split: test, num: 1000}
+    models: [{name: lenet, path: runs/lenet}]
+    attacks:
+      - {attack: fgsm, params: {eps: 0.1}}
+      - {attack: jsma, targets: all, params: {theta: 1.0, gamma: 0.145}}
+    explanations: [{explainer: gradient}]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salmap.evaluation.config import ATTACKS, EXPLAINERS, load_config, parse_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="run an evaluation (YAML or flags): results, summary, figures, HTML report",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="run file (YAML); flags below replace its keys")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
+    p.add_argument("--out", help="output folder (key: output)")
+    p.add_argument("--model", action="append", metavar="PATH",
+                   help="model checkpoint; repeat for several (key: models)")
+    p.add_argument("--attack", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help=f"attack with parameters, e.g. fgsm:eps=0.1; repeat for several; names: {', '.join(ATTACKS)}")
+    p.add_argument("--targets", choices=["none", "random", "next", "all"],
+                   help="targeting of the attacks given with --attack (default: the attack's own)")
+    p.add_argument("--explain", action="append", metavar="NAME",
+                   help=f"explainer for the overlays; repeat for several; names: {', '.join(EXPLAINERS)}")
+    p.add_argument("--data", help="dataset name or kind:PATH (key: data.name)")
+    p.add_argument("--split", choices=["train", "test", "all"], help="dataset split (key: data.split)")
+    p.add_argument("-n", "--num", type=int, help="number of samples (key: data.num)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (key: batch_size)")
+    p.add_argument("--seed", type=int, help="random seed (key: seed)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (key: device)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_attack(text: str) -> dict[str, Any]:
+    """``"fgsm:eps=0.1,seed=3"`` -> ``{"attack": "fgsm", "params": {"eps": 0.1, "seed": 3}}``."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--attack parameters must be KEY=VALUE, got {item!r} in {text!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return {"attack": name.strip(), "params": params}
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-file keys the flags set."""
+    found: dict[str, Any] = {}
+    if args.out is not None:
+        found["output"] = args.out
+    if args.model:
+        found["models"] = [{"path": p} for p in args.model]
+    if args.attack:
+        found["attacks"] = [parse_attack(a) | ({"targets": args.targets} if args.targets else {}) for a in args.attack]
+    if args.explain:
+        found["explanations"] = [{"explainer": e} for e in args.explain]
+    data = {k: v for k, v in (("name", args.data), ("split", args.split), ("num", args.num)) if v is not None}
+    if data:
+        found["data"] = data
+    for key, value in (("batch_size", args.batch_size), ("seed", args.seed), ("device", args.device)):
+        if value is not None:
+            found[key] = value
+    if args.no_report:
+        found["report"] = False
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    from salmap.evaluation.runner import REPORT, RESULTS, SUMMARY, evaluate
+
+    extra = overrides(args)
+    if args.config:
+        config_data = extra.pop("data", None)
+        cfg = load_config(args.config, extra)
+        if config_data:  # merge data flags into the file's data mapping instead of replacing it
+            raw = yaml.safe_load(Path(args.config).read_text()) or {}
+            merged = {**raw, **extra, "data": {**(raw.get("data") or {}), **config_data}}
+            cfg = parse_config(merged, source=f"run file {args.config}", base=Path(args.config).resolve().parent)
+    else:
+        cfg = parse_config(extra, source="flags", base=Path.cwd())
+    outcome = evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    rows = [{k: r[k] for k in ("model", "attack", "rows", "clean_accuracy", "adversarial_accuracy", "success_rate",
+                               "l0_mean", "l2_mean", "linf_mean", "throughput")} for r in outcome.summary["results"]]
+    from salmap.cli.common import print_table
+
+    print_table(rows, list(rows[0]) if rows else [])
+    out = outcome.output.resolve()
+    resumed = f" ({outcome.resumed} batches resumed from an earlier attempt)" if outcome.resumed else ""
+    print(f"evaluation finished{resumed}: {out / RESULTS}, {out / SUMMARY}"
+          + (f", report {out / REPORT}" if cfg.report else ""))
+    return 0
