@@ -167,7 +167,13 @@ def from_models(models: list[nn.Module], split: int | None = None, seed: int = 0
         raise ValueError(f"models must hold K >= 2 networks for block switching, got K={len(models)}")
     parts = [split_model(m, split) for m in models]
     top = parts[0][1] if upper is None else split_model(upper, split)[1]
-    return BlockSwitch([lower for lower, _ in parts], copy.deepcopy(top) if upper is None else top, seed)
+    switched = BlockSwitch([lower for lower, _ in parts], copy.deepcopy(top) if upper is None else top, seed)
+    archs = [getattr(m, "salmap_arch", None) for m in [*models, *([] if upper is None else [upper])]]
+    if archs[0] and all(a == archs[0] for a in archs):
+        # Copies of one zoo architecture: the switched model is a zoo model too (checkpoints round-trip).
+        switched.salmap_arch = {"name": "block-switch", "kwargs": {
+            "base": archs[0], "channels": len(models), "split": split, "seed": seed}}
+    return switched
 
 
 @register("block-switch")
@@ -240,8 +246,6 @@ def train_block_switch(
     torch.manual_seed(seed + channels)
     fresh = build(base["name"], **base.get("kwargs", {})).to(device)
     model = from_models(copies, split, seed, upper=fresh)
-    model.salmap_arch = {"name": "block-switch",
-                         "kwargs": {"base": base, "channels": channels, "split": split, "seed": seed}}
     with model.frozen_channels():
         report = train_classifier(model, x, y, x_test, y_test, epochs=upper_epochs, batch_size=batch_size,
                                   lr=lr, seed=seed + channels, progress=progress)

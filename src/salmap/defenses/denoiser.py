@@ -57,6 +57,9 @@ class DenoisingAutoencoder(nn.Module):
             nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.ReLU(),
             nn.Conv2d(width, in_channels, 3, padding=1),
         )
+        # A zoo model even when constructed directly, so that Purified checkpoints round-trip.
+        self.salmap_arch = {"name": "dae", "kwargs": {"in_channels": in_channels, "width": width,
+                                                      "bounds": list(self.bounds)}}
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.decoder(self.encoder(x))

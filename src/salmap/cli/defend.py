@@ -1,0 +1,159 @@
+"""``salmap defend dae|block-switch|adv-train``: train a defense for a checkpoint, save the defended
+model as a checkpoint folder, and evaluate it honestly (transfer and adaptive attacks).
+
+The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors``, loadable with
+``salmap.models.load``) and holds ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from torch import nn
+
+from salmap import data as datasets
+from salmap import models
+from salmap.cli.common import bounds_of, load_model, output_folder, print_table, write_json
+from salmap.defenses.adversarial import adversarial_training
+from salmap.defenses.block_switch import train_block_switch
+from salmap.defenses.denoiser import DenoisingAutoencoder, Purified, train_denoiser
+from salmap.defenses.evaluation import check_trained, default_attacks, evaluate_defense, table_rows
+from salmap.training import classifier_accuracy
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("defend", help="train a defense, save it, evaluate it (transfer and adaptive)",
+                       description=__doc__)
+    kinds = p.add_subparsers(dest="defense", metavar="DEFENSE", required=True)
+
+    q = kinds.add_parser("dae", help="denoising autoencoder purifier in front of the model")
+    _common_args(q)
+    q.add_argument("--width", type=int, default=32, help="autoencoder width (default 32)")
+    q.add_argument("--noise-std", type=float, default=0.3, help="Gaussian training noise (default 0.3)")
+    q.add_argument("--adversarial", choices=["none", "fgsm", "pgd"], default="fgsm",
+                   help="also train on these adversarial examples of the model (default fgsm)")
+    q.add_argument("--eps", type=float, default=0.3, help="largest Linf radius of those examples (default 0.3)")
+    q.set_defaults(func=run_dae)
+
+    q = kinds.add_parser("block-switch", help="block switching (Wang et al. 2019), K random channels")
+    _common_args(q)
+    q.add_argument("--channels", type=int, default=4, help="K, parallel channels (default 4)")
+    q.add_argument("--split", type=int, default=None,
+                   help="layers in a channel (default: up to the first pooling layer)")
+    q.add_argument("--upper-epochs", type=int, default=None, help="epochs for the upper part (default --epochs)")
+    q.set_defaults(func=run_block_switch)
+
+    q = kinds.add_parser("adv-train", help="adversarial training with FGSM or PGD examples")
+    _common_args(q)
+    q.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm", help="training attack (default fgsm)")
+    q.add_argument("--eps", type=float, default=0.3, help="Linf radius (default 0.3)")
+    q.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    q.set_defaults(func=run_adv_train)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the trained checkpoint folder to defend")
+    p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
+    p.add_argument("--out", required=True, help="output folder: the defended checkpoint and evaluation.json")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("-n", "--num", type=int, default=200, help="test images to evaluate on (default 200)")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated evaluation attacks, among fgsm-0.1, fgsm-0.2, fgsm-0.3, pgd-0.3, "
+                        "jsma-0.145, isi-l0 (default all)")
+    p.add_argument("--pgd-steps", type=int, default=40, help="PGD iterations in the evaluation (default 40)")
+    p.add_argument("--eot-samples", type=int, default=None,
+                   help="EOT passes for randomised models (default: exact expectation over channels)")
+    p.add_argument("--no-eval", action="store_true", help="train and save only")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
+    model, meta = load_model(args.model, args.device)
+    train = datasets.load_dataset(args.data, "train")
+    test = datasets.load_dataset(args.data, "test")
+    check_trained(meta, train.num_classes, f"--model {args.model}")
+    if args.num <= 0:
+        raise ValueError(f"--num must be positive, got {args.num}")
+    return model, meta, train, test
+
+
+def run_dae(args: argparse.Namespace) -> int:
+    model, meta, train, test = _load(args)
+    bounds = bounds_of(meta)
+    denoiser = models.build("dae", in_channels=int(train.x.shape[1]), width=args.width, bounds=list(bounds))
+    denoiser = denoiser.to(args.device)
+    adversarial = args.adversarial != "none"
+    report = train_denoiser(
+        denoiser, train.x.to(args.device), noise_std=args.noise_std,
+        model=model if adversarial else None, y=train.y if adversarial else None,
+        attack="fgsm" if not adversarial else args.adversarial, eps=args.eps, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, bounds=bounds,
+    )
+    defended = Purified(model, denoiser, tuple(train.x.shape[1:]))
+    settings = {"noise_std": args.noise_std, "adversarial": args.adversarial, "eps": args.eps}
+    return _finish(args, "dae", defended, model, meta, test, report.seconds, settings)
+
+
+def run_block_switch(args: argparse.Namespace) -> int:
+    model, meta, train, test = _load(args)
+    defended, report = train_block_switch(
+        meta["arch"], train.x.to(args.device), train.y.to(args.device), channels=args.channels,
+        split=args.split, epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed,
+    )
+    settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs}
+    return _finish(args, "block-switch", defended, model, meta, test, report.seconds, settings)
+
+
+def run_adv_train(args: argparse.Namespace) -> int:
+    model, meta, train, test = _load(args)
+    arch = meta["arch"]
+    defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
+    report = adversarial_training(
+        defended, train.x.to(args.device), train.y.to(args.device), attack=args.attack, eps=args.eps,
+        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        bounds=bounds_of(meta),
+    )
+    settings = {"attack": args.attack, "eps": args.eps, "steps": args.steps}
+    return _finish(args, "adv-train", defended, model, meta, test, report.seconds, settings)
+
+
+def _finish(args: argparse.Namespace, kind: str, defended: nn.Module, model: nn.Module, meta: dict[str, Any],
+            test: datasets.Dataset, train_seconds: float, settings: dict[str, Any]) -> int:
+    """Save the defended checkpoint, evaluate it, write evaluation.json and print the table."""
+    start = time.perf_counter()
+    out = output_folder(args.out)
+    accuracy = classifier_accuracy(defended, test.x.to(args.device), test.y.to(args.device))
+    saved = {k: v for k, v in meta.items() if k not in ("arch", "metrics", "training", "format_version")}
+    saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
+    saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
+                        "seed": args.seed, **settings}
+    models.save(defended.cpu(), out, saved)
+    defended.to(args.device)
+    print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")
+    if args.no_eval:
+        return 0
+    specs = default_attacks(pgd_steps=args.pgd_steps)
+    if args.attacks:
+        wanted = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        unknown = sorted(set(wanted) - {s.name for s in specs})
+        if unknown:
+            raise ValueError(f"--attacks must name attacks among {[s.name for s in specs]}, got {unknown}")
+        specs = [s for s in specs if s.name in wanted]
+    ds = test.subset(min(args.num, len(test)))
+    report = evaluate_defense(
+        defended, model, ds.x.to(args.device), ds.y.to(args.device), specs, bounds_of(meta),
+        seed=args.seed, samples=args.eot_samples,
+    )
+    report.update(defense=kind, settings=settings, train_seconds=train_seconds, checkpoint=str(out),
+                  eval_seconds=time.perf_counter() - start)
+    path = write_json(out / "evaluation.json", report)
+    rows = table_rows(kind, report, train_seconds)
+    print_table(rows, ["defense", "attacks", "clean", *(s.name for s in specs), "train_s"])
+    print(f"evaluation written to {path}")
+    return 0
