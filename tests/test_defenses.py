@@ -23,6 +23,7 @@ from salmap.defenses import (
     adaptive_model,
     adversarial_hook,
     check_trained,
+    default_attacks,
     evaluate_defense,
     reconstruction_error,
     train_block_switch,
@@ -340,3 +341,27 @@ def test_cli_rejects_an_untrained_checkpoint(tmp_path, capsys) -> None:
     assert rc == 2
     assert "no test accuracy" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_targets_avoid_true_class_and_prediction(trained, digits) -> None:
+    from salmap.defenses.evaluation import _targets
+
+    model, _ = trained
+    x, y = digits[1].x[:100], digits[1].y[:100]
+    targets = _targets(model, x, y, seed=0, batch_size=50)
+    pred = model(x).argmax(dim=1)
+    assert bool((targets >= 0).all()) and not bool((targets == y).any()) and not bool((targets == pred).any())
+
+
+def test_default_attacks_run_on_every_defended_model(trained, dae, digits) -> None:
+    model, _ = trained
+    x, y = digits[1].x[:6], digits[1].y[:6]
+    specs = [s for s in default_attacks(isi_iterations=3)
+             if s.name in ("jsma-0.145", "isi-l0")]
+    assert [s.name for s in specs] == ["jsma-0.145", "isi-l0"]
+    for defended in (Purified(model, dae), _switched(model)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            report = evaluate_defense(defended, model, x, y, specs, batch_size=6, progress=False)
+        for name in ("jsma-0.145", "isi-l0"):
+            assert report["adaptive"][name] < report["clean_accuracy"]

@@ -4,8 +4,18 @@ the adaptive attacks that test them (EOT, BPDA) and their honest evaluation."""
 from salmap.defenses.adaptive import BPDA, EOT, DefenseWarning, adaptive_model, is_randomized
 from salmap.defenses.adversarial import adversarial_hook, adversarial_training
 from salmap.defenses.block_switch import BlockSwitch, train_block_switch
-from salmap.defenses.denoiser import DenoisingAutoencoder, Purified, reconstruction_error, train_denoiser
-from salmap.defenses.evaluation import check_trained, craft_transfer, default_attacks, evaluate_defense
+from salmap.defenses.denoiser import (
+    DenoisingAutoencoder,
+    Purified,
+    reconstruction_error,
+    train_denoiser,
+)
+from salmap.defenses.evaluation import (
+    check_trained,
+    craft_transfer,
+    default_attacks,
+    evaluate_defense,
+)
 
 __all__ = [
     "BPDA",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -67,8 +68,8 @@ class EOT(nn.Module):
     def outputs(self, x: Tensor) -> list[Tensor]:
         """The individual outputs being averaged (one per channel, or one per pass)."""
         if self.exact:
-            forward = self.model.channel_forward
-            return [forward(x, k) for k in range(int(self.model.num_channels))]  # type: ignore[operator]
+            switched = cast(Any, self.model)
+            return [switched.channel_forward(x, k) for k in range(int(switched.num_channels))]
         return [self.model(x) for _ in range(self.samples)]
 
     def forward(self, x: Tensor) -> Tensor:

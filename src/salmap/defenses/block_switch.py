@@ -48,6 +48,8 @@ class BlockSwitch(nn.Module):
 
     #: marks the module as randomised for :mod:`salmap.defenses.adaptive`.
     randomized = True
+    #: the zoo architecture, when the channels are copies of one zoo model.
+    salmap_arch: dict[str, Any]
 
     def __init__(self, channels: list[nn.Module] | nn.ModuleList, upper: nn.Module, seed: int = 0) -> None:
         super().__init__()
