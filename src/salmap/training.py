@@ -46,11 +46,12 @@ def fit(
     progress: bool = True,
     batch_hook: BatchHook | None = None,
     desc: str = "train",
+    cosine: bool = False,
 ) -> TrainReport:
     """Train ``model`` on ``(x, y)`` with Adam; returns a :class:`TrainReport`.
 
     Shuffling and initial randomness come from ``seed`` so that a run is reproducible.
-    The model is left in eval mode.
+    ``cosine`` decays the learning rate to zero over the run. The model is left in eval mode.
     """
     check_number("epochs", epochs, low=1, integer=True)
     check_number("batch_size", batch_size, low=1, integer=True)
@@ -60,8 +61,9 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = x.shape[0]
     steps = (n + batch_size - 1) // batch_size
-    # Cosine decay to zero: a few points of accuracy for free on small data sets.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps) if cosine else None
+    )
     report = TrainReport(epochs=epochs, seconds=0.0)
     start = time.perf_counter()
     bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="batch", leave=False)
@@ -80,7 +82,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                schedule.step()
+                if schedule is not None:
+                    schedule.step()
                 total += float(loss.detach()) * idx.numel()
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
