@@ -13,10 +13,10 @@ from salmap import models
 
 def test_lenet_is_papernots_architecture():
     m = models.build("lenet")
-    convs = [l for l in m.modules() if isinstance(l, nn.Conv2d)]
-    linears = [l for l in m.modules() if isinstance(l, nn.Linear)]
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
     assert [c.out_channels for c in convs] == [32, 32, 64, 64]
-    assert [l.out_features for l in linears] == [200, 200, 10]
+    assert [lin.out_features for lin in linears] == [200, 200, 10]
     assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert models.build("lenet", in_channels=3, num_classes=4, input_size=(32, 32))(torch.rand(1, 3, 32, 32)).shape == (1, 4)
 

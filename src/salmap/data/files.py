@@ -16,8 +16,10 @@ from torch import Tensor
 
 from salmap.data.base import Dataset, register_prefix, split_per_class, take_split
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -32,7 +34,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"IDX file {path} could not be read: {err}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"IDX file {path} has no valid IDX header (magic {raw[:4].hex()})")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    dtype = _IDX_DTYPES[raw[2]]
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
         raise ValueError(f"IDX file {path} is truncated inside its header")

@@ -29,9 +29,9 @@ def available() -> list[str]:
 
 def _load_zoo() -> None:
     # Importing the modules registers their factories.
-    from salmap.models import lenet, resnet, unet  # noqa: F401
     # Defended models ('dae', 'purified', 'block-switch') are zoo models too, so checkpoints round-trip.
     from salmap.defenses import block_switch, denoiser  # noqa: F401
+    from salmap.models import lenet, resnet, unet  # noqa: F401
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:

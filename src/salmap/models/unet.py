@@ -56,7 +56,7 @@ class UNet(nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         skips.pop()
-        for up, merge in zip(self.up, self.merge):
+        for up, merge in zip(self.up, self.merge, strict=True):
             x = merge(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)
 
