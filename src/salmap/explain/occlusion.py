@@ -107,11 +107,11 @@ class Occlusion(Explainer):
         spatial = tuple(x.shape[2:])
         patch = _per_dim("patch", self.patch, spatial)
         stride = _per_dim("stride", self.stride, spatial)
-        if any(k > n for k, n in zip(patch, spatial)):
+        if any(k > n for k, n in zip(patch, spatial, strict=True)):
             raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
         # One row per patch position and one column per feature, per spatial dimension:
         # a patch is the outer product of one row of each, so sums over patches separate.
-        windows = [_windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride)]
+        windows = [_windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
         grid = tuple(w.shape[0] for w in windows)
 
         out = predict(self.model, x, self.batch_size)

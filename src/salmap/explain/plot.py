@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -43,10 +44,10 @@ def overlay(ax: Any, image: Tensor, heat: Tensor, limits: tuple[float, float, st
             alpha: float = 0.5, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
     """Draw ``heat`` ``(H, W)`` over ``image`` ``(C, H, W)`` on the matplotlib axes ``ax``."""
     low, high = bounds
-    img = to_image((image.detach().float().cpu() - low) / (high - low))
-    ax.imshow(img, cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1)
+    img = np.asarray(to_image((image.detach().float().cpu() - low) / (high - low)))
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
     vmin, vmax, cmap = limits or _limits(heat)
-    ax.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
+    ax.imshow(heat.detach().float().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
     ax.axis("off")
 
 

@@ -1,0 +1,281 @@
+"""``salmap explain``: explain a model's predictions; write heat-map PNGs and a JSON summary.
+
+Methods: gradient (saliency), occlusion, gradcam, lrp (when available); several may be
+given (``--method gradient --method gradcam`` or ``--method gradient,gradcam``). With
+``--attack NAME`` the maps are also computed on the attacked inputs and drawn before
+and after the attack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from salmap.cli.common import (
+    add_model_data_args,
+    bounds_of,
+    load_data,
+    load_model,
+    output_folder,
+    print_table,
+    write_json,
+)
+from salmap.explain import Explainer, GradCAM, GradientSaliency, Occlusion
+from salmap.explain.plot import attack_grid, explanation_grid, to_heat
+from salmap.explain.targets import _majority_foreground
+
+METHODS = ("gradient", "occlusion", "gradcam", "lrp")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="explain predictions (gradient, occlusion, Grad-CAM, LRP)",
+                       description=__doc__)
+    add_model_data_args(p)
+    p.add_argument("--method", action="append", default=None, metavar="NAME",
+                   help=f"explanation method(s), repeatable or comma-separated: {', '.join(METHODS)} "
+                        "(default gradient)")
+    p.add_argument("--target", default="pred",
+                   help="class to explain: pred (predicted, default), label (true label) or a class index")
+    p.add_argument("--region", default=None, metavar="Y0:Y1,X0:X1",
+                   help="segmenters: explain the target class's summed score over this pixel box "
+                        "(default: the pixels predicted as the target class)")
+    g = p.add_argument_group("gradient saliency")
+    g.add_argument("--signed", action="store_true", help="keep the gradient's sign (default absolute)")
+    g.add_argument("--times-input", action="store_true", help="gradient x input")
+    o = p.add_argument_group("occlusion")
+    o.add_argument("--patch", type=int, default=4, help="patch size (default 4)")
+    o.add_argument("--stride", type=int, default=2, help="stride (default 2)")
+    o.add_argument("--fill", default="zero", help="zero, mean, grey, random or a number (default zero)")
+    c = p.add_argument_group("Grad-CAM")
+    c.add_argument("--layer", default=None,
+                   help="dotted module name, e.g. layer4 (default: layer4 if present, else the last convolution)")
+    a = p.add_argument_group("before/after an attack")
+    a.add_argument("--attack", default=None,
+                   help="attack the inputs (untargeted, true labels), e.g. fgsm; the maps after the attack "
+                        "explain the same class as before")
+    a.add_argument("--eps", type=float, default=None, help="the attack's eps (default: the attack's own)")
+    p.add_argument("--rows", type=int, default=8, help="samples drawn in the pictures (default 8)")
+    p.set_defaults(func=run)
+
+
+def parse_methods(values: list[str] | None) -> list[str]:
+    """``["gradient,occlusion", "gradcam"]`` to ``["gradient", "occlusion", "gradcam"]``, checked."""
+    names: list[str] = []
+    for value in values or ["gradient"]:
+        for name in (v.strip().lower() for v in value.split(",")):
+            if name not in METHODS:
+                raise ValueError(f"--method must be among {list(METHODS)}, got {name!r}")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def default_layer(model: torch.nn.Module) -> str:
+    """``layer4`` when the model has one (ResNets), else its last convolution."""
+    names = dict(model.named_modules())
+    if "layer4" in names:
+        return "layer4"
+    convs = [n for n, m in names.items() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
+    if not convs:
+        raise ValueError("--layer is needed: the model has no layer4 and no convolution")
+    return convs[-1]
+
+
+def build_explainer(name: str, args: argparse.Namespace, model: torch.nn.Module,
+                    bounds: tuple[float, float]) -> Explainer:
+    if name == "gradient":
+        return GradientSaliency(model, absolute=not args.signed, times_input=args.times_input)
+    if name == "occlusion":
+        fill: Any = args.fill
+        if fill not in ("zero", "mean", "grey", "random"):
+            try:
+                fill = float(fill)
+            except ValueError:
+                raise ValueError(f"--fill must be zero, mean, grey, random or a number, got {args.fill!r}") from None
+        return Occlusion(model, patch=args.patch, stride=args.stride, fill=fill, bounds=bounds,
+                         batch_size=max(args.batch_size, 1), seed=args.seed, progress=True)
+    if name == "gradcam":
+        return GradCAM(model, layer=args.layer or default_layer(model))
+    import salmap.explain as explain
+
+    lrp = getattr(explain, "LRP", None)
+    if lrp is None:
+        raise ValueError("--method lrp is not available in this installation of salmap")
+    return lrp(model)
+
+
+def parse_region(text: str, shape: tuple[int, int]) -> Tensor:
+    """``"Y0:Y1,X0:X1"`` to an ``(H, W)`` bool mask."""
+    try:
+        (y0, y1), (x0, x1) = ([int(v) for v in part.split(":")] for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--region must look like Y0:Y1,X0:X1 (e.g. 4:12,8:20), got {text!r}") from None
+    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"--region must be a non-empty box inside the output {shape}, got {text!r}")
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def choose_target(mode: str, y: Tensor, segmentation: bool) -> tuple[Any, Tensor | None]:
+    """``(target, mask)`` for :meth:`Explainer.attribute` from ``--target`` (mask only for segmenters)."""
+    if mode == "pred":
+        return None, None
+    if mode == "label":
+        if not segmentation:
+            return y, None
+        classes = _majority_foreground(y)
+        return classes, y == classes[:, None, None]
+    try:
+        return int(mode), None
+    except ValueError:
+        raise ValueError(f"--target must be pred, label or a class index, got {mode!r}") from None
+
+
+def explain_batches(explainer: Explainer, x: Tensor, target: Any, mask: Tensor | None,
+                    batch_size: int, desc: str) -> Tensor:
+    """``explainer.attribute`` over ``x`` in batches, with a progress bar."""
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    parts = []
+    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, unit="batch", leave=False):
+        sl = slice(i, i + batch_size)
+        t = target[sl] if isinstance(target, Tensor) else target
+        m = mask[sl] if mask is not None and mask.dim() == 3 else mask
+        parts.append(explainer.attribute(x[sl], target=t, mask=m))
+    return torch.cat(parts)
+
+
+def map_summary(maps: Tensor) -> list[dict[str, Any]]:
+    """Per sample: min, max, mean, mean |.|, sum of the raw map, and where its heat peaks."""
+    flat = maps.detach().flatten(1).double().cpu()
+    heat = to_heat(maps) if maps.dim() == 4 else None
+    rows = []
+    for i in range(flat.shape[0]):
+        row: dict[str, Any] = {
+            "min": float(flat[i].min()), "max": float(flat[i].max()), "mean": float(flat[i].mean()),
+            "mean_abs": float(flat[i].abs().mean()), "sum": float(flat[i].sum()),
+        }
+        if heat is not None:
+            peak = int(heat[i].flatten().argmax())
+            row["peak"] = [peak // heat.shape[2], peak % heat.shape[2]]
+        rows.append(row)
+    return rows
+
+
+def compare_maps(before: Tensor, after: Tensor, top: float = 0.1) -> list[dict[str, float]]:
+    """Per sample: Pearson correlation of the display heat maps and overlap (IoU) of their top ``top`` pixels."""
+    hb, ha = to_heat(before).flatten(1).double(), to_heat(after).flatten(1).double()
+    k = max(1, int(top * hb.shape[1]))
+    out = []
+    for b, a in zip(hb, ha, strict=True):
+        bc, ac = b - b.mean(), a - a.mean()
+        denom = float(bc.norm() * ac.norm())
+        tb, ta = set(b.topk(k).indices.tolist()), set(a.topk(k).indices.tolist())
+        out.append({"correlation": float((bc * ac).sum()) / denom if denom > 0 else float("nan"),
+                    "top_iou": len(tb & ta) / len(tb | ta)})
+    return out
+
+
+def attack_spec(name: str) -> Any:
+    """The classifier attack ``name`` of ``salmap attack``'s table, or a ValueError listing them."""
+    from salmap.cli.attack import ATTACKS
+
+    spec = ATTACKS.get(name)
+    if spec is None or spec.runner is not None:
+        names = [k for k, s in ATTACKS.items() if s.runner is None]
+        raise ValueError(f"--attack must be one of {names}, got {name!r}")
+    return spec
+
+
+def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: tuple[float, float],
+               x: Tensor, y: Tensor) -> tuple[Any, Any]:
+    """Run ``--attack`` (untargeted, on the true labels) with its default settings and ``--eps``."""
+    from salmap.attacks.base import AttackResult
+    from salmap.cli.attack import run_batches
+
+    spec = attack_spec(args.attack)
+    defaults = argparse.ArgumentParser(add_help=False)
+    spec.add_args(defaults)
+    settings = argparse.Namespace(**{**vars(args), **vars(defaults.parse_args([]))})
+    if args.eps is not None:
+        settings.eps = args.eps
+    attack = spec.build(settings, model, bounds)
+    result: AttackResult = run_batches(attack, x, y, None, args.batch_size, args.attack)
+    return attack, result
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    methods = parse_methods(args.method)
+    model, meta = load_model(args.model, args.device)
+    bounds = bounds_of(meta)
+    ds = load_data(args.data, args.split, args.num)
+    x, y = ds.x.to(args.device), ds.y.to(args.device)
+    segmentation = ds.task == "segmentation"
+    with torch.no_grad():
+        out = model(x[:1])
+    if (out.dim() == 4) != segmentation and args.target == "label":
+        raise ValueError(f"--target label needs labels that match the model's outputs; data {args.data!r} "
+                         f"is {ds.task} and the model returned shape {tuple(out.shape)}")
+    target, mask = choose_target(args.target, y, segmentation)
+    if args.region is not None:
+        if out.dim() != 4:
+            raise ValueError("--region is for segmenters; the model returned (B, classes) logits")
+        mask = parse_region(args.region, tuple(out.shape[-2:])).to(args.device)
+    explainers = {name: build_explainer(name, args, model, bounds) for name in methods}
+    if args.attack is not None:
+        attack_spec(args.attack)
+        if segmentation:
+            raise ValueError("--attack explains classifier attacks; the data is a segmentation set")
+
+    maps: dict[str, Tensor] = {}
+    rows, summary = [], {}
+    for name, explainer in explainers.items():
+        t0 = time.perf_counter()
+        maps[name] = explain_batches(explainer, x, target, mask, args.batch_size, name)
+        seconds = time.perf_counter() - t0
+        summary[name] = {"settings": repr(explainer), "seconds": seconds, "samples": map_summary(maps[name])}
+        rows.append({"method": name, "images": x.shape[0], "seconds": seconds,
+                     "images_per_s": x.shape[0] / seconds if seconds > 0 else float("inf")})
+
+    with torch.no_grad():
+        preds = torch.cat([model(x[i : i + args.batch_size]) for i in range(0, x.shape[0], max(args.batch_size, 1))])
+    pred = preds.argmax(dim=1)
+    out_dir = output_folder(args.out)
+    pictures = [explanation_grid(
+        x.cpu(), {k: v.cpu() for k, v in maps.items()}, out_dir / "explain.png",
+        labels=None if segmentation else y.cpu(), preds=None if segmentation else pred.cpu(),
+        class_names=ds.class_names, rows=args.rows, bounds=bounds, title=f"{args.model}: {', '.join(methods)}",
+    )]
+    payload: dict[str, Any] = {
+        "model": args.model, "data": args.data, "split": args.split, "images": x.shape[0],
+        "target": args.target, "region": args.region, "methods": summary,
+    }
+    if args.attack is not None:
+        attack, result = run_attack(args, model, bounds, x, y)
+        adv_target = target if target is not None else result.pred_before
+        after = {name: explain_batches(e, result.x_adv, adv_target, mask, args.batch_size, f"{name} (attacked)")
+                 for name, e in explainers.items()}
+        pictures.append(attack_grid(
+            x.cpu(), result.x_adv.cpu(), {k: v.cpu() for k, v in maps.items()},
+            {k: v.cpu() for k, v in after.items()}, out_dir / "attack.png",
+            result.pred_before.cpu(), result.pred_after.cpu(), ds.class_names, rows=args.rows, bounds=bounds,
+            title=f"{args.attack}: {attack!r}",
+        ))
+        payload["attack"] = {
+            "name": args.attack, "settings": repr(attack), "summary": result.summary(),
+            "pred_before": result.pred_before, "pred_after": result.pred_after,
+            "methods": {name: {"samples": map_summary(after[name]),
+                               "before_vs_after": compare_maps(maps[name], after[name])} for name in after},
+        }
+    payload["seconds"] = time.perf_counter() - start
+    write_json(out_dir / "summary.json", payload)
+    print_table(rows, ["method", "images", "seconds", "images_per_s"])
+    print(f"summary written to {out_dir / 'summary.json'}; pictures: {', '.join(str(p) for p in pictures)}")
+    return 0

@@ -1,0 +1,92 @@
+"""``salmap explain`` end to end on a tiny saved model; pictures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from salmap import models
+from salmap.cli import main
+from salmap.explain.plot import attack_grid, explanation_grid, to_heat
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A random lenet checkpoint and a small npz dataset of 28x28 images (fast to load)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("explain")
+    models.save(models.build("lenet"), root / "lenet", {"bounds": [0.0, 1.0]})
+    gen = np.random.default_rng(0)
+    x = (gen.random((8, 28, 28)) < 0.2).astype(np.float32)
+    np.savez(root / "d.npz", x=x, y=np.arange(8) % 10, x_test=x, y_test=np.arange(8) % 10)
+    return root
+
+
+def explain(files, out, *extra):
+    return main(["explain", "--model", str(files / "lenet"), "--data", f"npz:{files / 'd.npz'}",
+                 "--out", str(out), *extra])
+
+
+def test_explain_several_methods_with_attack(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = explain(files, out, "-n", "5", "--batch-size", "3",
+               "--method", "gradient,occlusion", "--method", "gradcam", "--layer", "features.6",
+               "--patch", "7", "--stride", "7", "--target", "label", "--attack", "fgsm", "--eps", "0.2",
+               "--rows", "2")
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["gradient", "occlusion", "gradcam"]
+    assert summary["images"] == 5 and len(summary["methods"]["occlusion"]["samples"]) == 5
+    assert "patch=(7,)" in summary["methods"]["occlusion"]["settings"]
+    first = summary["methods"]["gradient"]["samples"][0]
+    assert first["min"] >= 0 and first["max"] >= first["mean"] and len(first["peak"]) == 2
+    attack = summary["attack"]
+    assert attack["name"] == "fgsm" and "eps=0.2" in attack["settings"]
+    cmp = attack["methods"]["gradcam"]["before_vs_after"]
+    assert len(cmp) == 5 and all(0.0 <= c["top_iou"] <= 1.0 for c in cmp)
+    assert (out / "explain.png").stat().st_size > 1000 and (out / "attack.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "occlusion" in printed and "summary written to" in printed
+
+
+def test_explain_lrp_when_available(files, tmp_path):
+    pytest.importorskip("salmap.explain.lrp")
+    rc = explain(files, tmp_path, "-n", "2", "--method", "lrp")
+    assert rc == 0
+    assert "lrp" in json.loads((tmp_path / "summary.json").read_text())["methods"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "gradient,saliency"], "--method must be among"),
+        (["--method", "gradcam", "--layer", "featurs.6"], "close names: features.6"),
+        (["--method", "occlusion", "--patch", "40"], "larger than the input"),
+        (["--method", "occlusion", "--stride", "0"], "stride must be a positive int"),
+        (["--method", "occlusion", "--fill", "black"], "--fill must be"),
+        (["--target", "seven"], "--target must be pred, label or a class index"),
+        (["--region", "0:4,0:4"], "--region is for segmenters"),
+        (["--attack", "nope"], "--attack must be one of"),
+    ],
+)
+def test_bad_arguments(files, tmp_path, capsys, extra, message):
+    rc = explain(files, tmp_path, "-n", "2", *extra)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_to_heat_reductions_and_grids(tmp_path):
+    pos = torch.rand(2, 3, 5, 5)
+    assert torch.equal(to_heat(pos), pos.amax(dim=1))
+    signed = pos - 0.5
+    assert torch.equal(to_heat(signed), signed.sum(dim=1))
+    x = torch.rand(2, 3, 5, 5)
+    path = explanation_grid(x, {"a": pos, "b": signed[:, :1]}, tmp_path / "g.png", labels=torch.tensor([0, 1]))
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="same methods"):
+        attack_grid(x, x, {"a": pos}, {"b": pos}, tmp_path / "h.png")
+    with pytest.raises(ValueError, match="maps must be"):
+        to_heat(torch.rand(2, 5, 5))
