@@ -73,7 +73,7 @@ def register_prefix(prefix: str) -> Callable[[Loader], Loader]:
 def load_dataset(name: str, split: str = "test") -> Dataset:
     """Load a dataset by name: a built-in (``mnist-sample``, ``digits``, ``mnist-seg``, ...)
     or ``kind:PATH`` (``idx:``, ``npz:``, ``folder:``)."""
-    from salmap.data import files, packaged  # noqa: F401  (registration)
+    from salmap.data import files, mnist_seg, packaged  # noqa: F401  (registration)
 
     check_choice("split", split, SPLITS)
     if not isinstance(name, str):
@@ -99,7 +99,7 @@ def load(name: str, split: str = "test") -> tuple[Tensor, Tensor]:
 
 def available() -> list[str]:
     """Names of the built-in datasets and the ``kind:PATH`` forms."""
-    from salmap.data import files, packaged  # noqa: F401
+    from salmap.data import files, mnist_seg, packaged  # noqa: F401
 
     return sorted(_BUILTIN) + [f"{p}:PATH" for p in sorted(_PREFIXED)]
 
