@@ -170,8 +170,8 @@ class Attack(ABC):
             l2=l2,
             linf=linf,
             iterations=iterations.to(device=x.device, dtype=torch.long),
-            pred_before=clean.argmax(dim=1),
-            pred_after=after.argmax(dim=1),
+            pred_before=self._predictions(clean),
+            pred_after=self._predictions(after),
             labels=labels,
             targeted=targeted,
             seconds=time.perf_counter() - start,
@@ -194,6 +194,10 @@ class Attack(ABC):
                 f"got output of shape {tuple(clean.shape)}"
             )
         return check_labels(labels, x.shape[0], clean.shape[1], "target" if targeted else "y", x.device)
+
+    def _predictions(self, out: Tensor) -> Tensor:
+        """The predicted labels stored in the result (arg-max class; masks for segmenters)."""
+        return out.argmax(dim=1)
 
     def _is_success(self, out: Tensor, labels: Tensor, targeted: bool) -> Tensor:
         pred = out.argmax(dim=1)
