@@ -13,6 +13,7 @@ switch at random.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salmap._validate import check_input, check_number
+from salmap.defenses.adaptive import DefenseWarning
 from salmap.models.registry import build, register
 from salmap.training import TrainReport, train_classifier
 
@@ -89,6 +91,14 @@ class BlockSwitch(nn.Module):
         elif choice.shape != (x.shape[0],) or int(choice.min()) < 0 or int(choice.max()) >= self.num_channels:
             raise ValueError(
                 f"choice must be {x.shape[0]} channel indices in [0, {self.num_channels - 1}], got {choice.tolist()}"
+            )
+        if x.requires_grad and torch.is_grad_enabled():
+            # Someone differentiates one random draw: a gradient attack that ignores the switching.
+            warnings.warn(
+                "gradient taken through a single random channel draw of BlockSwitch: the attack does not "
+                "account for the randomness; wrap the model in salmap.defenses.adaptive.EOT",
+                DefenseWarning,
+                stacklevel=2,
             )
         choice = choice.to(x.device)
         self.last_choice = choice.detach().cpu()
