@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from salmap.attacks import FGSM, PGD, Attack, AttackResult, random_targets
+from salmap.cli import attack_seg
 from salmap.cli.common import (
     add_model_data_args,
     bounds_of,
@@ -50,6 +51,10 @@ def _pgd_args(p: argparse.ArgumentParser) -> None:
 
 
 ATTACKS: dict[str, AttackSpec] = {
+    "jsma-seg": AttackSpec(
+        "JSMA for segmentation models: make a segmenter predict a goal mask (hide / relabel / add)",
+        attack_seg.add_args, attack_seg.build, runner=attack_seg.run,
+    ),
     "fgsm": AttackSpec(
         "Fast Gradient Sign Method (Goodfellow et al. 2014)",
         _fgsm_args,
