@@ -16,6 +16,16 @@ from salmap.attacks import FGSM, PGD, Attack
 from salmap.training import BatchHook, TrainReport, train_classifier
 
 
+def training_attack(
+    name: str, model: nn.Module, eps: float, steps: int = 10, seed: int = 0, bounds: Bounds = (0.0, 1.0)
+) -> Attack:
+    """The attack that makes training examples: FGSM, or PGD with ``steps`` steps of ``2.5 * eps / steps``
+    (Madry et al.'s ratio) from a random start seeded by ``seed``."""
+    if check_choice("attack", name, ("fgsm", "pgd")) == "fgsm":
+        return FGSM(model, eps=eps, bounds=bounds)
+    return PGD(model, eps=eps, step=2.5 * eps / steps, steps=steps, seed=seed, bounds=bounds)
+
+
 def adversarial_hook(
     attack: str = "fgsm", eps: float = 0.3, steps: int = 10, seed: int = 0, bounds: Bounds = (0.0, 1.0)
 ) -> BatchHook:
@@ -32,12 +42,8 @@ def adversarial_hook(
     calls = [0]
 
     def hook(model: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        crafter: Attack
-        if attack == "fgsm":
-            crafter = FGSM(model, eps=eps, bounds=bounds)
-        else:
-            # A fresh random start per batch, reproducible from the seed.
-            crafter = PGD(model, eps=eps, step=2.5 * eps / steps, steps=steps, seed=seed + calls[0], bounds=bounds)
+        # A fresh PGD random start per batch, reproducible from the seed.
+        crafter = training_attack(attack, model, eps, steps, seed + calls[0], bounds)
         calls[0] += 1
         x_adv = crafter(xb.clamp(*bounds), y=yb).x_adv
         return torch.cat([xb, x_adv]), torch.cat([yb, yb])

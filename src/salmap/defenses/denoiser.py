@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from salmap._validate import Bounds, check_bounds, check_choice, check_input, check_number
+from salmap.defenses.adversarial import training_attack
 from salmap.gradients import Model
 from salmap.models.registry import build, register
 from salmap.training import TrainReport, fit
@@ -174,7 +175,7 @@ def train_denoiser(
     x: clean training images ``(N, C, H, W)`` within ``bounds``.
     noise_std: Gaussian noise level, ``>= 0``.
     model, y: optional classifier and true labels for adversarial training examples.
-    attack: ``"fgsm"`` or ``"pgd"`` (10 steps).
+    attack: ``"fgsm"`` or ``"pgd"`` (10 steps, see :func:`~salmap.defenses.adversarial.training_attack`).
     eps: largest Linf radius of the adversarial examples.
     adversarial_fraction: share of each batch replaced by adversarial examples, in ``[0, 1]``.
     epochs, batch_size, lr, seed, progress: as in :func:`salmap.training.fit`.
@@ -208,7 +209,7 @@ def train_denoiser(
             n_adv = int(round(adversarial_fraction * xb.shape[0]))
             if n_adv:
                 radius = float(torch.rand((), generator=gen)) * eps
-                craft = _attack(attack, model, radius, seed, bounds)
+                craft = training_attack(attack, model, radius, 10, seed, bounds)
                 yb = labels[idx[:n_adv].cpu()].to(xb.device)
                 noisy = torch.cat([craft(xb[:n_adv], y=yb).x_adv, noisy[n_adv:]])
         return noisy, xb
@@ -219,14 +220,6 @@ def train_denoiser(
     # fit() feeds (images, indices); the hook turns them into (corrupted, clean) pairs.
     index = torch.arange(x.shape[0])
     return fit(denoiser, x, index, mse, epochs, batch_size, lr, seed, progress, corrupt, desc="denoiser")
-
-
-def _attack(name: str, model: nn.Module, eps: float, seed: int, bounds: Bounds) -> Any:
-    from salmap.attacks import FGSM, PGD
-
-    if name == "fgsm":
-        return FGSM(model, eps=eps, bounds=bounds)
-    return PGD(model, eps=eps, steps=10, seed=seed, bounds=bounds)
 
 
 def _device_of(module: nn.Module) -> torch.device:
