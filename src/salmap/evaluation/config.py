@@ -387,14 +387,29 @@ def parse_config(raw: Any, source: str = "run", base: Path | None = None) -> Run
     )
 
 
+_BUILTIN_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def load_split(name: str, split: str) -> Any:
+    """A dataset split; built-in ones (no ``kind:PATH``) are loaded once per process, since
+    validation and the run both need them and some take seconds to decode."""
+    from salmap import data as datasets
+
+    if ":" in name:
+        return datasets.load_dataset(name, split)
+    key = (name, split)
+    if key not in _BUILTIN_CACHE:
+        _BUILTIN_CACHE[key] = datasets.load_dataset(name, split)
+    return _BUILTIN_CACHE[key]
+
+
 def _check_resources(check: _Checker, data: DataConfig, models: list[ModelConfig], attacks: list[AttackConfig]) -> None:
     """Open the dataset and every model now, so that a wrong path or count fails before any work."""
-    from salmap import data as datasets
     from salmap import models as zoo
 
     task = None
     try:
-        ds = datasets.load_dataset(data.name, data.split)
+        ds = load_split(data.name, data.split)
     except ValueError as err:
         check.add("data.name", str(err))
     else:
@@ -483,7 +498,8 @@ def _attacks(check: _Checker, raw: Any) -> list[AttackConfig]:
             params = check_params(check, f"{path}.params", "attack", component, a.get("params"))
             if len(check.problems) == before:
                 _probe(check, f"{path}.params", component, params)
-        label = check.string(f"{path}.name", a.get("name"), None) or _default_label(kind or "attack", params)
+        raw_params: dict[str, Any] = a["params"] if isinstance(a.get("params"), dict) else params
+        label = check.string(f"{path}.name", a.get("name"), None) or _default_label(kind or "attack", raw_params)
         attacks.append(AttackConfig(name=label, attack=kind or "", targets=targets, params=params))
     _labels_unique(check, "attacks", [a.name for a in attacks])
     return attacks

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def to_image(x: Tensor) -> Tensor:
+def to_image(x: Tensor) -> np.ndarray:
     """``(C, H, W)`` to an ``(H, W)`` or ``(H, W, 3)`` array for imshow."""
     x = x.detach().float().cpu()
-    return x[0] if x.shape[0] == 1 else x[:3].permute(1, 2, 0).clamp(0, 1)
+    return (x[0] if x.shape[0] == 1 else x[:3].permute(1, 2, 0).clamp(0, 1)).numpy()
 
 
 def adversarial_grid(
@@ -57,7 +57,7 @@ def adversarial_grid(
         axes[r, 0].set_title(f"true {label(y[r])}, pred {label(pred_before[r])}", fontsize=8)
         axes[r, 1].imshow(to_image(x_adv[r]), cmap=cmap, vmin=0, vmax=1)
         axes[r, 1].set_title(f"adversarial: pred {label(pred_after[r])}", fontsize=8)
-        axes[r, 2].imshow(delta.mean(dim=0), cmap="seismic", vmin=-lim, vmax=lim)
+        axes[r, 2].imshow(delta.mean(dim=0).numpy(), cmap="seismic", vmin=-lim, vmax=lim)
         axes[r, 2].set_title(f"perturbation (max {lim:.2f})", fontsize=8)
         for ax in axes[r]:
             ax.axis("off")

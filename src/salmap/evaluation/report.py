@@ -28,6 +28,7 @@ figure { display: inline-block; margin: .5rem; vertical-align: top; }
 figure img { max-width: 560px; border: 1px solid #eee; }
 figcaption { font-size: .8rem; color: #555; max-width: 560px; }
 pre { background: #f7f7f7; padding: .75rem; overflow-x: auto; font-size: .8rem; }
+.scroll { overflow-x: auto; }
 .meta { color: #666; font-size: .85rem; }
 """
 
@@ -65,7 +66,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], cs
     ident = f' id="{esc(css_id)}"' if css_id else ""
     head = "".join(f'<th class="text">{esc(h)}</th>' for _, h in columns)
     body = "".join("<tr>" + "".join(_cell(r.get(k)) for k, _ in columns) + "</tr>\n" for r in rows)
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+    return (f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>\n{body}'
+            "</tbody></table></div>\n")
 
 
 def embed_png(path: Path) -> str:

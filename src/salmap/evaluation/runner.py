@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 from salmap import data as datasets
 from salmap import models as zoo
 from salmap.attacks.base import Attack, all_other_targets, random_targets
-from salmap.evaluation.config import ATTACKS, AttackConfig, RunConfig
+from salmap.evaluation.config import ATTACKS, AttackConfig, RunConfig, load_split
 from salmap.evaluation.distributed import World, from_environment
 from salmap.gradients import frozen, predict
 
@@ -210,7 +210,7 @@ class Prepared:
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Load the data, fix the targets and the samples the figures show, fingerprint the run."""
-    ds = datasets.load_dataset(cfg.data.name, cfg.data.split)
+    ds = load_split(cfg.data.name, cfg.data.split)
     if cfg.data.num is not None and cfg.data.num > len(ds):
         raise ValueError(f"data.num asks for {cfg.data.num} samples but {cfg.data.name} holds only {len(ds)}")
     n = len(ds) if cfg.data.num is None else cfg.data.num
