@@ -55,11 +55,11 @@ def segmentation_grid(
         gray = "gray" if x.shape[1] == 1 else None
         panels = [
             (to_image(x[r]), gray, 0, 1),
-            (pred[r].cpu(), cmap_masks, 0, max(num_classes - 1, 1)),
-            (target[r].cpu(), cmap_masks, 0, max(num_classes - 1, 1)),
+            (pred[r].cpu().numpy(), cmap_masks, 0, max(num_classes - 1, 1)),
+            (target[r].cpu().numpy(), cmap_masks, 0, max(num_classes - 1, 1)),
             (to_image(x_adv[r]), gray, 0, 1),
-            (pred_adv[r].cpu(), cmap_masks, 0, max(num_classes - 1, 1)),
-            (delta.mean(dim=0), "seismic", -lim, lim),
+            (pred_adv[r].cpu().numpy(), cmap_masks, 0, max(num_classes - 1, 1)),
+            (delta.mean(dim=0).numpy(), "seismic", -lim, lim),
         ]
         for c, (img, cmap, vmin, vmax) in enumerate(panels):
             ax = axes[r, c]
