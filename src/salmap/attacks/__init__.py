@@ -2,7 +2,8 @@
 
 from salmap.attacks.base import Attack, AttackResult, all_other_targets, random_targets
 from salmap.attacks.fgsm import BIM, FGSM, PGD
+from salmap.attacks.isi import ISI
 from salmap.attacks.jsma import JSMA, select_features
 from salmap.attacks.jsma_seg import SegmentationJSMA
 
-__all__ = ["Attack", "AttackResult", "BIM", "FGSM", "JSMA", "PGD", "SegmentationJSMA", "all_other_targets", "random_targets", "select_features"]
+__all__ = ["Attack", "AttackResult", "BIM", "FGSM", "ISI", "JSMA", "PGD", "SegmentationJSMA", "all_other_targets", "random_targets", "select_features"]

@@ -50,6 +50,25 @@ def _pgd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-random-start", action="store_true", help="start at the clean input (BIM)")
 
 
+def _isi_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--indicator", choices=["relevance", "sensitivity"], default="relevance",
+                   help="significance: LRP relevance or the gradient (default relevance)")
+    p.add_argument("--norm", choices=["l0", "l2", "linf"], default="l0", help="which ISI form (default l0)")
+    p.add_argument("--eps", type=float, default=0.1, help="step per iteration for l2 / linf (default 0.1)")
+    p.add_argument("--max-iter", type=int, default=30, help="iterations per image (default 30)")
+    p.add_argument("--n-features", type=int, default=None,
+                   help="features changed per iteration for l0 / l2 (default 1 for l0, 10 for l2)")
+    p.add_argument("--lrp-composite", default="epsilon",
+                   help="LRP rules for --indicator relevance: epsilon, epsilon-plus, epsilon-alpha2-beta1")
+
+
+def _isi_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
+    from salmap.attacks.isi import ISI
+
+    return ISI(m, indicator=a.indicator, norm=a.norm, eps=a.eps, max_iter=a.max_iter, n_features=a.n_features,
+               bounds=b, lrp_composite=a.lrp_composite)
+
+
 ATTACKS: dict[str, AttackSpec] = {
     "jsma-seg": AttackSpec(
         "JSMA for segmentation models: make a segmenter predict a goal mask (hide / relabel / add)",
@@ -65,6 +84,10 @@ ATTACKS: dict[str, AttackSpec] = {
         _pgd_args,
         lambda a, m, b: PGD(m, eps=a.eps, step=a.step, steps=a.steps, random_start=not a.no_random_start,
                             seed=a.seed, bounds=b),
+    ),
+    "isi": AttackSpec(
+        "Input significance indicator attack, sensitivity or LRP relevance (Qiu et al. 2020)",
+        _isi_args, _isi_build,
     ),
 }
 
