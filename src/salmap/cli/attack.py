@@ -69,7 +69,30 @@ def _isi_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
                bounds=b, lrp_composite=a.lrp_composite)
 
 
+def _jsma_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--theta", type=float, default=1.0, help="change per chosen feature, non-zero (default 1.0)")
+    p.add_argument("--gamma", type=float, default=0.145,
+                   help="largest fraction of features changed, in (0, 1] (default 0.145)")
+    p.add_argument("--single", action="store_true", help="single-feature saliency map instead of pairs")
+    p.add_argument("--probabilities", action="store_true", help="differentiate softmax outputs, not logits")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="search pairs among this many most promising features only (default: exact search)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="rows of the pair matrix scored at a time per sample (default: automatic)")
+
+
+def _jsma_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
+    from salmap.attacks.jsma import JSMA
+
+    return JSMA(m, theta=a.theta, gamma=a.gamma, pairs=not a.single, probabilities=a.probabilities,
+                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b)
+
+
 ATTACKS: dict[str, AttackSpec] = {
+    "jsma": AttackSpec(
+        "Jacobian-based saliency map attack, pairwise or single-feature map (Papernot et al. 2016)",
+        _jsma_args, _jsma_build,
+    ),
     "jsma-seg": AttackSpec(
         "JSMA for segmentation models: make a segmenter predict a goal mask (hide / relabel / add)",
         attack_seg.add_args, attack_seg.build, runner=attack_seg.run,
