@@ -155,11 +155,12 @@ def sequential_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def default_split(layers: list[nn.Module]) -> int:
-    """Where the switching block ends by default: after the first pooling layer (the first
-    convolutional block), or after half of the layers when there is none."""
+    """Where the switching block ends by default: before the first ``Flatten``/``Linear`` layer, so
+    that a channel is the whole convolutional part and the upper part the dense classifier (as in
+    Wang et al.'s experiments); after half of the layers when there is no such layer."""
     for i, layer in enumerate(layers):
-        if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-            return i + 1
+        if isinstance(layer, (nn.Flatten, nn.Linear)) and i > 0:
+            return i
     return max(1, len(layers) // 2)
 
 
@@ -227,7 +228,8 @@ def train_block_switch(
     base: architecture dict ``{"name": zoo name, "kwargs": {...}}`` of the network.
     x, y: training images and labels.
     channels: K, the number of parallel channels (``>= 2``).
-    split: number of leading layers forming a channel (default: the first convolutional block).
+    split: number of leading layers forming a channel (default: the convolutional part, see
+        :func:`default_split`).
     epochs: epochs for each copy; ``upper_epochs`` (default ``epochs``) for the upper part.
     batch_size, lr, seed, progress: as in :func:`salmap.training.train_classifier`.
     x_test, y_test: optional test set; the report then holds the switched model's accuracy.
