@@ -10,11 +10,12 @@ PGD (eps 0.3), JSMA (theta 1, gamma 0.145, random targets) and ISI (relevance, L
   for block switching; white-box on the adversarially trained model),
 - ``worst``: a sample counts only if it resists both,
 
-and the training time of every defense. Defaults keep it CPU-friendly (200 test images,
-3 training epochs per defense, i.e. per block-switching copy and for its upper part);
-``--quick`` uses 40 images, 1 epoch, 10 PGD steps and 10 ISI iterations.
+and the training time of every defense. Defaults keep it CPU-friendly (the first 100 test
+images, 2 training epochs per defense, i.e. per block-switching copy and for its upper part,
+against the lenet's 10); ``--quick`` uses 40 images, 1 epoch, 10 PGD steps and 10 ISI
+iterations. Every figure is over that small sample: one image is 1 point at n=100.
 
-Run: ``python benchmarks/defenses.py [--quick] [--model /work/cache/lenet] [-n 200] [--epochs 3]``
+Run: ``python benchmarks/defenses.py [--quick] [--model /work/cache/lenet] [-n 100] [--epochs 2]``
 """
 
 from __future__ import annotations
@@ -57,15 +58,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="40 images, 1 epoch, fewer attack iterations")
     p.add_argument("--model", default=None, help="trained lenet checkpoint (default /work/cache/lenet)")
-    p.add_argument("-n", "--num", type=int, default=None, help="test images (default 200, quick 40)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per defense (default 3, quick 1)")
+    p.add_argument("-n", "--num", type=int, default=None, help="test images (default 100, quick 40)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per defense (default 2, quick 1)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "salmap-bench" / "lenet"))
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    n = args.num or (40 if args.quick else 200)
-    epochs = args.epochs or (1 if args.quick else 3)
+    n = args.num or (40 if args.quick else 100)
+    epochs = args.epochs or (1 if args.quick else 2)
     pgd_steps, isi_iterations = (10, 10) if args.quick else (40, 30)
 
     model, meta, source = lenet(args.model, Path(args.cache))

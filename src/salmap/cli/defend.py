@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     kinds = p.add_subparsers(dest="defense", metavar="DEFENSE", required=True)
 
-    q = kinds.add_parser("dae", help="denoising autoencoder purifier in front of the model", description="denoising autoencoder purifier in front of the model")
+    text = "denoising autoencoder purifier in front of the model"
+    q = kinds.add_parser("dae", help=text, description=text)
     _common_args(q)
     q.add_argument("--width", type=int, default=32, help="autoencoder width (default 32)")
     q.add_argument("--noise-std", type=float, default=0.3, help="Gaussian training noise (default 0.3)")
@@ -37,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--eps", type=float, default=0.3, help="largest Linf radius of those examples (default 0.3)")
     q.set_defaults(func=run_dae)
 
-    q = kinds.add_parser("block-switch", help="block switching (Wang et al. 2019), K random channels", description="block switching (Wang et al. 2019), K random channels")
+    text = "block switching (Wang et al. 2019), K random channels"
+    q = kinds.add_parser("block-switch", help=text, description=text)
     _common_args(q)
     q.add_argument("--channels", type=int, default=4, help="K, parallel channels (default 4)")
     q.add_argument("--split", type=int, default=None,
@@ -45,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--upper-epochs", type=int, default=None, help="epochs for the upper part (default --epochs)")
     q.set_defaults(func=run_block_switch)
 
-    q = kinds.add_parser("adv-train", help="adversarial training with FGSM or PGD examples", description="adversarial training with FGSM or PGD examples")
+    text = "adversarial training with FGSM or PGD examples"
+    q = kinds.add_parser("adv-train", help=text, description=text)
     _common_args(q)
     q.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm", help="training attack (default fgsm)")
     q.add_argument("--eps", type=float, default=0.3, help="Linf radius (default 0.3)")
