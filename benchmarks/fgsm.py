@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    model = models.load(args.model) if args.model else cached_lenet(Path("salmap-demo/lenet"), 10)[0]
+    model = models.load(args.model) if args.model else cached_lenet(Path("salmap-demo/lenet"), 12)[0]
     x, y = data.load("mnist-sample", "test")
     x, y = x[: args.n], y[: args.n]
     clean = float((predict(model, x).argmax(1) == y).float().mean())

@@ -101,18 +101,20 @@ def train_classifier(
     y: Tensor,
     x_test: Tensor | None = None,
     y_test: Tensor | None = None,
-    epochs: int = 5,
+    epochs: int = 12,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
     batch_hook: BatchHook | None = None,
     shift: int = 2,
+    cosine: bool = True,
 ) -> TrainReport:
     """Train a classifier with cross-entropy; measure test accuracy when a test set is given.
 
     ``shift`` translates every training image by up to that many pixels (seeded), which
-    lifts the lenet on the 4,000-image MNIST sample from about 96.5% to above 97%.
+    lifts the lenet on the 4,000-image MNIST sample from about 96.5% to above 97%
+    (with the cosine learning-rate decay: 97.4% and 97.6% for seeds 0 and 1 at the defaults).
     Images smaller than 16 pixels are not shifted.
     """
     check_number("shift", shift, low=0, integer=True)
@@ -124,7 +126,9 @@ def train_classifier(
             xb = random_shift(xb, shift, gen)
             return batch_hook(model, xb, yb) if batch_hook is not None else (xb, yb)
 
-    report = fit(model, x, y, nn.functional.cross_entropy, epochs, batch_size, lr, seed, progress, hook)
+    report = fit(
+        model, x, y, nn.functional.cross_entropy, epochs, batch_size, lr, seed, progress, hook, cosine=cosine
+    )
     if x_test is not None and y_test is not None:
         report.test_accuracy = classifier_accuracy(model, x_test, y_test)
         report.test_metrics["accuracy"] = report.test_accuracy

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the full tour on the embedded MNIST sample", description=__doc__)
     p.add_argument("--out", default="salmap-demo", help="output folder (default ./salmap-demo)")
     p.add_argument("-n", "--num", type=int, default=200, help="test images to attack (default 200)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs when no cached model (default 10)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs when no cached model (default 12)")
     p.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
     p.set_defaults(func=run)
 
