@@ -119,3 +119,33 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path: Path, 
     resumed_rows = rows_without_timing(out)
     assert len(resumed_rows) == 24 and len({r["index"] for r in resumed_rows}) == 24
     assert resumed_rows == rows_without_timing(tmp_path / "whole")
+
+
+def test_segmentation_attack_rows_carry_pixel_accuracy(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    unet = models.save(models.build("unet", in_channels=1, num_classes=2, base=4, depth=2), tmp_path / "unet",
+                       {"bounds": [0.0, 1.0]})
+    run = write_run(
+        tmp_path / "run.yaml", output="out", batch_size=2, data={"name": "mnist-seg", "num": 3},
+        models=[{"path": str(unet)}], figures={"samples": 2}, report=False,
+        attacks=[{"attack": "jsma-seg", "params": {"gamma": 0.01, "candidates": 20, "max_iterations": 2}},
+                 {"attack": "jsma-seg", "targets": "add", "params": {"gamma": 0.01, "candidates": 20, "max_iterations": 2}}],
+    )
+    outcome = evaluate(load_config(run), progress=False)
+    rows = read_results(outcome.output)
+    assert [r["target"] for r in rows] == ["hide"] * 3 + ["add"] * 3
+    for r in rows:
+        assert r["label"] is None and r["pred_before"] is None
+        assert 0.0 <= r["pixel_accuracy"] <= 1.0 and r["iterations"] <= 2 and r["l0"] <= 0.01 * 64 * 64
+        assert r["success"] == (r["pixel_accuracy"] >= 0.99)
+    entry = outcome.summary["results"][0] if outcome.summary else {}
+    assert entry["clean_accuracy"] is None or entry["clean_accuracy"] != entry["clean_accuracy"]
+    assert entry["pixel_accuracy_mean"] == pytest.approx(sum(r["pixel_accuracy"] for r in rows[:3]) / 3)
+    assert (outcome.output / "figures" / "m00-a00-grid.png").is_file()
+
+
+def test_bad_config_for_the_dataset_task(tmp_path: Path, lenet: Path) -> None:
+    run = write_run(tmp_path / "run.yaml", output="out", data={"name": "mnist-sample", "num": 2},
+                    models=[{"path": str(lenet)}], attacks=[{"attack": "jsma-seg"}])
+    with pytest.raises(ValueError, match=r"attacks\[0\].attack: jsma-seg attacks segmentation models"):
+        load_config(run)

@@ -38,8 +38,10 @@ from typing import Any
 
 import yaml
 
-#: targeting modes: untargeted with the true labels, a seeded random other class, the next
-#: class, or every other class (the source-target grid of Papernot et al.).
+#: targeting modes of classifiers: untargeted with the true labels, a seeded random other
+#: class, the next class, or every other class (the source-target grid of Papernot et al.).
+#: Segmentation attacks aim at a mask: ``hide`` (every pixel background) or ``add`` (the
+#: true objects of the next selected image added to the image's own true mask).
 TARGETING = ("none", "random", "next", "all")
 
 
@@ -81,7 +83,7 @@ ATTACKS: dict[str, Component] = {
     "isi": Component("salmap.attacks.isi:ISI", "input significance indicator attack"),
     "jsma-seg": Component(
         "salmap.attacks.jsma_seg:SegmentationJSMA", "JSMA against segmentation models (target masks)",
-        targeting=("mask",), default_targeting="mask", task="segmentation",
+        targeting=("hide", "add"), default_targeting="hide", task="segmentation",
     ),
 }
 
@@ -500,6 +502,8 @@ def _attacks(check: _Checker, raw: Any) -> list[AttackConfig]:
                 _probe(check, f"{path}.params", component, params)
         raw_params: dict[str, Any] = a["params"] if isinstance(a.get("params"), dict) else params
         label = check.string(f"{path}.name", a.get("name"), None) or _default_label(kind or "attack", raw_params)
+        if a.get("name") is None and component is not None and targets != component.default_targeting:
+            label += f" targets={targets}"
         attacks.append(AttackConfig(name=label, attack=kind or "", targets=targets, params=params))
     _labels_unique(check, "attacks", [a.name for a in attacks])
     return attacks

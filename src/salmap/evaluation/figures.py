@@ -203,7 +203,8 @@ def explanation_overlay(
     for i in range(n):
         peak = float(maps[i].max()) or 1.0
         axes[0, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
-        axes[0, i].set_title(_name(class_names, int(labels[i])), fontsize=8)
+        if labels.dim() == 1:  # class labels; a segmentation mask gets no title
+            axes[0, i].set_title(_name(class_names, int(labels[i])), fontsize=8)
         axes[1, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
         axes[1, i].imshow(maps[i].numpy() / peak, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         for ax in axes[:, i]:
@@ -249,7 +250,10 @@ def run_figures(prep: Prepared, out: Path, rows: list[dict[str, Any]], progress:
                 "linf": torch.tensor([r["linf"] for r in group]),
             }
             examples = load_examples(out, prep, m, a)
-            if examples:
+            if examples and group[0]["label"] is None:
+                add(f"{model_cfg.name}: {attack.name}", _segmentation_figure(
+                    prep, m, a, examples, shown, folder / f"{stem}-grid.png", load_model))
+            elif examples:
                 first: dict[int, int] = {}
                 for j in range(examples["position"].numel()):
                     first.setdefault(int(examples["position"][j]), j)
@@ -301,6 +305,26 @@ def run_figures(prep: Prepared, out: Path, rows: list[dict[str, Any]], progress:
     return figures, explained
 
 
+def _segmentation_figure(prep: Prepared, m: int, a: int, examples: dict[str, Tensor], shown: list[int],
+                         path: Path, load_model: Any) -> Path:
+    """Input, prediction, target mask, adversarial input and prediction of the figure samples."""
+    from salmap.attacks.jsma_seg import predict_masks
+    from salmap.evaluation.runner import segmentation_goals
+    from salmap.evaluation.seg_figures import segmentation_grid
+
+    cfg, ds = prep.cfg, prep.dataset
+    keep = torch.tensor([j for j in range(examples["position"].numel()) if int(examples["position"][j]) in shown])
+    position = examples["position"][keep]
+    x, x_adv = ds.x[position], examples["x_adv"][keep]
+    model, _ = load_model(cfg.models[m].path, cfg.device)
+    pred = predict_masks(model, x.to(cfg.device)).cpu()
+    pred_adv = predict_masks(model, x_adv.to(cfg.device)).cpu()
+    goals = segmentation_goals(ds, cfg.attacks[a].targets, position)
+    title = f"{cfg.models[m].name}: {cfg.attacks[a].name}"
+    return segmentation_grid(x, pred, goals, x_adv, pred_adv, path, max(ds.num_classes, 2), rows=len(position),
+                             title=title)
+
+
 def _explanations(prep: Prepared, out: Path, folder: Path, shown: list[int], load_model: Any, add: Any,
                   ) -> list[dict[str, Any]]:
     """Attribution overlays of the figure samples for every model and explainer."""
@@ -318,7 +342,8 @@ def _explanations(prep: Prepared, out: Path, folder: Path, shown: list[int], loa
         for e, spec in enumerate(cfg.explanations):
             explainer = EXPLAINERS[spec.explainer].resolve()(model, **spec.params)
             start = time.perf_counter()
-            heat = explainer.attribute(x, target=y)
+            # a segmenter is explained for its own predicted mask; a classifier for the true class
+            heat = explainer.attribute(x, target=y if ds.task == "classification" else None)
             seconds = time.perf_counter() - start
             path = explanation_overlay(x.cpu(), heat.cpu(), y.cpu(), folder / f"m{m:02d}-e{e:02d}-explain.png",
                                        ds.class_names, title=f"{model_cfg.name}: {spec.name}")

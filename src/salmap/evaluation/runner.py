@@ -29,6 +29,9 @@ name in the run), ``index`` (the sample's position in the dataset split), ``labe
 (true class), ``target`` (target class, null when untargeted), ``success``, ``l0``,
 ``l2``, ``linf`` (distortion of the adversarial input), ``iterations``, ``seconds``
 (the unit's attack time divided by its rows), ``pred_before``, ``pred_after``.
+Segmentation attacks write ``label``, ``pred_before`` and ``pred_after`` as null,
+``target`` as the goal (``hide`` or ``add``), and add the attack's per-sample extras
+(``pixel_accuracy``, ``pixel_accuracy_before``, ...).
 
 Summary schema (``summary.json``, ``schema_version`` = :data:`SCHEMA_VERSION`)
 -----------------------------------------------------------------------------
@@ -40,7 +43,8 @@ clean_accuracy}``), ``results`` (one entry per model and attack: ``model``, ``de
 ``success_rate``, ``l0_mean``, ``l0_median``, ``l0_fraction_mean``, ``l2_mean``,
 ``l2_median``, ``linf_mean``, ``linf_median`` (distortions over the *successful* rows,
 null when none), ``iterations_mean``, ``seconds`` (attack compute time),
-``throughput`` (rows per second of compute)), ``explanations`` (list of ``{model,
+``throughput`` (rows per second of compute), and ``<extra>_mean`` for each attack-specific
+row field), ``explanations`` (list of ``{model,
 explainer, samples, seconds, figure}``), ``figures`` (list of ``{title, file}``),
 ``timings`` (``wall_seconds`` of the last invocation, ``compute_seconds``,
 ``units``, ``units_resumed``, ``processes``), ``versions`` (python, torch, numpy, salmap),
@@ -312,6 +316,8 @@ def run_unit(prep: Prepared, unit: Unit, attack: Attack, device: str) -> tuple[l
     position = torch.arange(unit.start, unit.stop)
     torch.manual_seed(derive_seed(cfg.seed, "unit", unit.key))  # for attacks drawing from the global RNG
     target = prep.targets[unit.attack]
+    if ATTACKS[spec.attack].task == "segmentation":
+        return _segmentation_unit(prep, unit, attack, device)
     goals: Tensor | None = None
     if spec.targets == "all":
         x, y, goals = all_other_targets(x, y, ds.num_classes)
@@ -340,6 +346,50 @@ def run_unit(prep: Prepared, unit: Unit, attack: Attack, device: str) -> tuple[l
             "position": position[keep].contiguous(),
             "target": (goals.cpu()[keep] if goals is not None else torch.full((int(keep.sum()),), -1)).contiguous(),
         }
+    return rows, examples
+
+
+def segmentation_goals(ds: datasets.Dataset, mode: str, position: Tensor) -> Tensor:
+    """Target masks of a segmentation attack for the selected samples at ``position``.
+
+    ``hide``: every pixel background (class 0). ``add``: the sample's true mask with the
+    objects of the next selected sample (wrapping around) added: the same for any batching.
+    """
+    masks = ds.y[position]
+    if mode == "hide":
+        return torch.zeros_like(masks)
+    from salmap.attacks.jsma_seg import add_mask_of
+
+    return add_mask_of(masks, ds.y[(position + 1) % len(ds)])
+
+
+def _segmentation_unit(prep: Prepared, unit: Unit, attack: Attack, device: str,
+                       ) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
+    """A unit of a segmentation attack: rows carry pixel accuracies instead of class predictions."""
+    cfg, ds = prep.cfg, prep.dataset
+    spec, model_cfg = cfg.attacks[unit.attack], cfg.models[unit.model]
+    position = torch.arange(unit.start, unit.stop)
+    x = ds.x[unit.start : unit.stop].to(device)
+    goals = segmentation_goals(ds, spec.targets, position)
+    torch.manual_seed(derive_seed(cfg.seed, "unit", unit.key))
+    result = attack(x, target=goals.to(device)).to("cpu")
+    per_row = result.seconds / max(len(result), 1)
+    rows = []
+    for i in range(len(result)):
+        row: dict[str, Any] = {
+            "model": model_cfg.name, "defense": model_cfg.defense, "attack": spec.name,
+            "index": int(prep.indices[position[i]]), "label": None, "target": spec.targets,
+            "success": bool(result.success[i]), "l0": float(result.l0[i]), "l2": float(result.l2[i]),
+            "linf": float(result.linf[i]), "iterations": int(result.iterations[i]), "seconds": per_row,
+            "pred_before": None, "pred_after": None,
+        }
+        row.update({k: float(v[i]) for k, v in sorted(result.extra.items()) if v.dim() == 1})
+        rows.append(row)
+    keep = torch.isin(position, torch.tensor(prep.figure_indices, dtype=torch.long))
+    examples = {}
+    if bool(keep.any()):
+        examples = {"x_adv": result.x_adv[keep].contiguous(), "position": position[keep].contiguous(),
+                    "target": torch.full((int(keep.sum()),), -1)}
     return rows, examples
 
 
@@ -514,20 +564,24 @@ def summarize(prep: Prepared, rows: list[dict[str, Any]]) -> dict[str, Any]:
         for a in cfg.attacks:
             g = groups.get((m.name, a.name), [])
             first = {r["index"]: r for r in reversed(g)}
-            clean = statistics.fmean(r["pred_before"] == r["label"] for r in first.values()) if first else float("nan")
+            scored = [r for r in first.values() if r["label"] is not None]
+            clean = statistics.fmean(r["pred_before"] == r["label"] for r in scored) if scored else float("nan")
             model_clean.setdefault(m.name, clean)
             won = [r for r in g if r["success"]]
             seconds = sum(r["seconds"] for r in g)
             entry: dict[str, Any] = {
                 "model": m.name, "defense": m.defense, "attack": a.name, "kind": a.attack, "targets": a.targets,
                 "params": a.params, "rows": len(g), "samples": len(first), "clean_accuracy": clean,
-                "adversarial_accuracy": statistics.fmean(r["pred_after"] == r["label"] for r in g) if g else float("nan"),
+                "adversarial_accuracy": (statistics.fmean(r["pred_after"] == r["label"] for r in g)
+                                         if g and scored else float("nan")),
                 "success_rate": statistics.fmean(r["success"] for r in g) if g else float("nan"),
             }
             for key in ("l0", "l2", "linf"):
                 entry[f"{key}_mean"], entry[f"{key}_median"] = _stats([r[key] for r in won])
             entry["l0_fraction_mean"] = entry["l0_mean"] / features
             entry["iterations_mean"] = statistics.fmean(r["iterations"] for r in g) if g else float("nan")
+            for key in sorted({k for r in g for k in r} - set(ROW_FIELDS)):  # attack-specific (pixel accuracy)
+                entry[f"{key}_mean"] = statistics.fmean(r[key] for r in g)
             entry["seconds"] = seconds
             entry["throughput"] = len(g) / seconds if seconds > 0 else float("nan")
             results.append(entry)
