@@ -65,9 +65,11 @@ class SegmentationJSMA(Attack):
     images still running. An image stops when the fraction of its pixels predicted as
     the target reaches ``required`` (success), when the next change would take it past
     ``floor(gamma * n)`` changed features (``n`` input features per image), or when no
-    admissible feature is left. Every feature is changed at most once, by ``theta``
-    (clipped to the bounds); with ``map="jsma"`` in either direction, with
-    ``map="masked"`` upwards.
+    admissible feature is left. Each change is by ``theta`` (clipped to the bounds). With
+    ``map="jsma"`` a feature is changed at most once, in either direction, and then leaves
+    the search domain (Papernot et al.); with ``map="masked"`` a feature only goes up, and
+    may be chosen again until it reaches the upper bound, as in the starting method.
+    ``gamma`` counts distinct changed features.
 
     Models: a ``(B, 1, H, W)`` output is one binary logit per pixel (classes 0 and 1,
     class 1 where the logit is positive); ``(B, C, H, W)`` outputs are class scores.
@@ -259,6 +261,7 @@ class SegmentationJSMA(Attack):
         budget = math.floor(self.gamma * n)
         per = self._per_selection
         changed = torch.zeros(batch, dtype=torch.long, device=x.device)
+        touched = torch.zeros(batch, n, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
         active = torch.arange(batch, device=x.device)
         bar = tqdm(desc=f"jsma-seg ({self.map})", unit="it", disable=not self.progress, leave=False)
@@ -276,12 +279,17 @@ class SegmentationJSMA(Attack):
                 a = alpha.reshape(-1, n)[going]
                 b = None if beta is None else beta.reshape(-1, n)[going]
                 index, sign, valid = self._choose(a, b, flat[rows], domain[rows], allowed)
+                # Only features changed for the first time count against the budget.
+                fresh = valid & ~touched[rows[:, None], index]
+                valid &= fresh.long().cumsum(dim=1) <= (budget - changed[rows])[:, None]
                 hit = valid.any(dim=1)
                 r = rows[:, None].expand_as(index)[valid]
                 i = index[valid]
                 flat[r, i] = (flat[r, i] + sign[valid] * self.theta).clamp(*self.bounds)
-                domain[r, i] = False
-                changed[rows] += valid.sum(dim=1)
+                touched[r, i] = True
+                if self.map == "jsma":
+                    domain[r, i] = False  # Papernot et al.: a changed feature leaves the search domain
+                changed[rows] = touched[rows].sum(dim=1)
                 iterations[rows[hit]] += 1
                 active = rows[hit]
                 bar.update(1)
