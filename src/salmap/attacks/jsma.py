@@ -230,6 +230,9 @@ class JSMA(Attack):
         the search is about ``10 * B * chunk_size * n`` bytes. ``None`` sizes blocks to
         about ``2**24`` pair scores.
     bounds: valid input range ``(low, high)``. Default ``(0.0, 1.0)``.
+    strict_targets: a target equal to the model's clean prediction is an error (default).
+        With ``False`` such samples are returned unchanged (already at their goal), which
+        suits runs over datasets with misclassified samples and random targets.
 
     Examples
     --------
@@ -248,8 +251,10 @@ class JSMA(Attack):
         candidates: int | None = None,
         chunk_size: int | None = None,
         bounds: Bounds = (0.0, 1.0),
+        strict_targets: bool = True,
     ) -> None:
         super().__init__(model, bounds)
+        self.strict_targets = bool(strict_targets)
         self.theta = float(check_number("theta", theta))
         if self.theta == 0:
             raise ValueError("theta must be non-zero (the change applied to each chosen feature), got 0")
@@ -263,12 +268,12 @@ class JSMA(Attack):
 
     def _check_labels(self, x: Tensor, labels: object, targeted: bool, clean: Tensor) -> Tensor:
         checked = super()._check_labels(x, labels, targeted, clean)
-        if targeted:
+        if targeted and self.strict_targets:
             same = (checked == clean.argmax(dim=1)).nonzero().flatten()
             if same.numel():
                 raise ValueError(
                     "target must differ from the model's clean prediction, got target == prediction "
-                    f"for sample(s) {same[:10].tolist()}"
+                    f"for sample(s) {same[:10].tolist()} (strict_targets=False leaves such samples unchanged)"
                 )
         return checked
 

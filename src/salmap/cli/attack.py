@@ -85,7 +85,8 @@ def _jsma_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack
     from salmap.attacks.jsma import JSMA
 
     return JSMA(m, theta=a.theta, gamma=a.gamma, pairs=not a.single, probabilities=a.probabilities,
-                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b)
+                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b,
+                strict_targets=False)  # a misclassified sample may have its prediction as target
 
 
 ATTACKS: dict[str, AttackSpec] = {

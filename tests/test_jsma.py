@@ -1,0 +1,343 @@
+"""JSMA for classifiers: the fast batched attack against a slow reference written from the paper."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from conftest import LinearClassifier
+from torch import Tensor, nn
+
+import salmap.attacks.jsma as jsma_module
+from salmap.attacks import JSMA, all_other_targets, select_features
+
+# -- slow references, straight from Papernot et al. 2016 ---------------------------------------
+
+
+def reference_select(alpha: list[float], beta: list[float], domain: list[int], increase: bool,
+                     pairs: bool) -> tuple[tuple[int, ...] | None, float]:
+    """Algorithm 3 (pairs) or equation 8 (single features): loop over every choice in index order."""
+    best, choice = -math.inf, None
+    groups = itertools.combinations(sorted(domain), 2) if pairs else ((p,) for p in sorted(domain))
+    for group in groups:
+        a = sum(alpha[i] for i in group)
+        b = sum(beta[i] for i in group)
+        admissible = (a > 0 and b < 0) if increase else (a < 0 and b > 0)
+        if admissible and abs(a) * abs(b) > best:  # strict: the first (lowest) choice keeps ties
+            best, choice = abs(a) * abs(b), group
+    return choice, best
+
+
+def reference_jsma(model: nn.Module, x: Tensor, label: int, targeted: bool, theta: float, gamma: float,
+                   pairs: bool, probabilities: bool, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, int]:
+    """Algorithm 1 + 3 for one sample ``x`` of shape ``(1, ...)``, full Jacobian each iteration."""
+    low, high = bounds
+
+    def scores(v: Tensor) -> Tensor:
+        out = model(v.view(x.shape))[0]
+        return torch.softmax(out, dim=0) if probabilities else out
+
+    xs = x.detach().reshape(-1).clone()
+    n = xs.numel()
+    domain = {i for i in range(n) if (xs[i] < high if theta > 0 else xs[i] > low)}
+    budget = math.floor(gamma * n)
+    per_step = 2 if pairs else 1
+    changed = iterations = 0
+    increase = (theta > 0) == targeted
+    while True:
+        with torch.no_grad():
+            pred = int(scores(xs).argmax())
+        if (pred == label) if targeted else (pred != label):
+            break
+        if changed + per_step > budget:
+            break
+        jac = torch.autograd.functional.jacobian(scores, xs)  # (classes, n)
+        alpha = jac[label].tolist()
+        beta = sum(jac[j] for j in range(jac.shape[0]) if j != label).tolist()
+        choice, _ = reference_select(alpha, beta, sorted(domain), increase, pairs)
+        if choice is None:
+            break
+        for i in choice:
+            xs[i] = min(max(float(xs[i]) + theta, low), high)
+            domain.discard(i)
+        changed += per_step
+        iterations += 1
+    return xs.view(x.shape), iterations
+
+
+def random_mlp(features: int, classes: int, seed: int, hidden: int = 12) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, classes)
+    ).double().eval()
+
+
+def random_batch(batch: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *shape, generator=gen, dtype=torch.float64)
+    # some features at each bound, so the initial search domain matters
+    x[x < 0.15] = 0.0
+    x[x > 0.85] = 1.0
+    return x
+
+
+def other_than(pred: Tensor, classes: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (pred + torch.randint(1, classes, pred.shape, generator=gen)) % classes
+
+
+# -- select_features ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", [256, 2])
+@pytest.mark.parametrize("pairs", [True, False])
+@pytest.mark.parametrize("increase", [True, False])
+def test_select_features_matches_brute_force(monkeypatch, increase, pairs, first):
+    # first=2 forces the exact search to widen its candidate set several times
+    monkeypatch.setattr(jsma_module, "_FIRST_CANDIDATES", first)
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(2, 30, (1,), generator=gen))
+        alpha = torch.randn(3, n, generator=gen, dtype=torch.float64)
+        beta = torch.randn(3, n, generator=gen, dtype=torch.float64)
+        if seed % 2:
+            beta = -alpha + 0.2 * beta  # correlated, as with probabilities
+        domain = torch.rand(3, n, generator=gen) > 0.25
+        for chunk in (1, 3, 1024):
+            index, score, found = select_features(alpha, beta, domain, increase, pairs, chunk_size=chunk)
+            for r in range(3):
+                want, best = reference_select(alpha[r].tolist(), beta[r].tolist(),
+                                              domain[r].nonzero().flatten().tolist(), increase, pairs)
+                assert bool(found[r]) == (want is not None)
+                if want is not None:
+                    assert tuple(index[r].tolist()) == want, (seed, chunk, r)
+                    assert float(score[r]) == pytest.approx(best, rel=1e-12)
+                else:
+                    assert index[r].tolist() == [0] * (2 if pairs else 1) and float(score[r]) == 0.0
+
+
+def test_select_features_ties_pick_lowest_index():
+    alpha = torch.ones(2, 5)
+    beta = -torch.ones(2, 5)
+    domain = torch.ones(2, 5, dtype=torch.bool)
+    domain[1, 0] = False
+    index, score, found = select_features(alpha, beta, domain, True, pairs=True, chunk_size=1)
+    assert index.tolist() == [[0, 1], [1, 2]] and score.tolist() == [4.0, 4.0] and found.all()
+    index, _, _ = select_features(alpha, beta, domain, True, pairs=False)
+    assert index.tolist() == [[0], [1]]
+
+
+def test_select_features_none_admissible():
+    alpha = torch.tensor([[1.0, 2.0, 3.0], [1.0, -5.0, 2.0]])
+    beta = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 2.0, -1.0]])  # row 0: beta sums never negative
+    domain = torch.tensor([[True, True, True], [True, True, False]])
+    index, score, found = select_features(alpha, beta, domain, True)
+    assert found.tolist() == [False, False]  # row 1: only (0, 1) is in the domain, and a < 0
+    assert index.tolist() == [[0, 0], [0, 0]] and score.tolist() == [0.0, 0.0]
+
+
+def test_candidates_restrict_and_cover():
+    gen = torch.Generator().manual_seed(3)
+    alpha, beta = torch.randn(4, 50, generator=gen), torch.randn(4, 50, generator=gen)
+    domain = torch.ones(4, 50, dtype=torch.bool)
+    exact = select_features(alpha, beta, domain, True)
+    for k in (50, 80):
+        approx = select_features(alpha, beta, domain, True, candidates=k)
+        assert torch.equal(approx[0], exact[0]) and torch.equal(approx[1], exact[1])
+    # with 2 candidates the only pair searched is that of the two highest bounds
+    two = select_features(alpha, beta, domain, True, candidates=2)
+    assert (two[1] <= exact[1]).all()
+
+
+def test_select_features_rejects_bad_shapes():
+    a = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="alpha, beta and domain"):
+        select_features(a, torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool), True)
+    with pytest.raises(ValueError, match="domain"):
+        select_features(a, a, torch.ones(2, 3), True)
+    with pytest.raises(ValueError, match="chunk_size"):
+        select_features(a, a, torch.ones(2, 3, dtype=torch.bool), True, chunk_size=0)
+
+
+# -- the attack against the reference ---------------------------------------------------------
+
+REFERENCE_CASES = [
+    # (targeted, theta, pairs, probabilities, classes)
+    (True, 1.0, True, False, 4),
+    (True, -1.0, True, False, 4),
+    (True, 1.0, True, True, 4),
+    (True, -0.4, True, True, 3),
+    (True, 1.0, False, False, 4),
+    (True, -1.0, False, True, 17),
+    (True, 0.5, True, False, 17),
+    (False, 1.0, True, False, 4),
+    (False, -1.0, False, False, 3),
+    (False, 0.7, True, True, 5),
+]
+
+
+@pytest.mark.parametrize("targeted,theta,pairs,probabilities,classes", REFERENCE_CASES)
+def test_attack_matches_paper_reference(targeted, theta, pairs, probabilities, classes):
+    shape = (2, 3, 3)
+    for seed in range(4):
+        model = random_mlp(18, classes, seed)
+        x = random_batch(3, shape, seed)
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        labels = other_than(pred, classes, seed) if targeted else pred
+        attack = JSMA(model, theta=theta, gamma=0.9, pairs=pairs, probabilities=probabilities)
+        result = attack(x, target=labels) if targeted else attack(x, y=labels)
+        for i in range(3):
+            ref, iterations = reference_jsma(model, x[i : i + 1], int(labels[i]), targeted, theta, 0.9,
+                                             pairs, probabilities)
+            assert torch.equal(result.x_adv[i : i + 1], ref), (seed, i)
+            assert int(result.iterations[i]) == iterations
+
+
+def test_linear_model_known_pair():
+    # t = 1: alpha = W[1], beta = W[0]. Pair sums (a, b): (0,1) (3,-2) -> 6, (0,2) (4,-3) -> 12,
+    # (1,2) (5,-3) -> 15, (2,3) (2,-1) -> 2; (0,3) and (1,3) are not admissible. Best: (1, 2).
+    weight = torch.tensor([[-1.0, -1.0, -2.0, 1.0], [1.0, 2.0, 3.0, -1.0]])
+    model = LinearClassifier(weight)
+    index, score, found = select_features(weight[1:2], weight[0:1], torch.ones(1, 4, dtype=torch.bool), True)
+    assert index.tolist() == [[1, 2]] and score.tolist() == [15.0] and found.tolist() == [True]
+    x = torch.zeros(1, 4)  # both logits 0: predicts class 0
+    result = JSMA(model, theta=1.0, gamma=1.0)(x, target=torch.tensor([1]))
+    assert result.x_adv.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    assert result.iterations.tolist() == [1] and result.success.tolist() == [True]
+    # single features: scores 1, 2, 6 and feature 3 not admissible -> feature 2
+    single = JSMA(model, theta=1.0, gamma=1.0, pairs=False)(x, target=torch.tensor([1]))
+    assert single.x_adv.tolist() == [[0.0, 0.0, 1.0, 0.0]]
+    # the same model, untargeted from class 1: push Z_1 down by decreasing (theta < 0) features 1, 2
+    up = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    away = JSMA(model, theta=-1.0, gamma=1.0)(up, y=torch.tensor([1]))
+    assert away.x_adv.tolist() == [[0.0, 0.0, 0.0, 0.0]] and away.success.tolist() == [True]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [3, 17])
+@pytest.mark.parametrize("theta", [0.3, -0.3])
+def test_properties(classes, theta):
+    model = random_mlp(48, classes, seed=classes).float()
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    x = random_batch(6, (3, 4, 4), seed=1).float()
+    x_before = x.clone()
+    with torch.no_grad():
+        target = other_than(model(x).argmax(1), classes, seed=2)
+    gamma = 0.25
+    result = JSMA(model, theta=theta, gamma=gamma, bounds=(0.0, 1.0))(x, target=target)
+    assert torch.equal(x, x_before)
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert (result.l0 <= math.floor(gamma * 48)).all()
+    delta = (result.x_adv - x).flatten(1)
+    # each feature changed once: by theta, or up to the bound it was clipped at
+    room = (1 - x).flatten(1) if theta > 0 else -x.flatten(1)
+    once = torch.where(room.abs() < abs(theta), room, torch.full_like(room, theta))
+    changed = delta != 0
+    assert torch.allclose(delta[changed], once[changed])
+    assert (result.l0 == 2 * result.iterations).all()
+    assert torch.equal(result.success, result.pred_after == target)
+    # a sample that stopped short of the budget and of the goal had no admissible pair left
+    assert (result.iterations <= math.floor(gamma * 48) // 2).all()
+
+
+def test_batched_equals_one_by_one():
+    model = random_mlp(32, 6, seed=5).float()
+    x = random_batch(5, (2, 4, 4), seed=6).float()
+    with torch.no_grad():
+        target = other_than(model(x).argmax(1), 6, seed=7)
+    attack = JSMA(model, theta=1.0, gamma=0.5)
+    batched = attack(x, target=target)
+    for i in range(5):
+        alone = attack(x[i : i + 1], target=target[i : i + 1])
+        assert torch.equal(alone.x_adv[0], batched.x_adv[i])
+        assert alone.iterations.tolist() == batched.iterations[i : i + 1].tolist()
+
+
+def test_chunked_and_candidates_equal_exact(monkeypatch):
+    model = random_mlp(64, 5, seed=8).float()
+    x = random_batch(4, (1, 8, 8), seed=9).float()
+    with torch.no_grad():
+        target = other_than(model(x).argmax(1), 5, seed=10)
+    exact = JSMA(model, gamma=0.5)(x, target=target)
+    for kwargs in ({"chunk_size": 1}, {"chunk_size": 7}, {"candidates": 64}, {"candidates": 1000}):
+        other = JSMA(model, gamma=0.5, **kwargs)(x, target=target)
+        assert torch.equal(other.x_adv, exact.x_adv), kwargs
+    monkeypatch.setattr(jsma_module, "_FIRST_CANDIDATES", 4)  # widen from 4 candidates
+    assert torch.equal(JSMA(model, gamma=0.5)(x, target=target).x_adv, exact.x_adv)
+
+
+def test_budget_and_source_target_grid(digits_model):
+    model, x, y = digits_model
+    with torch.no_grad():
+        keep = (model(x[:20]).argmax(1) == y[:20]).nonzero().flatten()[:3]
+    xs, ys, targets = all_other_targets(x[keep], y[keep], 10)
+    result = JSMA(model, theta=1.0, gamma=0.5)(xs, target=targets)
+    assert (result.l0 <= math.floor(0.5 * 64)).all()
+    assert result.success_rate > 0.5
+    stopped_by_budget = ~result.success
+    assert (result.iterations[stopped_by_budget] <= math.floor(0.5 * 64) // 2).all()
+    assert (result.iterations[result.success] >= 1).all()
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_bad_input():
+    model = random_mlp(8, 3, seed=0).float()
+    x = torch.rand(2, 8)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    with pytest.raises(ValueError, match="theta"):
+        JSMA(model, theta=0)
+    for gamma in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="gamma"):
+            JSMA(model, gamma=gamma)
+    with pytest.raises(ValueError, match="candidates"):
+        JSMA(model, candidates=1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        JSMA(model, chunk_size=0)
+    with pytest.raises(ValueError, match="target"):
+        JSMA(model)(x, target=pred)
+    with pytest.raises(ValueError, match="target"):
+        JSMA(model)(x, target=torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match="x must lie within bounds"):
+        JSMA(model)(x + 2, target=(pred + 1) % 3)
+    with pytest.raises(ValueError, match="model must return"):
+        JSMA(lambda v: v.view(2, 2, 4))(x, target=torch.tensor([1, 1]))
+
+
+def test_cli_end_to_end(tmp_path):
+    from salmap import models
+    from salmap.cli import main
+
+    torch.manual_seed(0)
+    model = models.build("lenet")
+    models.save(model, tmp_path / "model", {"input_shape": [1, 28, 28], "bounds": [0.0, 1.0]})
+    out = tmp_path / "out"
+    code = main(["attack", "jsma", "--model", str(tmp_path / "model"), "-n", "3", "--targeted", "random",
+                 "--gamma", "0.02", "--candidates", "64", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["attack"] == "jsma" and len(report["samples"]) == 3
+    assert all(s["l0"] <= math.floor(0.02 * 784) for s in report["samples"])
+    assert "candidates=64" in report["settings"]
+
+
+def test_lenient_targets_leave_samples_at_their_goal_unchanged():
+    model = random_mlp(8, 3, seed=0).float()
+    x = torch.rand(4, 8)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    target = pred.clone()
+    target[:2] = (pred[:2] + 1) % 3
+    result = JSMA(model, gamma=1.0, strict_targets=False)(x, target=target)
+    assert torch.equal(result.x_adv[2:], x[2:]) and result.success[2:].all()
+    assert result.iterations[2:].tolist() == [0, 0] and (result.iterations[:2] > 0).all()
