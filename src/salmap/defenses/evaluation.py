@@ -40,11 +40,13 @@ def _fgsm(eps: float) -> Callable[[Model, Bounds, int], Attack]:
 
 
 def default_attacks(pgd_steps: int = 40, isi_iterations: int = 30) -> list[AttackSpec]:
-    """The issue's attack set: FGSM eps 0.1/0.2/0.3; PGD eps 0.3 (``pgd_steps`` steps of 0.01 from a
-    random start); JSMA theta 1, gamma 0.145, targeted at random other classes (Papernot et al.'s
+    """The issue's attack set: FGSM eps 0.1/0.2/0.3; PGD eps 0.3 (``pgd_steps`` steps of 0.01, or of
+    ``0.75 / pgd_steps`` when fewer than 40, from a random start); JSMA theta 1, gamma 0.145, targeted at random other classes (Papernot et al.'s
     setting); ISI with the LRP-relevance indicator under L0, ``isi_iterations`` features at most."""
     specs = [AttackSpec(f"fgsm-{eps}", _fgsm(eps)) for eps in (0.1, 0.2, 0.3)]
-    specs.append(AttackSpec("pgd-0.3", lambda m, b, s: PGD(m, eps=0.3, step=0.01, steps=pgd_steps, seed=s, bounds=b)))
+    # Madry et al.'s MNIST setting is 40 steps of 0.01; fewer steps get 2.5 * eps / steps so they still cover the ball.
+    step = 0.01 if pgd_steps >= 40 else 2.5 * 0.3 / pgd_steps
+    specs.append(AttackSpec("pgd-0.3", lambda m, b, s: PGD(m, eps=0.3, step=step, steps=pgd_steps, seed=s, bounds=b)))
     specs.append(AttackSpec("jsma-0.145", lambda m, b, s: JSMA(m, theta=1.0, gamma=0.145, bounds=b), targeted=True))
     specs.append(AttackSpec(
         "isi-l0", lambda m, b, s: ISI(m, indicator="relevance", norm="l0", max_iter=isi_iterations, bounds=b)
