@@ -9,7 +9,8 @@ Per method (gradient saliency, occlusion, Grad-CAM, LRP when available):
   random weights (seed 0; throughput and equality do not depend on trained weights);
   occlusion with patch 16, stride 8, zero fill; Grad-CAM on ``layer4``.
 
-Figures: images per second (best of ``--repeat`` runs after one warm-up) and peak memory
+Figures: images per second (best of ``--repeat`` runs after a warm-up on one image; occlusion
+at 224: one run, no warm-up) and peak memory
 above the level before the call (CPU: the process's resident-set high-water mark, reset
 through /proc/self/clear_refs; CUDA: ``torch.cuda.max_memory_allocated``).
 
@@ -29,12 +30,14 @@ Run: ``python benchmarks/explain.py [--quick] [--model /work/cache/lenet] [-n 10
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from salmap import data, models
 from salmap.cli.common import print_table
@@ -61,9 +64,11 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def measure(fn: Callable[[], Any], images: int, repeat: int, device: torch.device) -> tuple[float, float | None, Any]:
-    """(images per second, peak MiB above the starting level or None, the result of ``fn``)."""
-    result = fn()  # warm-up
+def measure(fn: Callable[[Tensor, Tensor], Any], x: Tensor, y: Tensor, repeat: int,
+            device: torch.device, warm: bool = True) -> tuple[float, float | None, Any]:
+    """(images per second, peak MiB above the starting level or None, the result) of ``fn(x, y)``."""
+    if warm:
+        fn(x[:1], y[:1])  # warm-up: lazy imports, allocator, kernels
     best = float("inf")
     peak: float | None = None
     for _ in range(repeat):
@@ -78,7 +83,7 @@ def measure(fn: Callable[[], Any], images: int, repeat: int, device: torch.devic
                 pass
             start_mem = _rss_kib("VmRSS")
         t0 = time.perf_counter()
-        result = fn()
+        result = fn(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
@@ -88,9 +93,14 @@ def measure(fn: Callable[[], Any], images: int, repeat: int, device: torch.devic
             hwm = _rss_kib("VmHWM")
             if hwm is not None and start_mem is not None:
                 peak = max(peak or 0.0, (hwm - start_mem) / 1024)
-        del result
-        result = None
-    return images / best, peak, fn() if result is None else result
+    return x.shape[0] / best, peak, result
+
+
+def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keep ``row`` for the final table and show it at once (the full run takes a while)."""
+    rows.append(row)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v != ""),
+          file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -106,6 +116,7 @@ def main() -> None:
     p.add_argument("--captum-ppe", type=int, default=None, help="captum perturbations_per_eval besides 1 "
                    "(default: salmap's batch size / images)")
     p.add_argument("--no-captum", action="store_true", help="skip captum")
+    p.add_argument("--settings", default="mnist,224", help="which settings to run (default mnist,224)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     args = p.parse_args()
@@ -136,7 +147,10 @@ def main() -> None:
         ("224", resnet, big, big_y, (16, 8), "layer4"),
     ]
     rows: list[dict[str, Any]] = []
+    wanted = set(args.settings.split(","))
     for name, model, inputs, labels, (patch, stride), layer in settings:
+        if name not in wanted:
+            continue
         methods: dict[str, Any] = {
             "gradient": GradientSaliency(model),
             "gradcam": GradCAM(model, layer=layer),
@@ -144,19 +158,21 @@ def main() -> None:
         if LRP is not None:
             methods["lrp"] = LRP(model)
         for method, explainer in methods.items():
-            ips, peak, _ = measure(lambda e=explainer, i=inputs, t=labels: e.attribute(i, target=t),
-                                   inputs.shape[0], repeat, device)
-            rows.append({"setting": name, "method": method, "images": inputs.shape[0], "images_per_s": ips,
+            ips, peak, _ = measure(lambda i, t, e=explainer: e.attribute(i, target=t), inputs, labels,
+                                   repeat, device)
+            emit(rows, {"setting": name, "method": method, "images": inputs.shape[0], "images_per_s": ips,
                          "peak_MiB": peak, "captum_images_per_s": "", "ratio": "", "max_abs_diff": ""})
 
         occ_x, occ_y = (inputs, labels) if name == "mnist" else (inputs[:n224_occ], labels[:n224_occ])
+        # occlusion at 224 takes minutes per image on a CPU: one timed run, no warm-up
+        heavy_repeat = repeat if name == "mnist" else 1
         occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=args.batch_size)
-        ips, peak, ours = measure(lambda o=occ, i=occ_x, t=occ_y: o.attribute(i, target=t),
-                                  occ_x.shape[0], repeat, device)
+        ips, peak, ours = measure(lambda i, t, o=occ: o.attribute(i, target=t), occ_x, occ_y, heavy_repeat, device,
+                                  warm=name == "mnist")
         row: dict[str, Any] = {"setting": name, "method": f"occlusion k={patch} s={stride}",
                                "images": occ_x.shape[0], "images_per_s": ips, "peak_MiB": peak,
                                "captum_images_per_s": "", "ratio": "", "max_abs_diff": ""}
-        rows.append(row)
+        emit(rows, row)
         if not args.no_captum:
             from captum.attr import Occlusion as CaptumOcclusion
 
@@ -164,19 +180,20 @@ def main() -> None:
             ppe_default = args.captum_ppe or max(1, args.batch_size // occ_x.shape[0])
             best_captum, diff = 0.0, 0.0
             for ppe in sorted({1, ppe_default}):
-                def run_captum(i=occ_x, t=occ_y, ppe=ppe, c=captum, k=patch, s=stride):
+                def run_captum(i, t, ppe=ppe, c=captum, k=patch, s=stride):
                     with torch.no_grad():
                         return c.attribute(i, sliding_window_shapes=(i.shape[1], k, k),
                                            strides=(1, s, s), baselines=0.0, target=t,
                                            perturbations_per_eval=ppe)
 
-                cips, cpeak, theirs = measure(run_captum, occ_x.shape[0], repeat, device)
+                cips, cpeak, theirs = measure(run_captum, occ_x, occ_y, heavy_repeat, device,
+                                              warm=name == "mnist")
                 diff = max(diff, float((ours - theirs).abs().max()))
-                rows.append({"setting": name, "method": f"  captum ppe={ppe}", "images": occ_x.shape[0],
+                emit(rows, {"setting": name, "method": f"  captum ppe={ppe}", "images": occ_x.shape[0],
                              "images_per_s": cips, "peak_MiB": cpeak, "captum_images_per_s": "", "ratio": "",
-                             "max_abs_diff": float((ours - theirs).abs().max())})
+                             "max_abs_diff": f"{float((ours - theirs).abs().max()):.2e}"})
                 best_captum = max(best_captum, cips)
-            row.update(captum_images_per_s=best_captum, ratio=ips / best_captum, max_abs_diff=diff)
+            row.update(captum_images_per_s=best_captum, ratio=ips / best_captum, max_abs_diff=f"{diff:.2e}")
 
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"lenet: trained; resnet34: random weights, random 224x224 inputs")
