@@ -30,10 +30,10 @@ from salmap.defenses import (
     train_denoiser,
 )
 from salmap.defenses.adaptive import check_gradients, warn_if_unaccounted
-from salmap.defenses.block_switch import block_switch, from_models
+from salmap.defenses.block_switch import block_switch
 from salmap.defenses.evaluation import AttackSpec
 from salmap.gradients import output_vjps
-from salmap.training import train_classifier
+from salmap.training import TrainReport, train_classifier
 
 TINY = "tiny-defense-test-cnn"
 
@@ -138,10 +138,15 @@ def test_switching_is_reproducible_with_a_seed() -> None:
     assert not torch.equal(first, other)
 
 
-def test_train_block_switch_follows_the_paper(digits) -> None:
+@pytest.fixture(scope="module")
+def switched(digits) -> tuple[BlockSwitch, TrainReport]:
     train, test = digits
-    model, report = train_block_switch(ARCH, train.x, train.y, channels=2, epochs=3, lr=1e-2, seed=0,
-                                       x_test=test.x, y_test=test.y, progress=False)
+    return train_block_switch(ARCH, train.x, train.y, channels=2, epochs=3, lr=1e-2, seed=0,
+                              x_test=test.x, y_test=test.y, progress=False)
+
+
+def test_train_block_switch_follows_the_paper(switched) -> None:
+    model, report = switched
     assert isinstance(model, BlockSwitch) and not model.training
     assert all(p.requires_grad for p in model.parameters())  # channel freezing was undone
     assert report.test_accuracy is not None and report.test_accuracy > 0.75
@@ -251,7 +256,7 @@ def test_adversarial_hook_appends_fgsm_examples(trained) -> None:
     torch.testing.assert_close(xb[8:], FGSM(model, eps=0.1)(x, y=y).x_adv)
 
 
-def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae) -> None:
+def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae, switched) -> None:
     _, test = digits
     model, _ = trained
     x, y = test.x[:60], test.y[:60]
@@ -259,7 +264,7 @@ def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae) -> 
         AttackSpec("fgsm-0.2", lambda m, b, s: FGSM(m, eps=0.2, bounds=b)),
         AttackSpec("pgd-0.2", lambda m, b, s: PGD(m, eps=0.2, step=0.02, steps=10, seed=s, bounds=b)),
     ]
-    for defended in (Purified(model, dae), _switched(model)):
+    for defended in (Purified(model, dae), switched[0]):
         modes = [(m, m.training) for m in defended.modules()]
         report = evaluate_defense(defended, model, x, y, attacks, batch_size=30, seed=0, progress=False)
         assert [(m, m.training) for m in defended.modules()] == modes
@@ -267,16 +272,6 @@ def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae) -> 
             assert report["adaptive"][name] <= report["transfer"][name]
             assert report["worst"][name] <= min(report["adaptive"][name], report["transfer"][name])
         assert report["adaptive"]["pgd-0.2"] < report["clean_accuracy"]
-
-
-def _switched(model: nn.Module) -> BlockSwitch:
-    # Two channels: the trained model's lower part and a perturbed copy, with its upper part.
-    twin = models.build(TINY, **ARCH["kwargs"])
-    twin.load_state_dict(model.state_dict())
-    weight = twin[0][0].weight
-    with torch.no_grad():
-        weight.add_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
-    return from_models([model, twin], seed=0).eval()
 
 
 # -- bad input ------------------------------------------------------------------------
@@ -359,15 +354,28 @@ def test_targets_avoid_true_class_and_prediction(trained, digits) -> None:
     assert bool((targets >= 0).all()) and not bool((targets == y).any()) and not bool((targets == pred).any())
 
 
-def test_default_attacks_run_on_every_defended_model(trained, dae, digits) -> None:
+def test_default_attacks_run_on_every_defended_model(trained, dae, digits, switched) -> None:
     model, _ = trained
     x, y = digits[1].x[:6], digits[1].y[:6]
     specs = [s for s in default_attacks(isi_iterations=3)
              if s.name in ("jsma-0.145", "isi-l0")]
     assert [s.name for s in specs] == ["jsma-0.145", "isi-l0"]
-    for defended in (Purified(model, dae), _switched(model)):
+    for defended in (Purified(model, dae), switched[0]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             report = evaluate_defense(defended, model, x, y, specs, batch_size=6, progress=False)
         for name in ("jsma-0.145", "isi-l0"):
             assert report["worst"][name] < report["clean_accuracy"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_defended_models_follow_the_device(trained, dae) -> None:
+    model, _ = trained
+    device = torch.device("cuda")
+    x = torch.rand(8, 1, 8, 8, device=device)
+    for defended in (copy.deepcopy(Purified(model, dae)), switch(3)):
+        defended = defended.to(device)
+        assert defended(x).device.type == "cuda"
+    switched = switch(3, seed=4).to(device)
+    cpu = switch(3, seed=4)
+    torch.testing.assert_close(switched(x).cpu(), cpu(x.cpu()), rtol=1e-4, atol=1e-5)  # same draws on any device
