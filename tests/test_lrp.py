@@ -398,3 +398,37 @@ def test_bad_arguments() -> None:
         Epsilon(-1.0)
     with pytest.raises(ValueError, match="torch.nn.Module"):
         LRP(lambda x: x)
+
+
+# -- cost: the epsilon rule is a plain gradient's worth of work ----------------------------------
+
+
+def _heavy_ops(fn) -> dict[str, int]:
+    """How often ``fn`` runs each convolution / matrix-product operator (forward and backward)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    heavy = ("aten::convolution", "aten::convolution_backward", "aten::addmm", "aten::mm", "aten::linear")
+    return {e.key: e.count for e in prof.key_averages() if e.key in heavy}
+
+
+def test_epsilon_pass_costs_one_forward_and_one_backward() -> None:
+    from salmap.explain.lrp import lrp_plan, make_composite
+    from salmap.gradients import output_vjps
+
+    torch.manual_seed(10)
+    model = models.build("resnet18", in_channels=1, num_classes=5, stem="small", width=4).double().eval()
+    randomise_batchnorm(model)
+    x = torch.rand(3, 1, 12, 12)
+
+    def onehot(out: Tensor) -> Tensor:
+        return nn.functional.one_hot(torch.tensor([0, 1, 2]), out.shape[1]).to(out.dtype)
+
+    plan = lrp_plan(model, x)
+    gradient = _heavy_ops(lambda: output_vjps(model, x, [onehot]))
+    epsilon = _heavy_ops(lambda: lrp_relevance(model, x, onehot, make_composite("epsilon"), plan))
+    plus = _heavy_ops(lambda: lrp_relevance(model, x, onehot, make_composite("epsilon-plus"), plan))
+    assert gradient["aten::convolution"] >= 20 and gradient["aten::convolution_backward"] >= 20
+    assert epsilon == gradient  # the same convolutions and products: no second forward per layer
+    assert plus["aten::convolution"] > gradient["aten::convolution"]  # z+ and z^B have their own passes
