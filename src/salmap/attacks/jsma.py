@@ -34,7 +34,7 @@ __all__ = ["JSMA", "select_features"]
 log = logging.getLogger(__name__)
 
 #: Number of candidate features the exact pair search starts with before widening.
-_FIRST_CANDIDATES = 256
+_FIRST_CANDIDATES = 16
 #: Pair scores one block of the pair search may hold (about 10 bytes each in flight)
 #: when ``JSMA(chunk_size=None)`` sizes the blocks itself.
 _AUTO_BLOCK_ELEMENTS = 1 << 24
