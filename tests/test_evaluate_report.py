@@ -111,3 +111,30 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
     summary = json.loads((report.parent / "summary.json").read_text())
     assert int(found["images"]) == len(summary["figures"]) and int(found["broken"]) == 0
     assert int(found["summary_rows"]) == len(summary["results"]) == 2
+
+
+def test_budget_curve_known_answer() -> None:
+    import torch
+
+    from salmap.evaluation.figures import budget_curve
+
+    distortion = torch.tensor([0.1, 0.3, 0.2, 0.05])
+    success = torch.tensor([True, True, False, True])
+    # failures never count, whatever their distortion; a success counts from its own distortion on
+    curve = budget_curve(distortion, success, torch.tensor([0.0, 0.05, 0.1, 0.29, 0.3, 1.0]))
+    assert curve.tolist() == [0.0, 0.25, 0.5, 0.5, 0.75, 0.75]
+
+
+def test_figures_write_pngs(tmp_path: Path) -> None:
+    import torch
+
+    from salmap.evaluation.figures import explanation_overlay, pair_heatmap, source_target_grid
+
+    x = torch.rand(3, 1, 8, 8)
+    adv = {(s, t): torch.rand(1, 8, 8) for s in range(3) for t in range(3) if s != t}
+    won = {key: key != (0, 1) for key in adv}
+    rates = torch.tensor([[float("nan"), 0.5, 1.0], [0.0, float("nan"), 0.25], [1.0, 1.0, float("nan")]])
+    for path in (source_target_grid(x, adv, tmp_path / "grid.png", ["a", "b", "c"], won),
+                 pair_heatmap(rates, tmp_path / "pairs.png", ["a", "b", "c"]),
+                 explanation_overlay(x, torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 2]), tmp_path / "e.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
