@@ -90,3 +90,41 @@ def test_to_heat_reductions_and_grids(tmp_path):
         attack_grid(x, x, {"a": pos}, {"b": pos}, tmp_path / "h.png")
     with pytest.raises(ValueError, match="maps must be"):
         to_heat(torch.rand(2, 5, 5))
+
+
+def test_segmenter_region_end_to_end(tmp_path, monkeypatch):
+    from salmap.data.base import Dataset
+
+    torch.manual_seed(0)
+    models.save(models.build("unet", in_channels=1, num_classes=3, base=4, depth=2), tmp_path / "unet")
+    x = torch.rand(3, 1, 16, 16)
+    y = torch.zeros(3, 16, 16, dtype=torch.long)
+    y[:, 4:9, 4:9] = 2
+    ds = Dataset(x, y, ["background", "a", "b"], "toy-seg", task="segmentation")
+    monkeypatch.setattr("salmap.cli.explain.load_data", lambda name, split, num: ds)
+    out = tmp_path / "out"
+    rc = main(["explain", "--model", str(tmp_path / "unet"), "--out", str(out), "--method", "gradient,gradcam",
+               "--layer", "merge.1", "--target", "2", "--region", "4:9,4:9"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["region"] == "4:9,4:9" and len(summary["methods"]["gradcam"]["samples"]) == 3
+    assert (out / "explain.png").is_file()
+    rc = main(["explain", "--model", str(tmp_path / "unet"), "--out", str(out), "--target", "label"])
+    assert rc == 0
+
+
+def test_segmentation_label_target_and_region_parsing():
+    from salmap.cli.explain import choose_target, parse_region
+
+    y = torch.zeros(2, 4, 4, dtype=torch.long)
+    y[0, :2] = 3
+    y[0, 3, 0] = 1
+    y[1, 1:3, 1:3] = 2
+    classes, mask = choose_target("label", y, segmentation=True)
+    assert classes.tolist() == [3, 2]
+    assert torch.equal(mask, y == classes[:, None, None])
+    region = parse_region("1:3,0:4", (4, 4))
+    assert region.sum() == 8 and region[1:3].all()
+    for bad in ("1:3", "3:1,0:2", "0:5,0:1", "a:b,c:d"):
+        with pytest.raises(ValueError, match="--region must"):
+            parse_region(bad, (4, 4))
