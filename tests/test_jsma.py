@@ -92,12 +92,14 @@ def other_than(pred: Tensor, classes: int, seed: int) -> Tensor:
 # -- select_features ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("frontier", [4096, 0])
 @pytest.mark.parametrize("first", [256, 2])
 @pytest.mark.parametrize("pairs", [True, False])
 @pytest.mark.parametrize("increase", [True, False])
-def test_select_features_matches_brute_force(monkeypatch, increase, pairs, first):
-    # first=2 forces the exact search to widen its candidate set several times
+def test_select_features_matches_brute_force(monkeypatch, increase, pairs, first, frontier):
+    # first=2 forces the exact search to widen its candidate set; frontier=0 uses the cruder bound
     monkeypatch.setattr(jsma_module, "_FIRST_CANDIDATES", first)
+    monkeypatch.setattr(jsma_module, "_MAX_FRONTIER", frontier)
     for seed in range(40):
         gen = torch.Generator().manual_seed(seed)
         n = int(torch.randint(2, 30, (1,), generator=gen))

@@ -12,9 +12,10 @@ by ``theta`` and removes them from the search domain.
 
 The pair search (:func:`select_features`) is vectorised over the batch and exact by
 default. It never materialises the ``n x n`` pair matrix: every feature ``p`` gets an
-upper bound ``U_p`` on the score of any pair containing it, the search runs over the
-features of highest bound (in blocks of rows), and it widens the set until the bound of
-the first feature left out is below the best pair found, which proves the pair optimal.
+upper bound ``U_p`` on the score of any pair containing it (its exact best, found among
+the Pareto-optimal partners, or a cruder bound), the search runs over the features of
+highest bound (in blocks of rows), and it widens the set until the bound of the first
+feature left out is below the best pair found, which proves the pair optimal.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Number of candidate features the exact pair search starts with before widening.
 _FIRST_CANDIDATES = 16
+#: Largest set of best-partner features for which the exact row maxima bound the search.
+_MAX_FRONTIER = 4096
 #: Pair scores one block of the pair search may hold (about 10 bytes each in flight)
 #: when ``JSMA(chunk_size=None)`` sizes the blocks itself.
 _AUTO_BLOCK_ELEMENTS = 1 << 24
@@ -137,11 +140,13 @@ def _best_pair(
     if n < 2 or rows == 0:
         return index, score, found
     neg_inf = torch.tensor(-math.inf, dtype=a.dtype, device=device)
-    # Upper bound of the score of any admissible pair through p; -inf where no pair can be admissible.
-    a_max = torch.where(domain, a, neg_inf).amax(dim=1, keepdim=True)
-    nb_max = torch.where(domain, nb, neg_inf).amax(dim=1, keepdim=True)
-    a_up, nb_up = a + a_max, nb + nb_max
-    bound = torch.where(domain & (a_up > 0) & (nb_up > 0), a_up * nb_up, neg_inf)
+    bound = _row_maxima(a, nb, domain, chunk_size)
+    if bound is None:
+        # Upper bound of the score of any admissible pair through p; -inf where no pair can be admissible.
+        a_max = torch.where(domain, a, neg_inf).amax(dim=1, keepdim=True)
+        nb_max = torch.where(domain, nb, neg_inf).amax(dim=1, keepdim=True)
+        a_up, nb_up = a + a_max, nb + nb_max
+        bound = torch.where(domain & (a_up > 0) & (nb_up > 0), a_up * nb_up, neg_inf)
     # Stable sort: equal bounds keep index order, so the candidate sets are deterministic.
     order_bound, order = torch.sort(bound, dim=1, descending=True, stable=True)
     limit = n if candidates is None else min(candidates, n)
@@ -168,6 +173,50 @@ def _best_pair(
         m = min(limit, 2 * m)
     index = torch.where(found[:, None], index, 0)
     return index, score, found
+
+
+def _row_maxima(a: Tensor, nb: Tensor, domain: Tensor, chunk_size: int) -> Tensor | None:
+    """The best score of a pair through each feature, ``-inf`` where none is admissible.
+
+    The score ``(a_p + a_q) * (nb_p + nb_q)`` of an admissible pair grows with ``a_q`` and
+    ``nb_q`` (in floating point too, rounding being monotone), so the best partner of any
+    ``p`` is found among the features no other feature dominates in both ``a`` and ``nb``:
+    the first two Pareto layers (the second stands in when the best partner would be ``p``
+    itself). These layers are small unless ``a`` and ``nb`` are strongly anti-correlated;
+    returns ``None`` when they hold more than ``_MAX_FRONTIER`` features.
+    """
+    rows, n = a.shape
+    neg_inf = torch.tensor(-math.inf, dtype=a.dtype, device=a.device)
+    # order by a, then nb, both descending: a feature is on the layer when its nb beats every one before it
+    by_nb = torch.sort(torch.where(domain, nb, neg_inf), dim=1, descending=True, stable=True).indices
+    order = torch.gather(by_nb, 1, torch.sort(torch.gather(torch.where(domain, a, neg_inf), 1, by_nb), dim=1,
+                                              descending=True, stable=True).indices)
+    nb_sorted = torch.where(torch.gather(domain, 1, order), torch.gather(nb, 1, order), neg_inf)
+
+    def layer(values: Tensor) -> Tensor:
+        before = torch.cat([neg_inf.expand(rows, 1), values.cummax(dim=1).values[:, :-1]], dim=1)
+        return values > before
+
+    first = layer(nb_sorted)
+    second = layer(torch.where(first, neg_inf, nb_sorted)) & ~first
+    partners = first | second
+    size = int(partners.sum(dim=1).max())
+    if size > _MAX_FRONTIER:
+        return None
+    keep = torch.sort(partners.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :size]
+    q = torch.gather(order, 1, keep)  # (rows, size) feature indices of the partners
+    q_ok = torch.gather(partners, 1, keep)
+    a_q, nb_q = torch.gather(a, 1, q), torch.gather(nb, 1, q)
+    best = torch.full((rows, n), -math.inf, dtype=a.dtype, device=a.device)
+    block = max(1, chunk_size * n // max(size, 1))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        s_a = a[:, start:stop, None] + a_q[:, None, :]
+        s_b = nb[:, start:stop, None] + nb_q[:, None, :]
+        ok = (s_a > 0) & (s_b > 0) & q_ok[:, None, :]
+        ok &= q[:, None, :] != torch.arange(start, stop, device=a.device)[None, :, None]
+        best[:, start:stop] = s_a.mul_(s_b).masked_fill_(~ok, -math.inf).amax(dim=2)
+    return torch.where(domain, best, neg_inf)
 
 
 def _search_pairs(a: Tensor, nb: Tensor, domain: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
