@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from salmap import data, models
 from salmap.attacks import JSMA
+from salmap.cli.common import print_table
 from salmap.cli.demo import cached_lenet
 from salmap.evaluation.metrics import distortion
 
@@ -198,15 +199,6 @@ def large(size: int, candidates: int | None, iterations: int) -> dict[str, float
             "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20}
 
 
-def print_table(rows: list[dict[str, object]]) -> None:
-    cols = list(rows[0])
-    cells = [[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for line in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few images, short large-input runs")
@@ -230,7 +222,8 @@ def main() -> int:
     x, y = correct_images(model, None, num)
     print(f"\n1. lenet on mnist-sample: {len(x)} correctly classified test images, target (y+1) mod 10, "
           f"theta={THETA}, gamma={GAMMA}, {args.threads} threads")
-    print_table(compare(model, x, y, not args.no_peers, min(args.peer_num or len(x), len(x))))
+    table = compare(model, x, y, not args.no_peers, min(args.peer_num or len(x), len(x)))
+    print_table(table, list(table[0]))
 
     per_class = args.per_class or (2 if args.quick else 10)
     success, l0, seconds, count = grid(model, per_class)
@@ -259,7 +252,7 @@ def main() -> int:
                          "search": "exact" if candidates is None else f"candidates={candidates}",
                          "iterations": fig["iterations"], "s/iteration": fig["seconds_per_iteration"],
                          "peak GiB": fig["peak_rss_gib"], "before attack GiB": fig["rss_before_gib"]})
-    print_table(rows)
+    print_table(rows, list(rows[0]))
     return 0
 
 
