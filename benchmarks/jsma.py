@@ -229,10 +229,10 @@ def main() -> int:
     success, l0, seconds, count = grid(model, per_class)
     print(f"\n2. source-target grid: {per_class} images per class, {count} attacks in {seconds:.1f} s "
           f"({count / seconds:.1f} samples/s); success % (rows: source, columns: target)")
-    for name, table in (("success %", success), ("mean L0 %", l0)):
+    for name, figures in (("success %", success), ("mean L0 %", l0)):
         print(f"{name:>10} " + " ".join(f"{t:>5d}" for t in range(10)))
         for s in range(10):
-            print(f"{s:>10d} " + " ".join("    -" if v != v else f"{v:5.1f}" for v in table[s].tolist()))
+            print(f"{s:>10d} " + " ".join("    -" if v != v else f"{v:5.1f}" for v in figures[s].tolist()))
         print()
     off = ~torch.eye(10, dtype=torch.bool)
     print(f"grid mean: success {success[off].mean():.1f} %, L0 {l0[off].mean():.2f} %")
