@@ -69,6 +69,44 @@ def test_l0_known_answers_on_a_linear_model(indicator: str, steps: int, expected
     assert int(result.iterations[0]) == steps and not bool(result.success[0])
 
 
+def three_class_model() -> nn.Linear:
+    """Z = W x + b with three classes; at x0 below the order is Z_0 > Z_2 > Z_1."""
+    lin = nn.Linear(3, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 1.0], [-1.0, 0.5, 2.0]]))
+        lin.bias.copy_(torch.tensor([1.0, 0.0, 0.5]))
+    return lin
+
+
+@pytest.mark.parametrize("indicator", INDICATORS)
+@pytest.mark.parametrize(
+    ("objective", "targeted", "cotangent"),
+    [
+        # untargeted, label 0, runner-up 2: F = Z_0 (logit) or Z_0 - Z_2 (margin)
+        ("logit", False, [1.0, 0.0, 0.0]),
+        ("margin", False, [1.0, 0.0, -1.0]),
+        (None, False, [1.0, 0.0, 0.0]),
+        # targeted at class 1, rival 0 (the top class): F = -Z_1 (logit) or Z_0 - Z_1 (margin)
+        ("logit", True, [0.0, -1.0, 0.0]),
+        ("margin", True, [1.0, -1.0, 0.0]),
+        (None, True, [1.0, -1.0, 0.0]),
+    ],
+)
+def test_significance_of_each_objective_on_a_linear_model(indicator, objective, targeted, cotangent) -> None:
+    lin = three_class_model()
+    x = torch.tensor([[0.4, 0.2, 0.9]])
+    label = torch.tensor([1 if targeted else 0])
+    logits, sig, direction = ISI(lin, indicator=indicator, objective=objective).significance(x, label, targeted)
+    torch.testing.assert_close(logits, lin(x).detach())
+    g = torch.tensor(cotangent) @ lin.weight.detach()  # dF/dx; LRP-epsilon of a linear layer has the same g~
+    torch.testing.assert_close(direction[0], -g.sign())
+    if indicator == "sensitivity":
+        torch.testing.assert_close(sig[0], g.abs())
+    else:
+        bound = torch.where(g < 0, 1.0, 0.0)  # the bound each feature moves to
+        torch.testing.assert_close(sig[0], (x[0] - bound) * g, rtol=1e-5, atol=1e-6)
+
+
 def test_l0_stops_when_no_feature_can_move() -> None:
     x = torch.tensor([[0.1, 0.5, 1.0, 0.0]])
     result = ISI(linear_model(), indicator="sensitivity", norm="l0", max_iter=10)(x, y=0)
@@ -183,6 +221,8 @@ def test_bad_input() -> None:
         ISI(net, n_features=0)
     with pytest.raises(ValueError, match="lrp_composite"):
         ISI(net, lrp_composite="magic")
+    with pytest.raises(ValueError, match="objective"):
+        ISI(net, objective="loss")
     with pytest.raises(ValueError, match="torch.nn.Module"):
         ISI(lambda t: t, indicator="relevance")
     with pytest.raises(ValueError, match="Tanh"):
@@ -195,10 +235,11 @@ def test_cli_isi_end_to_end(tmp_path) -> None:
     models.save(models.build("lenet"), folder)
     out = tmp_path / "out"
     code = main(["attack", "isi", "--model", str(folder), "--num", "4", "--max-iter", "3", "--indicator",
-                 "sensitivity", "--norm", "l0", "--out", str(out)])
+                 "sensitivity", "--norm", "l0", "--objective", "margin", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["attack"] == "isi" and len(results["samples"]) == 4
+    assert "objective='margin'" in results["settings"]
     assert all(s["l0"] <= 3 for s in results["samples"])
     assert main(["attack", "isi", "--model", str(folder), "--num", "2", "--eps", "0", "--norm", "l2",
                  "--out", str(out)]) == 2
