@@ -60,13 +60,16 @@ def _isi_args(p: argparse.ArgumentParser) -> None:
                    help="features changed per iteration for l0 / l2 (default 1 for l0, 10 for l2)")
     p.add_argument("--lrp-composite", default="epsilon",
                    help="LRP rules for --indicator relevance: epsilon, epsilon-plus, epsilon-alpha2-beta1")
+    p.add_argument("--objective", choices=["logit", "margin"], default=None,
+                   help="score lowered: the label's logit, or its margin over the runner-up "
+                        "(default: logit untargeted, margin targeted)")
 
 
 def _isi_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
     from salmap.attacks.isi import ISI
 
     return ISI(m, indicator=a.indicator, norm=a.norm, eps=a.eps, max_iter=a.max_iter, n_features=a.n_features,
-               bounds=b, lrp_composite=a.lrp_composite)
+               bounds=b, lrp_composite=a.lrp_composite, objective=a.objective)
 
 
 def _jsma_args(p: argparse.ArgumentParser) -> None:
