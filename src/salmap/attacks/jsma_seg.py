@@ -235,8 +235,9 @@ class SegmentationJSMA(Attack):
         if binary:
             # Class 1 scores the logit (or the sigmoid), class 0 its negative (or 1 - sigmoid).
             sign = (2 * target - 1)[:, None]
-            out, (alpha,) = output_vjps(self.model, x, [lambda o: sign.to(o.dtype) * not_matching(o)[:, None]],
-                                        transform)
+            out, (alpha,) = output_vjps(
+                self.model, x, [lambda o: sign.to(o.dtype) * not_matching(o)[:, None]], transform
+            )
             return out, alpha, -alpha
         out, (alpha, total) = output_vjps(
             self.model, x,
@@ -324,9 +325,8 @@ class SegmentationJSMA(Attack):
             live &= allowed > j
             if not live.any():
                 break
-            i_up, s_up, f_up = select_features(alpha, beta, up & live[:, None], True, self.pairs, chunk, self.candidates)
-            i_dn, s_dn, f_dn = select_features(alpha, beta, down & live[:, None], False, self.pairs, chunk,
-                                               self.candidates)
+            i_up, s_up, f_up = self._select(alpha, beta, up & live[:, None], True, chunk)
+            i_dn, s_dn, f_dn = self._select(alpha, beta, down & live[:, None], False, chunk)
             use_up = f_up & (~f_dn | (s_up >= s_dn))
             index = torch.where(use_up[:, None], i_up, i_dn)
             live &= f_up | f_dn
@@ -342,6 +342,17 @@ class SegmentationJSMA(Attack):
             empty = torch.zeros(alpha.shape[0], 0, dtype=torch.long, device=alpha.device)
             return empty, empty.to(alpha.dtype), empty.bool()
         return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1)
+
+    def _select(
+        self, alpha: Tensor, beta: Tensor, domain: Tensor, increase: bool, chunk: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`select_features` in one direction; an empty domain finds nothing without a search."""
+        if not domain.any():
+            rows = alpha.shape[0]
+            return (torch.zeros(rows, self._per_selection, dtype=torch.long, device=alpha.device),
+                    torch.zeros(rows, dtype=alpha.dtype, device=alpha.device),
+                    torch.zeros(rows, dtype=torch.bool, device=alpha.device))
+        return select_features(alpha, beta, domain, increase, self.pairs, chunk, self.candidates)
 
     def _region_mask(self, x: Tensor, target: Tensor, clean: Tensor) -> Tensor:
         """The bool mask of changeable input features, shaped like ``x``."""

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from salmap import data as datasets
@@ -16,11 +17,20 @@ from salmap.gradients import predict
 from salmap.training import TrainReport, fit
 
 
-def segmentation_loss(binary: bool):
-    """Per-pixel loss: binary cross-entropy on a single logit channel, else cross-entropy."""
+def segmentation_loss(binary: bool, weight: Tensor | None = None):
+    """Per-pixel loss: binary cross-entropy on a single logit channel, else cross-entropy
+    (with per-class ``weight`` when given)."""
     if binary:
         return lambda out, y: nn.functional.binary_cross_entropy_with_logits(out[:, 0], y.to(out.dtype))
-    return nn.functional.cross_entropy
+    return lambda out, y: nn.functional.cross_entropy(out, y, weight=None if weight is None else weight.to(out.device))
+
+
+def class_weights(y: Tensor, num_classes: int) -> Tensor:
+    """Inverse square-root class frequencies, mean 1: the background (most pixels) must not
+    drown the ten digit classes of a multi-class set."""
+    freq = torch.bincount(y.reshape(-1), minlength=num_classes).float().clamp(min=1)
+    w = freq.rsqrt()
+    return w * num_classes / w.sum()
 
 
 def build_segmenter(name: str, train: datasets.Dataset, base: int = 8, depth: int = 3) -> tuple[nn.Module, dict[str, Any]]:
@@ -63,7 +73,8 @@ def train_segmenter(
 ) -> TrainReport:
     """Train a segmenter with Adam and a per-pixel loss; fill ``test_metrics`` when ``test`` is given."""
     binary = next(m for m in reversed(list(model.modules())) if isinstance(m, nn.Conv2d)).out_channels == 1
-    report = fit(model, train.x, train.y, segmentation_loss(binary), epochs, batch_size, lr, seed, progress,
+    weight = None if binary else class_weights(train.y, train.num_classes)
+    report = fit(model, train.x, train.y, segmentation_loss(binary, weight), epochs, batch_size, lr, seed, progress,
                  desc="train unet")
     if test is not None:
         report.test_metrics = segmentation_metrics(model, test.x, test.y, test.num_classes)

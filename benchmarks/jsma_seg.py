@@ -1,0 +1,133 @@
+"""Benchmark of SegmentationJSMA on mnist-seg, and its cost on a 3x256x256 unet.
+
+On ``-n`` mnist-seg test images with the trained unets: hide-the-digit and add-a-digit
+(binary unet), relabel-the-digit (multi-class unet), each with ``map="masked"`` and
+``map="jsma"``: success rate at ``required``, mean L0 %, seconds per image. Then a
+3x256x256 input through a unet: seconds per iteration and peak memory (measured in a
+fresh process, so that the figure is that of the attack alone).
+
+    python benchmarks/jsma_seg.py [--quick] [--model PATH] [--model-multi PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from salmap import data, models
+from salmap.attacks.jsma_seg import SegmentationJSMA, predict_masks
+from salmap.cli.attack_seg import goal_targets
+from salmap.cli.train_seg import build_segmenter, segmentation_metrics, train_segmenter
+
+
+def cached_unet(folder: Path, dataset: str, epochs: int = 3, init: Path | None = None):
+    """The trained unet in ``folder``, trained on ``dataset`` and saved there when missing.
+
+    ``init``: a checkpoint whose weights (all but the head) start the training; the
+    multi-class unet starts from the binary one, which already finds the digits.
+    """
+    if (folder / "model.json").is_file():
+        return models.load_with_meta(folder)
+    train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
+    model, meta = build_segmenter("unet", train)
+    if init is not None:
+        state = models.load(init).state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+    report = train_segmenter(model, train, test, epochs=epochs, seed=0)
+    meta["metrics"] = {**report.test_metrics, "seconds": report.seconds}
+    meta["training"] = {"data": dataset, "epochs": epochs, "seed": 0, "init": None if init is None else str(init)}
+    models.save(model, folder, meta)
+    return model.eval(), meta
+
+
+def large(k: int, candidates: int, iterations: int) -> dict[str, float]:
+    """Seconds per iteration and peak RSS of the attack on one 3x256x256 image (run in a fresh process)."""
+    torch.manual_seed(0)
+    model = models.build("unet", in_channels=3, num_classes=2, base=16, depth=4).eval()
+    x = torch.rand(1, 3, 256, 256)
+    pred = predict_masks(model, x)
+    target = pred.clone()
+    target[:, 96:160, 96:160] = 1 - pred[:, 96:160, 96:160]  # flip a 64x64 square: never reached in a few steps
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    attack = SegmentationJSMA(model, gamma=0.1, k=k, candidates=candidates, max_iterations=iterations)
+    start, cpu = time.perf_counter(), time.process_time()
+    result = attack(x, target=target)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "iterations": int(result.iterations[0]), "seconds_per_iteration": seconds / max(int(result.iterations[0]), 1),
+        "cpu_seconds_per_iteration": cpu / max(int(result.iterations[0]), 1),
+        "features_per_iteration": 2 * k, "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="10 images, 1 large iteration")
+    p.add_argument("--model", default="/work/cache/unet-seg", help="binary unet checkpoint (trained if missing)")
+    p.add_argument("--model-multi", default="/work/cache/unet-seg-multi", help="multi-class unet checkpoint")
+    p.add_argument("-n", "--num", type=int, default=100, help="test images (default 100)")
+    p.add_argument("--k", type=int, default=4, help="pairs per iteration on mnist-seg (default 4)")
+    p.add_argument("--gamma", type=float, default=0.1, help="feature budget (default 0.1)")
+    p.add_argument("--required", type=float, default=0.99, help="required pixel accuracy (default 0.99)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    large_iterations = 1 if args.quick else 3
+    if args.large_only:
+        print(json.dumps(large(k=64, candidates=1024, iterations=large_iterations)))
+        return 0
+    n = 10 if args.quick else args.num
+    rows = []
+    for goal, folder, dataset in (("hide", args.model, "mnist-seg"), ("add", args.model, "mnist-seg"),
+                                  ("relabel", args.model_multi, "mnist-seg-multi")):
+        init = Path(args.model) if dataset == "mnist-seg-multi" else None
+        model, meta = cached_unet(Path(folder), dataset, epochs=2 if init else 3, init=init)
+        test = data.load_dataset(dataset, "test").subset(n)
+        quality = segmentation_metrics(model, test.x, test.y, test.num_classes)
+        pred = predict_masks(model, test.x)
+        target = goal_targets(goal, pred, test.num_classes)
+        for map_ in ("masked", "jsma"):
+            attack = SegmentationJSMA(model, gamma=args.gamma, required=args.required, map=map_, k=args.k)
+            result = attack(test.x, target=target)
+            rows.append({
+                "goal": goal, "map": map_, "images": n, "unet_mIoU": quality["mean_iou"],
+                "success": result.success_rate, "L0_%": 100 * float(result.l0_fraction.mean()),
+                "L0_%_success": 100 * float(result.l0_fraction[result.success].mean()) if result.success.any()
+                else float("nan"),
+                "pix_acc": float(result.extra["pixel_accuracy"].mean()),
+                "IoU_target": float(result.extra["iou_target"].mean()),
+                "iters": float(result.iterations.float().mean()), "s/image": result.seconds / n,
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols]
+    print()
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    done = subprocess.run([sys.executable, __file__, "--large-only", "--threads", str(args.threads)]
+                          + (["--quick"] if args.quick else []), capture_output=True, text=True, check=True)
+    big = json.loads(done.stdout.strip().splitlines()[-1])
+    print()
+    print(f"3x256x256 unet (base 16, depth 4), pairs, k=64 (128 features/iteration), candidates=1024: "
+          f"{big['seconds_per_iteration']:.2f} s/iteration ({big['cpu_seconds_per_iteration']:.2f} CPU s) "
+          f"over {big['iterations']} iterations, "
+          f"peak memory {big['peak_rss_gib']:.2f} GiB (process RSS; {big['rss_before_gib']:.2f} GiB before the attack)")
+    return 0
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
