@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from salmap.evaluation.figures import to_image  # noqa: E402
+from salmap.evaluation.figures import _save, to_image  # noqa: E402
 
 COLUMNS = ("input", "prediction", "target mask", "adversarial input", "adversarial prediction", "perturbation")
 
@@ -73,10 +73,7 @@ def segmentation_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 __all__ = ["segmentation_grid"]
