@@ -11,7 +11,7 @@
   loop of the same attack calls that writes nothing; the difference is what resumability costs.
 
 Run: ``python benchmarks/evaluate.py [--quick] [--model /work/cache/lenet] [-n 1000]``
-(``--quick``: 100 images, no demo).
+(``--quick``: 100 images, 20 for JSMA, no demo; ``--jsma-num`` sets JSMA's count alone).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run_file(folder: Path, model: Path, attack: str, num: int, batch: int) -> Pa
 
 
 def throughput(model: Path, attack: str, num: int, processes: int, work: Path) -> dict[str, float]:
-    run = run_file(work / f"{attack}-{processes}", model, attack, num, 100 if attack == "fgsm" else 50)
+    run = run_file(work / f"{attack}-{processes}", model, attack, num, 100 if attack == "fgsm" else 10)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
         if processes > 1 else [sys.executable]
     start = time.perf_counter()
@@ -119,18 +119,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 images, no demo")
     parser.add_argument("--model", help="lenet checkpoint (default /work/cache/lenet, else train one)")
     parser.add_argument("-n", "--num", type=int, default=None, help="images (default 1000; 100 with --quick)")
+    parser.add_argument("--jsma-num", type=int, default=None,
+                        help="images for JSMA (default: as -n; 20 with --quick): exact JSMA costs ~0.1-1 s an image")
+    parser.add_argument("--no-demo", action="store_true", help="skip the demo timing")
     args = parser.parse_args()
     num = args.num or (100 if args.quick else 1000)
+    jsma_num = args.jsma_num or (20 if args.quick else num)
     with tempfile.TemporaryDirectory(prefix="salmap-bench-evaluate-") as tmp:
         work = Path(tmp)
         model = model_path(args.model, work)
         print(f"model {model}; {num} images of mnist-sample (test); one thread per process; torch {torch.__version__}")
-        if not args.quick:
+        if not (args.quick or args.no_demo):
             print(f"\ndemo wall time (lenet cached): {demo_time(model, work):.1f} s")
         rows = []
         for attack in ATTACKS:
-            one = throughput(model, attack, num, 1, work)
-            two = throughput(model, attack, num, 2, work)
+            n = jsma_num if attack == "jsma" else num
+            one = throughput(model, attack, n, 1, work)
+            two = throughput(model, attack, n, 2, work)
             two["scaling"] = two["images_per_s"] / one["images_per_s"]
             rows += [one, two]
         print("\nthroughput (salmap evaluate, figures and report off)")
