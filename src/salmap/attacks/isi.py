@@ -60,9 +60,10 @@ class ISI(Attack):
       iteration, so that one backward pass pushes the label down (up) and its strongest rival
       up (down). The default (``None``) is ``"logit"`` untargeted and ``"margin"`` targeted:
       on the Papernot lenet of benchmarks/isi.py (970 correctly classified MNIST test
-      images, 30 features at most) the margin needed fewer features where it succeeded but
-      succeeded less often untargeted, because its rival keeps changing and the features
-      spent on one rival are wasted when another takes over; lowering ``Z_y`` alone helps
+      images, 30 features at most, relevance) the margin changed fewer features (9.4 on
+      average against 10.8) but succeeded less often untargeted (97.8% against 98.8%; on the
+      first 200 images 90.4% against 97.0%): its rival keeps changing, and the features spent
+      on one rival are wasted when another takes over, while lowering ``Z_y`` alone helps
       against every rival at once. Targeted, the rival term is what makes the target win.
     - Only features that can still move in their direction (not at that bound) are
       candidates, so every L0 iteration changes exactly one new feature.
