@@ -78,6 +78,8 @@ def main() -> int:
     p.add_argument("--gamma", type=float, default=0.1, help="feature budget (default 0.1)")
     p.add_argument("--required", type=float, default=0.99, help="required pixel accuracy (default 0.99)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--goals", default="hide,add,relabel", help="comma-separated goals (default hide,add,relabel)")
+    p.add_argument("--no-large", action="store_true", help="skip the 3x256x256 measurement")
     p.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,6 +91,8 @@ def main() -> int:
     rows = []
     for goal, folder, dataset in (("hide", args.model, "mnist-seg"), ("add", args.model, "mnist-seg"),
                                   ("relabel", args.model_multi, "mnist-seg-multi")):
+        if goal not in args.goals.split(","):
+            continue
         init = Path(args.model) if dataset == "mnist-seg-multi" else None
         model, meta = cached_unet(Path(folder), dataset, epochs=2 if init else 3, init=init)
         test = data.load_dataset(dataset, "test").subset(n)
@@ -114,6 +118,8 @@ def main() -> int:
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
         print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
+    if args.no_large:
+        return 0
     done = subprocess.run([sys.executable, __file__, "--large-only", "--threads", str(args.threads)]
                           + (["--quick"] if args.quick else []), capture_output=True, text=True, check=True)
     big = json.loads(done.stdout.strip().splitlines()[-1])
