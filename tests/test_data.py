@@ -38,6 +38,11 @@ def test_mnist_sample_split_is_fixed_and_balanced():
     assert float(xtr.min()) >= 0 and float(xtr.max()) <= 1
     xall, _ = data.load("mnist-sample", "all")
     assert xall.shape[0] == 5000
+    # Shuffled within the split: the first 100 test images cover every class.
+    assert len(torch.unique(yte[:100])) == 10
+    # The split is disjoint: no test image is also a training image.
+    train_keys = {bytes(row.numpy()) for row in (xtr.flatten(1) * 255).round().to(torch.uint8)}
+    assert not any(bytes(row.numpy()) in train_keys for row in (xte.flatten(1) * 255).round().to(torch.uint8))
     ds = data.load_dataset("mnist-sample")
     assert ds.class_names == [str(i) for i in range(10)]
 

