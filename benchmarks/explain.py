@@ -10,9 +10,9 @@ Per method (gradient saliency, occlusion, Grad-CAM, LRP when available):
   occlusion with patch 16, stride 8, zero fill; Grad-CAM on ``layer4``.
 
 Figures: images per second (best of ``--repeat`` runs after a warm-up on one image; occlusion
-at 224: one run, no warm-up) and peak memory
-above the level before the call (CPU: the process's resident-set high-water mark, reset
-through /proc/self/clear_refs; CUDA: ``torch.cuda.max_memory_allocated``).
+at 224: one run, no warm-up) and peak memory above the level before the call (CPU: the
+process's resident-set high-water mark, reset through /proc/self/clear_refs, with glibc made
+to return freed memory; CUDA: ``torch.cuda.max_memory_allocated``).
 
 Occlusion is also run through ``captum.attr.Occlusion`` on the same inputs with the same
 conventions: ``sliding_window_shapes=(C, k, k)``, ``strides=(1, s, s)``, ``baselines=0``
@@ -30,6 +30,7 @@ Run: ``python benchmarks/explain.py [--quick] [--model /work/cache/lenet] [-n 10
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +53,20 @@ def lenet(path: str | None, cache: Path) -> torch.nn.Module:
     from salmap.cli.demo import cached_lenet
 
     return cached_lenet(cache, epochs=10)[0]
+
+
+def _exact_rss() -> None:
+    """Make glibc return freed blocks to the system, so that the RSS high-water mark measures a call.
+
+    A fixed mmap threshold stops glibc from raising it after large frees (which would keep
+    big tensors' memory in the heap); ``malloc_trim`` releases what is free now.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _rss_kib(field: str) -> int | None:
@@ -77,6 +92,7 @@ def measure(fn: Callable[[Tensor, Tensor], Any], x: Tensor, y: Tensor, repeat: i
             torch.cuda.reset_peak_memory_stats()
             start_mem = torch.cuda.memory_allocated()
         else:
+            _exact_rss()
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # reset the RSS high-water mark
             except OSError:
