@@ -343,3 +343,14 @@ def test_lenient_targets_leave_samples_at_their_goal_unchanged():
     result = JSMA(model, gamma=1.0, strict_targets=False)(x, target=target)
     assert torch.equal(result.x_adv[2:], x[2:]) and result.success[2:].all()
     assert result.iterations[2:].tolist() == [0, 0] and (result.iterations[:2] > 0).all()
+
+
+def test_select_features_with_an_empty_domain_finds_nothing():
+    alpha, beta = torch.randn(2, 5), torch.randn(2, 5)
+    for pairs in (True, False):
+        empty = torch.zeros(2, 5, dtype=torch.bool)
+        index, score, found = select_features(alpha, beta, empty, increase=True, pairs=pairs)
+        assert not found.any() and (score == 0).all() and (index == 0).all()
+    one_row = torch.tensor([[False] * 5, [True] * 5])
+    _, _, found = select_features(torch.ones(2, 5), -torch.ones(2, 5), one_row, increase=True)
+    assert found.tolist() == [False, True]

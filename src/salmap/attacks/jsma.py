@@ -201,6 +201,8 @@ def _row_maxima(a: Tensor, nb: Tensor, domain: Tensor, chunk_size: int) -> Tenso
     second = layer(torch.where(first, neg_inf, nb_sorted)) & ~first
     partners = first | second
     size = int(partners.sum(dim=1).max())
+    if size == 0:  # empty domain in every row: no pair is admissible
+        return torch.full((rows, n), -math.inf, dtype=a.dtype, device=a.device)
     if size > _MAX_FRONTIER:
         return None
     keep = torch.sort(partners.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :size]
