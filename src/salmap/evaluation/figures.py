@@ -42,11 +42,9 @@ def adversarial_grid(
 ) -> Path:
     """One row per sample: original, adversarial and perturbation, with predictions."""
     n = min(rows, x.shape[0])
-    names = list(class_names) if class_names else None
 
-    def label(i: Tensor) -> str:
-        k = int(i)
-        return names[k] if names and k < len(names) else str(k)
+    def label(k: Tensor) -> str:
+        return class_label(class_names, k)
 
     fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n + 0.4), squeeze=False)
     for r in range(n):
@@ -61,20 +59,21 @@ def adversarial_grid(
         axes[r, 2].set_title(f"perturbation (max {lim:.2f})", fontsize=8)
         for ax in axes[r]:
             ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title, tight=True)
 
 
-def _name(names: Sequence[str] | None, k: int) -> str:
+def class_label(names: Sequence[str] | None, k: Any) -> str:
+    """The name of class ``k`` when ``names`` has one, else the index as text."""
+    k = int(k)
     return names[k] if names and k < len(names) else str(k)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path, title: str | None = None, tight: bool = False) -> Path:
+    """Write ``fig`` as a PNG (with an optional title and tight layout) and close it."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    if tight or title:
+        fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -115,15 +114,15 @@ def source_target_grid(
                 spine.set_color("red" if failed else "white")
                 spine.set_linewidth(2 if failed else 0.5)
             if s == 0:
-                ax.set_title(_name(class_names, t), fontsize=8)
+                ax.set_title(class_label(class_names, t), fontsize=8)
             if t == 0:
-                ax.set_ylabel(_name(class_names, s), fontsize=8)
+                ax.set_ylabel(class_label(class_names, s), fontsize=8)
     fig.supxlabel("target class", fontsize=9)
     fig.supylabel("source class", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pair_heatmap(
@@ -135,7 +134,7 @@ def pair_heatmap(
     k = values.shape[0]
     fig, ax = plt.subplots(figsize=(0.5 * k + 2.4, 0.5 * k + 1.6))
     shown = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1)
-    ticks = [_name(class_names, i) for i in range(k)]
+    ticks = [class_label(class_names, i) for i in range(k)]
     ax.set_xticks(range(k), ticks, fontsize=7)
     ax.set_yticks(range(k), ticks, fontsize=7)
     ax.set_xlabel("target class")
@@ -149,7 +148,7 @@ def pair_heatmap(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 #: the distortion measures on the x axes of :func:`success_vs_budget`
@@ -187,7 +186,7 @@ def success_vs_budget(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def explanation_overlay(
@@ -204,7 +203,7 @@ def explanation_overlay(
         peak = float(maps[i].max()) or 1.0
         axes[0, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
         if labels.dim() == 1:  # class labels; a segmentation mask gets no title
-            axes[0, i].set_title(_name(class_names, int(labels[i])), fontsize=8)
+            axes[0, i].set_title(class_label(class_names, int(labels[i])), fontsize=8)
         axes[1, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
         axes[1, i].imshow(maps[i].numpy() / peak, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         for ax in axes[:, i]:
@@ -212,7 +211,7 @@ def explanation_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_figures(prep: Prepared, out: Path, rows: list[dict[str, Any]], progress: bool = False,

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from salmap.evaluation.figures import _save, to_image  # noqa: E402
+from salmap.evaluation.figures import save_figure, to_image  # noqa: E402
 
 COLUMNS = ("input", "prediction", "target mask", "adversarial input", "adversarial prediction", "perturbation")
 
@@ -73,7 +73,7 @@ def segmentation_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["segmentation_grid"]

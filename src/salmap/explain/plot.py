@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from salmap.evaluation.figures import to_image  # noqa: E402
+from salmap.evaluation.figures import class_label, save_figure, to_image  # noqa: E402
 
 
 def to_heat(maps: Tensor) -> Tensor:
@@ -49,21 +49,6 @@ def overlay(ax: Any, image: Tensor, heat: Tensor, limits: tuple[float, float, st
     vmin, vmax, cmap = limits or _limits(heat)
     ax.imshow(heat.detach().float().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
     ax.axis("off")
-
-
-def _label(names: Sequence[str] | None, k: Any) -> str:
-    k = int(k)
-    return names[k] if names and k < len(names) else str(k)
-
-
-def _save(fig: Any, path: str | Path, title: str | None) -> Path:
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def explanation_grid(
@@ -101,14 +86,14 @@ def explanation_grid(
         overlay(axes[r, 0], x[r], torch.zeros(x.shape[-2:]), alpha=0.0, bounds=bounds)
         caption = []
         if labels is not None:
-            caption.append(f"true {_label(class_names, labels[r])}")
+            caption.append(f"true {class_label(class_names, labels[r])}")
         if preds is not None:
-            caption.append(f"pred {_label(class_names, preds[r])}")
+            caption.append(f"pred {class_label(class_names, preds[r])}")
         axes[r, 0].set_title(", ".join(caption) or "input", fontsize=8)
         for c, (name, heat) in enumerate(heats.items(), start=1):
             overlay(axes[r, c], x[r], heat[r], bounds=bounds)
             axes[r, c].set_title(name, fontsize=8)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title, tight=True)
 
 
 def attack_grid(
@@ -155,13 +140,13 @@ def attack_grid(
         ):
             col = side * half
             overlay(axes[r, col], img[r], blank, alpha=0.0, bounds=bounds)
-            axes[r, col].set_title(name + (f": pred {_label(class_names, pred[r])}" if pred is not None else ""),
+            axes[r, col].set_title(name + (f": pred {class_label(class_names, pred[r])}" if pred is not None else ""),
                                    fontsize=8)
             for c, method in enumerate(hb, start=1):
                 limits = _limits(hb[method][r], ha[method][r])
                 overlay(axes[r, col + c], img[r], heats[method][r], limits, bounds=bounds)
                 axes[r, col + c].set_title(f"{method} ({'after' if side else 'before'})", fontsize=8)
-    return _save(fig, path, title)
+    return save_figure(fig, path, title, tight=True)
 
 
 __all__ = ["attack_grid", "explanation_grid", "overlay", "to_heat"]
