@@ -18,7 +18,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 echo "== installing PyTorch (CPU build)"
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+.venv/bin/python -W ignore -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "== installing salmap"
 .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import salmap"
