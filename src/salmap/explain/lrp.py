@@ -18,6 +18,7 @@ feeds it (canonisation) inside the hooks, so the caller's model is never modifie
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class RuleContext:
     leaves: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
-class Rule:
+class Rule(ABC):
     """Base class of LRP rules for linear layers.
 
     A rule returns terms ``(z_k, coef_k, eps_k)``: modified forward passes of the
@@ -72,10 +73,11 @@ class Rule:
     ``R_i = sum_k coef_k * sum_j (d z_kj / d a_i) a_i * R_j / stabilise(z_kj, eps_k)``.
     """
 
+    @abstractmethod
     def terms(
         self, fn: LayerFn, a: Tensor, weight: Tensor, bias: Tensor | None, ctx: RuleContext
     ) -> list[tuple[Tensor, float, float]]:
-        raise NotImplementedError
+        """The rule's terms for one layer call (see the class docstring)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
