@@ -104,6 +104,19 @@ def check_input(
     return x
 
 
+def as_index_tensor(labels: Any, name: str, expected: str = "class indices") -> Tensor:
+    """``labels`` as an integer tensor (from a tensor, sequence or array), or a ``ValueError``
+    naming ``name`` and saying that ``expected`` was wanted."""
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} must be {expected}, got {_short(labels)}") from None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}")
+    return labels
+
+
 def check_labels(
     labels: Any,
     batch: int,
@@ -119,13 +132,7 @@ def check_labels(
         raise ValueError(f"{name} must be class indices, got {labels!r}")
     if isinstance(labels, int):
         labels = torch.full((batch,), labels, dtype=torch.long)
-    elif not isinstance(labels, Tensor):
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"{name} must be class indices, got {_short(labels)}") from None
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}")
+    labels = as_index_tensor(labels, name)
     labels = labels.reshape(-1) if labels.dim() == 0 else labels
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from salmap._validate import Bounds, check_choice, check_number
+from salmap._validate import Bounds, as_index_tensor, check_choice, check_number
 from salmap.attacks.base import Attack
 from salmap.attacks.jsma import select_features
 from salmap.evaluation.metrics import mask_from_output, pixel_accuracy, segmentation_iou
@@ -152,13 +152,7 @@ class SegmentationJSMA(Attack):
             )
         batch, channels, h, w = clean.shape
         classes = 2 if channels == 1 else channels
-        if not isinstance(labels, Tensor):
-            try:
-                labels = torch.as_tensor(labels)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"target must be class-index masks (B, {h}, {w}), got {type(labels).__name__}") from None
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"target must be an integer tensor of class indices, got dtype {labels.dtype}")
+        labels = as_index_tensor(labels, "target", f"class-index masks (B, {h}, {w})")
         if tuple(labels.shape) == (h, w):
             labels = labels.expand(batch, h, w)
         if tuple(labels.shape) != (batch, h, w):
