@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from salmap import models
-from salmap.attacks import SegmentationJSMA
+from salmap.attacks import SegmentationJSMA, jsma_seg
+from salmap.attacks.jsma import select_features
 from salmap.attacks.jsma_seg import add_mask_of, hide_object, outside, predict_masks, relabel_class
 from salmap.data.base import Dataset, register_builtin
 from salmap.evaluation.metrics import mask_from_output
@@ -43,8 +44,9 @@ class Identity(nn.Module):
         return x - 0.5
 
 
-def reference_map(model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """alpha, beta of one image from the full Jacobian, straight from the definition."""
+def reference_map(model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha, beta of one image from the full Jacobian, straight from the definition, and the
+    bool mask of the pixels that do not match the target."""
     out = model(x[None])[0]
     jac = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x)  # (C, h, w, *x.shape)
     classes, h, w = out.shape
@@ -65,18 +67,26 @@ def reference_map(model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, 
                 alpha += jac[c, i, j]
             else:
                 beta += jac[c, i, j]
-    return alpha, beta
+    return alpha, beta, pred != target
 
 
-def reference_first_step(alpha: Tensor, beta: Tensor, x: Tensor, pairs: bool) -> tuple[set[int], float]:
-    """The best admissible pair (or feature) of either direction by brute force: features and sign."""
+def reference_first_step(
+    alpha: Tensor, beta: Tensor, x: Tensor, pairs: bool, theta: float, where: Tensor | None
+) -> tuple[set[int], float]:
+    """The best admissible pair (or feature) of either direction by brute force: features and sign.
+
+    A change's saliency is the first-order change of the sums: gradient times the step the
+    feature can take (``theta`` cut short by the bounds [0, 1]). Only features in ``where``
+    (all when None) may change."""
     a, b, v = alpha.flatten().tolist(), beta.flatten().tolist(), x.flatten().tolist()
+    ok = [True] * len(v) if where is None else where.flatten().tolist()
     best, choice = -math.inf, (set(), 0.0)
     for sign in (1.0, -1.0):  # increase first: it wins ties
-        free = [p for p in range(len(a)) if (v[p] < 1.0 if sign > 0 else v[p] > 0.0)]
+        step = [min(p + theta, 1.0) - p if sign > 0 else p - max(p - theta, 0.0) for p in v]
+        free = [p for p in range(len(a)) if ok[p] and (v[p] < 1.0 if sign > 0 else v[p] > 0.0)]
         groups = itertools.combinations(free, 2) if pairs else ((p,) for p in free)
         for g in groups:
-            sa, sb = sum(a[p] for p in g), sum(b[p] for p in g)
+            sa, sb = sum(a[p] * step[p] for p in g), sum(b[p] * step[p] for p in g)
             if sign * sa > 0 and sign * sb < 0 and abs(sa) * abs(sb) > best:
                 best, choice = abs(sa) * abs(sb), (set(g), sign)
     return choice
@@ -92,26 +102,80 @@ def test_map_matches_the_full_jacobian_reference(classes: int) -> None:
     _, alpha, beta = attack.derivatives(x, target, classes)
     assert beta is not None
     for i in range(2):
-        ref_a, ref_b = reference_map(model, x[i], target[i])
+        ref_a, ref_b, _ = reference_map(model, x[i], target[i])
         assert ref_a.abs().sum() > 0
         torch.testing.assert_close(alpha[i], ref_a, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(beta[i], ref_b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("local", [True, False])
 @pytest.mark.parametrize("pairs", [True, False])
 @pytest.mark.parametrize("classes", [1, 3])
-def test_first_change_is_the_brute_force_best(pairs: bool, classes: int) -> None:
+def test_first_change_is_the_brute_force_best(pairs: bool, classes: int, local: bool) -> None:
     model = TinySegmenter(1, classes, seed=3).eval()
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(3, 1, 4, 4, generator=gen) * 0.8 + 0.1
     target = torch.randint(0, max(classes, 2), (3, 4, 4), generator=gen)
-    result = SegmentationJSMA(model, theta=0.05, gamma=1.0, pairs=pairs, max_iterations=1)(x, target=target)
+    theta = 0.3  # larger than some features' room to a bound: the steps differ
+    attack = SegmentationJSMA(model, theta=theta, gamma=1.0, pairs=pairs, local=local, max_iterations=1)
+    result = attack(x, target=target)
     for i in range(3):
-        ref_a, ref_b = reference_map(model, x[i], target[i])
-        features, sign = reference_first_step(ref_a, ref_b, x[i], pairs)
+        ref_a, ref_b, wrong = reference_map(model, x[i], target[i])
+        features, sign = reference_first_step(ref_a, ref_b, x[i], pairs, theta, wrong[None] if local else None)
+        assert features
         delta = (result.x_adv[i] - x[i]).flatten()
         assert set(delta.nonzero().flatten().tolist()) == features
-        torch.testing.assert_close(delta[sorted(features)], torch.full((len(features),), 0.05 * sign))
+        moved = (x[i].flatten() + sign * theta).clamp(0, 1) - x[i].flatten()
+        torch.testing.assert_close(delta[sorted(features)], moved[sorted(features)])
+
+
+@pytest.mark.parametrize("increase", [True, False])
+@pytest.mark.parametrize("candidates", [None, 40])
+def test_shared_pool_equals_repeated_full_searches(increase: bool, candidates: int | None) -> None:
+    # Independent alpha and beta (a multi-class map): the pool's bound is loose, so the
+    # proof fails in some rows and the full search must take over there.
+    gen = torch.Generator().manual_seed(7)
+    alpha, beta = torch.randn(4, 600, generator=gen), torch.randn(4, 600, generator=gen)
+    domain = torch.rand(4, 600, generator=gen) < 0.9
+    domain[3] = False  # a row with nothing left finds nothing
+    for pool in (16, 64):
+        search = jsma_seg._Search(alpha, beta, domain, increase, True, 64, candidates, pool)
+        assert search.index is not None
+        mine, full = domain.clone(), domain.clone()
+        for _ in range(12):
+            got = search.best(mine)
+            want = select_features(alpha, beta, full, increase, True, 64,
+                                   None if candidates is None else candidates)
+            if candidates is None:  # exact: the very same pairs as searching everything each time
+                for g, w in zip(got, want, strict=True):
+                    assert torch.equal(g, w)
+            else:  # approximate: admissible pairs of the domain, no better than the exact best
+                exact = select_features(alpha, beta, mine, increase, True, 64)
+                assert torch.equal(got[2], exact[2])
+                assert (got[1] <= exact[1] + 1e-6).all()
+                assert torch.gather(mine, 1, got[0])[got[2]].all()
+            rows = torch.arange(4)[:, None].expand(4, 2)
+            mine[rows[got[2]], got[0][got[2]]] = False
+            full[rows[want[2]], want[0][want[2]]] = False
+        assert not got[2][3]
+
+
+def test_local_domain_changes_only_features_under_wrong_pixels() -> None:
+    # logit_j = (x_j - 0.5) + 0.8 (x_0 - 0.5): feature 0 raises every pixel, its own included.
+    class Shared(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x - 0.5 + 0.8 * (x[..., :1] - 0.5)
+
+    x = torch.zeros(1, 1, 1, 4)
+    target = torch.tensor([[[0, 1, 1, 0]]])
+    # Without the local domain the map picks feature 0 (alpha 1.6 > 1), which turns pixel 0
+    # (target 0) on and cannot be taken back: 3 of 4 pixels at most.
+    loose = SegmentationJSMA(Shared(), pairs=False, local=False, required=1.0, gamma=1.0)(x, target=target)
+    assert not bool(loose.success[0]) and float(loose.x_adv[0, 0, 0, 0]) == 1.0
+    # With it only the features under the wrong pixels 1 and 2 may change: exactly those two.
+    result = SegmentationJSMA(Shared(), pairs=False, required=1.0, gamma=1.0)(x, target=target)
+    assert bool(result.success[0])
+    assert result.x_adv.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
 def seed_method(model: nn.Module, image: Tensor, target: Tensor, theta: float, required: float, limit: int) -> Tensor:
