@@ -2,7 +2,8 @@
 
 1. On the lenet trained on mnist-sample, ``-n`` correctly classified test images, target
    ``(y + 1) mod 10``, theta=1, gamma=0.145: success rate, mean L0 (% of features),
-   seconds and samples per second of salmap's JSMA (pairs, single features, probabilities)
+   seconds and samples per second of salmap's JSMA (pairs, pairs with the literal search
+   domain of Algorithm 3 (``saturation=0``), single features, probabilities)
    and of advertorch's ``JacobianSaliencyMapAttack``, torchattacks' ``JSMA`` and ART's
    ``SaliencyMapMethod`` on the same model and images (peers that are not installed are skipped).
 2. The source-target grid of Papernot et al. on ``--per-class`` correct images per class:
@@ -131,6 +132,7 @@ def compare(model: nn.Module, x: Tensor, y: Tensor, peers: bool, peer_num: int) 
     n = x[0].numel()
     ours: dict[str, JSMA] = {
         "salmap JSMA (pairs, logits)": JSMA(model, theta=THETA, gamma=GAMMA),
+        "salmap JSMA (pairs, logits, saturation=0)": JSMA(model, theta=THETA, gamma=GAMMA, saturation=0.0),
         "salmap JSMA (single, logits)": JSMA(model, theta=THETA, gamma=GAMMA, pairs=False),
         "salmap JSMA (pairs, probabilities)": JSMA(model, theta=THETA, gamma=GAMMA, probabilities=True),
     }

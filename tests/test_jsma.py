@@ -32,9 +32,15 @@ def reference_select(alpha: list[float], beta: list[float], domain: list[int], i
 
 
 def reference_jsma(model: nn.Module, x: Tensor, label: int, targeted: bool, theta: float, gamma: float,
-                   pairs: bool, probabilities: bool, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[Tensor, int]:
-    """Algorithm 1 + 3 for one sample ``x`` of shape ``(1, ...)``, full Jacobian each iteration."""
+                   pairs: bool, probabilities: bool, bounds: tuple[float, float] = (0.0, 1.0),
+                   saturation: float = 0.01) -> tuple[Tensor, int]:
+    """Algorithm 1 + 3 for one sample ``x`` of shape ``(1, ...)``, full Jacobian each iteration.
+
+    The search domain starts as the features farther than ``saturation * (high - low)`` from
+    the bound ``theta`` points to (``saturation=0``: not at the bound, as in Algorithm 3).
+    """
     low, high = bounds
+    margin = saturation * (high - low)
 
     def scores(v: Tensor) -> Tensor:
         out = model(v.view(x.shape))[0]
@@ -42,7 +48,7 @@ def reference_jsma(model: nn.Module, x: Tensor, label: int, targeted: bool, thet
 
     xs = x.detach().reshape(-1).clone()
     n = xs.numel()
-    domain = {i for i in range(n) if (xs[i] < high if theta > 0 else xs[i] > low)}
+    domain = {i for i in range(n) if (xs[i] < high - margin if theta > 0 else xs[i] > low + margin)}
     budget = math.floor(gamma * n)
     per_step = 2 if pairs else 1
     changed = iterations = 0
@@ -78,9 +84,12 @@ def random_mlp(features: int, classes: int, seed: int, hidden: int = 12) -> nn.M
 def random_batch(batch: int, shape: tuple[int, ...], seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, *shape, generator=gen, dtype=torch.float64)
-    # some features at each bound, so the initial search domain matters
+    # some features at each bound, so the initial search domain matters, and some within the
+    # saturation margin of one (0.995 and 0.005 with the default margin 0.01)
     x[x < 0.15] = 0.0
     x[x > 0.85] = 1.0
+    x[(x > 0.5) & (x < 0.55)] = 0.995
+    x[(x > 0.45) & (x < 0.5)] = 0.005
     return x
 
 
@@ -190,11 +199,12 @@ def test_attack_matches_paper_reference(targeted, theta, pairs, probabilities, c
         with torch.no_grad():
             pred = model(x).argmax(1)
         labels = other_than(pred, classes, seed) if targeted else pred
-        attack = JSMA(model, theta=theta, gamma=0.9, pairs=pairs, probabilities=probabilities)
+        saturation = 0.0 if seed % 2 else 0.01  # the literal domain of Algorithm 3, and the default
+        attack = JSMA(model, theta=theta, gamma=0.9, pairs=pairs, probabilities=probabilities, saturation=saturation)
         result = attack(x, target=labels) if targeted else attack(x, y=labels)
         for i in range(3):
             ref, iterations = reference_jsma(model, x[i : i + 1], int(labels[i]), targeted, theta, 0.9,
-                                             pairs, probabilities)
+                                             pairs, probabilities, saturation=saturation)
             assert torch.equal(result.x_adv[i : i + 1], ref), (seed, i)
             assert int(result.iterations[i]) == iterations
 
@@ -306,6 +316,9 @@ def test_bad_input():
         JSMA(model, candidates=1)
     with pytest.raises(ValueError, match="chunk_size"):
         JSMA(model, chunk_size=0)
+    for saturation in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="saturation"):
+            JSMA(model, saturation=saturation)
     with pytest.raises(ValueError, match="target"):
         JSMA(model)(x, target=pred)
     with pytest.raises(ValueError, match="target"):
@@ -333,6 +346,32 @@ def test_cli_end_to_end(tmp_path):
     assert "candidates=64" in report["settings"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_cli_source_target_grid(tmp_path, digits_model):
+    from salmap.cli import main
+
+    model, x, _ = digits_model
+    torch.jit.trace(model, x[:1]).save(str(tmp_path / "model.pt"))  # TorchScript: any architecture
+    out = tmp_path / "grid"
+    code = main(["attack", "jsma", "--model", str(tmp_path / "model.pt"), "--data", "digits", "-n", "30",
+                 "--targeted", "all", "--gamma", "0.3", "--saturation", "0", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    rows = report["samples"]
+    assert len(rows) == 30 * 9 and "saturation=0.0" in report["settings"]
+    for index in range(30):  # each image attacked towards each other class once
+        mine = [r for r in rows if r["index"] == index]
+        assert sorted(r["target"] for r in mine) == sorted(set(range(10)) - {mine[0]["label"]})
+    success = report["pairs"]["success"]
+    for s in range(10):
+        assert success[s][s] is None
+        for t in set(range(10)) - {s}:
+            pair = [r["success"] for r in rows if r["label"] == s and r["target"] == t]
+            assert success[s][t] == (pytest.approx(sum(pair) / len(pair)) if pair else None)
+    for name in ("pairs.png", "source-target.png", "grid.png"):
+        assert (out / name).stat().st_size > 1000
+
+
 def test_lenient_targets_leave_samples_at_their_goal_unchanged():
     model = random_mlp(8, 3, seed=0).float()
     x = torch.rand(4, 8)
@@ -354,3 +393,22 @@ def test_select_features_with_an_empty_domain_finds_nothing():
     one_row = torch.tensor([[False] * 5, [True] * 5])
     _, _, found = select_features(torch.ones(2, 5), -torch.ones(2, 5), one_row, increase=True)
     assert found.tolist() == [False, True]
+
+
+def test_saturated_features_stay_out_of_the_domain():
+    # The linear model of test_linear_model_known_pair, with a bias towards class 0: the best pair
+    # is (1, 2) (score 15), then (0, 1) (score 6). With feature 2 at 0.995 it is saturated under
+    # the default margin, and (0, 1) is taken; the literal domain spends feature 2 on a change of 0.005.
+    weight = torch.tensor([[-1.0, -1.0, -2.0, 1.0], [1.0, 2.0, 3.0, -1.0]])
+    model = LinearClassifier(weight, bias=torch.tensor([5.0, 0.0]))
+    x = torch.tensor([[0.0, 0.0, 0.995, 0.0]])
+    result = JSMA(model, theta=1.0, gamma=0.5)(x, target=torch.tensor([1]))
+    assert torch.equal(result.x_adv, torch.tensor([[1.0, 1.0, 0.995, 0.0]])) and result.success.tolist() == [True]
+    literal = JSMA(model, theta=1.0, gamma=0.5, saturation=0.0)(x, target=torch.tensor([1]))
+    assert literal.x_adv.tolist() == [[0.0, 1.0, 1.0, 0.0]] and literal.l0.tolist() == [2]
+    # the margin scales with the bounds and mirrors for a decrease: 2.0 is within 0.01 * 255 of 0
+    x255 = torch.tensor([[0.0, 255.0, 2.0, 0.0]])
+    scaled = JSMA(model, theta=-255.0, gamma=0.5, bounds=(0.0, 255.0))(x255, y=torch.tensor([1]))
+    assert torch.equal(scaled.x_adv, x255) and scaled.iterations.tolist() == [0]
+    literal = JSMA(model, theta=-255.0, gamma=0.5, bounds=(0.0, 255.0), saturation=0.0)(x255, y=torch.tensor([1]))
+    assert literal.x_adv.tolist() == [[0.0, 0.0, 0.0, 0.0]] and literal.success.tolist() == [True]

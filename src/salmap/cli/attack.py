@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from salmap.attacks import FGSM, PGD, Attack, AttackResult, random_targets
+from salmap.attacks import FGSM, PGD, Attack, AttackResult, all_other_targets, random_targets
 from salmap.cli import attack_seg
 from salmap.cli.common import (
     add_model_data_args,
@@ -82,13 +83,16 @@ def _jsma_args(p: argparse.ArgumentParser) -> None:
                    help="search pairs among this many most promising features only (default: exact search)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="rows of the pair matrix scored at a time per sample (default: automatic)")
+    p.add_argument("--saturation", type=float, default=0.01,
+                   help="features within this fraction of the bounds' range of the bound theta points to "
+                        "start outside the search domain; 0: only features exactly at it (default 0.01)")
 
 
 def _jsma_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
     from salmap.attacks.jsma import JSMA
 
     return JSMA(m, theta=a.theta, gamma=a.gamma, pairs=not a.single, probabilities=a.probabilities,
-                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b,
+                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b, saturation=a.saturation,
                 strict_targets=False)  # a misclassified sample may have its prediction as target
 
 
@@ -126,8 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q = names.add_parser(name, help=spec.help, description=spec.help)
         add_model_data_args(q)
         q.add_argument(
-            "--targeted", choices=["none", "random", "next"], default="none",
-            help="untargeted (none), random other class, or the next class (y+1 mod classes)",
+            "--targeted", choices=["none", "random", "next", "all"], default="none",
+            help="untargeted (none), a random other class, the next class (y+1 mod classes), or every "
+                 "other class in turn (all: the source-target grid of Papernot et al., K-1 attacks per image)",
         )
         spec.add_args(q)
         q.set_defaults(func=spec.runner or run_classifier_attack, attack_spec=spec)
@@ -139,6 +144,21 @@ def choose_targets(mode: str, y: torch.Tensor, num_classes: int, seed: int) -> t
     if mode == "next":
         return (y + 1) % num_classes
     return random_targets(y, num_classes, seed=seed)
+
+
+def attack_rows(
+    mode: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The attacks to run for ``--targeted mode``: ``(x, y, targets, source index of each row)``.
+
+    ``all`` repeats every image once per other class (the source-target grid); the other
+    modes run each image once.
+    """
+    if mode == "all":
+        source = torch.arange(x.shape[0], device=x.device).repeat_interleave(num_classes - 1)
+        x, y, targets = all_other_targets(x, y, num_classes)
+        return x, y, targets, source
+    return x, y, choose_targets(mode, y, num_classes, seed), torch.arange(x.shape[0], device=x.device)
 
 
 def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
@@ -161,9 +181,9 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
 
     model, meta = load_model(args.model, args.device)
     ds = load_data(args.data, args.split, args.num)
-    x, y = ds.x.to(args.device), ds.y.to(args.device)
     attack = args.attack_spec.build(args, model, bounds_of(meta))
-    targets = choose_targets(args.targeted, y, ds.num_classes, args.seed)
+    x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),
+                                        ds.num_classes, args.seed)
     result = run_batches(attack, x, y, targets, args.batch_size, args.attack)
     out = output_folder(args.out)
     summary = result.summary()
@@ -172,21 +192,53 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
     summary.update(clean_accuracy=clean_acc, adversarial_accuracy=adv_acc)
     rows = [
         {
-            "index": i, "label": int(y[i]), "target": None if targets is None else int(targets[i]),
+            "index": int(source[i]), "label": int(y[i]), "target": None if targets is None else int(targets[i]),
             "success": bool(result.success[i]), "l0": float(result.l0[i]), "l2": float(result.l2[i]),
             "linf": float(result.linf[i]), "iterations": int(result.iterations[i]),
             "pred_before": int(result.pred_before[i]), "pred_after": int(result.pred_after[i]),
         }
         for i in range(len(result))
     ]
-    write_json(out / "results.json", {
+    record = {
         "attack": args.attack, "settings": repr(attack), "model": args.model, "data": args.data,
         "split": args.split, "targeted": args.targeted, "summary": summary, "samples": rows,
-    })
+    }
+    pictures = [out / "grid.png"]
+    if targets is not None and args.targeted == "all":
+        record["pairs"] = grid_figures(result, y, targets, source, ds, out, f"{args.attack} on {args.data}")
+        pictures += [out / "pairs.png", out / "source-target.png"]
+    write_json(out / "results.json", record)
     adversarial_grid(x.cpu(), result.x_adv.cpu(), y.cpu(), result.pred_before.cpu(), result.pred_after.cpu(),
                      out / "grid.png", class_names=ds.class_names, title=f"{args.attack}: {attack!r}")
     print_table([{"attack": args.attack, **{k: summary[k] for k in
                  ("clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds")}}],
                 ["attack", "clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds"])
-    print(f"results written to {out / 'results.json'} and {out / 'grid.png'}")
+    written = ", ".join(str(p) for p in pictures if p.is_file())
+    print(f"results written to {out / 'results.json'} and {written}")
     return 0
+
+
+def grid_figures(result: AttackResult, y: torch.Tensor, targets: torch.Tensor, source: torch.Tensor,
+                 ds: Any, out: Path, title: str) -> dict[str, Any]:
+    """Success rate and mean L0 per (source, target) pair of a ``--targeted all`` run, with pictures.
+
+    Writes ``pairs.png`` (success per pair) and, when every class has an image,
+    ``source-target.png`` (Papernot et al.'s figure: the first image of each class attacked
+    towards every other class). Returns the two ``(K, K)`` matrices as lists (NaN where no image).
+    """
+    from salmap.evaluation.figures import pair_heatmap, pair_rates, source_target_grid
+
+    k = ds.num_classes
+    y, targets, source = y.cpu(), targets.cpu(), source.cpu()
+    success = pair_rates(y, targets, result.success.cpu().float(), k)
+    l0 = pair_rates(y, targets, result.l0_fraction.cpu(), k)
+    pair_heatmap(success, out / "pairs.png", ds.class_names, title=f"{title}\nsuccess per source-target pair")
+    firsts = [int(source[(y == c).nonzero()[0, 0]]) for c in range(k) if (y == c).any()]
+    if len(firsts) == k:
+        rows = {c: (source == s).nonzero().flatten() for c, s in enumerate(firsts)}
+        adversarial = {(c, int(targets[i])): result.x_adv[i].cpu() for c, r in rows.items() for i in r.tolist()}
+        won = {(c, int(targets[i])): bool(result.success[i]) for c, r in rows.items() for i in r.tolist()}
+        sources = torch.stack([ds.x[s] for s in firsts])
+        source_target_grid(sources, adversarial, out / "source-target.png", ds.class_names, won,
+                           title=f"{title}\n(rows: source, columns: target)")
+    return {"success": success.tolist(), "l0_fraction": l0.tolist()}  # write_json turns NaN into null

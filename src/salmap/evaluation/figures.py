@@ -125,6 +125,18 @@ def source_target_grid(
     return save_figure(fig, path)
 
 
+def pair_rates(sources: Tensor, targets: Tensor, values: Tensor, num_classes: int) -> Tensor:
+    """The mean of ``values`` per (source, target) pair as a ``(K, K)`` matrix, NaN where no sample is.
+
+    With ``values`` the success flags this is the success rate of each pair of the source-target grid.
+    """
+    k = num_classes
+    cell = (sources.long() * k + targets.long()).cpu()
+    counts = torch.bincount(cell, minlength=k * k).float()
+    sums = torch.bincount(cell, weights=values.detach().double().cpu(), minlength=k * k).float()
+    return torch.where(counts > 0, sums / counts.clamp(min=1), float("nan")).view(k, k)
+
+
 def pair_heatmap(
     rates: Tensor, path: str | Path, class_names: Sequence[str] | None = None, title: str | None = None,
     label: str = "success rate",
@@ -269,14 +281,8 @@ def run_figures(prep: Prepared, out: Path, rows: list[dict[str, Any]], progress:
                     ds.class_names, rows=len(pick), title=f"{model_cfg.name}: {attack.name}"))
             if attack.targets == "all":
                 k = ds.num_classes
-                rates = torch.full((k, k), float("nan"))
-                counts = torch.zeros(k, k)
-                hits = torch.zeros(k, k)
-                for r in group:
-                    counts[r["label"], r["target"]] += 1
-                    hits[r["label"], r["target"]] += float(r["success"])
-                filled = counts > 0
-                rates[filled] = hits[filled] / counts[filled]
+                rates = pair_rates(torch.tensor([r["label"] for r in group]), torch.tensor([r["target"] for r in group]),
+                                   torch.tensor([float(r["success"]) for r in group]), k)
                 add(f"{model_cfg.name}: {attack.name}, success per source-target pair", pair_heatmap(
                     rates, folder / f"{stem}-pairs.png", ds.class_names,
                     title=f"{model_cfg.name}: {attack.name} success per pair"))
@@ -354,6 +360,6 @@ def _explanations(prep: Prepared, out: Path, folder: Path, shown: list[int], loa
 
 
 __all__ = [
-    "BUDGETS", "adversarial_grid", "budget_curve", "explanation_overlay", "pair_heatmap", "run_figures",
+    "BUDGETS", "adversarial_grid", "budget_curve", "explanation_overlay", "pair_heatmap", "pair_rates", "run_figures",
     "source_target_grid", "success_vs_budget", "to_image",
 ]
