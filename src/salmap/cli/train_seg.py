@@ -69,13 +69,16 @@ def segmentation_metrics(model: nn.Module, x: Tensor, y: Tensor, num_classes: in
 
 def train_segmenter(
     model: nn.Module, train: datasets.Dataset, test: datasets.Dataset | None = None, epochs: int = 3,
-    batch_size: int = 32, lr: float = 3e-3, seed: int = 0, progress: bool = True,
+    batch_size: int = 32, lr: float = 3e-3, seed: int = 0, progress: bool = True, cosine: bool = False,
 ) -> TrainReport:
-    """Train a segmenter with Adam and a per-pixel loss; fill ``test_metrics`` when ``test`` is given."""
+    """Train a segmenter with Adam and a per-pixel loss; fill ``test_metrics`` when ``test`` is given.
+
+    ``cosine`` decays the learning rate to zero over the run (see :func:`salmap.training.fit`).
+    """
     binary = next(m for m in reversed(list(model.modules())) if isinstance(m, nn.Conv2d)).out_channels == 1
     weight = None if binary else class_weights(train.y, train.num_classes)
     report = fit(model, train.x, train.y, segmentation_loss(binary, weight), epochs, batch_size, lr, seed, progress,
-                 desc="train unet")
+                 desc="train unet", cosine=cosine)
     if test is not None:
         report.test_metrics = segmentation_metrics(model, test.x, test.y, test.num_classes)
     return report
