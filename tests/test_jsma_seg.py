@@ -160,12 +160,14 @@ def test_shared_pool_equals_repeated_full_searches(increase: bool, candidates: i
         assert not got[2][3]
 
 
-def test_local_domain_changes_only_features_under_wrong_pixels() -> None:
-    # logit_j = (x_j - 0.5) + 0.8 (x_0 - 0.5): feature 0 raises every pixel, its own included.
-    class Shared(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return x - 0.5 + 0.8 * (x[..., :1] - 0.5)
+class Shared(nn.Module):
+    """logit_j = (x_j - 0.5) + 0.8 (x_0 - 0.5) on a (B, 1, 1, 4) input: feature 0 raises every pixel."""
 
+    def forward(self, x: Tensor) -> Tensor:
+        return x - 0.5 + 0.8 * (x[..., :1] - 0.5)
+
+
+def test_local_domain_changes_only_features_under_wrong_pixels() -> None:
     x = torch.zeros(1, 1, 1, 4)
     target = torch.tensor([[[0, 1, 1, 0]]])
     # Without the local domain the map picks feature 0 (alpha 1.6 > 1), which turns pixel 0
@@ -176,6 +178,16 @@ def test_local_domain_changes_only_features_under_wrong_pixels() -> None:
     result = SegmentationJSMA(Shared(), pairs=False, required=1.0, gamma=1.0)(x, target=target)
     assert bool(result.success[0])
     assert result.x_adv.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_a_region_is_the_domain_unless_local_is_asked_for() -> None:
+    x = torch.zeros(1, 1, 1, 4)
+    target = torch.tensor([[[0, 1, 1, 0]]])
+    region = torch.tensor([True, False, False, False]).reshape(1, 4)  # only feature 0, under no wrong pixel
+    given = SegmentationJSMA(Shared(), pairs=False, region=region, gamma=1.0)(x, target=target)
+    assert given.x_adv.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+    both = SegmentationJSMA(Shared(), pairs=False, region=region, local=True, gamma=1.0)(x, target=target)
+    assert torch.equal(both.x_adv, x) and int(both.iterations[0]) == 0
 
 
 def seed_method(model: nn.Module, image: Tensor, target: Tensor, theta: float, required: float, limit: int) -> Tensor:

@@ -26,9 +26,9 @@ Two saliency maps:
       change nothing and then leave the search domain. With inputs at the bounds (the
       paper's binarised MNIST and ``theta = +-1``) every step is ``theta`` and the map
       is Papernot et al.'s.
-    * ``local=True`` (default): only the input features under the pixels of ``M`` (the
-      output mask resized to the input's height and width, nearest neighbour) may change,
-      the location prior of the starting method below. A segmenter's gradient is largest
+    * ``local`` (the default when no ``region`` is given): only the input features under
+      the pixels of ``M`` (the output mask resized to the input's height and width,
+      nearest neighbour) may change, the location prior of the starting method below. A segmenter's gradient is largest
       near what it already sees (the existing objects and clutter), so the unrestricted
       map paints there and turns correct pixels wrong, which ``M`` does not count.
       ``local=False`` is the map exactly as first specified.
@@ -88,9 +88,9 @@ class SegmentationJSMA(Attack):
     ``map="jsma"`` a feature is changed at most once, in either direction, and then leaves
     the search domain (Papernot et al.); with ``map="masked"`` a feature only goes up, and
     may be chosen again until it reaches the upper bound, as in the starting method.
-    ``gamma`` counts distinct changed features. With ``local=True`` (default, ``map="jsma"``)
-    the features that may change in an iteration are those under the pixels that do not
-    match the target yet (see the module docstring, which also defines the step-weighted
+    ``gamma`` counts distinct changed features. With ``local`` (``map="jsma"``; the default
+    unless a ``region`` is given) the features that may change in an iteration are those
+    under the pixels that do not match the target yet (see the module docstring, which also defines the step-weighted
     saliency). The ``k`` pair searches of an iteration share one pool of promising
     features, and stay exact (see :class:`_Search`).
 
@@ -114,6 +114,8 @@ class SegmentationJSMA(Attack):
     probabilities: differentiate softmax (sigmoid) outputs instead of logits (``map="jsma"``).
     local: only change input features under the pixels that do not match the target yet
         (``map="jsma"``; needs outputs spatially aligned with the input, at any scale).
+        ``None`` (default): local unless a ``region`` is given, since a region such as
+        :func:`outside` (only outside the object) is where the caller wants the changes.
     candidates: restrict the pair search to that many features (see
         :func:`~salmap.attacks.jsma.select_features`); ``None`` is exact.
     chunk_size: rows of the pair matrix scored at a time; ``None`` sizes blocks to about
@@ -142,7 +144,7 @@ class SegmentationJSMA(Attack):
         k: int = 1,
         region: Tensor | RegionFn | None = None,
         probabilities: bool = False,
-        local: bool = True,
+        local: bool | None = None,
         candidates: int | None = None,
         chunk_size: int | None = None,
         max_iterations: int | None = None,
@@ -160,7 +162,7 @@ class SegmentationJSMA(Attack):
             raise ValueError(f"region must be None, a bool tensor or a callable, got {type(region).__name__}")
         self.region = region
         self.probabilities = bool(probabilities)
-        self.local = bool(local)
+        self.local = None if local is None else bool(local)
         self.candidates = None if candidates is None else check_number(
             "candidates", candidates, low=2 if self.pairs else 1, integer=True
         )
@@ -301,7 +303,7 @@ class SegmentationJSMA(Attack):
                 a = alpha.reshape(-1, n)[going]
                 b = None if beta is None else beta.reshape(-1, n)[going]
                 where = domain[rows]
-                if self.local and self.map == "jsma":
+                if self._local:
                     # Only the input features under the pixels that do not match yet may change.
                     wrong = self._mask(out[going]) != labels[rows]
                     where = where & _resize(wrong, shape[-2:]).bool()[:, None].expand(-1, *shape).reshape(-1, n)
@@ -375,6 +377,11 @@ class SegmentationJSMA(Attack):
             empty = torch.zeros(alpha.shape[0], 0, dtype=torch.long, device=alpha.device)
             return empty, empty.to(alpha.dtype), empty.bool()
         return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1)
+
+    @property
+    def _local(self) -> bool:
+        """Whether the domain of an iteration is cut to the features under the wrong pixels."""
+        return self.map == "jsma" and (self.region is None if self.local is None else self.local)
 
     @property
     def _pool_size(self) -> int:

@@ -44,7 +44,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single", action="store_true", help="single features instead of pairs (jsma map)")
     p.add_argument("--candidates", type=int, default=None, help="restrict the pair search to that many features")
     p.add_argument("--global-domain", action="store_true",
-                   help="jsma map: let any feature change, not only those under the pixels that are still wrong")
+                   help="jsma map: let any feature change, not only those under the pixels that are still wrong "
+                        "(the default without --region outside)")
     p.add_argument("--region", choices=["all", "outside"], default="all",
                    help="features that may change: all, or only outside the predicted objects (default all)")
 
@@ -52,7 +53,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def build(args: argparse.Namespace, model: Any, bounds: tuple[float, float]) -> SegmentationJSMA:
     return SegmentationJSMA(
         model, theta=args.theta, gamma=args.gamma, required=args.required, map=args.map, pairs=not args.single,
-        k=args.k, candidates=args.candidates, local=not args.global_domain, region=outside() if args.region == "outside" else None, bounds=bounds,
+        k=args.k, candidates=args.candidates, local=False if args.global_domain else None,
+        region=outside() if args.region == "outside" else None, bounds=bounds,
     )
 
 
