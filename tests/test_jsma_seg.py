@@ -412,6 +412,11 @@ def test_cli_train_and_attack_end_to_end(tmp_path, capsys) -> None:
         assert row["l0_percent"] <= 20.0 + 1e-9
     assert (out / "grid.png").stat().st_size > 0
     assert "pixel_accuracy" in capsys.readouterr().out
+    assert "local=None" in results["settings"]
+    assert main(["attack", "jsma-seg", "--model", str(ckpt), "--goal", "hide", "-n", "2", "--gamma", "0.05",
+                 "--global-domain", "--out", str(out)]) == 0
+    assert "local=False" in json.loads((out / "results.json").read_text())["settings"]
+    capsys.readouterr()
     assert main(["attack", "jsma-seg", "--model", str(ckpt), "--goal", "relabel", "-n", "2", "--out", str(out)]) == 2
     assert "at least 3 classes" in capsys.readouterr().err
 
