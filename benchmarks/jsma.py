@@ -10,9 +10,9 @@
    success % and mean L0 % per (source, target) pair.
 3. resnet18 on 3x32x32 (small stem) and 3x224x224 (standard stem), batch 8, exact and
    ``candidates=1024``: seconds per iteration and peak memory. Each configuration runs in
-   a fresh process; peak memory is that process's ``ru_maxrss`` (peak resident set, which
-   covers torch's allocations, unlike tracemalloc), also given as the increase over the
-   resident set just before the attack (model and input already built).
+   a fresh process; peak memory is that process's peak resident set (``VmHWM``, which
+   covers torch's allocations, unlike tracemalloc), beside the peak just before the attack
+   (model and input already built).
 
     python benchmarks/jsma.py [--quick] [--model PATH] [--threads 2] [--no-peers]
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _memory import peak_rss_kib
 from torch import Tensor, nn
 
 from salmap import data, models
@@ -191,11 +191,11 @@ def large(size: int, candidates: int | None, iterations: int) -> dict[str, float
     with torch.no_grad():
         target = (model(x).argmax(1) + 1) % 10
     n = x[0].numel()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     # gamma fixed so that every sample runs exactly `iterations` pair steps unless it succeeds first
     attack = JSMA(model, theta=THETA, gamma=(2 * iterations + 1) / n, candidates=candidates)
     result = attack(x, target=target)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = peak_rss_kib()
     steps = int(result.iterations.max())
     return {"iterations": steps, "seconds_per_iteration": result.seconds / max(steps, 1),
             "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20}
@@ -240,7 +240,7 @@ def main() -> int:
     print(f"grid mean: success {success[off].mean():.1f} %, L0 {l0[off].mean():.2f} %")
 
     iterations = 2 if args.quick else 5
-    print(f"\n3. resnet18, batch 8, {iterations} pair iterations, fresh process each; peak = ru_maxrss")
+    print(f"\n3. resnet18, batch 8, {iterations} pair iterations, fresh process each; peak = the process's VmHWM")
     rows = []
     for size in (32, 224):
         for candidates in (None, 1024):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _memory import peak_rss_kib
 
 from salmap import data, models
 from salmap.attacks.jsma_seg import SegmentationJSMA, predict_masks
@@ -76,12 +76,12 @@ def large(k: int, candidates: int, iterations: int, local: bool) -> dict[str, fl
     pred = predict_masks(model, x)
     target = pred.clone()
     target[:, 96:160, 96:160] = 1 - pred[:, 96:160, 96:160]  # flip a 64x64 square: never reached in a few steps
-    before = _peak_rss_kib()
+    before = peak_rss_kib()
     attack = SegmentationJSMA(model, gamma=0.1, k=k, candidates=candidates, max_iterations=iterations, local=local)
     start, cpu = time.perf_counter(), time.process_time()
     result = attack(x, target=target)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = _peak_rss_kib()
+    peak = peak_rss_kib()
     with frozen(model):
         start_vjps = time.perf_counter()
         attack.derivatives(x, target, 2)
@@ -159,22 +159,6 @@ def main() -> int:
               f"over {big['iterations']} iterations, peak memory {big['peak_rss_gib']:.2f} GiB "
               f"(process peak RSS; {big['rss_before_gib']:.2f} GiB before the attack)")
     return 0
-
-
-def _peak_rss_kib() -> int:
-    """This process's peak resident set size in KiB.
-
-    ``VmHWM`` belongs to the process's own address space, whereas ``ru_maxrss`` of a child
-    started by ``subprocess`` keeps the parent's peak at the time of the fork (Linux), which
-    hid the attack's figure behind the training's.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def _fmt(v: object) -> str:
