@@ -15,7 +15,8 @@ def test_train_then_attack_fgsm(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--model", "lenet", "--epochs", "1", "--out", str(ck)]) == 2
     assert "input_size must be at least 16x16" in capsys.readouterr().err
 
-    assert main(["train", "--data", "mnist-sample", "--model", "lenet", "--epochs", "1", "--out", str(ck)]) == 0
+    # two epochs: one (about 80-88% depending on threads and test order) is too close to the bar
+    assert main(["train", "--data", "mnist-sample", "--model", "lenet", "--epochs", "2", "--out", str(ck)]) == 0
     meta = json.loads((ck / "model.json").read_text())
     assert meta["arch"]["kwargs"]["input_size"] == [28, 28] and meta["metrics"]["test_accuracy"] > 0.8
     assert "checkpoint written to" in capsys.readouterr().out
