@@ -205,26 +205,26 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
     }
     pictures = [out / "grid.png"]
     if targets is not None and args.targeted == "all":
-        record["pairs"] = grid_figures(result, y, targets, source, ds, out, f"{args.attack} on {args.data}")
-        pictures += [out / "pairs.png", out / "source-target.png"]
+        record["pairs"], written = grid_figures(result, y, targets, source, ds, out, f"{args.attack} on {args.data}")
+        pictures += written
     write_json(out / "results.json", record)
     adversarial_grid(x.cpu(), result.x_adv.cpu(), y.cpu(), result.pred_before.cpu(), result.pred_after.cpu(),
                      out / "grid.png", class_names=ds.class_names, title=f"{args.attack}: {attack!r}")
     print_table([{"attack": args.attack, **{k: summary[k] for k in
                  ("clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds")}}],
                 ["attack", "clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds"])
-    written = ", ".join(str(p) for p in pictures if p.is_file())
-    print(f"results written to {out / 'results.json'} and {written}")
+    print(f"results written to {out / 'results.json'} and {', '.join(str(p) for p in pictures)}")
     return 0
 
 
 def grid_figures(result: AttackResult, y: torch.Tensor, targets: torch.Tensor, source: torch.Tensor,
-                 ds: Any, out: Path, title: str) -> dict[str, Any]:
+                 ds: Any, out: Path, title: str) -> tuple[dict[str, Any], list[Path]]:
     """Success rate and mean L0 per (source, target) pair of a ``--targeted all`` run, with pictures.
 
     Writes ``pairs.png`` (success per pair) and, when every class has an image,
     ``source-target.png`` (Papernot et al.'s figure: the first image of each class attacked
-    towards every other class). Returns the two ``(K, K)`` matrices as lists (NaN where no image).
+    towards every other class). Returns the two ``(K, K)`` matrices as lists (NaN where no
+    image) and the pictures written.
     """
     from salmap.evaluation.figures import pair_heatmap, pair_rates, source_target_grid
 
@@ -232,13 +232,14 @@ def grid_figures(result: AttackResult, y: torch.Tensor, targets: torch.Tensor, s
     y, targets, source = y.cpu(), targets.cpu(), source.cpu()
     success = pair_rates(y, targets, result.success.cpu().float(), k)
     l0 = pair_rates(y, targets, result.l0_fraction.cpu(), k)
-    pair_heatmap(success, out / "pairs.png", ds.class_names, title=f"{title}\nsuccess per source-target pair")
+    written = [pair_heatmap(success, out / "pairs.png", ds.class_names,
+                            title=f"{title}\nsuccess per source-target pair")]
     firsts = [int(source[(y == c).nonzero()[0, 0]]) for c in range(k) if (y == c).any()]
     if len(firsts) == k:
         rows = {c: (source == s).nonzero().flatten() for c, s in enumerate(firsts)}
         adversarial = {(c, int(targets[i])): result.x_adv[i].cpu() for c, r in rows.items() for i in r.tolist()}
         won = {(c, int(targets[i])): bool(result.success[i]) for c, r in rows.items() for i in r.tolist()}
         sources = torch.stack([ds.x[s] for s in firsts])
-        source_target_grid(sources, adversarial, out / "source-target.png", ds.class_names, won,
-                           title=f"{title}\n(rows: source, columns: target)")
-    return {"success": success.tolist(), "l0_fraction": l0.tolist()}  # write_json turns NaN into null
+        written.append(source_target_grid(sources, adversarial, out / "source-target.png", ds.class_names, won,
+                                          title=f"{title}\n(rows: source, columns: target)"))
+    return {"success": success.tolist(), "l0_fraction": l0.tolist()}, written  # write_json: NaN as null
