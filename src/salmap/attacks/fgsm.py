@@ -11,10 +11,12 @@ from torch import Tensor
 from salmap._validate import Bounds, check_number
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, loss_grad
+from salmap.registry import register_attack
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+@register_attack("fgsm", ranges={"eps": "[0, inf)"})
 class FGSM(Attack):
     """Fast Gradient Sign Method: one step of size ``eps`` along the sign of the loss gradient.
 
@@ -49,6 +51,7 @@ class FGSM(Attack):
         return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)
 
 
+@register_attack("pgd", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"})
 class PGD(Attack):
     """Projected gradient descent in the Linf ball (iterative FGSM with projection).
 
@@ -120,6 +123,7 @@ class PGD(Attack):
         return x_adv, iterations
 
 
+@register_attack("bim", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"})
 class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2016): PGD without the random start.
 

@@ -16,12 +16,18 @@ from salmap.explain.lrp import (
     make_composite,
 )
 from salmap.gradients import Model, output_vjps
+from salmap.registry import register_attack
 
 INDICATORS = ("relevance", "sensitivity")
 NORMS = ("l0", "l2", "linf")
 OBJECTIVES = ("logit", "margin")
 
 
+@register_attack(
+    "isi", needs_module=False,
+    choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin")},
+    ranges={"eps": "(0, inf)", "max_iter": "[1, inf)", "n_features": "[1, inf)"},
+)
 class ISI(Attack):
     """Input Significance Indicator attack: change the most significant features until the label flips.
 

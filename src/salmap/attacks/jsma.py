@@ -29,6 +29,7 @@ from torch import Tensor
 from salmap._validate import Bounds, check_number
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, class_score_grads
+from salmap.registry import register_attack
 
 __all__ = ["JSMA", "select_features"]
 
@@ -248,6 +249,10 @@ def _search_pairs(a: Tensor, nb: Tensor, domain: Tensor, block: int) -> tuple[Te
     return torch.stack([where // m, where % m], dim=1), best, found
 
 
+@register_attack(
+    "jsma", default_targeting="random",
+    ranges={"gamma": "(0, 1]", "saturation": "[0, 1)", "candidates": "[2, inf)", "chunk_size": "[1, inf)"},
+)
 class JSMA(Attack):
     """Jacobian-based Saliency Map Attack: change the most salient feature pairs by ``theta``.
 

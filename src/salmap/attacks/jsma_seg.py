@@ -58,6 +58,7 @@ from salmap.attacks.base import Attack
 from salmap.attacks.jsma import select_features
 from salmap.evaluation.metrics import mask_from_output, pixel_accuracy, segmentation_iou
 from salmap.gradients import Model, frozen, output_vjps, predict
+from salmap.registry import register_attack
 
 __all__ = ["SegmentationJSMA", "add_mask_of", "hide_object", "predict_masks", "relabel_class"]
 
@@ -71,6 +72,11 @@ _AUTO_BLOCK_ELEMENTS = 1 << 24
 _POOL = 1024
 
 
+@register_attack(
+    "jsma-seg", tasks=("segmentation",), default_targeting="hide",
+    choices={"map": ("jsma", "masked")},
+    ranges={"gamma": "(0, 1]", "required": "(0, 1]", "k": "[1, inf)", "candidates": "[2, inf)", "chunk_size": "[1, inf)", "max_iterations": "[1, inf)"},
+)
 class SegmentationJSMA(Attack):
     """JSMA for segmenters: make the model predict a target mask with few changed features.
 

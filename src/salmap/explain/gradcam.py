@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, output_vjps
+from salmap.registry import register_explainer
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -30,6 +31,7 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
+@register_explainer("gradcam", needs_module=True)
 class GradCAM(Explainer):
     """Gradient-weighted class activation map of one layer, upsampled to the input size.
 

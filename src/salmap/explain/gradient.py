@@ -7,8 +7,10 @@ from torch import Tensor
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, output_vjps
+from salmap.registry import register_explainer
 
 
+@register_explainer("gradient")
 class GradientSaliency(Explainer):
     """Gradient of the target score with respect to the input.
 

@@ -32,6 +32,7 @@ from salmap._validate import Bounds, check_bounds, check_choice, check_number
 from salmap.explain.base import Explainer
 from salmap.explain.targets import Target
 from salmap.gradients import Model, frozen
+from salmap.registry import register_explainer
 
 #: layers whose relevance a :class:`Rule` redistributes.
 LINEAR_LAYERS: tuple[type[nn.Module], ...] = (
@@ -469,6 +470,7 @@ def lrp_relevance(
     return out.detach(), relevance, grad
 
 
+@register_explainer("lrp", needs_module=True, ranges={"eps": "(0, inf)"})
 class LRP(Explainer):
     """Layer-wise relevance propagation for classifiers and segmenters.
 

@@ -14,10 +14,12 @@ from salmap._validate import Bounds, check_bounds, check_number
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, predict
+from salmap.registry import register_explainer
 
 FILLS = ("zero", "mean", "grey", "random")
 
 
+@register_explainer("occlusion", ranges={"batch_size": "[1, inf)"})
 class Occlusion(Explainer):
     """Occlusion sensitivity: how much the target score drops when a patch is hidden.
 
