@@ -37,7 +37,7 @@ from salmap import data, models
 from salmap.attacks import ISI, JSMA, Attack, AttackResult
 from salmap.cli.attack import run_batches
 from salmap.cli.common import print_table
-from salmap.evaluation.metrics import distortion
+from salmap.metrics import distortion
 from salmap.gradients import Model, output_vjps
 
 DEFAULT_MODEL = Path("/work/cache/lenet")

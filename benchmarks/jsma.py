@@ -38,7 +38,7 @@ from salmap import data, models
 from salmap.attacks import JSMA
 from salmap.cli.common import print_table
 from salmap.cli.demo import cached_lenet
-from salmap.evaluation.metrics import distortion
+from salmap.metrics import distortion
 
 GAMMA, THETA = 0.145, 1.0
 

@@ -16,7 +16,7 @@ from salmap.attacks import SegmentationJSMA, jsma_seg
 from salmap.attacks.jsma import select_features
 from salmap.attacks.jsma_seg import add_mask_of, hide_object, outside, predict_masks, relabel_class
 from salmap.data.base import Dataset, register_builtin
-from salmap.evaluation.metrics import mask_from_output
+from salmap.metrics import mask_from_output
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import torch
 
 from salmap import data
 from salmap.data import mnist_seg
-from salmap.evaluation.metrics import iou_per_class, mean_iou, pixel_accuracy, segmentation_iou
+from salmap.metrics import iou_per_class, mean_iou, pixel_accuracy, segmentation_iou
 
 
 def test_shapes_classes_and_task() -> None:

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from salmap._validate import Bounds, as_index_tensor, check_choice, check_number
 from salmap.attacks.base import Attack
 from salmap.attacks.jsma import select_features
-from salmap.evaluation.metrics import mask_from_output, pixel_accuracy, segmentation_iou
+from salmap.metrics import mask_from_output, pixel_accuracy, segmentation_iou
 from salmap.gradients import Model, frozen, output_vjps, predict
 from salmap.registry import register_attack
 

@@ -23,7 +23,7 @@ from salmap.attacks.jsma_seg import (
     outside,
     relabel_class,
 )
-from salmap.evaluation.metrics import mask_from_output
+from salmap.metrics import mask_from_output
 from salmap.gradients import frozen, predict
 
 GOALS = ("hide", "relabel", "add")

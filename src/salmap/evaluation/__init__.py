@@ -1,5 +1,5 @@
 """Evaluation: metrics, runs, figures and reports."""
 
-from salmap.evaluation.metrics import accuracy, distortion
+from salmap.metrics import accuracy, distortion
 
 __all__ = ["accuracy", "distortion"]
