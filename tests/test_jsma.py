@@ -11,7 +11,7 @@ import torch
 from conftest import LinearClassifier
 from torch import Tensor, nn
 
-import salmap.attacks.jsma as jsma_module
+import salmap.pair_search as pair_search_module
 from salmap.attacks import JSMA, all_other_targets, select_features
 
 # -- slow references, straight from Papernot et al. 2016 ---------------------------------------
@@ -107,8 +107,8 @@ def other_than(pred: Tensor, classes: int, seed: int) -> Tensor:
 @pytest.mark.parametrize("increase", [True, False])
 def test_select_features_matches_brute_force(monkeypatch, increase, pairs, first, frontier):
     # first=2 forces the exact search to widen its candidate set; frontier=0 uses the cruder bound
-    monkeypatch.setattr(jsma_module, "_FIRST_CANDIDATES", first)
-    monkeypatch.setattr(jsma_module, "_MAX_FRONTIER", frontier)
+    monkeypatch.setattr(pair_search_module, "_FIRST_CANDIDATES", first)
+    monkeypatch.setattr(pair_search_module, "_MAX_FRONTIER", frontier)
     for seed in range(40):
         gen = torch.Generator().manual_seed(seed)
         n = int(torch.randint(2, 30, (1,), generator=gen))
@@ -282,7 +282,7 @@ def test_chunked_and_candidates_equal_exact(monkeypatch):
     for kwargs in ({"chunk_size": 1}, {"chunk_size": 7}, {"candidates": 64}, {"candidates": 1000}):
         other = JSMA(model, gamma=0.5, **kwargs)(x, target=target)
         assert torch.equal(other.x_adv, exact.x_adv), kwargs
-    monkeypatch.setattr(jsma_module, "_FIRST_CANDIDATES", 4)  # widen from 4 candidates
+    monkeypatch.setattr(pair_search_module, "_FIRST_CANDIDATES", 4)  # widen from 4 candidates
     assert torch.equal(JSMA(model, gamma=0.5)(x, target=target).x_adv, exact.x_adv)
 
 
