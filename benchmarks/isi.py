@@ -37,8 +37,8 @@ from salmap import data, models
 from salmap.attacks import ISI, JSMA, Attack, AttackResult
 from salmap.cli.attack import run_batches
 from salmap.cli.common import print_table
-from salmap.metrics import distortion
 from salmap.gradients import Model, output_vjps
+from salmap.metrics import distortion
 
 DEFAULT_MODEL = Path("/work/cache/lenet")
 JSMA_NAME = "jsma (gamma=30/784)"

@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from salmap import models
-from salmap.attacks import SegmentationJSMA, jsma_seg
+from salmap.attacks import SegmentationJSMA
 from salmap.attacks.jsma import select_features
 from salmap.attacks.jsma_seg import add_mask_of, hide_object, outside, predict_masks, relabel_class
 from salmap.data.base import Dataset, register_builtin
 from salmap.metrics import mask_from_output
+from salmap.pair_search import PairPool
 
 torch.set_num_threads(1)
 
@@ -139,7 +140,7 @@ def test_shared_pool_equals_repeated_full_searches(increase: bool, candidates: i
     domain = torch.rand(4, 600, generator=gen) < 0.9
     domain[3] = False  # a row with nothing left finds nothing
     for pool in (16, 64):
-        search = jsma_seg._Search(alpha, beta, domain, increase, True, 64, candidates, pool)
+        search = PairPool(alpha, beta, domain, increase, True, 64, candidates, pool)
         assert search.index is not None
         mine, full = domain.clone(), domain.clone()
         for _ in range(12):

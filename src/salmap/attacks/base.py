@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from salmap._validate import Bounds, check_bounds, check_input, check_labels, check_number
-from salmap.metrics import distortion
 from salmap.gradients import Model, frozen, predict
+from salmap.metrics import distortion
 
 
 @dataclass

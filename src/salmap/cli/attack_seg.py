@@ -23,8 +23,8 @@ from salmap.attacks.jsma_seg import (
     outside,
     relabel_class,
 )
-from salmap.metrics import mask_from_output
 from salmap.gradients import frozen, predict
+from salmap.metrics import mask_from_output
 
 GOALS = ("hide", "relabel", "add")
 

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from salmap import data as datasets
 from salmap import models
 from salmap.cli.common import output_folder
-from salmap.metrics import iou_per_class, mask_from_output
 from salmap.gradients import predict
+from salmap.metrics import iou_per_class, mask_from_output
 from salmap.training import TrainReport, fit
 
 
