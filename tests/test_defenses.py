@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from salmap import data, models
-from salmap.attacks import FGSM, PGD
+from salmap.attacks import FGSM
 from salmap.cli import main
 from salmap.defenses import (
     BPDA,
@@ -261,8 +261,8 @@ def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae, swi
     model, _ = trained
     x, y = test.x[:60], test.y[:60]
     attacks = [
-        AttackSpec("fgsm-0.2", lambda m, b, s: FGSM(m, eps=0.2, bounds=b)),
-        AttackSpec("pgd-0.2", lambda m, b, s: PGD(m, eps=0.2, step=0.02, steps=10, seed=s, bounds=b)),
+        AttackSpec("fgsm-0.2", "fgsm", {"eps": 0.2}),
+        AttackSpec("pgd-0.2", "pgd", {"eps": 0.2, "step": 0.02, "steps": 10}),
     ]
     for defended in (Purified(model, dae), switched[0]):
         modes = [(m, m.training) for m in defended.modules()]

@@ -26,8 +26,12 @@ def files(tmp_path_factory):
 
 
 def explain(files, out, *extra):
-    return main(["explain", "--model", str(files / "lenet"), "--data", f"npz:{files / 'd.npz'}",
-                 "--out", str(out), *extra])
+    """The exit status of ``salmap explain`` (usage errors exit 2 from the parser)."""
+    try:
+        return main(["explain", "--model", str(files / "lenet"), "--data", f"npz:{files / 'd.npz'}",
+                     "--out", str(out), *extra])
+    except SystemExit as stop:
+        return int(stop.code or 0)
 
 
 def test_explain_several_methods_with_attack(files, tmp_path, capsys):
@@ -65,8 +69,8 @@ def test_explain_lrp_when_available(files, tmp_path):
         (["--method", "gradient,saliency"], "--method must be among"),
         (["--method", "gradcam", "--layer", "featurs.6"], "close names: features.6"),
         (["--method", "occlusion", "--patch", "40"], "larger than the input"),
-        (["--method", "occlusion", "--stride", "0"], "stride must be a positive int"),
-        (["--method", "occlusion", "--fill", "black"], "--fill must be"),
+        (["--method", "occlusion", "--stride", "0"], "argument --stride: stride must be in [1, inf), got 0"),
+        (["--method", "occlusion", "--fill", "black"], "argument --fill: fill must be one of"),
         (["--target", "seven"], "--target must be pred, label or a class index"),
         (["--region", "0:4,0:4"], "--region is for segmenters"),
         (["--attack", "nope"], "--attack must be one of"),

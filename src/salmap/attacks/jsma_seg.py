@@ -47,6 +47,8 @@ _POOL = 1024
 @register_attack(
     "jsma-seg", tasks=("segmentation",), default_targeting="hide",
     choices={"map": ("jsma", "masked")},
+    named={"region": {"all": lambda: None, "outside": lambda: outside()}},
+    flags={"single": ("pairs", False), "global-domain": ("local", False)},
     ranges={"gamma": "(0, 1]", "required": "(0, 1]", "k": "[1, inf)", "candidates": "[2, inf)", "chunk_size": "[1, inf)", "max_iterations": "[1, inf)"},
 )
 class SegmentationJSMA(Attack):

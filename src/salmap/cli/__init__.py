@@ -31,9 +31,15 @@ def _optional_commands() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from salmap import registry
+    from salmap.cli.flags import listing
+
     parser = argparse.ArgumentParser(
         prog="salmap",
         description="Saliency-guided adversarial attacks, explanations and defenses for PyTorch models.",
+        epilog=f"attacks (salmap attack NAME):\n{listing(registry.attacks())}\n\n"
+               f"explainers (salmap explain --method NAME):\n{listing(registry.explainers())}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

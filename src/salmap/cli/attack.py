@@ -1,22 +1,21 @@
-"""``salmap attack NAME``: run an attack on a checkpoint and a dataset; write results and pictures.
+"""salmap attack NAME: run an attack on a checkpoint and a dataset; write results and pictures.
 
-Each attack registers an :class:`AttackSpec` in ``ATTACKS``: its own arguments and how
-to build the attack object from them. Everything else (loading, batching, targets,
-results.json, the picture grid) is shared.
+There is one sub-command per registered attack (salmap.registry, plugins included); its
+flags are generated from the attack's parameters (salmap.cli.flags). Everything else
+(loading, batching, targets, results.json, the picture grid) is shared.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from salmap.attacks import FGSM, PGD, Attack, AttackResult, all_other_targets, random_targets
+from salmap import registry
+from salmap.attacks import Attack, AttackResult, all_other_targets, random_targets
 from salmap.cli import attack_seg
 from salmap.cli.common import (
     add_model_data_args,
@@ -27,115 +26,56 @@ from salmap.cli.common import (
     print_table,
     write_json,
 )
+from salmap.cli.flags import add_entry_flags, entry_help, params_from_args
 
-
-@dataclass
-class AttackSpec:
-    """How the command line offers one attack."""
-
-    help: str
-    add_args: Callable[[argparse.ArgumentParser], None]
-    build: Callable[[argparse.Namespace, Any, tuple[float, float]], Attack]
-    #: a custom runner (e.g. segmentation) replacing the shared classifier runner
-    runner: Callable[[argparse.Namespace], int] | None = None
-
-
-def _fgsm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps", type=float, default=0.1, help="Linf step size (default 0.1)")
-
-
-def _pgd_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps", type=float, default=0.3, help="Linf radius (default 0.3)")
-    p.add_argument("--step", type=float, default=None, help="step size (default eps/4)")
-    p.add_argument("--steps", type=int, default=40, help="iterations (default 40)")
-    p.add_argument("--no-random-start", action="store_true", help="start at the clean input (BIM)")
-
-
-def _isi_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--indicator", choices=["relevance", "sensitivity"], default="relevance",
-                   help="significance: LRP relevance or the gradient (default relevance)")
-    p.add_argument("--norm", choices=["l0", "l2", "linf"], default="l0", help="which ISI form (default l0)")
-    p.add_argument("--eps", type=float, default=0.1, help="step per iteration for l2 / linf (default 0.1)")
-    p.add_argument("--max-iter", type=int, default=30, help="iterations per image (default 30)")
-    p.add_argument("--n-features", type=int, default=None,
-                   help="features changed per iteration for l0 / l2 (default 1 for l0, 10 for l2)")
-    p.add_argument("--lrp-composite", default="epsilon",
-                   help="LRP rules for --indicator relevance: epsilon, epsilon-plus, epsilon-alpha2-beta1")
-    p.add_argument("--objective", choices=["logit", "margin"], default=None,
-                   help="score lowered: the label's logit, or its margin over the runner-up "
-                        "(default: logit untargeted, margin targeted)")
-
-
-def _isi_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
-    from salmap.attacks.isi import ISI
-
-    return ISI(m, indicator=a.indicator, norm=a.norm, eps=a.eps, max_iter=a.max_iter, n_features=a.n_features,
-               bounds=b, lrp_composite=a.lrp_composite, objective=a.objective)
-
-
-def _jsma_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--theta", type=float, default=1.0, help="change per chosen feature, non-zero (default 1.0)")
-    p.add_argument("--gamma", type=float, default=0.145,
-                   help="largest fraction of features changed, in (0, 1] (default 0.145)")
-    p.add_argument("--single", action="store_true", help="single-feature saliency map instead of pairs")
-    p.add_argument("--probabilities", action="store_true", help="differentiate softmax outputs, not logits")
-    p.add_argument("--candidates", type=int, default=None,
-                   help="search pairs among this many most promising features only (default: exact search)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="rows of the pair matrix scored at a time per sample (default: automatic)")
-    p.add_argument("--saturation", type=float, default=0.01,
-                   help="features within this fraction of the bounds' range of the bound theta points to "
-                        "start outside the search domain; 0: only features exactly at it (default 0.01)")
-
-
-def _jsma_build(a: argparse.Namespace, m: Any, b: tuple[float, float]) -> Attack:
-    from salmap.attacks.jsma import JSMA
-
-    return JSMA(m, theta=a.theta, gamma=a.gamma, pairs=not a.single, probabilities=a.probabilities,
-                candidates=a.candidates, chunk_size=a.chunk_size, bounds=b, saturation=a.saturation,
-                strict_targets=False)  # a misclassified sample may have its prediction as target
-
-
-ATTACKS: dict[str, AttackSpec] = {
-    "jsma": AttackSpec(
-        "Jacobian-based saliency map attack, pairwise or single-feature map (Papernot et al. 2016)",
-        _jsma_args, _jsma_build,
-    ),
-    "jsma-seg": AttackSpec(
-        "JSMA for segmentation models: make a segmenter predict a goal mask (hide / relabel / add)",
-        attack_seg.add_args, attack_seg.build, runner=attack_seg.run,
-    ),
-    "fgsm": AttackSpec(
-        "Fast Gradient Sign Method (Goodfellow et al. 2014)",
-        _fgsm_args,
-        lambda a, m, b: FGSM(m, eps=a.eps, bounds=b),
-    ),
-    "pgd": AttackSpec(
-        "Projected gradient descent / iterative FGSM (Madry et al. 2017)",
-        _pgd_args,
-        lambda a, m, b: PGD(m, eps=a.eps, step=a.step, steps=a.steps, random_start=not a.no_random_start,
-                            seed=a.seed, bounds=b),
-    ),
-    "isi": AttackSpec(
-        "Input significance indicator attack, sensitivity or LRP relevance (Qiu et al. 2020)",
-        _isi_args, _isi_build,
-    ),
-}
+#: classifier targeting modes this command runs (see :func:`attack_rows`)
+TARGETING = ("none", "random", "next", "all")
+#: parameters the command sets itself: the seed from --seed; strict_targets off, so that a
+#: misclassified sample whose random target is its prediction is returned unchanged
+RESERVED = frozenset({"seed", "strict_targets"})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    entries = registry.attacks()
     p = sub.add_parser("attack", help="run an attack and write results.json and pictures", description=__doc__)
     names = p.add_subparsers(dest="attack", metavar="ATTACK", required=True)
-    for name, spec in ATTACKS.items():
-        q = names.add_parser(name, help=spec.help, description=spec.help)
+    for name, entry in entries.items():
+        text = entry_help(entry)
+        q = names.add_parser(name, help=text, description=text)
         add_model_data_args(q)
-        q.add_argument(
-            "--targeted", choices=["none", "random", "next", "all"], default="none",
-            help="untargeted (none), a random other class, the next class (y+1 mod classes), or every "
-                 "other class in turn (all: the source-target grid of Papernot et al., K-1 attacks per image)",
-        )
-        spec.add_args(q)
-        q.set_defaults(func=spec.runner or run_classifier_attack, attack_spec=spec)
+        add_targeting_flags(q, entry)
+        add_entry_flags(q.add_argument_group(f"{name} parameters"), entry, reserved=RESERVED)
+        segmentation = "segmentation" in entry.tasks and "classification" not in entry.tasks
+        q.set_defaults(func=attack_seg.run if segmentation else run_classifier_attack, entry=entry)
+
+
+def add_targeting_flags(p: argparse.ArgumentParser, entry: registry.Entry) -> None:
+    """``--targeted`` for classifier attacks, ``--goal`` (and ``--to``) for segmentation attacks."""
+    if "segmentation" in entry.tasks and "classification" not in entry.tasks:
+        goals = list(entry.targeting)
+        p.add_argument("--goal", choices=goals, default=entry.default_targeting,
+                       help="hide the objects, relabel the main class, or add the objects of the next selected "
+                            f"image (default {entry.default_targeting})")
+        if "relabel" in goals:
+            p.add_argument("--to", type=int, default=None,
+                           help="relabel: the new class (default: the next object class after the main one)")
+        return
+    modes = [m for m in TARGETING if m in entry.targeting]
+    default = "none" if "none" in modes else entry.default_targeting if entry.default_targeting in modes else modes[0]
+    p.add_argument(
+        "--targeted", choices=modes, default=default,
+        help="untargeted (none), a random other class, the next class (y+1 mod classes), or every "
+             f"other class in turn (all: the source-target grid of Papernot et al., K-1 attacks per image) "
+             f"(default {default})",
+    )
+
+
+def build_attack(args: argparse.Namespace, model: Any, bounds: tuple[float, float]) -> Attack:
+    """The attack of ``salmap attack NAME`` configured from the parsed flags."""
+    entry: registry.Entry = args.entry
+    params = params_from_args(entry, args, base={"seed": args.seed, "strict_targets": False})
+    attack: Attack = entry.build(model, bounds=bounds, **params)
+    return attack
 
 
 def choose_targets(mode: str, y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
@@ -181,7 +121,7 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
 
     model, meta = load_model(args.model, args.device)
     ds = load_data(args.data, args.split, args.num)
-    attack = args.attack_spec.build(args, model, bounds_of(meta))
+    attack = build_attack(args, model, bounds_of(meta))
     x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),
                                         ds.num_classes, args.seed)
     result = run_batches(attack, x, y, targets, args.batch_size, args.attack)

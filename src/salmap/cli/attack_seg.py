@@ -11,51 +11,15 @@ adversarial prediction, perturbation).
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from salmap.attacks.jsma_seg import (
-    SegmentationJSMA,
-    add_mask_of,
-    hide_object,
-    outside,
-    relabel_class,
-)
+from salmap.attacks.jsma_seg import add_mask_of, hide_object, relabel_class
 from salmap.gradients import frozen, predict
 from salmap.metrics import mask_from_output
 
 GOALS = ("hide", "relabel", "add")
-
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--goal", choices=GOALS, default="hide",
-                   help="hide the objects, relabel the main class, or add the next image's objects (default hide)")
-    p.add_argument("--to", type=int, default=None,
-                   help="relabel: the new class (default: the next object class after the main one)")
-    p.add_argument("--map", choices=["jsma", "masked"], default="jsma",
-                   help="saliency map: jsma (pixel-sum JSMA, default) or masked (the masked-gradient method)")
-    p.add_argument("--theta", type=float, default=1.0, help="change of each chosen feature (default 1.0)")
-    p.add_argument("--gamma", type=float, default=0.1, help="largest fraction of features changed (default 0.1)")
-    p.add_argument("--required", type=float, default=0.99,
-                   help="fraction of pixels that must match the target (default 0.99)")
-    p.add_argument("--k", type=int, default=1, help="selections (pairs or features) per iteration (default 1)")
-    p.add_argument("--single", action="store_true", help="single features instead of pairs (jsma map)")
-    p.add_argument("--candidates", type=int, default=None, help="restrict the pair search to that many features")
-    p.add_argument("--global-domain", action="store_true",
-                   help="jsma map: let any feature change, not only those under the pixels that are still wrong "
-                        "(the default without --region outside)")
-    p.add_argument("--region", choices=["all", "outside"], default="all",
-                   help="features that may change: all, or only outside the predicted objects (default all)")
-
-
-def build(args: argparse.Namespace, model: Any, bounds: tuple[float, float]) -> SegmentationJSMA:
-    return SegmentationJSMA(
-        model, theta=args.theta, gamma=args.gamma, required=args.required, map=args.map, pairs=not args.single,
-        k=args.k, candidates=args.candidates, local=False if args.global_domain else None,
-        region=outside() if args.region == "outside" else None, bounds=bounds,
-    )
 
 
 def goal_targets(goal: str, pred: Tensor, num_classes: int, to: int | None = None) -> Tensor:
@@ -79,7 +43,7 @@ def goal_targets(goal: str, pred: Tensor, num_classes: int, to: int | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from salmap.cli.attack import run_batches
+    from salmap.cli.attack import build_attack, run_batches
     from salmap.cli.common import (
         bounds_of,
         load_data,
@@ -98,15 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if ds.task != "segmentation":
         raise ValueError(f"--data must be a segmentation dataset for jsma-seg, got {data!r} ({ds.task})")
     x = ds.x.to(args.device)
-    attack = build(args, model, bounds_of(meta))
+    attack = build_attack(args, model, bounds_of(meta))
     with frozen(model):
         clean = predict(model, x)
     if clean.dim() != 4:
         raise ValueError(f"--model must be a segmenter returning (B, classes, H, W), got output {tuple(clean.shape)}")
     pred = mask_from_output(clean)
     num_classes = 2 if clean.shape[1] == 1 else int(clean.shape[1])
-    targets = goal_targets(args.goal, pred, num_classes, args.to)
-    result = run_batches(attack, x, ds.y.to(args.device), targets, args.batch_size, f"jsma-seg {args.goal}")
+    targets = goal_targets(args.goal, pred, num_classes, getattr(args, "to", None))
+    result = run_batches(attack, x, ds.y.to(args.device), targets, args.batch_size, f"{args.attack} {args.goal}")
     out = output_folder(args.out)
     per_image = result.seconds / max(len(result), 1)
     extra = result.extra
@@ -129,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
         **{k: float(v.float().mean()) for k, v in extra.items()},
     }
     write_json(out / "results.json", {
-        "attack": "jsma-seg", "goal": args.goal, "settings": repr(attack), "model": args.model, "data": data,
+        "attack": args.attack, "goal": args.goal, "settings": repr(attack), "model": args.model, "data": data,
         "split": args.split, "summary": summary, "samples": rows,
     })
     captions = [f"acc {r['pixel_accuracy']:.3f}, L0 {r['l0_percent']:.2f}%" for r in rows]
     segmentation_grid(x.cpu(), pred.cpu(), targets.cpu(), result.x_adv.cpu(), result.pred_after.cpu(),
-                      out / "grid.png", num_classes, title=f"jsma-seg {args.goal}: {attack!r}"[:160], captions=captions)
+                      out / "grid.png", num_classes, title=f"{args.attack} {args.goal}: {attack!r}"[:160], captions=captions)
     columns = ["goal", "map", "success_rate", "pixel_accuracy", "iou_target", "iou_original", "l0_percent", "l2",
                "linf", "iterations", "seconds_per_image"]
-    print_table([{"goal": args.goal, "map": args.map, **summary}], columns)
+    print_table([{"goal": args.goal, "map": getattr(attack, "map", ""), **summary}], columns)
     print(f"results written to {out / 'results.json'} and {out / 'grid.png'}")
     return 0

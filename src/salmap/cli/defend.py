@@ -8,18 +8,26 @@ The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors
 from __future__ import annotations
 
 import argparse
+import difflib
 import time
 from typing import Any
 
 from torch import nn
 
 from salmap import data as datasets
-from salmap import models
+from salmap import models, registry
 from salmap.cli.common import bounds_of, load_model, output_folder, print_table, write_json
+from salmap.cli.flags import parse_spec
 from salmap.defenses.adversarial import adversarial_training
 from salmap.defenses.block_switch import train_block_switch
 from salmap.defenses.denoiser import Purified, train_denoiser
-from salmap.defenses.evaluation import check_trained, default_attacks, evaluate_defense, table_rows
+from salmap.defenses.evaluation import (
+    AttackSpec,
+    check_trained,
+    default_attacks,
+    evaluate_defense,
+    table_rows,
+)
 from salmap.training import classifier_accuracy
 
 
@@ -64,9 +72,11 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("-n", "--num", type=int, default=200, help="test images to evaluate on (default 200)")
-    p.add_argument("--attacks", default=None,
-                   help="comma-separated evaluation attacks, among fgsm-0.1, fgsm-0.2, fgsm-0.3, pgd-0.3, "
-                        "jsma-0.145, isi-l0 (default all)")
+    p.add_argument("--attacks", action="append", default=None, metavar="LIST|NAME:KEY=VALUE,...",
+                   help="evaluation attacks: a comma-separated list of the presets "
+                        f"{', '.join(s.name for s in default_attacks())} or registered attack names "
+                        f"({', '.join(_classifier_attacks())}, with their defaults), or one attack with "
+                        "parameters such as pgd:eps=0.1,steps=20; repeatable (default: all presets)")
     p.add_argument("--pgd-steps", type=int, default=40, help="PGD iterations in the evaluation (default 40)")
     p.add_argument("--eot-samples", type=int, default=None,
                    help="EOT passes for randomised models (default: exact expectation over channels)")
@@ -75,7 +85,38 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def _classifier_attacks() -> list[str]:
+    return [n for n, e in registry.attacks().items() if "classification" in e.tasks]
+
+
+def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSpec]:
+    """The ``--attacks`` values as evaluation specs (presets, registered names, ``NAME:KEY=VALUE,...``)."""
+    presets = {s.name: s for s in default_attacks(pgd_steps=pgd_steps)}
+    if not values:
+        return list(presets.values())
+    names = _classifier_attacks()
+    specs: list[AttackSpec] = []
+    for value in values:
+        items = [value] if ":" in value else [v.strip() for v in value.split(",") if v.strip()]
+        for item in items:
+            name, params = parse_spec(item, "--attacks")
+            if name in presets and not params:
+                specs.append(presets[name])
+                continue
+            if name not in names:
+                close = difflib.get_close_matches(name, [*presets, *names], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"--attacks must name presets {list(presets)} or classifier attacks {names}, "
+                                 f"got {name!r}{hint}")
+            entry = registry.get_attack(name)
+            label = item if params else name
+            specs.append(AttackSpec(label, name, params, targeted=not entry.untargeted or
+                                    entry.default_targeting != "none"))
+    return specs
+
+
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
+    attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     model, meta = load_model(args.model, args.device)
     train = datasets.load_dataset(args.data, "train")
     test = datasets.load_dataset(args.data, "test")
@@ -141,13 +182,7 @@ def _finish(args: argparse.Namespace, kind: str, defended: nn.Module, model: nn.
     print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")
     if args.no_eval:
         return 0
-    specs = default_attacks(pgd_steps=args.pgd_steps)
-    if args.attacks:
-        wanted = [a.strip() for a in args.attacks.split(",") if a.strip()]
-        unknown = sorted(set(wanted) - {s.name for s in specs})
-        if unknown:
-            raise ValueError(f"--attacks must name attacks among {[s.name for s in specs]}, got {unknown}")
-        specs = [s for s in specs if s.name in wanted]
+    specs = attack_specs(args.attacks, args.pgd_steps)
     ds = test.subset(min(args.num, len(test)))
     report = evaluate_defense(
         defended, model, ds.x.to(args.device), ds.y.to(args.device), specs, bounds_of(meta),

@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from salmap.evaluation.config import ATTACKS, EXPLAINERS, load_config, parse_config
+from salmap import registry
+from salmap.evaluation.config import load_config, parse_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", action="append", metavar="PATH",
                    help="model checkpoint; repeat for several (key: models)")
     p.add_argument("--attack", action="append", metavar="NAME[:KEY=VALUE,...]",
-                   help=f"attack with parameters, e.g. fgsm:eps=0.1; repeat for several; names: {', '.join(ATTACKS)}")
+                   help=f"attack with parameters, e.g. fgsm:eps=0.1; repeat for several; names: {', '.join(registry.attacks())}")
     p.add_argument("--targets", choices=["none", "random", "next", "all"],
                    help="targeting of the attacks given with --attack (default: the attack's own)")
     p.add_argument("--explain", action="append", metavar="NAME",
-                   help=f"explainer for the overlays; repeat for several; names: {', '.join(EXPLAINERS)}")
+                   help=f"explainer for the overlays; repeat for several; names: {', '.join(registry.explainers())}")
     p.add_argument("--data", help="dataset name or kind:PATH (key: data.name)")
     p.add_argument("--split", choices=["train", "test", "all"], help="dataset split (key: data.split)")
     p.add_argument("-n", "--num", type=int, help="number of samples (key: data.num)")

@@ -1,14 +1,17 @@
-"""``salmap explain``: explain a model's predictions; write heat-map PNGs and a JSON summary.
+"""salmap explain: explain a model's predictions; write heat-map PNGs and a JSON summary.
 
-Methods: gradient (saliency), occlusion, gradcam, lrp (when available); several may be
-given (``--method gradient --method gradcam`` or ``--method gradient,gradcam``). With
-``--attack NAME`` the maps are also computed on the attacked inputs and drawn before
-and after the attack.
+Methods: every registered explainer (salmap.registry, plugins included); several may be
+given (--method gradient --method gradcam, or --method gradient,gradcam). Each method's
+parameters are flags generated from the registry: --PARAM sets it for every chosen
+method that has it, --METHOD-PARAM for one method only (e.g. --lrp-eps). With
+--attack NAME the maps are also computed on the attacked inputs and drawn before and
+after the attack.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import time
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from salmap import registry
 from salmap.cli.common import (
     add_model_data_args,
     bounds_of,
@@ -25,88 +29,65 @@ from salmap.cli.common import (
     print_table,
     write_json,
 )
-from salmap.explain import Explainer, GradCAM, GradientSaliency, Occlusion
+from salmap.cli.flags import add_entry_flags, listing, params_from_args
+from salmap.explain import Explainer
 from salmap.explain.plot import attack_grid, explanation_grid, to_heat
 from salmap.explain.targets import _majority_foreground
 
-METHODS = ("gradient", "occlusion", "gradcam", "lrp")
+#: explainer parameters the command sets itself: the seed from --seed; a progress bar
+RESERVED = frozenset({"seed", "progress"})
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="explain predictions (gradient, occlusion, Grad-CAM, LRP)",
-                       description=__doc__)
+    entries = registry.explainers()
+    attacks = [n for n, e in registry.attacks().items() if "classification" in e.tasks and e.untargeted]
+    p = sub.add_parser("explain", help="explain predictions (" + ", ".join(entries) + ")",
+                       description=__doc__, epilog="methods:\n" + listing(entries),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_data_args(p)
     p.add_argument("--method", action="append", default=None, metavar="NAME",
-                   help=f"explanation method(s), repeatable or comma-separated: {', '.join(METHODS)} "
+                   help=f"explanation method(s), repeatable or comma-separated: {', '.join(entries)} "
                         "(default gradient)")
     p.add_argument("--target", default="pred",
                    help="class to explain: pred (predicted, default), label (true label) or a class index")
     p.add_argument("--region", default=None, metavar="Y0:Y1,X0:X1",
                    help="segmenters: explain the target class's summed score over this pixel box "
                         "(default: the pixels predicted as the target class)")
-    g = p.add_argument_group("gradient saliency")
-    g.add_argument("--signed", action="store_true", help="keep the gradient's sign (default absolute)")
-    g.add_argument("--times-input", action="store_true", help="gradient x input")
-    o = p.add_argument_group("occlusion")
-    o.add_argument("--patch", type=int, default=4, help="patch size (default 4)")
-    o.add_argument("--stride", type=int, default=2, help="stride (default 2)")
-    o.add_argument("--fill", default="zero", help="zero, mean, grey, random or a number (default zero)")
-    c = p.add_argument_group("Grad-CAM")
-    c.add_argument("--layer", default=None,
-                   help="dotted module name, e.g. layer4 (default: layer4 if present, else the last convolution)")
     a = p.add_argument_group("before/after an attack")
-    a.add_argument("--attack", default=None,
-                   help="attack the inputs (untargeted, true labels), e.g. fgsm; the maps after the attack "
-                        "explain the same class as before")
+    a.add_argument("--attack", default=None, metavar="NAME",
+                   help=f"attack the inputs (untargeted, true labels), one of {', '.join(attacks)}; the maps "
+                        "after the attack explain the same class as before")
     a.add_argument("--eps", type=float, default=None, help="the attack's eps (default: the attack's own)")
     p.add_argument("--rows", type=int, default=8, help="samples drawn in the pictures (default 8)")
+    taken: dict[str, Any] = {}
+    for name, entry in entries.items():
+        add_entry_flags(p.add_argument_group(f"{name} ({entry.cls.__name__})"), entry, reserved=RESERVED,
+                        scoped=True, taken=taken)
     p.set_defaults(func=run)
 
 
 def parse_methods(values: list[str] | None) -> list[str]:
     """``["gradient,occlusion", "gradcam"]`` to ``["gradient", "occlusion", "gradcam"]``, checked."""
+    known = registry.explainers()
     names: list[str] = []
     for value in values or ["gradient"]:
         for name in (v.strip().lower() for v in value.split(",")):
-            if name not in METHODS:
-                raise ValueError(f"--method must be among {list(METHODS)}, got {name!r}")
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"--method must be among {list(known)}, got {name!r}{hint}")
             if name not in names:
                 names.append(name)
     return names
 
 
-def default_layer(model: torch.nn.Module) -> str:
-    """``layer4`` when the model has one (ResNets), else its last convolution."""
-    names = dict(model.named_modules())
-    if "layer4" in names:
-        return "layer4"
-    convs = [n for n, m in names.items() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
-    if not convs:
-        raise ValueError("--layer is needed: the model has no layer4 and no convolution")
-    return convs[-1]
-
-
 def build_explainer(name: str, args: argparse.Namespace, model: torch.nn.Module,
                     bounds: tuple[float, float]) -> Explainer:
-    if name == "gradient":
-        return GradientSaliency(model, absolute=not args.signed, times_input=args.times_input)
-    if name == "occlusion":
-        fill: Any = args.fill
-        if fill not in ("zero", "mean", "grey", "random"):
-            try:
-                fill = float(fill)
-            except ValueError:
-                raise ValueError(f"--fill must be zero, mean, grey, random or a number, got {args.fill!r}") from None
-        return Occlusion(model, patch=args.patch, stride=args.stride, fill=fill, bounds=bounds,
-                         batch_size=max(args.batch_size, 1), seed=args.seed, progress=True)
-    if name == "gradcam":
-        return GradCAM(model, layer=args.layer or default_layer(model))
-    import salmap.explain as explain
-
-    lrp = getattr(explain, "LRP", None)
-    if lrp is None:
-        raise ValueError("--method lrp is not available in this installation of salmap")
-    return lrp(model)
+    """The explainer ``name`` configured from the parsed flags."""
+    entry = registry.get_explainer(name)
+    params = params_from_args(entry, args, base={"seed": args.seed, "progress": True})
+    explainer: Explainer = entry.build(model, bounds=bounds, **params)
+    return explainer
 
 
 def parse_region(text: str, shape: tuple[int, int]) -> Tensor:
@@ -182,15 +163,14 @@ def compare_maps(before: Tensor, after: Tensor, top: float = 0.1) -> list[dict[s
     return out
 
 
-def attack_spec(name: str) -> Any:
-    """The classifier attack ``name`` of ``salmap attack``'s table, or a ValueError listing them."""
-    from salmap.cli.attack import ATTACKS
-
-    spec = ATTACKS.get(name)
-    if spec is None or spec.runner is not None:
-        names = [k for k, s in ATTACKS.items() if s.runner is None]
-        raise ValueError(f"--attack must be one of {names}, got {name!r}")
-    return spec
+def attack_entry(name: str) -> registry.Entry:
+    """The untargeted classifier attack ``name``, or a ValueError listing them."""
+    entries = {n: e for n, e in registry.attacks().items() if "classification" in e.tasks and e.untargeted}
+    if name not in entries:
+        close = difflib.get_close_matches(name, list(entries), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"--attack must be one of {list(entries)}, got {name!r}{hint}")
+    return entries[name]
 
 
 def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: tuple[float, float],
@@ -199,13 +179,13 @@ def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: tuple[f
     from salmap.attacks.base import AttackResult
     from salmap.cli.attack import run_batches
 
-    spec = attack_spec(args.attack)
-    defaults = argparse.ArgumentParser(add_help=False)
-    spec.add_args(defaults)
-    settings = argparse.Namespace(**{**vars(args), **vars(defaults.parse_args([]))})
+    entry = attack_entry(args.attack)
+    params: dict[str, Any] = {"seed": args.seed} if "seed" in entry.param_map else {}
     if args.eps is not None:
-        settings.eps = args.eps
-    attack = spec.build(settings, model, bounds)
+        if "eps" not in entry.param_map:
+            raise ValueError(f"--eps is not a parameter of attack {args.attack}")
+        params["eps"] = args.eps
+    attack = entry.build(model, bounds=bounds, **params)
     result: AttackResult = run_batches(attack, x, y, None, args.batch_size, args.attack)
     return attack, result
 
@@ -230,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         mask = parse_region(args.region, tuple(out.shape[-2:])).to(args.device)
     explainers = {name: build_explainer(name, args, model, bounds) for name in methods}
     if args.attack is not None:
-        attack_spec(args.attack)
+        attack_entry(args.attack)
         if segmentation:
             raise ValueError("--attack explains classifier attacks; the data is a segmentation set")
 

@@ -11,46 +11,57 @@ counts a sample as robust only if it survives both.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from salmap import registry
 from salmap._validate import Bounds, check_bounds, check_input, check_labels, check_number
-from salmap.attacks import FGSM, ISI, JSMA, PGD, Attack, random_targets
+from salmap.attacks import Attack, random_targets
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
 from salmap.gradients import Model, frozen, predict
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of the evaluation: a name, how to build it on a model, and whether it is
-    targeted (then at random other classes, seeded)."""
+    """One attack of the evaluation: a label, a registered attack (:mod:`salmap.registry`) with
+    its parameters, and whether it is targeted (then at random other classes, seeded).
+
+    The parameters are checked against the attack's declarations when the spec is made.
+    """
 
     name: str
-    build: Callable[[Model, Bounds, int], Attack]
+    attack: str
+    params: Mapping[str, Any] = field(default_factory=dict)
     targeted: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", registry.get_attack(self.attack).check(self.params))
 
-def _fgsm(eps: float) -> Callable[[Model, Bounds, int], Attack]:
-    return lambda model, bounds, seed: FGSM(model, eps=eps, bounds=bounds)
+    def build(self, model: Model, bounds: Bounds, seed: int) -> Attack:
+        """The attack on ``model``; ``seed`` seeds it when it takes one and the spec sets none."""
+        entry = registry.get_attack(self.attack)
+        params = dict(self.params)
+        if "seed" in entry.param_map and "seed" not in params:
+            params["seed"] = seed
+        attack: Attack = entry.build(model, bounds=bounds, **params)
+        return attack
 
 
 def default_attacks(pgd_steps: int = 40, isi_iterations: int = 30) -> list[AttackSpec]:
     """The issue's attack set: FGSM eps 0.1/0.2/0.3; PGD eps 0.3 (``pgd_steps`` steps of 0.01, or of
     ``0.75 / pgd_steps`` when fewer than 40, from a random start); JSMA theta 1, gamma 0.145, targeted at random other classes (Papernot et al.'s
     setting); ISI with the LRP-relevance indicator under L0, ``isi_iterations`` features at most."""
-    specs = [AttackSpec(f"fgsm-{eps}", _fgsm(eps)) for eps in (0.1, 0.2, 0.3)]
+    specs = [AttackSpec(f"fgsm-{eps}", "fgsm", {"eps": eps}) for eps in (0.1, 0.2, 0.3)]
     # Madry et al.'s MNIST setting is 40 steps of 0.01; fewer steps get 2.5 * eps / steps so they still cover the ball.
     step = 0.01 if pgd_steps >= 40 else 2.5 * 0.3 / pgd_steps
-    specs.append(AttackSpec("pgd-0.3", lambda m, b, s: PGD(m, eps=0.3, step=step, steps=pgd_steps, seed=s, bounds=b)))
-    specs.append(AttackSpec("jsma-0.145", lambda m, b, s: JSMA(m, theta=1.0, gamma=0.145, bounds=b), targeted=True))
-    specs.append(AttackSpec(
-        "isi-l0", lambda m, b, s: ISI(m, indicator="relevance", norm="l0", max_iter=isi_iterations, bounds=b)
-    ))
+    specs.append(AttackSpec("pgd-0.3", "pgd", {"eps": 0.3, "step": step, "steps": pgd_steps}))
+    specs.append(AttackSpec("jsma-0.145", "jsma", {"theta": 1.0, "gamma": 0.145}, targeted=True))
+    specs.append(AttackSpec("isi-l0", "isi", {"indicator": "relevance", "norm": "l0", "max_iter": isi_iterations}))
     return specs
 
 

@@ -31,6 +31,17 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
+def default_layer(model: nn.Module) -> str:
+    """``layer4`` when the model has one (ResNets), else its last convolution."""
+    names = dict(model.named_modules())
+    if "layer4" in names:
+        return "layer4"
+    convs = [n for n, m in names.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and n]
+    if not convs:
+        raise ValueError(f"layer is needed: {type(model).__name__} has no layer4 and no convolution")
+    return convs[-1]
+
+
 @register_explainer("gradcam", needs_module=True)
 class GradCAM(Explainer):
     """Gradient-weighted class activation map of one layer, upsampled to the input size.
@@ -52,8 +63,9 @@ class GradCAM(Explainer):
     ----------
     model: a ``torch.nn.Module``, classifier ``(B, K)`` or segmenter ``(B, K, H, W)``.
     layer: dotted name of a module whose output is ``(B, channels, *spatial)``, e.g.
-        ``"layer4"`` (ResNet), ``"features.8"`` (lenet's last convolution block).
-        If the module runs several times in one forward pass, its last call is used.
+        ``"layer4"`` (ResNet), ``"features.8"`` (lenet's last convolution block); default
+        ``layer4`` if the model has one, else its last convolution. If the module runs
+        several times in one forward pass, its last call is used.
     relu: apply the ReLU (default ``True``, as in the paper); ``False`` keeps negative evidence.
 
     Returns
@@ -67,10 +79,11 @@ class GradCAM(Explainer):
     torch.Size([16, 1, 224, 224])
     """
 
-    def __init__(self, model: Model, layer: str = "layer4", relu: bool = True) -> None:
+    def __init__(self, model: Model, layer: str | None = None, relu: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module for Grad-CAM (layers by name), got {type(model).__name__}")
         super().__init__(model)
+        layer = default_layer(model) if layer is None else layer
         self.layer = layer
         self._module = find_layer(model, layer)
         self.relu = bool(relu)

@@ -10,7 +10,7 @@ from salmap.gradients import Model, output_vjps
 from salmap.registry import register_explainer
 
 
-@register_explainer("gradient")
+@register_explainer("gradient", flags={"signed": ("absolute", False)})
 class GradientSaliency(Explainer):
     """Gradient of the target score with respect to the input.
 

@@ -19,7 +19,10 @@ from salmap.registry import register_explainer
 FILLS = ("zero", "mean", "grey", "random")
 
 
-@register_explainer("occlusion", ranges={"batch_size": "[1, inf)"})
+@register_explainer(
+    "occlusion", choices={"fill": ("zero", "mean", "grey", "random")},
+    ranges={"patch": "[1, inf)", "stride": "[1, inf)", "batch_size": "[1, inf)"},
+)
 class Occlusion(Explainer):
     """Occlusion sensitivity: how much the target score drops when a patch is hidden.
 
