@@ -241,5 +241,6 @@ def test_cli_isi_end_to_end(tmp_path) -> None:
     assert results["attack"] == "isi" and len(results["samples"]) == 4
     assert "objective='margin'" in results["settings"]
     assert all(s["l0"] <= 3 for s in results["samples"])
-    assert main(["attack", "isi", "--model", str(folder), "--num", "2", "--eps", "0", "--norm", "l2",
-                 "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as stop:  # a usage error: --eps must be in (0, inf)
+        main(["attack", "isi", "--model", str(folder), "--num", "2", "--eps", "0", "--norm", "l2", "--out", str(out)])
+    assert stop.value.code == 2

@@ -8,6 +8,7 @@ ranges, named values). Used by :mod:`salmap.registry`; nothing here runs the cla
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import inspect
 import math
@@ -45,7 +46,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     interval: tuple[float, float, bool, bool] | None = None
     help: str = ""
-    types: tuple[type, ...] = ()
+    types: tuple[builtins.type, ...] = ()
     named: Mapping[str, Callable[[], Any]] | None = None
 
     @property
@@ -203,7 +204,7 @@ def _split_union(text: str) -> list[str]:
 
 
 def _literal_values(text: str) -> list[Any]:
-    values = []
+    values: list[Any] = []
     for raw in text.split(","):
         raw = raw.strip()
         if raw[:1] in "'\"":
