@@ -68,7 +68,9 @@ class Entry:
     tasks: tuple[str, ...] = ("classification",)
     targeting: tuple[str, ...] = CLASSIFIER_TARGETING
     default_targeting: str = "none"
-    needs_module: bool = False
+    #: True when it needs a ``torch.nn.Module``; a mapping ``{param: value}`` when it does
+    #: only with those parameter values (ISI's ``indicator="relevance"`` runs LRP)
+    needs_module: bool | Mapping[str, Any] = False
     source: str = "salmap"
     #: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}`` is a
     #: switch ``--single`` setting ``pairs=False``; ``{"n": "n_features"}`` is ``--n`` taking a
@@ -136,6 +138,20 @@ class Entry:
             kwargs["bounds"] = bounds
         return self.cls(model, **kwargs)
 
+    def requires_module(self, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether these parameters (the defaults where not given) need a ``torch.nn.Module``."""
+        if isinstance(self.needs_module, bool):
+            return self.needs_module
+        values = {**self.defaults(), **(params or {})}
+        return all(values.get(k) == v for k, v in self.needs_module.items())
+
+    def budget(self, params: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """The perturbation budget these parameters set, by metric (``{"linf": 0.3}``), from the
+        decorator's ``budget={"linf": "eps"}``; empty when the attack declares none."""
+        values = {**self.defaults(), **(params or {})}
+        return {metric: float(values[name]) for metric, name in (self.extra.get("budget") or {}).items()
+                if values.get(name) is not None}
+
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if p.plain and not p.required}
 
@@ -151,7 +167,7 @@ def register_attack(
     tasks: Iterable[str] = ("classification",),
     targeting: Iterable[str] | None = None,
     default_targeting: str = "none",
-    needs_module: bool = False,
+    needs_module: bool | Mapping[str, Any] = False,
     choices: Mapping[str, Iterable[Any]] | None = None,
     ranges: Mapping[str, str] | None = None,
     named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None,
@@ -169,7 +185,8 @@ def register_attack(
         supports (``none`` only if it is untargeted, the others only if it is targeted), or
         the segmentation goals for a segmentation attack.
     default_targeting: the mode used when a run names none.
-    needs_module: True when it needs a ``torch.nn.Module`` (hooks, layers), not any callable.
+    needs_module: True when it needs a ``torch.nn.Module`` (hooks, layers), not any callable;
+        ``{"indicator": "relevance"}`` when only those parameter values need one.
     choices: allowed values per parameter (``Literal`` annotations are read too).
     ranges: allowed interval per parameter, e.g. ``{"gamma": "(0, 1]", "eps": "[0, inf)"}``.
     named: names for values of an object parameter, each with a factory called at build time,
@@ -177,7 +194,9 @@ def register_attack(
     flags: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}``
         adds the switch ``--single`` setting ``pairs=False``; ``{"alias": "param"}`` adds
         ``--alias VALUE`` for ``param``.
-    extra: anything else a front end may read.
+    extra: anything else a front end may read; ``budget={"linf": "eps"}`` names the parameter
+        that bounds a distortion metric of :class:`~salmap.attacks.base.AttackResult` (``l0``,
+        ``l0_fraction``, ``l2``, ``linf``); the property tests check it.
     """
     return _register("attack", name, help, tasks, targeting, default_targeting, needs_module,
                      _Extras(choices, ranges, named, flags, extra))
@@ -188,7 +207,7 @@ def register_explainer(
     *,
     help: str | None = None,
     tasks: Iterable[str] = ("classification", "segmentation"),
-    needs_module: bool = False,
+    needs_module: bool | Mapping[str, Any] = False,
     choices: Mapping[str, Iterable[Any]] | None = None,
     ranges: Mapping[str, str] | None = None,
     named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None,
@@ -210,7 +229,7 @@ def _register(
     tasks: Iterable[str],
     targeting: Iterable[str] | None,
     default_targeting: str,
-    needs_module: bool,
+    needs_module: bool | Mapping[str, Any],
     more: _Extras | None = None,
 ) -> Callable[[T], T]:
     more = more or _Extras()
@@ -229,6 +248,9 @@ def _register(
             param = target if isinstance(target, str) else target[0]
             if param not in names:
                 raise ValueError(f"flags[{alias!r}] of {name} names {param!r}, not a parameter of {cls.__name__}")
+        for key in needs_module if isinstance(needs_module, Mapping) else ():
+            if key not in names:
+                raise ValueError(f"needs_module of {name} names {key!r}, not a parameter of {cls.__name__}")
         source = getattr(cls, "__module__", "") or ""
         entry = Entry(
             name=name,
@@ -239,7 +261,7 @@ def _register(
             tasks=tasks_t,
             targeting=modes,
             default_targeting=default_targeting,
-            needs_module=needs_module,
+            needs_module=needs_module if isinstance(needs_module, bool) else dict(needs_module),
             source=source.split(".")[0],
             flags=aliases,
             extra=dict(more.extra or {}),

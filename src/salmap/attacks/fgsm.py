@@ -17,7 +17,7 @@ from salmap.registry import register_attack
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-@register_attack("fgsm", ranges={"eps": "[0, inf)"})
+@register_attack("fgsm", ranges={"eps": "[0, inf)"}, budget={"linf": "eps"})
 class FGSM(Attack):
     """Fast Gradient Sign Method: one step of size ``eps`` along the sign of the loss gradient.
 
@@ -54,6 +54,7 @@ class FGSM(Attack):
 
 @register_attack(
     "pgd", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)", "restarts": "[1, inf)"},
+    budget={"linf": "eps"},
 )
 class PGD(Attack):
     """Projected gradient descent in the Linf ball (iterative FGSM with projection).
@@ -223,7 +224,7 @@ def _check_eps(eps: float | Tensor) -> float | Tensor:
     return eps.detach().clone()
 
 
-@register_attack("bim", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"})
+@register_attack("bim", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"}, budget={"linf": "eps"})
 class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2016): PGD without the random start.
 

@@ -24,7 +24,7 @@ OBJECTIVES = ("logit", "margin")
 
 
 @register_attack(
-    "isi", needs_module=False,
+    "isi", needs_module={"indicator": "relevance"},
     choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin")},
     ranges={"eps": "(0, inf)", "max_iter": "[1, inf)", "n_features": "[1, inf)"},
 )

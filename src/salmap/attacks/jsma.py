@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @register_attack(
-    "jsma", default_targeting="random", flags={"single": ("pairs", False)},
+    "jsma", default_targeting="random", flags={"single": ("pairs", False)}, budget={"l0_fraction": "gamma"},
     ranges={"gamma": "(0, 1]", "saturation": "[0, 1)", "candidates": "[2, inf)", "chunk_size": "[1, inf)"},
 )
 class JSMA(Attack):

@@ -48,7 +48,7 @@ _POOL = 1024
     "jsma-seg", tasks=("segmentation",), default_targeting="hide",
     choices={"map": ("jsma", "masked")},
     named={"region": {"all": lambda: None, "outside": lambda: outside()}},
-    flags={"single": ("pairs", False), "global-domain": ("local", False)},
+    flags={"single": ("pairs", False), "global-domain": ("local", False)}, budget={"l0_fraction": "gamma"},
     ranges={"gamma": "(0, 1]", "required": "(0, 1]", "k": "[1, inf)", "candidates": "[2, inf)", "chunk_size": "[1, inf)", "max_iterations": "[1, inf)"},
 )
 class SegmentationJSMA(Attack):

@@ -1,0 +1,268 @@
+"""Properties every registered attack and explainer must have, generated from the registry.
+
+A newly registered attack or explainer (a plugin included) is picked up automatically:
+the cases below are ``registry.attacks()`` and ``registry.explainers()`` crossed with the
+targeting modes and tasks each entry declares. Small settings per entry keep the suite
+fast; an entry not listed in ``SMALL`` runs with its own defaults.
+
+Attacks: the input is unchanged, the output is within the bounds, the declared budget
+(``budget={"linf": "eps"}`` in the decorator) is respected, a batch gives what the samples
+give one by one, the model's training flags and ``requires_grad`` are restored, and the
+result lives on the input's device. Explainers: the input is unchanged, the map has the
+batch size and the input's spatial size, a batch gives what the samples give one by one,
+the model state is restored and the map lives on the input's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from salmap import registry
+
+BOUNDS = (-1.0, 1.0)  # not (0, 1): an algorithm that assumes [0, 1] shows here
+BATCH = 4
+CLASSES = 3
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+#: small settings per entry (budgets and iterations) so that every case runs in well under a second
+SMALL: dict[str, dict[str, Any]] = {
+    "fgsm": {"eps": 0.2},
+    "pgd": {"eps": 0.2, "steps": 3},
+    "bim": {"eps": 0.2, "steps": 3},
+    "jsma": {"gamma": 0.2},
+    "isi": {"max_iter": 4},
+    "jsma-seg": {"gamma": 0.05, "max_iterations": 4},
+    "occlusion": {"patch": 3, "stride": 2},
+}
+
+
+def classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, CLASSES),
+    )
+
+
+def segmenter() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def inputs(device: str = "cpu") -> torch.Tensor:
+    gen = torch.Generator().manual_seed(2)
+    return (torch.rand(BATCH, 1, 8, 8, generator=gen) * 2 - 1).to(device)
+
+
+def model_state(model: nn.Module) -> list[tuple[bool, ...]]:
+    return [(m.training,) for m in model.modules()] + [(p.requires_grad,) for p in model.parameters()]
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """A model in an unusual state: training mode, one parameter frozen by its owner."""
+    model.train()
+    next(model.parameters()).requires_grad_(False)
+    return model
+
+
+def task_of(entry: registry.Entry) -> str:
+    return "classification" if "classification" in entry.tasks else entry.tasks[0]
+
+
+# -- attacks --------------------------------------------------------------------------
+def attack_cases() -> list[Any]:
+    cases = []
+    for name, entry in registry.attacks().items():
+        modes = []
+        if task_of(entry) == "segmentation":
+            modes.append("targeted")
+        else:
+            modes += ["untargeted"] * entry.untargeted + ["targeted"] * entry.targeted
+        cases += [pytest.param(name, mode, id=f"{name}-{mode}") for mode in modes]
+    return cases
+
+
+@dataclass
+class AttackRun:
+    entry: registry.Entry
+    params: dict[str, Any]
+    x: torch.Tensor
+    x_copy: torch.Tensor
+    result: Any
+    singles: list[Any]
+    state_before: list[tuple[bool, ...]]
+    state_after: list[tuple[bool, ...]]
+
+
+_RUNS: dict[tuple[str, str, str], AttackRun] = {}
+
+
+def attack_run(name: str, mode: str, device: str = "cpu") -> AttackRun:
+    """The attack on a batch and on each sample alone (computed once per case)."""
+    key = (name, mode, device)
+    if key in _RUNS:
+        return _RUNS[key]
+    entry = registry.get_attack(name)
+    model = prepare(segmenter() if task_of(entry) == "segmentation" else classifier()).to(device)
+    params = SMALL.get(name, {})
+    attack = entry.build(model, bounds=BOUNDS, **params)
+    x = inputs(device)
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(dim=1)
+    prepare(model)
+    if task_of(entry) == "segmentation":
+        labels = {"target": torch.zeros_like(pred)}  # hide every object
+    elif mode == "targeted":
+        labels = {"target": (pred + 1) % CLASSES}
+    else:
+        labels = {"y": pred}
+    x_copy = x.clone()
+    before = model_state(model)
+    result = attack(x, **labels)
+    after = model_state(model)
+    singles = [attack(x[i : i + 1], **{k: v[i : i + 1] for k, v in labels.items()}) for i in range(BATCH)]
+    _RUNS[key] = AttackRun(entry, params, x, x_copy, result, singles, before, after)
+    return _RUNS[key]
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_leaves_the_input_unchanged(name, mode):
+    run = attack_run(name, mode)
+    assert torch.equal(run.x, run.x_copy)
+    assert run.result.x_adv.data_ptr() != run.x.data_ptr()
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_output_is_within_the_bounds(name, mode):
+    x_adv = attack_run(name, mode).result.x_adv
+    assert x_adv.shape == (BATCH, 1, 8, 8) and torch.isfinite(x_adv).all()
+    assert x_adv.min() >= BOUNDS[0] and x_adv.max() <= BOUNDS[1]
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_respects_its_budget(name, mode):
+    run = attack_run(name, mode)
+    budget = run.entry.budget(run.params)
+    if not budget:
+        pytest.skip(f"{name} declares no budget")
+    features = run.x[0].numel()
+    for metric, limit in budget.items():
+        value = getattr(run.result, metric)
+        if metric == "l0_fraction":  # a whole number of features: floor(gamma * n)
+            value, limit = run.result.l0, int(limit * features)
+        assert (value <= limit + 1e-6).all(), (metric, value.tolist(), limit)
+    if "linf" in budget:  # the reported distortion is the real one
+        real = (run.result.x_adv - run.x).flatten(1).abs().amax(dim=1)
+        torch.testing.assert_close(run.result.linf, real)
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_batched_equals_one_by_one(name, mode):
+    run = attack_run(name, mode)
+    one_by_one = torch.cat([s.x_adv for s in run.singles])
+    torch.testing.assert_close(run.result.x_adv, one_by_one, atol=1e-5, rtol=0)
+    assert torch.equal(run.result.success, torch.cat([s.success for s in run.singles]))
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_restores_the_model_state(name, mode):
+    run = attack_run(name, mode)
+    assert run.state_after == run.state_before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_result_follows_the_input_device(name, mode, device):
+    result = attack_run(name, mode, device).result
+    for field in ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after"):
+        assert getattr(result, field).device.type == device, field
+    assert result.x_adv.dtype == torch.float32
+
+
+# -- explainers -----------------------------------------------------------------------
+def explainer_cases() -> list[Any]:
+    return [pytest.param(name, task, id=f"{name}-{task}")
+            for name, entry in registry.explainers().items() for task in entry.tasks]
+
+
+@dataclass
+class ExplainRun:
+    x: torch.Tensor
+    x_copy: torch.Tensor
+    maps: torch.Tensor
+    singles: list[torch.Tensor]
+    state_before: list[tuple[bool, ...]]
+    state_after: list[tuple[bool, ...]]
+
+
+_MAPS: dict[tuple[str, str, str], ExplainRun] = {}
+
+
+def explain_run(name: str, task: str, device: str = "cpu") -> ExplainRun:
+    key = (name, task, device)
+    if key in _MAPS:
+        return _MAPS[key]
+    entry = registry.get_explainer(name)
+    model = prepare(segmenter() if task == "segmentation" else classifier()).to(device)
+    explainer = entry.build(model, bounds=BOUNDS, **SMALL.get(name, {}))
+    x = inputs(device)
+    target = torch.tensor([0, 1, 2, 1], device=device) % (2 if task == "segmentation" else CLASSES)
+    x_copy = x.clone()
+    before = model_state(model)
+    maps = explainer.attribute(x, target=target)
+    after = model_state(model)
+    singles = [explainer.attribute(x[i : i + 1], target=target[i : i + 1]) for i in range(BATCH)]
+    _MAPS[key] = ExplainRun(x, x_copy, maps, singles, before, after)
+    return _MAPS[key]
+
+
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_leaves_the_input_unchanged(name, task):
+    run = explain_run(name, task)
+    assert torch.equal(run.x, run.x_copy)
+
+
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_map_has_the_batch_and_the_input_size(name, task):
+    maps = explain_run(name, task).maps
+    assert maps.shape[0] == BATCH and maps.shape[-2:] == (8, 8) and maps.dim() == 4
+    assert maps.shape[1] == 1  # one input channel: one map channel
+    assert torch.isfinite(maps).all() and not maps.requires_grad
+
+
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_batched_equals_one_by_one(name, task):
+    run = explain_run(name, task)
+    torch.testing.assert_close(run.maps, torch.cat(run.singles), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_restores_the_model_state(name, task):
+    run = explain_run(name, task)
+    assert run.state_after == run.state_before
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_map_follows_the_input_device(name, task, device):
+    maps = explain_run(name, task, device).maps
+    assert maps.device.type == device and maps.dtype == torch.float32
+
+
+def test_a_newly_registered_attack_is_picked_up(monkeypatch):
+    from salmap.attacks.fgsm import FGSM
+
+    class Twice(FGSM):
+        """FGSM under another name (a stand-in for a new attack file)."""
+
+    monkeypatch.setitem(registry._ENTRIES["attack"], "twice", None)
+    registry.register_attack("twice", ranges={"eps": "[0, inf)"}, budget={"linf": "eps"})(Twice)
+    ids = [case.id for case in attack_cases()]
+    assert "twice-untargeted" in ids and "twice-targeted" in ids
+    run = attack_run("twice", "untargeted")
+    assert run.entry.budget() == {"linf": 0.1} and (run.result.linf <= 0.1 + 1e-6).all()
+    _RUNS.pop(("twice", "untargeted", "cpu"))
