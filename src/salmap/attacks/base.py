@@ -1,4 +1,4 @@
-"""The attack base class, its result type, and target helpers.
+"""The attack base class and its result type (target helpers live in :mod:`salmap.targets`).
 
 An :class:`Attack` holds configuration only. Calling it on a batch validates the
 input, runs the subclass's :meth:`Attack._run` with the model frozen (eval mode,
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salmap._validate import Bounds, check_bounds, check_input, check_labels, check_number
+from salmap._validate import Bounds, check_bounds, check_input, check_labels
 from salmap.gradients import Model, frozen, predict
 from salmap.metrics import distortion
+from salmap.targets import all_other_targets, random_targets
 
 
 @dataclass
@@ -212,31 +213,4 @@ class Attack(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def random_targets(
-    y: Tensor, num_classes: int, seed: int | None = None, generator: torch.Generator | None = None
-) -> Tensor:
-    """Random target classes, uniformly among the classes other than ``y`` (never the true class).
-
-    Reproducible with ``seed`` or an explicit ``generator``.
-    """
-    check_number("num_classes", num_classes, low=2, integer=True)
-    y = check_labels(y, int(y.shape[0]) if isinstance(y, Tensor) else len(y), num_classes, "y")
-    if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    offset = torch.randint(1, num_classes, (y.shape[0],), generator=generator)
-    return (y.cpu() + offset) % num_classes
-
-
-def all_other_targets(x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The source-target grid of Papernot et al.: every sample paired with every other class.
-
-    Returns ``(x_rep, y_rep, targets)`` with ``B * (num_classes - 1)`` rows, sample-major.
-    """
-    check_number("num_classes", num_classes, low=2, integer=True)
-    y = check_labels(y, x.shape[0], num_classes, "y", x.device)
-    classes = torch.arange(num_classes, device=x.device)
-    grid = classes.expand(y.shape[0], num_classes)
-    keep = grid != y[:, None]
-    targets = grid[keep]
-    repeats = num_classes - 1
-    return x.repeat_interleave(repeats, dim=0), y.repeat_interleave(repeats), targets
+__all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]

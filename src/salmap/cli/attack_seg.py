@@ -2,7 +2,7 @@
 
 Goals: ``hide`` (every object becomes background), ``relabel`` (the main object class of
 each image becomes another class; multi-class models) and ``add`` (the objects of the
-next image in the batch are added to the mask). Writes results.json (per-image pixel
+next selected image are added to the mask; the last wraps to the first). Writes results.json (per-image pixel
 accuracy, IoU with the target and with the original prediction, L0 %, L2, Linf,
 iterations, seconds) and grid.png (input, prediction, target, adversarial input,
 adversarial prediction, perturbation).
@@ -15,31 +15,22 @@ import argparse
 import torch
 from torch import Tensor
 
-from salmap.attacks.jsma_seg import add_mask_of, hide_object, relabel_class
 from salmap.gradients import frozen, predict
 from salmap.metrics import mask_from_output
+from salmap.targets import SEGMENTATION_GOALS, next_positions, segmentation_goal
 
-GOALS = ("hide", "relabel", "add")
+GOALS = SEGMENTATION_GOALS
 
 
 def goal_targets(goal: str, pred: Tensor, num_classes: int, to: int | None = None) -> Tensor:
-    """Target masks for a goal from the clean predictions ``pred`` ``(B, H, W)``."""
-    if goal == "hide":
-        return hide_object(pred)
-    if goal == "add":
-        return add_mask_of(pred, pred.roll(1, dims=0))
-    if num_classes < 3:
-        raise ValueError(f"--goal relabel needs a model with at least 3 classes, got {num_classes}")
-    # The main object class of each image: its most frequent non-background class.
-    counts = torch.nn.functional.one_hot(pred.flatten(1), num_classes).sum(dim=1)[:, 1:]
-    source = counts.argmax(dim=1) + 1
-    if to is None:
-        new = 1 + source % (num_classes - 1)
-    else:
-        if not 0 <= to < num_classes or isinstance(to, bool):
-            raise ValueError(f"--to must be a class in [0, {num_classes - 1}], got {to}")
-        new = torch.full_like(source, to)
-    return relabel_class(pred, source, new)
+    """Target masks for a goal from the clean predictions ``pred`` ``(B, H, W)`` of the selected samples,
+    in order: ``add`` adds the objects of the next selected sample (the last wraps to the first).
+    See :mod:`salmap.targets`."""
+    nxt = pred[next_positions(torch.arange(pred.shape[0]), max(int(pred.shape[0]), 1)).to(pred.device)]
+    try:
+        return segmentation_goal(goal, pred, nxt, num_classes, to)
+    except ValueError as err:
+        raise ValueError(f"--{'to' if 'to must' in str(err) else 'goal'}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

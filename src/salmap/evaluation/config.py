@@ -32,11 +32,13 @@ import inspect
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from salmap.evaluation.resources import Resources, load_model, load_split
 
 #: targeting modes of classifiers: untargeted with the true labels, a seeded random other
 #: class, the next class, or every other class (the source-target grid of Papernot et al.).
@@ -165,9 +167,13 @@ class RunConfig:
     device: str = "cpu"
     figures: FigureConfig = field(default_factory=FigureConfig)
     report: bool = True
+    #: the models and dataset opened during validation (handed to the plan; not part of the description)
+    resources: Resources | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        payload = asdict(replace(self, resources=None))
+        payload.pop("resources")
+        return payload
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         """A hash of everything that determines the results (not the output folder nor the device).
@@ -379,37 +385,24 @@ def parse_config(raw: Any, source: str = "run", base: Path | None = None) -> Run
     explanations = _explanations(check, top.get("explanations"))
     if base is not None and output:
         output = str(_resolve(base, output))
-    _check_resources(check, data, models, attacks)
+    resources = _check_resources(check, data, models, attacks)
 
     if check.problems:
         raise ConfigError(check.problems, source)
     return RunConfig(
         output=output, models=models, attacks=attacks, data=data, explanations=explanations, name=name,
-        seed=seed, batch_size=batch_size, device=device, figures=figures, report=report,
+        seed=seed, batch_size=batch_size, device=device, figures=figures, report=report, resources=resources,
     )
 
 
-_BUILTIN_CACHE: dict[tuple[str, str], Any] = {}
+def _check_resources(check: _Checker, data: DataConfig, models: list[ModelConfig], attacks: list[AttackConfig],
+                     ) -> Resources | None:
+    """Open the dataset and every model now, so that a wrong path or count fails before any work.
 
-
-def load_split(name: str, split: str) -> Any:
-    """A dataset split; built-in ones (no ``kind:PATH``) are loaded once per process, since
-    validation and the run both need them and some take seconds to decode."""
-    from salmap import data as datasets
-
-    if ":" in name:
-        return datasets.load_dataset(name, split)
-    key = (name, split)
-    if key not in _BUILTIN_CACHE:
-        _BUILTIN_CACHE[key] = datasets.load_dataset(name, split)
-    return _BUILTIN_CACHE[key]
-
-
-def _check_resources(check: _Checker, data: DataConfig, models: list[ModelConfig], attacks: list[AttackConfig]) -> None:
-    """Open the dataset and every model now, so that a wrong path or count fails before any work."""
-    from salmap import models as zoo
-
+    Returns what was opened (handed to the plan: nothing is opened twice), or None on a problem.
+    """
     task = None
+    ds = None
     try:
         ds = load_split(data.name, data.split)
     except ValueError as err:
@@ -418,11 +411,12 @@ def _check_resources(check: _Checker, data: DataConfig, models: list[ModelConfig
         task = ds.task
         if data.num is not None and data.num > len(ds):
             check.add("data.num", f"asks for {data.num} samples but {data.name} ({data.split}) holds only {len(ds)}")
+    loaded = []
     for i, m in enumerate(models):
         if not m.path:
             continue
         try:
-            zoo.load_with_meta(m.path)
+            loaded.append(load_model(m.path))
         except (ValueError, OSError, RuntimeError) as err:
             check.add(f"models[{i}].path", str(err))
     if task is not None:
@@ -430,6 +424,9 @@ def _check_resources(check: _Checker, data: DataConfig, models: list[ModelConfig
             if a.attack and ATTACKS[a.attack].task != task:
                 check.add(f"attacks[{i}].attack", f"{a.attack} attacks {ATTACKS[a.attack].task} models but "
                           f"{data.name} is a {task} dataset")
+    if ds is None or len(loaded) != len(models):
+        return None
+    return Resources(ds, loaded)
 
 
 def _resolve(base: Path, path: str) -> Path:

@@ -324,7 +324,7 @@ def _segmentation_figure(prep: Prepared, m: int, a: int, examples: dict[str, Ten
     model, _ = load_model(cfg.models[m].path, cfg.device)
     pred = predict_masks(model, x.to(cfg.device)).cpu()
     pred_adv = predict_masks(model, x_adv.to(cfg.device)).cpu()
-    goals = segmentation_goals(ds, cfg.attacks[a].targets, position)
+    goals = segmentation_goals(model, ds, cfg.attacks[a].targets, position, cfg.device)
     title = f"{cfg.models[m].name}: {cfg.attacks[a].name}"
     return segmentation_grid(x, pred, goals, x_adv, pred_adv, path, max(ds.num_classes, 2), rows=len(position),
                              title=title)

@@ -56,39 +56,49 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import os
 import platform
-import shutil
 import statistics
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salmap import data as datasets
 from salmap import models as zoo
-from salmap.attacks.base import Attack, all_other_targets, random_targets
+from salmap.attacks.base import Attack
 from salmap.evaluation.config import ATTACKS, AttackConfig, RunConfig, load_split
 from salmap.evaluation.distributed import World, from_environment
+from salmap.evaluation.store import (
+    BATCHES,
+    FIGURES,
+    REPORT,
+    RESULTS,
+    RUN_FILE,
+    SCHEMA_VERSION,
+    SUMMARY,
+    RunStore,
+    atomic_write,
+    clean_json,
+    read_results,
+    write_json,
+)
 from salmap.gradients import frozen, predict
+from salmap.targets import (
+    all_other_targets,
+    already_reached,
+    next_positions,
+    random_targets,
+    segmentation_goal,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-RUN_FILE = "run.json"
-BATCHES = "batches"
-RESULTS = "results.jsonl"
-SUMMARY = "summary.json"
-REPORT = "report.html"
-FIGURES = "figures"
-#: what the runner owns in an output folder (removed by ``overwrite``; nothing else is touched)
+#: what the runner owns in an output folder (removed by ``overwrite`` for a run salmap recognises)
 OWNED = (RUN_FILE, BATCHES, RESULTS, SUMMARY, REPORT, FIGURES)
 ROW_FIELDS = ("model", "defense", "attack", "index", "label", "target", "success", "l0", "l2", "linf",
               "iterations", "seconds", "pred_before", "pred_after")
@@ -123,50 +133,6 @@ def plan(cfg: RunConfig, samples: int) -> list[Unit]:
             for b, start in enumerate(range(0, samples, cfg.batch_size)):
                 units.append(Unit(m, a, b, start, min(start + cfg.batch_size, samples)))
     return units
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that ``path`` holds either nothing or all of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _sync_dir(path.parent)
-
-
-def _sync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def clean_json(value: Any) -> Any:
-    """``value`` with NaN/inf as None, tuples as lists and tensors as lists (for strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if isinstance(value, Tensor):
-        return clean_json(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, (json.dumps(clean_json(payload), indent=2, allow_nan=False) + "\n").encode())
 
 
 def versions() -> dict[str, str]:
@@ -247,45 +213,6 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, ds, cfg.fingerprint(extra), plan(cfg, len(ds)), targets, sorted(set(shown)), indices, extra)
 
 
-def open_output(out: Path, fingerprint: str, settings: dict[str, Any], overwrite: bool) -> bool:
-    """Claim the output folder for this run. Returns whether an earlier attempt is resumed.
-
-    A folder holding another run (a different fingerprint) or other files is refused
-    unless ``overwrite``; then only what the runner owns is removed.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    run_file = out / RUN_FILE
-    if run_file.is_file() and not overwrite:
-        try:
-            previous = json.loads(run_file.read_text()).get("fingerprint")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            previous = None
-        if previous == fingerprint:
-            for stale in (out / BATCHES).glob(".*.tmp-*"):
-                stale.unlink(missing_ok=True)  # a write interrupted by the crash
-            return True
-        raise ValueError(
-            f"output folder {str(out)!r} holds a different run (fingerprint {previous}, this run {fingerprint}); "
-            "choose another folder or pass --overwrite to replace it"
-        )
-    if not overwrite:
-        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-        if foreign:
-            raise ValueError(
-                f"output folder {str(out)!r} is not empty and holds no salmap run ({', '.join(foreign[:5])}); "
-                "choose another folder or pass --overwrite"
-            )
-    for name in OWNED:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    (out / BATCHES).mkdir()
-    write_json(run_file, {"schema_version": SCHEMA_VERSION, "fingerprint": fingerprint, "settings": settings})
-    return False
-
-
 def load_model(path: str, device: str) -> tuple[nn.Module, tuple[float, float]]:
     model, meta = zoo.load_with_meta(path)
     bounds = meta.get("bounds") or (0.0, 1.0)
@@ -349,18 +276,16 @@ def run_unit(prep: Prepared, unit: Unit, attack: Attack, device: str) -> tuple[l
     return rows, examples
 
 
-def segmentation_goals(ds: datasets.Dataset, mode: str, position: Tensor) -> Tensor:
-    """Target masks of a segmentation attack for the selected samples at ``position``.
+def segmentation_goals(model: Any, ds: datasets.Dataset, mode: str, position: Tensor, device: str) -> Tensor:
+    """Target masks of a segmentation attack for the selected samples at ``position``
+    (see :mod:`salmap.targets`: edits of the clean predicted masks; ``add`` takes the
+    objects of the next selected sample, wrapping: the same for any batching)."""
+    from salmap.attacks.jsma_seg import predict_masks
 
-    ``hide``: every pixel background (class 0). ``add``: the sample's true mask with the
-    objects of the next selected sample (wrapping around) added: the same for any batching.
-    """
-    masks = ds.y[position]
-    if mode == "hide":
-        return torch.zeros_like(masks)
-    from salmap.attacks.jsma_seg import add_mask_of
-
-    return add_mask_of(masks, ds.y[(position + 1) % len(ds)])
+    nxt = next_positions(position, len(ds))
+    both = predict_masks(model, ds.x[torch.cat([position, nxt])].to(device)).cpu()
+    masks, next_masks = both[: position.numel()], both[position.numel() :]
+    return segmentation_goal(mode, masks, next_masks, max(ds.num_classes, 2))
 
 
 def _segmentation_unit(prep: Prepared, unit: Unit, attack: Attack, device: str,
@@ -370,7 +295,7 @@ def _segmentation_unit(prep: Prepared, unit: Unit, attack: Attack, device: str,
     spec, model_cfg = cfg.attacks[unit.attack], cfg.models[unit.model]
     position = torch.arange(unit.start, unit.stop)
     x = ds.x[unit.start : unit.stop].to(device)
-    goals = segmentation_goals(ds, spec.targets, position)
+    goals = segmentation_goals(attack.model, ds, spec.targets, position, device)
     torch.manual_seed(derive_seed(cfg.seed, "unit", unit.key))
     result = attack(x, target=goals.to(device)).to("cpu")
     per_row = result.seconds / max(len(result), 1)
@@ -409,7 +334,7 @@ def attack_batch(attack: Attack, x: Tensor, y: Tensor, goals: Tensor | None) -> 
         return {f: getattr(result, f) for f in RESULT_FIELDS}, result.seconds
     with frozen(attack.model):
         before = predict(attack.model, x).argmax(dim=1)
-    todo = torch.nonzero(before != goals).flatten()
+    todo = torch.nonzero(~already_reached(before, goals)).flatten()
     before = before.cpu()
     res = {
         "x_adv": x.detach().cpu().clone(), "success": torch.ones(x.shape[0], dtype=torch.bool),
@@ -421,25 +346,6 @@ def attack_batch(attack: Attack, x: Tensor, y: Tensor, goals: Tensor | None) -> 
         for f in RESULT_FIELDS:
             res[f][todo.cpu()] = getattr(result, f).to(res[f].dtype)
     return res, time.perf_counter() - start
-
-
-def write_unit(folder: Path, unit: Unit, rows: list[dict[str, Any]], examples: dict[str, Tensor]) -> None:
-    """Commit a unit: examples first, then the rows file whose presence marks the unit done."""
-    if examples:
-        tmp = folder / f".{unit.key}.examples.safetensors.tmp-{os.getpid()}"
-        save_file(examples, str(tmp))
-        os.replace(tmp, folder / f"{unit.key}.examples.safetensors")
-    text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
-    atomic_write(folder / f"{unit.key}.jsonl", text.encode())
-
-
-def read_unit(folder: Path, unit: Unit) -> list[dict[str, Any]]:
-    path = folder / f"{unit.key}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
-def done_units(folder: Path, units: Iterable[Unit]) -> set[str]:
-    return {u.key for u in units if (folder / f"{u.key}.jsonl").is_file()}
 
 
 @dataclass
@@ -474,17 +380,28 @@ def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, wor
 def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, device: str, start: float) -> Outcome:
     prep = prepare(cfg)
     out = Path(cfg.output)
-    batches = out / BATCHES
+    store = RunStore(out)
     claim: tuple[bool, str | None] = (False, None)
     if world.is_main:
         try:
-            claim = (open_output(out, prep.fingerprint, cfg.to_dict(), overwrite), None)
+            store.lock()
+            claim = (store.claim(prep.fingerprint, cfg.to_dict(), overwrite), None)
         except (ValueError, OSError) as err:
+            store.unlock()
             claim = (False, str(err))
     resumed_flag, error = world.broadcast(claim)
     if error:
         raise ValueError(error)
-    done = done_units(batches, prep.units)
+    try:
+        return _run_claimed(prep, store, world, device, start, progress, bool(resumed_flag))
+    finally:
+        store.unlock()
+
+
+def _run_claimed(prep: Prepared, store: RunStore, world: World, device: str, start: float, progress: bool,
+                 resumed_flag: bool) -> Outcome:
+    out = store.out
+    done = store.done([u.key for u in prep.units])
     world.barrier()  # every rank has listed the finished units before any rank adds to them
     pending = [u for u in prep.units if u.key not in done]
     mine = world.shard(pending)
@@ -492,7 +409,7 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
         log.info("resuming %s: %d of %d units already done", out, len(done), len(prep.units))
     failure = None
     try:
-        _compute(prep, mine, batches, device, progress and world.is_main)
+        _compute(prep, mine, store, device, progress and world.is_main)
     except Exception as err:  # reported to every rank so that none waits forever at the merge
         failure = f"rank {world.rank}: {type(err).__name__}: {err}"
         if world.size == 1:
@@ -507,7 +424,7 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
     return Outcome(out, summary, len(mine), len(done))
 
 
-def _compute(prep: Prepared, units: list[Unit], batches: Path, device: str, progress: bool) -> None:
+def _compute(prep: Prepared, units: list[Unit], store: RunStore, device: str, progress: bool) -> None:
     bar = tqdm(total=sum(u.stop - u.start for u in units), desc="evaluate", unit="img", disable=not progress)
     try:
         for m in sorted({u.model for u in units}):
@@ -518,7 +435,7 @@ def _compute(prep: Prepared, units: list[Unit], batches: Path, device: str, prog
                     attacks[unit.attack] = build_attack(prep.cfg.attacks[unit.attack], model, bounds, prep.cfg.seed)
                 bar.set_postfix_str(f"{prep.cfg.models[m].name} / {prep.cfg.attacks[unit.attack].name}", refresh=False)
                 rows, examples = run_unit(prep, unit, attacks[unit.attack], device)
-                write_unit(batches, unit, rows, examples)
+                store.write_unit(unit.key, rows, examples)
                 bar.update(unit.stop - unit.start)
             del model, attacks
     finally:
@@ -529,7 +446,7 @@ def merge(prep: Prepared, out: Path) -> list[dict[str, Any]]:
     """Join every unit's rows in plan order into ``results.jsonl`` (checking each unit is whole)."""
     rows: list[dict[str, Any]] = []
     for unit in prep.units:
-        part = read_unit(out / BATCHES, unit)
+        part = RunStore(out).read_unit(unit.key)
         per_sample = prep.dataset.num_classes - 1 if prep.cfg.attacks[unit.attack].targets == "all" else 1
         if len(part) != (unit.stop - unit.start) * per_sample:
             raise RuntimeError(f"unit {unit.key} holds {len(part)} rows, expected {(unit.stop - unit.start) * per_sample}")
@@ -537,12 +454,6 @@ def merge(prep: Prepared, out: Path) -> list[dict[str, Any]]:
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
     atomic_write(out / RESULTS, text.encode())
     return rows
-
-
-def read_results(out: str | Path) -> list[dict[str, Any]]:
-    """The rows of a finished run's ``results.jsonl``."""
-    path = Path(out) / RESULTS
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def _stats(values: list[float]) -> tuple[float, float]:

@@ -1,0 +1,293 @@
+"""The run folder: the one owner of everything a run writes.
+
+Writes are atomic (a temporary name, flushed, then renamed), so a file holds either
+nothing or all of it; a unit's rows file is the only record that the unit is done, so a
+run killed at any moment (``kill -9`` included) resumes exactly. The folder is locked
+while a run writes to it (:mod:`salmap.evaluation.lock`). ``overwrite`` replaces only a
+run salmap recognises (a ``run.json`` it wrote), and deletes only the files salmap names
+its own; a folder holding anything else is refused.
+
+Layout
+------
+``run.json``
+    ``{schema_version, tool: "salmap", command, fingerprint, settings}``.
+``batches/<unit>.jsonl``
+    the rows of one unit; ``<unit>.examples.safetensors``: the inputs the figures need.
+``adversarial/<unit>.safetensors``
+    with ``save_adversarial``: every adversarial example of the unit, losslessly (see
+    :func:`salmap.evaluation.adversarial.load_adversarial`).
+``results.jsonl``, ``summary.json``, ``report.html``, ``figures/*.png``
+    written when every unit is done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from salmap.evaluation.lock import FolderLock
+
+#: version of every JSON document salmap writes (see docs/schema.md); 2: metrics name what they average
+SCHEMA_VERSION = 2
+RUN_FILE = "run.json"
+BATCHES = "batches"
+ADVERSARIAL = "adversarial"
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+FIGURES = "figures"
+#: the names salmap writes at the top of a run folder, and the patterns of the files inside its folders
+OWNED_FILES = (RUN_FILE, RESULTS, SUMMARY, REPORT, "results.json", "grid.png", "pairs.png", "source-target.png",
+               "explain.png", "attack.png", "rounding.json")
+OWNED_PATTERNS = {
+    BATCHES: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}(\.jsonl|\.examples\.safetensors)(\.tmp-\d+)?$"),
+    ADVERSARIAL: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}\.safetensors(\.tmp-\d+)?$"),
+    FIGURES: re.compile(r"^\.?m\d{2}-[\w.-]+\.png(\.tmp-\d+)?$"),
+    "png": re.compile(r"^\d{6}\.png$"),
+}
+
+
+def clean_json(value: Any) -> Any:
+    """``value`` with NaN/inf as None, tuples as lists and tensors as lists (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, Tensor):
+        return clean_json(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _sync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that ``path`` holds either nothing or all of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_dir(path.parent)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write a JSON document (with ``schema_version`` first) atomically; NaN written as null."""
+    document = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in payload.items() if k != "schema_version"}}
+    atomic_write(path, (json.dumps(clean_json(document), indent=2, allow_nan=False) + "\n").encode())
+    return path
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Write safetensors atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def recognised(out: Path) -> dict[str, Any] | None:
+    """The ``run.json`` of a run salmap wrote in ``out``, or None."""
+    try:
+        found = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(found, dict) and "fingerprint" in found and "schema_version" in found:
+        return found
+    return None
+
+
+class RunStore:
+    """The output folder of one run: lock, claim, unit files, merged results.
+
+    Use as a context manager (the lock is held inside)::
+
+        with RunStore(out) as store:
+            resumed = store.claim(fingerprint, settings, overwrite=False)
+    """
+
+    def __init__(self, out: str | Path, command: str = "evaluate") -> None:
+        self.out = Path(out)
+        self.command = command
+        self._lock = FolderLock(self.out)
+
+    @property
+    def batches(self) -> Path:
+        return self.out / BATCHES
+
+    def __enter__(self) -> RunStore:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    def lock(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"output folder {str(self.out)!r} is a file; choose a folder")
+        self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    # -- claiming the folder ------------------------------------------------------------
+    def claim(self, fingerprint: str, settings: dict[str, Any], overwrite: bool) -> bool:
+        """Claim the folder for this run. Returns whether an earlier attempt is resumed.
+
+        The same run (same fingerprint) resumes. Another salmap run is refused unless
+        ``overwrite`` (then only salmap's files are removed); a folder holding other files
+        is refused even with ``overwrite``: salmap deletes nothing it did not write.
+        """
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        previous = recognised(out)
+        if previous is not None and previous.get("fingerprint") == fingerprint and not overwrite:
+            for folder in (self.batches, out / ADVERSARIAL):
+                for stale in folder.glob(".*.tmp-*"):
+                    stale.unlink(missing_ok=True)  # a write interrupted by the crash
+            self.batches.mkdir(exist_ok=True)
+            return True
+        foreign = self.foreign_files()
+        if previous is None and foreign:
+            raise ValueError(
+                f"output folder {str(out)!r} is not empty and holds no salmap run ({', '.join(foreign[:5])}); "
+                + ("--overwrite only replaces a run salmap wrote: " if overwrite else "")
+                + "choose another folder"
+            )
+        if previous is not None and not overwrite:
+            raise ValueError(
+                f"output folder {str(out)!r} holds a different run (fingerprint {previous.get('fingerprint')}, "
+                f"this run {fingerprint}); choose another folder or pass --overwrite to replace it"
+            )
+        if foreign:
+            raise ValueError(
+                f"output folder {str(out)!r} holds files salmap did not write ({', '.join(foreign[:5])}); "
+                "--overwrite removes only salmap's files: move them or choose another folder"
+            )
+        self.remove_owned()
+        self.batches.mkdir()
+        write_json(out / RUN_FILE, {"tool": "salmap", "command": self.command, "fingerprint": fingerprint,
+                                    "settings": settings})
+        return False
+
+    def foreign_files(self) -> list[str]:
+        """Files and folders in the output folder that salmap did not write (hidden ones ignored)."""
+        found = []
+        for p in sorted(self.out.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_file() and p.name in OWNED_FILES:
+                continue
+            if p.is_dir() and p.name in OWNED_PATTERNS:
+                pattern = OWNED_PATTERNS[p.name]
+                found += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if not pattern.match(q.name) or q.is_dir()]
+                continue
+            found.append(p.name + ("/" if p.is_dir() else ""))
+        return found
+
+    def remove_owned(self) -> None:
+        """Remove the files salmap writes (by name and pattern); folders only once empty."""
+        for name in OWNED_FILES:
+            target = self.out / name
+            if target.is_file():
+                target.unlink()
+        for name, pattern in OWNED_PATTERNS.items():
+            folder = self.out / name
+            if not folder.is_dir():
+                continue
+            for q in folder.iterdir():
+                if q.is_file() and pattern.match(q.name):
+                    q.unlink()
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    # -- units ----------------------------------------------------------------------------
+    def unit_path(self, key: str) -> Path:
+        return self.batches / f"{key}.jsonl"
+
+    def done(self, keys: list[str]) -> set[str]:
+        return {k for k in keys if self.unit_path(k).is_file()}
+
+    def write_unit(self, key: str, rows: list[dict[str, Any]], examples: dict[str, Tensor] | None = None,
+                   adversarial: dict[str, Tensor] | None = None) -> None:
+        """Commit a unit: its tensors first, then the rows file whose presence marks it done."""
+        if examples:
+            save_tensors(self.batches / f"{key}.examples.safetensors", examples)
+        if adversarial:
+            (self.out / ADVERSARIAL).mkdir(exist_ok=True)
+            save_tensors(self.out / ADVERSARIAL / f"{key}.safetensors", adversarial)
+        text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
+        atomic_write(self.unit_path(key), text.encode())
+
+    def read_unit(self, key: str) -> list[dict[str, Any]]:
+        path = self.unit_path(key)
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"unit file {path} line {number} is not valid JSON ({err}); delete it to "
+                                 "recompute the unit") from None
+        return rows
+
+    def examples(self, key: str) -> dict[str, Tensor]:
+        path = self.batches / f"{key}.examples.safetensors"
+        return load_file(str(path)) if path.is_file() else {}
+
+    def write_results(self, rows: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
+        atomic_write(self.out / RESULTS, text.encode())
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        return write_json(self.out / name, payload)
+
+    def remove_batches(self) -> None:
+        """Remove the unit files (for commands whose results file holds everything)."""
+        if self.batches.is_dir():
+            shutil.rmtree(self.batches)
+
+
+def read_results(out: str | Path) -> list[dict[str, Any]]:
+    """The rows of a finished run's ``results.jsonl``."""
+    path = Path(out) / RESULTS
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+__all__ = [
+    "ADVERSARIAL", "BATCHES", "FIGURES", "REPORT", "RESULTS", "RUN_FILE", "SCHEMA_VERSION", "SUMMARY", "RunStore",
+    "atomic_write", "clean_json", "read_results", "recognised", "write_json",
+]

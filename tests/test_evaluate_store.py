@@ -1,0 +1,109 @@
+"""The run folder: a lock naming its holder (stale locks taken over) and an --overwrite that
+deletes only what salmap wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from _evaluate_support import PYTHON, save_lenet, subprocess_env, write_run
+
+from salmap.cli import main
+from salmap.evaluation.lock import LOCK_FILE, FolderLock, FolderLocked
+from salmap.evaluation.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_lenet(tmp_path_factory.mktemp("model") / "lenet")
+
+
+def _run(tmp_path: Path, lenet: Path, output: str = "out") -> Path:
+    return write_run(tmp_path / "run.yaml", output=output, batch_size=2, data={"name": "mnist-sample", "num": 2},
+                     models=[{"path": str(lenet)}], attacks=[{"attack": "fgsm", "params": {"eps": 0.1}}],
+                     figures=False, report=False)
+
+
+def test_a_second_run_on_a_locked_folder_names_the_holder(tmp_path: Path, lenet: Path, capsys) -> None:
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [PYTHON, "-c", "import sys, time; from salmap.evaluation.lock import FolderLock; "
+         f"FolderLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code = main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code != 0
+        assert f"pid {holder.pid}" in err and "in use by another salmap run" in err
+        assert not (out / "run.json").exists()  # the second run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder was killed (its lock released by the kernel): the folder is free again
+    assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress"]) == 0
+
+
+def test_a_stale_lock_of_a_killed_process_is_taken_over(tmp_path: Path, lenet: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([PYTHON, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": time.time()}))
+    assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress"]) == 0
+    assert (out / "results.jsonl").is_file()
+
+
+def test_lock_in_process_and_release(tmp_path: Path) -> None:
+    first = FolderLock(tmp_path).acquire()
+    with pytest.raises(FolderLocked, match=f"pid {os.getpid()}"):
+        FolderLock(tmp_path).acquire()
+    first.release()
+    with FolderLock(tmp_path):
+        pass
+
+
+def test_overwrite_refuses_a_folder_salmap_did_not_write(tmp_path: Path, lenet: Path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    mine = {"report.html": "my report", "results.jsonl": "my rows", "summary.json": "{}",
+            "figures/plot.png": "png", "notes.txt": "keep"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    for flags in ([], ["--overwrite"]):
+        assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress", *flags]) != 0
+        assert "holds no salmap run" in capsys.readouterr().err
+    for name, text in mine.items():  # nothing of the user's was deleted
+        assert (out / name).read_text() == text
+
+
+def test_overwrite_replaces_only_salmaps_files_of_a_recognised_run(tmp_path: Path, lenet: Path, capsys) -> None:
+    run = _run(tmp_path, lenet)
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    out = tmp_path / "out"
+    other = write_run(tmp_path / "other.yaml", output="out", batch_size=2, data={"name": "mnist-sample", "num": 3},
+                      models=[{"path": str(lenet)}], attacks=[{"attack": "fgsm", "params": {"eps": 0.1}}],
+                      figures=False, report=False)
+    assert main(["evaluate", str(other), "--no-progress"]) != 0
+    assert "holds a different run" in capsys.readouterr().err
+    (out / "batches" / "my-notes.txt").write_text("mine")
+    assert main(["evaluate", str(other), "--no-progress", "--overwrite"]) != 0
+    assert "files salmap did not write" in capsys.readouterr().err and (out / "batches" / "my-notes.txt").is_file()
+    (out / "batches" / "my-notes.txt").unlink()
+    assert main(["evaluate", str(other), "--no-progress", "--overwrite"]) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_store_names_what_it_owns(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    (tmp_path / "batches").mkdir()
+    (tmp_path / "batches" / "m000-a000-b000000.jsonl").write_text("")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "m00-a00-grid.png").write_text("")
+    (tmp_path / "figures" / "holiday.png").write_text("")
+    assert store.foreign_files() == ["figures/holiday.png"]
