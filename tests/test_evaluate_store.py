@@ -75,9 +75,10 @@ def test_overwrite_refuses_a_folder_salmap_did_not_write(tmp_path: Path, lenet: 
             "figures/plot.png": "png", "notes.txt": "keep"}
     for name, text in mine.items():
         (out / name).write_text(text)
-    for flags in ([], ["--overwrite"]):
-        assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress", *flags]) != 0
-        assert "holds no salmap run" in capsys.readouterr().err
+    assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress"]) != 0
+    assert "not empty and holds no salmap run" in capsys.readouterr().err
+    assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress", "--overwrite"]) != 0
+    assert "--overwrite deletes only a run salmap wrote" in capsys.readouterr().err
     for name, text in mine.items():  # nothing of the user's was deleted
         assert (out / name).read_text() == text
 
@@ -92,11 +93,11 @@ def test_overwrite_replaces_only_salmaps_files_of_a_recognised_run(tmp_path: Pat
     assert main(["evaluate", str(other), "--no-progress"]) != 0
     assert "holds a different run" in capsys.readouterr().err
     (out / "batches" / "my-notes.txt").write_text("mine")
-    assert main(["evaluate", str(other), "--no-progress", "--overwrite"]) != 0
-    assert "files salmap did not write" in capsys.readouterr().err and (out / "batches" / "my-notes.txt").is_file()
-    (out / "batches" / "my-notes.txt").unlink()
+    (out / "thesis.tex").write_text("precious")
     assert main(["evaluate", str(other), "--no-progress", "--overwrite"]) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    assert (out / "batches" / "my-notes.txt").read_text() == "mine" and (out / "thesis.tex").read_text() == "precious"
+    assert json.loads((out / "run.json").read_text())["settings"]["data"]["num"] == 3
 
 
 def test_store_names_what_it_owns(tmp_path: Path) -> None:

@@ -165,8 +165,10 @@ class RunStore:
         """Claim the folder for this run. Returns whether an earlier attempt is resumed.
 
         The same run (same fingerprint) resumes. Another salmap run is refused unless
-        ``overwrite`` (then only salmap's files are removed); a folder holding other files
-        is refused even with ``overwrite``: salmap deletes nothing it did not write.
+        ``overwrite``: then only the files salmap wrote for it are removed (by name and
+        pattern; anything else in the folder stays). A folder holding no salmap run is
+        refused unless ``overwrite``, and then still refused if it has files where salmap
+        writes (``results.jsonl``, ``figures/``, ...): salmap deletes nothing it did not write.
         """
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
@@ -177,25 +179,27 @@ class RunStore:
                     stale.unlink(missing_ok=True)  # a write interrupted by the crash
             self.batches.mkdir(exist_ok=True)
             return True
-        foreign = self.foreign_files()
-        if previous is None and foreign:
-            raise ValueError(
-                f"output folder {str(out)!r} is not empty and holds no salmap run ({', '.join(foreign[:5])}); "
-                + ("--overwrite only replaces a run salmap wrote: " if overwrite else "")
-                + "choose another folder"
-            )
         if previous is not None and not overwrite:
             raise ValueError(
                 f"output folder {str(out)!r} holds a different run (fingerprint {previous.get('fingerprint')}, "
                 f"this run {fingerprint}); choose another folder or pass --overwrite to replace it"
             )
-        if foreign:
-            raise ValueError(
-                f"output folder {str(out)!r} holds files salmap did not write ({', '.join(foreign[:5])}); "
-                "--overwrite removes only salmap's files: move them or choose another folder"
-            )
+        if previous is None:
+            present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+            if present and not overwrite:
+                raise ValueError(
+                    f"output folder {str(out)!r} is not empty and holds no salmap run ({', '.join(present[:5])}); "
+                    "choose another folder or pass --overwrite to write the run beside those files"
+                )
+            clash = [name for name in present if name in OWNED_FILES or name in OWNED_PATTERNS]
+            if clash:
+                raise ValueError(
+                    f"output folder {str(out)!r} holds no salmap run but has files where salmap writes "
+                    f"({', '.join(clash[:5])}); --overwrite deletes only a run salmap wrote: move them or "
+                    "choose another folder"
+                )
         self.remove_owned()
-        self.batches.mkdir()
+        self.batches.mkdir(exist_ok=True)
         write_json(out / RUN_FILE, {"tool": "salmap", "command": self.command, "fingerprint": fingerprint,
                                     "settings": settings})
         return False
