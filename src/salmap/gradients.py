@@ -2,7 +2,9 @@
 
 One forward pass, then as many vector-Jacobian products (VJPs) as the caller asks
 for, over the whole batch at once. The model is put in eval mode with frozen
-parameters while it runs and restored afterwards (see :func:`frozen`).
+parameters while it runs and restored afterwards (see :func:`frozen`). Every forward
+pass goes through :func:`forward`, which reduces tuples, dicts and ``ModelOutput``s to
+their logits (:func:`salmap.models.outputs.logits_of`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,37 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from salmap.models.outputs import logits_of
+
 Model = Callable[[Tensor], Tensor]
+
+
+def forward(model: Model, x: Tensor) -> Tensor:
+    """``model(x)`` reduced to its logits: a tuple's first element, a dict's or ``ModelOutput``'s
+    ``logits`` (see :func:`salmap.models.outputs.logits_of`)."""
+    return logits_of(model(x))
+
+
+def mode_is_fixed(module: nn.Module) -> bool:
+    """Whether ``module``'s train/eval mode cannot be changed: a ``torch.export`` module
+    (``ExportedProgram.module()``), whose mode was fixed when it was exported and whose
+    ``train()``/``eval()`` raise."""
+    return "train" in vars(module)
+
+
+def set_eval(model: nn.Module) -> nn.Module:
+    """``model.eval()``, except for exported submodules, which keep the mode they were exported in.
+
+    Returns ``model``.
+    """
+    if mode_is_fixed(model):
+        return model
+    if not any(mode_is_fixed(m) for m in model.modules()):
+        return model.eval()
+    model.training = False
+    for child in model.children():
+        set_eval(child)
+    return model
 
 
 @contextmanager
@@ -22,7 +54,8 @@ def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
 
     The model's ``training`` flag (of every submodule) and every parameter's
     ``requires_grad`` are restored on exit, even when the block raises. Plain
-    callables pass through unchanged.
+    callables pass through unchanged. Exported (``torch.export``) modules keep their
+    fixed mode (see :func:`set_eval`).
     """
     if not isinstance(model, nn.Module):
         yield model
@@ -31,7 +64,7 @@ def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         if eval_mode:
-            model.eval()
+            set_eval(model)
         for p, _ in flags:
             p.requires_grad_(False)
         yield model
@@ -76,7 +109,7 @@ def output_vjps(
     """
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = model(xg)
+        out = forward(model, xg)
         if transform is not None:
             out = transform(out)
         inp = xg if wrt is None else wrt()
@@ -146,7 +179,7 @@ def loss_grad(
     fn = loss_fn or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(xg)
+        logits = forward(model, xg)
         loss = fn(logits, labels)
         (g,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
     return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
@@ -155,5 +188,5 @@ def loss_grad(
 @torch.no_grad()
 def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
     """Model outputs for ``x`` in batches of ``batch_size``, without gradients."""
-    outs = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    outs = [forward(model, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return torch.cat(outs)

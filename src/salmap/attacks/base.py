@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salmap._validate import Bounds, check_bounds, check_input, check_labels
+from salmap._validate import BoundsLike, check_bounds, check_input, check_labels
 from salmap.gradients import Model, frozen, predict
 from salmap.metrics import distortion
 from salmap.targets import all_other_targets, random_targets
@@ -123,14 +123,16 @@ class Attack(ABC):
     Parameters
     ----------
     model: any ``torch.nn.Module`` or callable mapping a batch to logits ``(B, K)``.
-    bounds: ``(low, high)``: the valid range of every input feature.
+    bounds: ``(low, high)``: the valid range of every input feature: numbers, one value per
+        channel (``((0, 0, 0), (1, 1, 1))``) or tensors broadcastable to the input
+        (see :func:`salmap._validate.check_bounds`).
     """
 
     #: whether the attack accepts ``target=`` (targeted) and ``y=`` (untargeted) calls.
     supports_targeted: bool = True
     supports_untargeted: bool = True
 
-    def __init__(self, model: Model, bounds: Bounds = (0.0, 1.0)) -> None:
+    def __init__(self, model: Model, bounds: BoundsLike = (0.0, 1.0)) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or callable, got {type(model).__name__}")
         self.model = model
@@ -160,7 +162,7 @@ class Attack(ABC):
             clean = predict(self.model, x0)
             labels = self._check_labels(x0, target if targeted else y, targeted, clean)
             x_adv, iterations = self._run(x0, labels, targeted, clean)
-            x_adv = x_adv.detach().clamp(*self.bounds)
+            x_adv = self.bounds.clamp(x_adv.detach())
             after = predict(self.model, x_adv)
             success = self._is_success(after, labels, targeted)
         l0, l2, linf = distortion(x0, x_adv)

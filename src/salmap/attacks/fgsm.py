@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from salmap._validate import Bounds, _short, check_number
+from salmap._validate import BoundsLike, _short, check_number
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, loss_grad
 from salmap.randomness import sample_uniform
@@ -39,7 +39,7 @@ class FGSM(Attack):
     """
 
     def __init__(
-        self, model: Model, eps: float = 0.1, loss_fn: LossFn | None = None, bounds: Bounds = (0.0, 1.0)
+        self, model: Model, eps: float = 0.1, loss_fn: LossFn | None = None, bounds: BoundsLike = (0.0, 1.0)
     ) -> None:
         super().__init__(model, bounds)
         self.eps = float(check_number("eps", eps, low=0.0))
@@ -48,7 +48,7 @@ class FGSM(Attack):
     def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
         _, grad = loss_grad(self.model, x, labels, self.loss_fn)
         direction = -1.0 if targeted else 1.0
-        x_adv = (x + direction * self.eps * grad.sign()).clamp(*self.bounds)
+        x_adv = self.bounds.clamp(x + direction * self.eps * grad.sign())
         return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)
 
 
@@ -109,7 +109,7 @@ class PGD(Attack):
         loss_fn: LossFn | None = None,
         early_stop: bool = False,
         restarts: int = 1,
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
     ) -> None:
         super().__init__(model, bounds)
         self.eps = _check_eps(eps)
@@ -173,13 +173,13 @@ class PGD(Attack):
         self, x: Tensor, labels: Tensor, targeted: bool, eps: float | Tensor, step: float | Tensor, restart: int
     ) -> tuple[Tensor, Tensor]:
         """One run of PGD from the random start of restart number ``restart``."""
-        low, high = self.bounds
+        low, high = self.bounds.like(x)
         direction = -1.0 if targeted else 1.0
         per_sample = isinstance(eps, Tensor)
         x_adv = x.clone()
         if self.random_start:
             noise = sample_uniform(x, self.seed, restart)
-            x_adv = (x + (2 * noise - 1) * eps).clamp(low, high)
+            x_adv = torch.clamp(x + (2 * noise - 1) * eps, low, high)  # type: ignore[arg-type]
         iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         active = torch.arange(x.shape[0], device=x.device)
         eps_a, step_a = eps, step
@@ -198,7 +198,7 @@ class PGD(Attack):
                 step_a = step[active] if isinstance(step, Tensor) else step
             moved = x_adv[active] + direction * step_a * grad.sign()
             x0 = x[active]
-            moved = torch.max(torch.min(moved, x0 + eps_a), x0 - eps_a).clamp(low, high)
+            moved = torch.clamp(torch.max(torch.min(moved, x0 + eps_a), x0 - eps_a), low, high)  # type: ignore[arg-type]
             x_adv[active] = moved
             iterations[active] += 1
         return x_adv, iterations
@@ -251,7 +251,7 @@ class BIM(PGD):
         steps: int = 10,
         loss_fn: LossFn | None = None,
         early_stop: bool = False,
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
     ) -> None:
         super().__init__(
             model, eps=eps, step=step, steps=steps, random_start=False, loss_fn=loss_fn,

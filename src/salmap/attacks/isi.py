@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import Bounds, check_choice, check_number
+from salmap._validate import BoundsLike, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.explain.lrp import (
     COMPOSITES,
     Composite,
     LRPPlan,
+    lrp_input_bounds,
     lrp_plan,
     lrp_relevance,
     make_composite,
@@ -112,7 +113,7 @@ class ISI(Attack):
         eps: float = 0.1,
         max_iter: int = 30,
         n_features: int | None = None,
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
         lrp_composite: str | Composite = "epsilon",
         objective: str | None = None,
     ) -> None:
@@ -124,9 +125,10 @@ class ISI(Attack):
         if n_features is None:
             n_features = 10 if norm == "l2" else 1
         self.n_features = check_number("n_features", n_features, low=1, integer=True)
+        self._lrp_bounds = lrp_input_bounds(model, self.bounds)
         if isinstance(lrp_composite, str):
             check_choice("lrp_composite", lrp_composite, COMPOSITES)
-            self._composite = make_composite(lrp_composite, self.bounds)
+            self._composite = make_composite(lrp_composite, self._lrp_bounds)
         elif isinstance(lrp_composite, Composite):
             self._composite = lrp_composite
         else:
@@ -166,13 +168,14 @@ class ISI(Attack):
         assert isinstance(self.model, nn.Module)
         out, relevance, grad = lrp_relevance(self.model, x, cotangent, self._composite, plan)
         direction = -grad.sign()
-        low, high = self.bounds
+        # In the space LRP explains (normalised for a Normalized model; the direction's sign is the same).
+        low, high = self._lrp_bounds.like(x)
         # The relevance the feature gives up when set to its bound: R(x) - R(bound) = (x - bound) * g~.
         bound = torch.where(direction > 0, high, low)
         return out, relevance - bound * grad, direction
 
     def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
-        low, high = self.bounds
+        low, high = self.bounds.features(x)
         batch, shape = x.shape[0], x.shape[1:]
         plan = lrp_plan(self.model, x) if isinstance(self.model, nn.Module) and self.indicator == "relevance" else None
         x_adv = x.clone().reshape(batch, -1)
@@ -190,7 +193,7 @@ class ISI(Attack):
             movable = ((direction > 0) & (xa < high)) | ((direction < 0) & (xa > low))
             if self.norm == "linf":
                 stuck = ~movable.any(dim=1)
-                moved = (xa + self.eps * direction * movable).clamp(low, high)
+                moved = torch.clamp(xa + self.eps * direction * movable, low, high)  # type: ignore[arg-type]
             else:
                 if self.norm == "l0":
                     movable &= ~used
@@ -199,10 +202,10 @@ class ISI(Attack):
                 step = direction.gather(1, idx)
                 old = xa.gather(1, idx)
                 if self.norm == "l0":
-                    new = torch.where(step > 0, high, low).to(xa.dtype)
+                    new = torch.where(step > 0, *_at(high, low, idx)).to(xa.dtype)  # type: ignore[arg-type]
                     used = used.scatter(1, idx, picked | used.gather(1, idx))
                 else:
-                    new = (old + self.eps * step).clamp(low, high)
+                    new = clip_features(old + self.eps * step, low, high, idx)
                 # Ties among fewer than k candidates: keep the feature as it was where nothing was picked.
                 moved = xa.scatter(1, idx, torch.where(picked, new, old))
                 stuck = ~picked.any(dim=1)
@@ -214,3 +217,10 @@ class ISI(Attack):
                 break
         x_adv[active] = xa
         return x_adv.view_as(x), iterations
+
+
+def _at(high: float | Tensor, low: float | Tensor, idx: Tensor) -> tuple[float | Tensor, float | Tensor]:
+    """The per-feature bounds (``(1, n)`` tensors) of the features ``idx``; scalars as they are."""
+    if isinstance(high, Tensor) and isinstance(low, Tensor):
+        return high[0][idx], low[0][idx]
+    return high, low

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from salmap._validate import Bounds, check_number
+from salmap._validate import BoundsLike, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, class_score_grads
 from salmap.pair_search import auto_chunk_size, select_features
@@ -99,7 +99,7 @@ class JSMA(Attack):
         probabilities: bool = False,
         candidates: int | None = None,
         chunk_size: int | None = None,
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
         strict_targets: bool = True,
         saturation: float = 0.01,
     ) -> None:
@@ -129,7 +129,7 @@ class JSMA(Attack):
         return checked
 
     def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
-        low, high = self.bounds
+        low, high = self.bounds.features(x)
         batch, shape = x.shape[0], x.shape[1:]
         n = x[0].numel()
         flat = x.reshape(batch, n).clone()
@@ -156,9 +156,10 @@ class JSMA(Attack):
             )
             rows, index = rows[found], index[found]
             at = (rows[:, None], index)
-            flat[at] = (flat[at] + self.theta).clamp(low, high)
+            flat[at] = clip_features(flat[at] + self.theta, low, high, index)
             domain[at] = False
             iterations[rows] += 1
             active = rows[iterations[rows] < steps]
         log.debug("JSMA: %d samples, %d iterations at most", batch, int(iterations.max()))
         return flat.view_as(x), iterations
+

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from salmap._validate import Bounds, as_index_tensor, check_choice, check_number
+from salmap._validate import BoundsLike, as_index_tensor, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.attacks.seg_goals import (
     RegionFn,
@@ -130,7 +130,7 @@ class SegmentationJSMA(Attack):
         chunk_size: int | None = None,
         max_iterations: int | None = None,
         progress: bool = False,
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
     ) -> None:
         super().__init__(model, bounds)
         self.theta = float(check_number("theta", theta, low=0.0, low_open=True))
@@ -214,11 +214,13 @@ class SegmentationJSMA(Attack):
         return output_mask(out, self.map == "masked" or self.probabilities)
 
     def _choose(
-        self, alpha: Tensor, beta: Tensor | None, flat: Tensor, domain: Tensor, allowed: Tensor
+        self, alpha: Tensor, beta: Tensor | None, flat: Tensor, domain: Tensor, allowed: Tensor,
+        bounds: tuple[Any, Any],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Up to ``allowed`` selections per row from one gradient (:func:`salmap.attacks.seg_saliency.choose`)."""
+        """Up to ``allowed`` selections per row from one gradient (:func:`salmap.attacks.seg_saliency.choose`);
+        ``bounds`` are the features' bounds (:meth:`salmap._validate.Bounds.features`)."""
         return choose(
-            alpha, beta, flat, domain, allowed, theta=self.theta, bounds=self.bounds, k=self.k, pairs=self.pairs,
+            alpha, beta, flat, domain, allowed, theta=self.theta, bounds=bounds, k=self.k, pairs=self.pairs,
             chunk_size=self.chunk_size, candidates=self.candidates, pool=self._pool_size,
         )
 
@@ -227,6 +229,7 @@ class SegmentationJSMA(Attack):
         batch, shape = x.shape[0], x.shape[1:]
         n = x[0].numel()
         flat = x.reshape(batch, n).clone()
+        low, high = self.bounds.features(x)
         domain = region_mask(self.region, x, labels, clean).reshape(batch, n).clone()
         budget = math.floor(self.gamma * n)
         per = self._per_selection
@@ -253,14 +256,14 @@ class SegmentationJSMA(Attack):
                     # Only the input features under the pixels that do not match yet may change.
                     wrong = self._mask(out[going]) != labels[rows]
                     where = where & resize_mask(wrong, shape[-2:]).bool()[:, None].expand(-1, *shape).reshape(-1, n)
-                index, sign, valid = self._choose(a, b, flat[rows], where, allowed)
+                index, sign, valid = self._choose(a, b, flat[rows], where, allowed, (low, high))
                 # Only features changed for the first time count against the budget.
                 fresh = valid & ~touched[rows[:, None], index]
                 valid &= fresh.long().cumsum(dim=1) <= (budget - changed[rows])[:, None]
                 hit = valid.any(dim=1)
                 r = rows[:, None].expand_as(index)[valid]
                 i = index[valid]
-                flat[r, i] = (flat[r, i] + sign[valid] * self.theta).clamp(*self.bounds)
+                flat[r, i] = clip_features(flat[r, i] + sign[valid] * self.theta, low, high, i)
                 touched[r, i] = True
                 if self.map == "jsma":
                     domain[r, i] = False  # Papernot et al.: a changed feature leaves the search domain

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,7 +114,7 @@ def derivatives(
 
 def choose(
     alpha: Tensor, beta: Tensor | None, flat: Tensor, domain: Tensor, allowed: Tensor, *, theta: float,
-    bounds: tuple[float, float], k: int, pairs: bool, chunk_size: int | None, candidates: int | None, pool: int,
+    bounds: tuple[Any, Any], k: int, pairs: bool, chunk_size: int | None, candidates: int | None, pool: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Up to ``allowed`` (at most ``k``) selections per row from one gradient.
 
@@ -121,7 +122,8 @@ def choose(
     map), ``flat`` the current inputs ``(R, n)``, ``domain`` the features that may change;
     ``pool`` is the size of the :class:`~salmap.pair_search.PairPool` the pair searches share.
     Returns feature indices ``(R, m)``, the sign of each change ``(R, m)`` and which entries
-    are real selections ``(R, m)`` (a pair counts as two entries).
+    are real selections ``(R, m)`` (a pair counts as two entries). ``bounds`` are floats or the
+    features' ``(1, n)`` bounds (:meth:`salmap._validate.Bounds.features`).
     """
     low, high = bounds
     up = domain & (flat < high)
@@ -135,8 +137,8 @@ def choose(
     down = domain & (flat > low)
     # The saliency of a change is its first-order effect on the scores: the gradient times
     # the step the feature can actually take (theta, cut short by the bounds).
-    step_up = (flat + theta).clamp(max=high) - flat
-    step_dn = flat - (flat - theta).clamp(min=low)
+    step_up = torch.clamp(flat + theta, max=high) - flat
+    step_dn = flat - torch.clamp(flat - theta, min=low)
     a_up, b_up, a_dn, b_dn = alpha * step_up, beta * step_up, alpha * step_dn, beta * step_dn
     chunk = chunk_size or auto_chunk_size(*alpha.shape)
     search_up = PairPool(a_up, b_up, up, True, pairs, chunk, candidates, pool)

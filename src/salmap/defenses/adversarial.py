@@ -11,13 +11,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import Bounds, check_bounds, check_choice, check_input, check_number
+from salmap._validate import (
+    BoundsLike,
+    check_bounds,
+    check_choice,
+    check_input,
+    check_number,
+)
 from salmap.attacks import FGSM, PGD, Attack
 from salmap.training import BatchHook, TrainReport, train_classifier
 
 
 def training_attack(
-    name: str, model: nn.Module, eps: float, steps: int = 10, seed: int = 0, bounds: Bounds = (0.0, 1.0)
+    name: str, model: nn.Module, eps: float, steps: int = 10, seed: int = 0, bounds: BoundsLike = (0.0, 1.0)
 ) -> Attack:
     """The attack that makes training examples: FGSM, or PGD with ``steps`` steps of ``2.5 * eps / steps``
     (Madry et al.'s ratio) from a random start seeded by ``seed``."""
@@ -27,7 +33,7 @@ def training_attack(
 
 
 def adversarial_hook(
-    attack: str = "fgsm", eps: float = 0.3, steps: int = 10, seed: int = 0, bounds: Bounds = (0.0, 1.0)
+    attack: str = "fgsm", eps: float = 0.3, steps: int = 10, seed: int = 0, bounds: BoundsLike = (0.0, 1.0)
 ) -> BatchHook:
     """A :data:`salmap.training.BatchHook` that appends adversarial copies of every batch.
 
@@ -45,7 +51,7 @@ def adversarial_hook(
         # A fresh PGD random start per batch, reproducible from the seed.
         crafter = training_attack(attack, model, eps, steps, seed + calls[0], bounds)
         calls[0] += 1
-        x_adv = crafter(xb.clamp(*bounds), y=yb).x_adv
+        x_adv = crafter(bounds.clamp(xb), y=yb).x_adv
         return torch.cat([xb, x_adv]), torch.cat([yb, yb])
 
     return hook
@@ -64,7 +70,7 @@ def adversarial_training(
     seed: int = 0,
     x_test: Tensor | None = None,
     y_test: Tensor | None = None,
-    bounds: Bounds = (0.0, 1.0),
+    bounds: BoundsLike = (0.0, 1.0),
     progress: bool = True,
 ) -> TrainReport:
     """Train ``model`` (in place) on clean and adversarial examples, half and half.

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import Bounds, check_bounds, check_choice, check_input, check_number
+from salmap._validate import (
+    Bounds,
+    BoundsLike,
+    check_bounds,
+    check_choice,
+    check_input,
+    check_number,
+)
 from salmap.defenses.adversarial import training_attack
 from salmap.gradients import Model
 from salmap.models.registry import build, register
@@ -45,7 +52,7 @@ class DenoisingAutoencoder(nn.Module):
     torch.Size([2, 1, 28, 28])
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, bounds: Bounds = (0.0, 1.0)) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, bounds: BoundsLike = (0.0, 1.0)) -> None:
         super().__init__()
         check_number("in_channels", in_channels, low=1, integer=True)
         check_number("width", width, low=1, integer=True)
@@ -60,13 +67,13 @@ class DenoisingAutoencoder(nn.Module):
         )
         # A zoo model even when constructed directly, so that Purified checkpoints round-trip.
         self.salmap_arch = {"name": "dae", "kwargs": {"in_channels": in_channels, "width": width,
-                                                      "bounds": list(self.bounds)}}
+                                                      "bounds": self.bounds.tolist()}}
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.decoder(self.encoder(x))
         if out.shape[-2:] != x.shape[-2:]:
             out = nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        low, high = self.bounds
+        low, high = self.bounds.like(out)
         return low + (high - low) * torch.sigmoid(out)
 
 
@@ -142,7 +149,7 @@ def _build_arch(name: str, arch: Any) -> nn.Module:
 def gaussian_noise(x: Tensor, std: float, generator: torch.Generator, bounds: Bounds) -> Tensor:
     """``x`` plus Gaussian noise of standard deviation ``std`` (seeded), clipped to ``bounds``."""
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return (x + std * noise).clamp(*bounds)
+    return check_bounds(bounds).clamp(x + std * noise)
 
 
 def train_denoiser(
@@ -158,7 +165,7 @@ def train_denoiser(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
-    bounds: Bounds = (0.0, 1.0),
+    bounds: BoundsLike = (0.0, 1.0),
     progress: bool = True,
 ) -> TrainReport:
     """Train ``denoiser`` to map corrupted images back to clean ones (mean squared error).
@@ -229,7 +236,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def reconstruction_error(
-    denoiser: Model, x: Tensor, noise_std: float = 0.3, seed: int = 0, bounds: Bounds = (0.0, 1.0)
+    denoiser: Model, x: Tensor, noise_std: float = 0.3, seed: int = 0, bounds: BoundsLike = (0.0, 1.0)
 ) -> float:
     """Mean squared error between ``denoiser(x + noise)`` and ``x`` (noise seeded by ``seed``)."""
     noisy = gaussian_noise(x, noise_std, torch.Generator().manual_seed(seed), check_bounds(bounds))

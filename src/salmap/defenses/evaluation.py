@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salmap import registry
-from salmap._validate import Bounds, check_bounds, check_input, check_labels, check_number
+from salmap._validate import Bounds, BoundsLike, check_bounds, check_input, check_labels, check_number
 from salmap.attacks import Attack, random_targets
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
 from salmap.gradients import Model, frozen, predict
@@ -132,12 +132,12 @@ def _targets(model: Model, x: Tensor, y: Tensor, seed: int, batch_size: int) -> 
 
 def craft_transfer(
     undefended: Model, x: Tensor, y: Tensor, attacks: list[AttackSpec] | None = None,
-    bounds: Bounds = (0.0, 1.0), batch_size: int = 100, seed: int = 0, progress: bool = True,
+    bounds: BoundsLike = (0.0, 1.0), batch_size: int = 100, seed: int = 0, progress: bool = True,
 ) -> dict[str, Tensor]:
     """Adversarial examples crafted on the undefended model, one batch per attack (reusable
     across defenses, since they do not depend on the defense)."""
     specs = default_attacks() if attacks is None else attacks
-    return {s.name: craft(s, undefended, x, y, bounds, batch_size, seed, progress, f"transfer {s.name}")
+    return {s.name: craft(s, undefended, x, y, check_bounds(bounds), batch_size, seed, progress, f"transfer {s.name}")
             for s in specs}
 
 
@@ -147,7 +147,7 @@ def evaluate_defense(
     x: Tensor,
     y: Tensor,
     attacks: list[AttackSpec] | None = None,
-    bounds: Bounds = (0.0, 1.0),
+    bounds: BoundsLike = (0.0, 1.0),
     batch_size: int = 100,
     seed: int = 0,
     adaptive: bool = True,

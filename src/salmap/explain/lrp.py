@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salmap._validate import Bounds, check_bounds, check_choice, check_number
+from salmap._validate import Bounds, BoundsLike, check_bounds, check_choice, check_number
 from salmap.explain.base import Explainer
 from salmap.explain.targets import Target
-from salmap.gradients import Model, frozen
+from salmap.gradients import Model, forward, frozen
 from salmap.registry import register_explainer
 
 #: layers whose relevance a :class:`Rule` redistributes.
@@ -153,8 +153,9 @@ class ZBox(Rule):
     the bounds are extra leaves of the graph.
     """
 
-    def __init__(self, low: float = 0.0, high: float = 1.0, eps: float = 1e-6) -> None:
-        self.low, self.high = check_bounds((low, high), "bounds")
+    def __init__(self, low: float | Tensor = 0.0, high: float | Tensor = 1.0, eps: float = 1e-6) -> None:
+        self.bounds = check_bounds((low, high), "bounds")
+        self.low, self.high = self.bounds
         self.eps = float(check_number("eps", eps, low=0.0, low_open=True))
 
     def terms(
@@ -164,8 +165,9 @@ class ZBox(Rule):
             raise ValueError(
                 f"the ZBox rule applies only to layers that take the model input; layer {ctx.name!r} does not"
             )
-        low = torch.full_like(a, self.low).requires_grad_(True)
-        high = torch.full_like(a, self.high).requires_grad_(True)
+        lo, hi = self.bounds.like(a)
+        low = (torch.zeros_like(a) + lo).requires_grad_(True)
+        high = (torch.zeros_like(a) + hi).requires_grad_(True)
         ctx.leaves.extend([(low, a), (high, a)])
         z = fn(a, weight, None) - fn(low, weight.clamp(min=0), None) - fn(high, weight.clamp(max=0), None)
         return [(z, 1.0, self.eps)]
@@ -198,7 +200,18 @@ class Composite:
 COMPOSITES = ("epsilon", "epsilon-plus", "epsilon-alpha2-beta1")
 
 
-def make_composite(name: str, bounds: Bounds = (0.0, 1.0), eps: float = 1e-6) -> Composite:
+def lrp_input_bounds(model: Any, bounds: BoundsLike) -> Bounds:
+    """The bounds of the input LRP's first layer sees: ``bounds`` themselves, or for a
+    :class:`~salmap.models.Normalized` model the normalised bounds ``(bound - mean) / std``
+    (LRP explains the wrapped network on the normalised input, see :func:`lrp_relevance`)."""
+    from salmap.models.normalized import Normalized
+
+    if isinstance(model, Normalized):
+        return model.normalized_bounds(bounds, torch.zeros((1, model.mean.shape[0], 1, 1)))
+    return check_bounds(bounds)
+
+
+def make_composite(name: str, bounds: BoundsLike = (0.0, 1.0), eps: float = 1e-6) -> Composite:
     """A named composite (Montavon et al. 2019, Kohlbrenner et al. 2020).
 
     - ``"epsilon"``: LRP-epsilon on every linear layer.
@@ -206,7 +219,8 @@ def make_composite(name: str, bounds: Bounds = (0.0, 1.0), eps: float = 1e-6) ->
     - ``"epsilon-alpha2-beta1"``: z^B on the input layer, alpha=2/beta=1 on other
       convolutions, epsilon on dense layers.
 
-    ``bounds`` are the input's bounds (for z^B); ``eps`` the epsilon of the epsilon rule.
+    ``bounds`` are the input's bounds (for z^B; per feature or per channel allowed); ``eps``
+    the epsilon of the epsilon rule.
     """
     check_choice("composite", name, COMPOSITES)
     low, high = check_bounds(bounds)
@@ -357,6 +371,11 @@ class LRPPlan:
 
 def lrp_plan(model: nn.Module, x: Tensor) -> LRPPlan:
     """Check that LRP supports ``model`` and find its conv/linear + batch-norm pairs (one forward of ``x[:1]``)."""
+    from salmap.models.normalized import Normalized
+
+    if isinstance(model, Normalized):
+        x = model.normalize(x[:1].detach())
+        model = model.model
     names = check_supported(model)
     with frozen(model):
         pairs = _find_batchnorm_pairs(model, x[:1].detach(), names)
@@ -451,14 +470,24 @@ def lrp_relevance(
     Examples
     --------
     >>> out, relevance, grad = lrp_relevance(model, x, lambda o: o.softmax(1), make_composite("epsilon"))  # doctest: +SKIP
+
+    For a :class:`~salmap.models.Normalized` model, the wrapped network is explained on the
+    normalised batch (the normalisation is not a layer LRP has rules for); the relevance of a
+    normalised feature is that of its pixel, and ``grad`` is taken at the normalised input.
+    Build its composite with :func:`lrp_input_bounds`.
     """
+    from salmap.models.normalized import Normalized
+
+    if isinstance(model, Normalized):
+        x = model.normalize(x.detach())
+        model = model.model
     if plan is None:
         plan = lrp_plan(model, x)
     xg = x.detach().requires_grad_(True)
     leaves: list[tuple[Tensor, Tensor]] = []
     with frozen(model), torch.enable_grad():
         with _lrp_hooks(model, composite, xg, plan, leaves):
-            out = model(xg)
+            out = forward(model, xg)
         weights = cotangent(out.detach()).to(out.dtype)
         wrt = [xg] + [leaf for leaf, _ in leaves]
         grads = torch.autograd.grad(out, wrt, grad_outputs=weights, allow_unused=True)
@@ -497,13 +526,15 @@ class LRP(Explainer):
     """
 
     def __init__(
-        self, model: Model, composite: str | Composite = "epsilon-plus", bounds: Bounds = (0.0, 1.0),
+        self, model: Model, composite: str | Composite = "epsilon-plus", bounds: BoundsLike = (0.0, 1.0),
         eps: float = 1e-6,
     ) -> None:
         super().__init__(model)
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module for LRP, got {type(model).__name__}")
-        self.composite = make_composite(composite, bounds, eps) if isinstance(composite, str) else composite
+        self.composite = (
+            make_composite(composite, lrp_input_bounds(model, bounds), eps) if isinstance(composite, str) else composite
+        )
         if not isinstance(self.composite, Composite):
             raise ValueError(f"composite must be one of {list(COMPOSITES)} or a Composite, got {composite!r}")
         self.bounds = check_bounds(bounds)

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from salmap._validate import Bounds, check_bounds, check_number
+from salmap._validate import BoundsLike, check_bounds, check_number
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
-from salmap.gradients import Model, predict
+from salmap.gradients import Model, forward, predict
 from salmap.registry import register_explainer
 
 FILLS = ("zero", "mean", "grey", "random")
@@ -82,7 +82,7 @@ class Occlusion(Explainer):
         patch: int | Sequence[int] = 4,
         stride: int | Sequence[int] | None = None,
         fill: str | float = "zero",
-        bounds: Bounds = (0.0, 1.0),
+        bounds: BoundsLike = (0.0, 1.0),
         batch_size: int = 256,
         seed: int = 0,
         probabilities: bool = False,
@@ -136,7 +136,7 @@ class Occlusion(Explainer):
             mask = _patch_masks(pos, windows, grid)
             copies = torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image])
             with torch.inference_mode():
-                out = self._transform(self.model(copies))
+                out = self._transform(forward(self.model, copies))
             drops[image, pos] = clean[image] - target.select(image).score(out)
 
         total = _through_windows(drops.view(-1, *grid), windows, transpose=False)
@@ -151,18 +151,19 @@ class Occlusion(Explainer):
 
     def _fill_values(self, x: Tensor) -> Tensor:
         """The fill: a 0-dim tensor, or per image ``(B, C, 1, ...)``/``(1, C, *spatial)``."""
-        low, high = self.bounds
+        low, high = self.bounds.like(x)
         if not isinstance(self.fill, str):
             return torch.tensor(self.fill, dtype=x.dtype, device=x.device)
         if self.fill == "zero":
             return torch.zeros((), dtype=x.dtype, device=x.device)
         if self.fill == "grey":
-            return torch.tensor((low + high) / 2, dtype=x.dtype, device=x.device)
+            return torch.as_tensor((low + high) / 2, dtype=x.dtype, device=x.device)
         if self.fill == "mean":
             return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
         # One random image shared by the batch, so a sample's map does not depend on its batch.
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.rand((1, *x.shape[1:]), generator=gen, dtype=torch.float64)
+        low, high = self.bounds.like(noise)
         return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
 
 

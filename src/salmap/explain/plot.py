@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from salmap._validate import check_bounds  # noqa: E402
 from salmap.evaluation.figures import class_label, save_figure, to_image  # noqa: E402
 
 
@@ -41,10 +42,11 @@ def _limits(*heats: Tensor) -> tuple[float, float, str]:
 
 
 def overlay(ax: Any, image: Tensor, heat: Tensor, limits: tuple[float, float, str] | None = None,
-            alpha: float = 0.5, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+            alpha: float = 0.5, bounds: Any = (0.0, 1.0)) -> None:
     """Draw ``heat`` ``(H, W)`` over ``image`` ``(C, H, W)`` on the matplotlib axes ``ax``."""
-    low, high = bounds
-    img = np.asarray(to_image((image.detach().float().cpu() - low) / (high - low)))
+    pixels = image.detach().float().cpu()[None]
+    low, high = check_bounds(bounds).like(pixels)
+    img = np.asarray(to_image(((pixels - low) / (high - low))[0]))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
     vmin, vmax, cmap = limits or _limits(heat)
     ax.imshow(heat.detach().float().cpu().numpy(), cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha)
