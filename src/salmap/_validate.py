@@ -121,7 +121,7 @@ class Bounds:
         """
         if self.scalar:
             return self.low, self.high  # type: ignore[return-value]
-        key = (x.device, x.dtype, x.dim())
+        key = (x.device, x.dtype, tuple(x.shape[1:]))
         cached = self._cache.get(key)
         if cached is not None:
             return cached

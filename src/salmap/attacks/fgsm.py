@@ -10,7 +10,7 @@ from torch import Tensor
 
 from salmap._validate import BoundsLike, _short, check_number
 from salmap.attacks.base import Attack
-from salmap.gradients import Model, loss_grad
+from salmap.gradients import Model, forward, loss_grad
 from salmap.randomness import sample_uniform
 from salmap.registry import register_attack
 
@@ -158,7 +158,7 @@ class PGD(Attack):
                     break
             x_r, it_r = self._attempt(x[todo], labels[todo], targeted, _rows(eps, todo), _rows(step, todo), restart)
             with torch.no_grad():
-                logits = self.model(x_r)
+                logits = forward(self.model, x_r)
                 score = sign * fn(logits, labels[todo]).to(best_score.dtype)
             success = self._is_success(logits, labels[todo], targeted)
             old_success, old_score = best_success[todo], best_score[todo]

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from salmap.attacks.seg_goals import resize_mask
-from salmap.gradients import Model, output_vjps, softmax_classes
+from salmap.gradients import Model, forward, output_vjps, softmax_classes
 from salmap.pair_search import PairPool, auto_chunk_size
 
 __all__ = ["choose", "derivatives", "output_mask"]
@@ -87,7 +87,7 @@ def derivatives(
 
     if channels is None:
         with torch.no_grad():
-            channels = int(model(x[:1]).shape[1])
+            channels = int(forward(model, x[:1]).shape[1])
     binary = channels == 1
     transform: Callable[[Tensor], Tensor] | None = None
     if transformed:

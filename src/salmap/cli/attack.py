@@ -22,6 +22,7 @@ from salmap.cli.common import (
     bounds_of,
     load_data,
     load_model,
+    model_options,
     output_folder,
     print_table,
     write_json,
@@ -70,7 +71,7 @@ def add_targeting_flags(p: argparse.ArgumentParser, entry: registry.Entry) -> No
     )
 
 
-def build_attack(args: argparse.Namespace, model: Any, bounds: tuple[float, float]) -> Attack:
+def build_attack(args: argparse.Namespace, model: Any, bounds: Any) -> Attack:
     """The attack of ``salmap attack NAME`` configured from the parsed flags."""
     entry: registry.Entry = args.entry
     params = params_from_args(entry, args, base={"seed": args.seed, "strict_targets": False})
@@ -119,7 +120,7 @@ def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch
 def run_classifier_attack(args: argparse.Namespace) -> int:
     from salmap.evaluation.figures import adversarial_grid
 
-    model, meta = load_model(args.model, args.device)
+    model, meta = load_model(args.model, args.device, **model_options(args))
     ds = load_data(args.data, args.split, args.num)
     attack = build_attack(args, model, bounds_of(meta))
     x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),

@@ -39,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
         bounds_of,
         load_data,
         load_model,
+        model_options,
         output_folder,
         print_table,
         write_json,
     )
     from salmap.evaluation.seg_figures import segmentation_grid
 
-    model, meta = load_model(args.model, args.device)
+    model, meta = load_model(args.model, args.device, **model_options(args))
     data = args.data
     if data == "mnist-sample":  # the classification default: use the set the segmenter was trained on
         data = (meta.get("training") or {}).get("data", "mnist-seg")

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from salmap import data as datasets
 from salmap import models
+from salmap._validate import Bounds, check_bounds
+from salmap.gradients import set_eval
 
 
 def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-sample") -> None:
@@ -24,11 +27,60 @@ def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-s
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output folder for results.json and pictures")
+    add_model_options(p)
 
 
-def load_model(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    model, meta = models.load_with_meta(source)
-    return model.to(device).eval(), meta
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The flags that say how to use someone's own model: normalisation, output entry, factory arguments."""
+    g = p.add_argument_group("your own model")
+    g.add_argument("--mean", help="per-channel mean the model normalises with, e.g. 0.485,0.456,0.406 "
+                   "(with --std; attacks and bounds stay in pixel space)")
+    g.add_argument("--std", help="per-channel standard deviation, e.g. 0.229,0.224,0.225 (with --mean)")
+    g.add_argument("--output-key", help="entry of a dict / ModelOutput output to use (default: logits)")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument of a module:factory model, e.g. depth=34 (repeatable; "
+                   "values are read as YAML: numbers, true/false, lists)")
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """``["depth=34", "name=x"]`` -> ``{"depth": 34, "name": "x"}`` (values read as YAML scalars/lists)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--model-arg must be KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key] = text
+    return out
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``normalization``, ``output_key`` and factory ``model_args`` from the parsed flags."""
+    mean, std = getattr(args, "mean", None), getattr(args, "std", None)
+    if (mean is None) != (std is None):
+        raise ValueError(f"--mean and --std go together, got --mean {mean!r} and --std {std!r}")
+    return {
+        "normalization": None if mean is None else {"mean": mean, "std": std},
+        "output_key": getattr(args, "output_key", None),
+        "model_args": parse_model_args(getattr(args, "model_arg", None)),
+    }
+
+
+def load_model(
+    source: str,
+    device: str = "cpu",
+    normalization: Any = None,
+    output_key: str | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the model of a command (see :func:`salmap.models.load_with_meta`), on ``device``, in eval mode."""
+    model, meta = models.load_with_meta(
+        source, normalization=normalization, output_key=output_key, **(model_args or {})
+    )
+    return set_eval(model.to(device)), meta
 
 
 def load_data(name: str, split: str, num: int | None) -> datasets.Dataset:
@@ -38,9 +90,9 @@ def load_data(name: str, split: str, num: int | None) -> datasets.Dataset:
     return ds.subset(min(num, len(ds)) if num is not None else None)
 
 
-def bounds_of(meta: dict[str, Any]) -> tuple[float, float]:
-    b = meta.get("bounds") or (0.0, 1.0)
-    return float(b[0]), float(b[1])
+def bounds_of(meta: dict[str, Any]) -> Bounds:
+    """The bounds in ``model.json`` (pixel space; scalars or per channel), ``(0, 1)`` by default."""
+    return check_bounds(meta.get("bounds") or (0.0, 1.0), "model.json bounds")
 
 
 def output_folder(path: str) -> Path:

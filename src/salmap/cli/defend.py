@@ -16,7 +16,15 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models, registry
-from salmap.cli.common import bounds_of, load_model, output_folder, print_table, write_json
+from salmap.cli.common import (
+    add_model_options,
+    bounds_of,
+    load_model,
+    model_options,
+    output_folder,
+    print_table,
+    write_json,
+)
 from salmap.cli.flags import parse_spec
 from salmap.defenses.adversarial import adversarial_training
 from salmap.defenses.block_switch import train_block_switch
@@ -83,6 +91,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-eval", action="store_true", help="train and save only")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_model_options(p)
 
 
 def _classifier_attacks() -> list[str]:
@@ -117,7 +126,7 @@ def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSp
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
-    model, meta = load_model(args.model, args.device)
+    model, meta = load_model(args.model, args.device, **model_options(args))
     train = datasets.load_dataset(args.data, "train")
     test = datasets.load_dataset(args.data, "test")
     check_trained(meta, train.num_classes, f"--model {args.model}")
@@ -129,7 +138,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets
 def run_dae(args: argparse.Namespace) -> int:
     model, meta, train, test = _load(args)
     bounds = bounds_of(meta)
-    denoiser = models.build("dae", in_channels=int(train.x.shape[1]), width=args.width, bounds=list(bounds))
+    denoiser = models.build("dae", in_channels=int(train.x.shape[1]), width=args.width, bounds=bounds.tolist())
     denoiser = denoiser.to(args.device)
     adversarial = args.adversarial != "none"
     report = train_denoiser(

@@ -25,6 +25,7 @@ from salmap.cli.common import (
     bounds_of,
     load_data,
     load_model,
+    model_options,
     output_folder,
     print_table,
     write_json,
@@ -33,6 +34,7 @@ from salmap.cli.flags import add_entry_flags, listing, params_from_args
 from salmap.explain import Explainer
 from salmap.explain.plot import attack_grid, explanation_grid, to_heat
 from salmap.explain.targets import _majority_foreground
+from salmap.gradients import forward
 
 #: explainer parameters the command sets itself: the seed from --seed; a progress bar
 RESERVED = frozenset({"seed", "progress"})
@@ -82,7 +84,7 @@ def parse_methods(values: list[str] | None) -> list[str]:
 
 
 def build_explainer(name: str, args: argparse.Namespace, model: torch.nn.Module,
-                    bounds: tuple[float, float]) -> Explainer:
+                    bounds: Any) -> Explainer:
     """The explainer ``name`` configured from the parsed flags."""
     entry = registry.get_explainer(name)
     params = params_from_args(entry, args, base={"seed": args.seed, "progress": True})
@@ -173,7 +175,7 @@ def attack_entry(name: str) -> registry.Entry:
     return entries[name]
 
 
-def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: tuple[float, float],
+def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: Any,
                x: Tensor, y: Tensor) -> tuple[Any, Any]:
     """Run ``--attack`` (untargeted, on the true labels) with its default settings and ``--eps``."""
     from salmap.attacks.base import AttackResult
@@ -193,13 +195,13 @@ def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: tuple[f
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     methods = parse_methods(args.method)
-    model, meta = load_model(args.model, args.device)
+    model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
     ds = load_data(args.data, args.split, args.num)
     x, y = ds.x.to(args.device), ds.y.to(args.device)
     segmentation = ds.task == "segmentation"
     with torch.no_grad():
-        out = model(x[:1])
+        out = forward(model, x[:1])
     if (out.dim() == 4) != segmentation and args.target == "label":
         raise ValueError(f"--target label needs labels that match the model's outputs; data {args.data!r} "
                          f"is {ds.task} and the model returned shape {tuple(out.shape)}")
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if args.region is not None:
         if out.dim() != 4:
             raise ValueError("--region is for segmenters; the model returned (B, classes) logits")
-        mask = parse_region(args.region, tuple(out.shape[-2:])).to(args.device)
+        mask = parse_region(args.region, (int(out.shape[-2]), int(out.shape[-1]))).to(args.device)
     explainers = {name: build_explainer(name, args, model, bounds) for name in methods}
     if args.attack is not None:
         attack_entry(args.attack)
@@ -225,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                      "images_per_s": x.shape[0] / seconds if seconds > 0 else float("inf")})
 
     with torch.no_grad():
-        preds = torch.cat([model(x[i : i + args.batch_size]) for i in range(0, x.shape[0], max(args.batch_size, 1))])
+        preds = torch.cat([forward(model, x[i : i + args.batch_size]) for i in range(0, x.shape[0], max(args.batch_size, 1))])
     pred = preds.argmax(dim=1)
     out_dir = output_folder(args.out)
     pictures = [explanation_grid(

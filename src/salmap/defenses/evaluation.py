@@ -20,7 +20,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from salmap import registry
-from salmap._validate import Bounds, BoundsLike, check_bounds, check_input, check_labels, check_number
+from salmap._validate import (
+    Bounds,
+    BoundsLike,
+    check_bounds,
+    check_input,
+    check_labels,
+    check_number,
+)
 from salmap.attacks import Attack, random_targets
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
 from salmap.gradients import Model, frozen, predict

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,6 +25,13 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     if not isinstance(name, str) or not name:
         raise ValueError(f"layer must be a dotted module name such as 'layer4', got {name!r}")
     names = [n for n, _ in model.named_modules() if n]
+    inner = model.model if getattr(model, "salmap_wraps", False) else None
+    if name not in names and isinstance(inner, nn.Module):
+        # salmap's wrappers (Normalized, SelectOutput, ...): the wrapped network's names work too.
+        try:
+            return find_layer(inner, name)
+        except ValueError:
+            pass
     if name not in names:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
         hint = f"close names: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
@@ -85,7 +93,14 @@ class GradCAM(Explainer):
         super().__init__(model)
         layer = default_layer(model) if layer is None else layer
         self.layer = layer
-        self._module = find_layer(model, layer)
+        scripted = isinstance(model, torch.jit.ScriptModule)
+        self._module = None if scripted else find_layer(model, layer)
+        if scripted or isinstance(self._module, torch.jit.ScriptModule):
+            raise ValueError(
+                f"Grad-CAM needs a forward hook on layer {layer!r}, and TorchScript modules do not support "
+                "hooks; explain the eager model (checkpoint folder, module:factory or a torch.export .pt2 file), "
+                "or use gradient, occlusion or LRP on this one"
+            )
         self.relu = bool(relu)
 
     def _attribute(self, x: Tensor, target: Target) -> Tensor:
@@ -110,6 +125,7 @@ class GradCAM(Explainer):
                 )
             return act
 
+        assert self._module is not None
         handle = self._module.register_forward_hook(keep)
         try:
             _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)

@@ -62,7 +62,7 @@ def explanation_grid(
     class_names: Sequence[str] | None = None,
     rows: int = 8,
     title: str | None = None,
-    bounds: tuple[float, float] = (0.0, 1.0),
+    bounds: Any = (0.0, 1.0),
 ) -> Path:
     """One row per sample: the input, then each method's heat map over it, side by side.
 
@@ -109,7 +109,7 @@ def attack_grid(
     class_names: Sequence[str] | None = None,
     rows: int = 8,
     title: str | None = None,
-    bounds: tuple[float, float] = (0.0, 1.0),
+    bounds: Any = (0.0, 1.0),
 ) -> Path:
     """One row per sample: clean input and its maps, then the adversarial input and its maps.
 

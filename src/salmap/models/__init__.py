@@ -1,6 +1,11 @@
-"""The model zoo (lenet, resnet18/34, unet) and checkpoint save/load."""
+"""The model zoo (lenet, resnet18/34, unet), checkpoint save/load, ``Normalized`` and output adapters."""
 
 from salmap.models.checkpoint import load, load_with_meta, read_meta, save
+from salmap.models.normalized import Normalized
+from salmap.models.outputs import SelectOutput, logits_of
 from salmap.models.registry import available, build, register
 
-__all__ = ["available", "build", "load", "load_with_meta", "read_meta", "register", "save"]
+__all__ = [
+    "Normalized", "SelectOutput", "available", "build", "load", "load_with_meta", "logits_of", "read_meta",
+    "register", "save",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from salmap.models.normalized import Normalized, parse_normalization
+from salmap.models.outputs import SelectOutput
 from salmap.models.registry import build
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
@@ -33,6 +38,10 @@ def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = Non
     are stored as given. Returns the folder.
     """
     meta = dict(meta or {})
+    if isinstance(model, Normalized):
+        # The network is saved; its normalisation goes to model.json and is applied again on load.
+        meta["normalization"] = {"mean": model.mean.tolist(), "std": model.std.tolist()}
+        model = model.model
     arch = meta.get("arch") or getattr(model, "salmap_arch", None)
     if not arch or "name" not in arch:
         raise ValueError(
@@ -71,8 +80,62 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_with_meta(source: str | Path, arch: str | None = None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_with_meta(
+    source: str | Path,
+    arch: str | None = None,
+    *,
+    normalization: Any = None,
+    output_key: str | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model and its metadata (empty when the source carries none).
+
+    ``source`` may be a checkpoint folder, a state-dict file with ``arch``, a TorchScript or
+    ``torch.export`` (``.pt2``) file, a Keras 3 ``.keras`` file (needs ``pip install
+    salmap[keras]``; see :mod:`salmap.models.keras`) or ``"package.module:factory"`` called
+    with ``kwargs`` (see :func:`_load_model`).
+
+    The model is wrapped in :class:`~salmap.models.Normalized` when ``normalization``
+    (``{"mean": [...], "std": [...]}`` or a ``(mean, std)`` pair) is given or ``model.json``
+    holds one (the argument wins), and in :class:`~salmap.models.SelectOutput` when
+    ``output_key`` names the entry of a dict / ``ModelOutput`` to attack. The metadata's
+    ``normalization`` is the one applied.
+    """
+    if str(source).endswith(".keras"):
+        from salmap.models.keras import load_keras
+
+        model, meta = load_keras(source), dict[str, Any]()
+    else:
+        model, meta = _load_model(source, arch, **kwargs)
+    norm = normalization if normalization is not None else meta.get("normalization")
+    if norm is not None:
+        mean, std = normalization_pair(norm)
+        shape = meta.get("input_shape")
+        channels = int(shape[0]) if isinstance(shape, (list, tuple)) and shape else None
+        mean, std = parse_normalization(mean, std, channels)
+        if normalization is not None and meta.get("normalization"):
+            log.warning("model %s: normalization %s replaces the one in its model.json", source, {"mean": mean, "std": std})
+        model = Normalized(model, mean, std)
+        meta = {**meta, "normalization": {"mean": mean, "std": std}}
+    if output_key is not None:
+        model = SelectOutput(model, output_key)
+    return model, meta
+
+
+def normalization_pair(norm: Any) -> tuple[Any, Any]:
+    """``(mean, std)`` from ``{"mean": ..., "std": ...}`` or a pair."""
+    if isinstance(norm, dict):
+        missing = [k for k in ("mean", "std") if k not in norm]
+        if missing or set(norm) - {"mean", "std"}:
+            raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}}, got keys {sorted(norm)}")
+        return norm["mean"], norm["std"]
+    if isinstance(norm, (list, tuple)) and len(norm) == 2:
+        return norm[0], norm[1]
+    raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}} or a (mean, std) pair, got {norm!r}")
+
+
+def _load_model(source: str | Path, arch: str | None = None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model and its metadata (empty when the source carries none), before wrapping.
 
     ``source`` may be:
 
@@ -121,9 +184,12 @@ def load_with_meta(source: str | Path, arch: str | None = None, **kwargs: Any) -
     )
 
 
-def load(source: str | Path, arch: str | None = None, **kwargs: Any) -> nn.Module:
+def load(
+    source: str | Path, arch: str | None = None, *, normalization: Any = None, output_key: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Load a model (see :func:`load_with_meta` for what ``source`` may be)."""
-    return load_with_meta(source, arch, **kwargs)[0]
+    return load_with_meta(source, arch, normalization=normalization, output_key=output_key, **kwargs)[0]
 
 
 def _load_state(model: nn.Module, path: Path) -> None:

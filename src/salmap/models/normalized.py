@@ -73,6 +73,8 @@ class Normalized(nn.Module):
 
     mean: Tensor
     std: Tensor
+    #: salmap's wrappers say so: layer names (Grad-CAM) are also looked up in ``self.model``.
+    salmap_wraps = True
 
     def __init__(self, model: nn.Module, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> None:
         super().__init__()

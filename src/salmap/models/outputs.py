@@ -72,6 +72,8 @@ class SelectOutput(nn.Module):
     >>> scored = SelectOutput(net, output_key="scores")   # doctest: +SKIP
     """
 
+    salmap_wraps = True
+
     def __init__(self, model: nn.Module, output_key: str) -> None:
         super().__init__()
         if not isinstance(output_key, str) or not output_key:
