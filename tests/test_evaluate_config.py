@@ -45,13 +45,15 @@ def test_a_file_with_several_mistakes_reports_all_with_key_paths(tmp_path: Path,
     paths = [p for p, _ in info.value.problems]
     assert paths == [
         "nmae", "seed", "batch_size", "data.splt", "models[1].name",
-        "attacks[0].params.epss", "attacks[1].params", "attacks[2].targets", "attacks[3].attack",
+        "attacks[0].params.epss", "attacks[1].params.eps", "attacks[2].targets", "attacks[3].attack",
         "attacks[4].params.loss_fn", "explanations[0].params.absolut", "data.num", "models[1].path",
     ]
     text = str(info.value)
     assert "13 problems" in text
     assert "attacks[0].params.epss: unknown parameter of FGSM (did you mean 'eps'?)" in text
-    assert "attacks[1].params: eps must be in" in text and "got -1.0" in text
+    assert "attacks[1].params.eps: eps must be in [0, inf), got -1.0" in text
+    assert "attacks[3].attack: must be one of bim, fgsm," in text
+    assert "attacks[4].params.loss_fn: takes a Python object and cannot be set from a run file" in text
     assert "data.num: asks for 5000 samples but mnist-sample (test) holds only 1000" in text
     assert "nmae: unknown key (did you mean 'name'?)" in text
 
@@ -84,7 +86,7 @@ def test_valid_file_resolves_relative_paths(tmp_path: Path, lenet: Path) -> None
 
 def test_parse_attack_flag() -> None:
     assert parse_attack("pgd:eps=0.1,steps=3,random_start=false") == {
-        "attack": "pgd", "params": {"eps": 0.1, "steps": 3, "random_start": False}}
+        "attack": "pgd", "params": {"eps": "0.1", "steps": "3", "random_start": "false"}}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_attack("fgsm:0.1")
 

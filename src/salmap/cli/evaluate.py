@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from salmap import registry
+from salmap.cli.flags import parse_spec
 from salmap.evaluation.config import load_config, parse_config
 
 
@@ -54,19 +55,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (key: device)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow model paths that name Python code (package.module:factory) to be imported and "
+                        "called; without it a run file naming code is refused (validation never runs it)")
     p.set_defaults(func=run)
 
 
 def parse_attack(text: str) -> dict[str, Any]:
-    """``"fgsm:eps=0.1,seed=3"`` -> ``{"attack": "fgsm", "params": {"eps": 0.1, "seed": 3}}``."""
-    name, _, rest = text.partition(":")
-    params: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--attack parameters must be KEY=VALUE, got {item!r} in {text!r}")
-        params[key.strip()] = yaml.safe_load(value)
-    return {"attack": name.strip(), "params": params}
+    """``"fgsm:eps=0.1,seed=3"`` -> ``{"attack": "fgsm", "params": {"eps": "0.1", "seed": "3"}}``.
+
+    Values stay text: validation converts them to each parameter's declared type (no YAML).
+    """
+    name, params = parse_spec(text, "--attack")
+    return {"attack": name, "params": params}
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
     extra = overrides(args)
     if args.config:
         config_data = extra.pop("data", None)
-        cfg = load_config(args.config, extra)
+        cfg = load_config(args.config, extra, allow_code=args.allow_code)
         if config_data:  # merge data flags into the file's data mapping instead of replacing it
             raw = yaml.safe_load(Path(args.config).read_text()) or {}
             merged = {**raw, **extra, "data": {**(raw.get("data") or {}), **config_data}}
-            cfg = parse_config(merged, source=f"run file {args.config}", base=Path(args.config).resolve().parent)
+            cfg = parse_config(merged, source=f"run file {args.config}", base=Path(args.config).resolve().parent,
+                               allow_code=args.allow_code)
     else:
-        cfg = parse_config(extra, source="flags", base=Path.cwd())
+        cfg = parse_config(extra, source="flags", base=Path.cwd(), allow_code=args.allow_code)
     outcome = evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0

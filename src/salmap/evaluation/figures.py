@@ -333,7 +333,7 @@ def _segmentation_figure(prep: Prepared, m: int, a: int, examples: dict[str, Ten
 def _explanations(prep: Prepared, out: Path, folder: Path, shown: list[int], load_model: Any, add: Any,
                   ) -> list[dict[str, Any]]:
     """Attribution overlays of the figure samples for every model and explainer."""
-    from salmap.evaluation.config import EXPLAINERS
+    from salmap import registry
 
     cfg, ds = prep.cfg, prep.dataset
     found: list[dict[str, Any]] = []
@@ -345,7 +345,7 @@ def _explanations(prep: Prepared, out: Path, folder: Path, shown: list[int], loa
         x = ds.x[idx].to(cfg.device)
         y = ds.y[idx].to(cfg.device)
         for e, spec in enumerate(cfg.explanations):
-            explainer = EXPLAINERS[spec.explainer].resolve()(model, **spec.params)
+            explainer = registry.get_explainer(spec.explainer).build(model, **spec.params)
             start = time.perf_counter()
             # a segmenter is explained for its own predicted mask; a classifier for the true class
             heat = explainer.attribute(x, target=y if ds.task == "classification" else None)

@@ -1,22 +1,38 @@
 """The models and the dataset of a run, opened once and handed from validation to the plan.
 
 Validation (:mod:`salmap.evaluation.config`) opens every checkpoint and the dataset to
-check them; it keeps what it opened in a :class:`Resources`, and the plan and the
-execute step use those same objects: each model is loaded once per process per run.
+check them: one sample goes through each model (its task, and whether it takes the data's
+shape), and each attack and explainer is checked against each model (its task, whether it
+needs a ``torch.nn.Module``, Grad-CAM's layer). What was opened is kept in a
+:class:`Resources`; :func:`open_resources` hands those same objects to the plan, so each
+model is loaded once per process per run. A model path naming Python code
+(``module:factory``) is not opened during validation: only by :func:`open_resources`, and
+only when the command line allowed code.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from salmap import data as datasets
 from salmap import models as zoo
+from salmap import registry
+from salmap.evaluation.checker import Checker
+from salmap.evaluation.sections import is_factory
 
 if TYPE_CHECKING:
-    from salmap.evaluation.config import RunConfig
+    from salmap.evaluation.settings import (
+        AttackConfig,
+        DataConfig,
+        ExplainConfig,
+        ModelConfig,
+        RunConfig,
+    )
 
 _BUILTIN_CACHE: dict[tuple[str, str], Any] = {}
 
@@ -44,47 +60,181 @@ def bounds_from_meta(meta: dict[str, Any]) -> tuple[Any, Any]:
 
 @dataclass
 class LoadedModel:
-    """One opened model: its module (in eval mode), metadata and bounds."""
+    """One opened model: its module (in eval mode), metadata, bounds and task.
+
+    ``task`` is ``"classification"`` (``(B, K)`` outputs) or ``"segmentation"``
+    (``(B, K, H, W)``), read from one sample of the run's data; ``None`` when not known.
+    """
 
     path: str
     module: nn.Module
     meta: dict[str, Any]
     bounds: tuple[Any, Any]
+    task: str | None = None
 
 
-def load_model(path: str, device: str = "cpu") -> LoadedModel:
-    """Open the model at ``path`` (checkpoint folder, TorchScript/.pt2 file or module:factory)."""
+def load_model(path: str, device: str = "cpu", allow_code: bool = False) -> LoadedModel:
+    """Open the model at ``path`` (checkpoint folder, TorchScript file or, with ``allow_code``, module:factory)."""
+    if is_factory(path) and not allow_code:
+        raise ValueError(f"{path!r} names Python code (module:factory); it runs only with --allow-code")
     module, meta = zoo.load_with_meta(path)
     return LoadedModel(path, module.to(device).eval(), meta, bounds_from_meta(meta))
 
 
+def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
+    """The model's task from its output on the dataset's first sample; ValueError naming both shapes."""
+    x = ds.x[:1].to(next(iter(model.module.parameters()), torch.empty(0)).device)
+    try:
+        with torch.no_grad():
+            out = model.module.eval()(x)
+    except Exception as err:  # a model that cannot take the data's samples: say so before any work
+        raise ValueError(f"does not take the data's samples of shape {tuple(ds.x.shape[1:])}: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"must return (B, classes) logits or (B, classes, H, W) scores, got {shape}")
+    return "classification" if out.dim() == 2 else "segmentation"
+
+
 @dataclass
 class Resources:
-    """What a run works on: the dataset split and one :class:`LoadedModel` per ``cfg.models`` entry."""
+    """What a run works on: the dataset split and one :class:`LoadedModel` per ``cfg.models`` entry.
+
+    A model that names code (``module:factory``) is ``None`` until :func:`open_resources`.
+    """
 
     dataset: datasets.Dataset
-    models: list[LoadedModel] = field(default_factory=list)
+    models: list[LoadedModel | None] = field(default_factory=list)
     device: str = "cpu"
 
     def to(self, device: str) -> Resources:
         """The same resources with the models on ``device`` (moved in place)."""
         if device != self.device:
             for m in self.models:
-                m.module = m.module.to(device)
+                if m is not None:
+                    m.module = m.module.to(device)
             self.device = device
         return self
 
 
 def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:
-    """Open the dataset and every model of ``cfg`` (errors name the entry that failed)."""
-    ds = load_split(cfg.data.name, cfg.data.split)
-    loaded = []
+    """The dataset and every model of ``cfg`` on ``device``: those validation opened, and the
+    others (module:factory paths, allowed by ``cfg.allow_code``) opened now.
+
+    Errors name the entry that failed (``models[1].path: ...``).
+    """
+    res = cfg.resources
+    if res is None:
+        res = Resources(load_split(cfg.data.name, cfg.data.split), [None] * len(cfg.models))
     for i, m in enumerate(cfg.models):
+        if res.models[i] is not None:
+            continue
         try:
-            loaded.append(load_model(m.path, device))
+            loaded = load_model(m.path, res.device, allow_code=cfg.allow_code)
+            loaded.task = model_task(loaded, res.dataset)
         except (ValueError, OSError, RuntimeError) as err:
             raise ValueError(f"models[{i}].path: {err}") from None
-    return Resources(ds, loaded, device)
+        res.models[i] = loaded
+    cfg.resources = res
+    return res.to(device)
 
 
-__all__ = ["LoadedModel", "Resources", "bounds_from_meta", "load_model", "load_split", "open_resources"]
+def check_resources(
+    check: Checker, data: DataConfig, models: list[ModelConfig], attacks: list[AttackConfig],
+    explanations: list[ExplainConfig], allow_code: bool = False,
+) -> Resources | None:
+    """Open the dataset and every model file now, so that a wrong path, count, shape or pairing
+    fails before any work; the problems go to ``check`` with their key paths.
+
+    Returns what was opened (handed to the plan: nothing is opened twice), or None on a problem.
+    """
+    ds = None
+    try:
+        ds = load_split(data.name, data.split)
+    except ValueError as err:
+        check.add("data.name", str(err))
+    else:
+        if data.num is not None and data.num > len(ds):
+            check.add("data.num", f"asks for {data.num} samples but {data.name} ({data.split}) holds only {len(ds)}")
+    loaded: list[LoadedModel | None] = []
+    for i, m in enumerate(models):
+        if not m.path or is_factory(m.path):  # code runs only at the plan, and only with --allow-code
+            loaded.append(None)
+            continue
+        try:
+            model = load_model(m.path)
+            if ds is not None:
+                model.task = model_task(model, ds)
+        except (ValueError, OSError, RuntimeError) as err:
+            check.add(f"models[{i}].path", str(err))
+            loaded.append(None)
+            continue
+        loaded.append(model)
+        if ds is not None and model.task != ds.task:
+            check.add(f"models[{i}].path", f"is a {_noun(model.task)} but {data.name} is a {ds.task} dataset")
+    for i, a in enumerate(attacks):
+        if a.attack:
+            _check_pairing(check, f"attacks[{i}]", registry.get_attack(a.attack), a.params, models, loaded, ds,
+                           data.name)
+    for i, e in enumerate(explanations):
+        if e.explainer:
+            _check_pairing(check, f"explanations[{i}]", registry.get_explainer(e.explainer), e.params, models,
+                           loaded, ds, data.name)
+    if ds is None or any(m is None and not is_factory(cfg.path) for m, cfg in zip(loaded, models, strict=True)):
+        return None
+    return Resources(ds, loaded)
+
+
+def _noun(task: str | None) -> str:
+    return {"classification": "classifier", "segmentation": "segmenter"}.get(task or "", "model")
+
+
+def _check_pairing(
+    check: Checker, path: str, entry: registry.Entry, params: dict[str, Any], models: list[ModelConfig],
+    loaded: list[LoadedModel | None], ds: datasets.Dataset | None, data_name: str,
+) -> None:
+    """An attack or explainer against the dataset and each opened model."""
+    kind = "attack" if entry.kind == "attack" else "explainer"
+    works = f"{entry.name} {'attacks' if kind == 'attack' else 'explains'} {' and '.join(entry.tasks)} models"
+    if ds is not None and ds.task not in entry.tasks:
+        check.add(f"{path}.{kind}", f"{works} but {data_name} is a {ds.task} dataset")
+        return
+    for j, model in enumerate(loaded):
+        if model is None:
+            continue
+        label = f"models[{j}] ({models[j].name})"
+        if model.task is not None and model.task not in entry.tasks:
+            check.add(f"{path}.{kind}", f"{works} but {label} is a {_noun(model.task)}")
+        elif entry.requires_module(params) and not isinstance(model.module, nn.Module):
+            check.add(f"{path}.{kind}", f"{entry.name} needs a torch.nn.Module model, {label} is "
+                      f"{type(model.module).__name__}")
+        elif "layer" in entry.param_map and isinstance(model.module, nn.Module):
+            problem = _layer_problem(model.module, params.get("layer"))
+            if problem:
+                check.add(f"{path}.params.layer", f"{problem} in {label}")
+
+
+def _layer_problem(module: nn.Module, layer: Any) -> str | None:
+    """Why ``layer`` (a dotted module name, or None for the default) is not usable, or None."""
+    from salmap.explain.gradcam import default_layer
+
+    names = [n for n, _ in module.named_modules() if n]
+    if layer is None:
+        try:
+            default_layer(module)
+        except ValueError as err:
+            return str(err)
+        return None
+    if layer in names:
+        return None
+    close = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.5)
+    hint = f"close names: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
+    return f"{layer!r} is not a module name ({hint})"
+
+
+__all__ = [
+    "LoadedModel", "Resources", "bounds_from_meta", "check_resources", "load_model", "load_split", "model_task",
+    "open_resources",
+]

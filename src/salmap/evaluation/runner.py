@@ -70,8 +70,9 @@ from tqdm.auto import tqdm
 
 from salmap import data as datasets
 from salmap import models as zoo
+from salmap import registry
 from salmap.attacks.base import Attack
-from salmap.evaluation.config import ATTACKS, AttackConfig, RunConfig, load_split
+from salmap.evaluation.config import AttackConfig, RunConfig, load_split
 from salmap.evaluation.distributed import World, from_environment
 from salmap.evaluation.store import (
     BATCHES,
@@ -221,16 +222,12 @@ def load_model(path: str, device: str) -> tuple[nn.Module, tuple[float, float]]:
 
 def build_attack(attack: AttackConfig, model: nn.Module, bounds: tuple[float, float], seed: int) -> Attack:
     """The attack object of a run entry; a ``seed`` parameter defaults to one derived from the run's."""
-    import inspect
-
-    cls = ATTACKS[attack.attack].resolve()
-    accepted = inspect.signature(cls).parameters
+    entry = registry.get_attack(attack.attack)
     params = dict(attack.params)
-    if "bounds" in accepted:
-        params["bounds"] = bounds
-    if "seed" in accepted and "seed" not in params:
+    if "seed" in entry.param_map and "seed" not in params:
         params["seed"] = derive_seed(seed, "attack", attack.name) % (2**31)
-    return cls(model, **params)  # type: ignore[no-any-return]
+    built: Attack = entry.build(model, bounds=bounds, **params)
+    return built
 
 
 def run_unit(prep: Prepared, unit: Unit, attack: Attack, device: str) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
@@ -243,7 +240,7 @@ def run_unit(prep: Prepared, unit: Unit, attack: Attack, device: str) -> tuple[l
     position = torch.arange(unit.start, unit.stop)
     torch.manual_seed(derive_seed(cfg.seed, "unit", unit.key))  # for attacks drawing from the global RNG
     target = prep.targets[unit.attack]
-    if ATTACKS[spec.attack].task == "segmentation":
+    if "classification" not in registry.get_attack(spec.attack).tasks:
         return _segmentation_unit(prep, unit, attack, device)
     goals: Tensor | None = None
     if spec.targets == "all":

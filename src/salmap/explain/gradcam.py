@@ -44,7 +44,9 @@ def default_layer(model: nn.Module) -> str:
     names = dict(model.named_modules())
     if "layer4" in names:
         return "layer4"
-    convs = [n for n, m in names.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and n]
+    kinds = ("Conv1d", "Conv2d", "Conv3d")  # TorchScript submodules keep the class name as original_name
+    convs = [n for n, m in names.items()
+             if n and (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or getattr(m, "original_name", "") in kinds)]
     if not convs:
         raise ValueError(f"layer is needed: {type(model).__name__} has no layer4 and no convolution")
     return convs[-1]

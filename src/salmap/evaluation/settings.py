@@ -1,0 +1,107 @@
+"""The settings of an evaluation run: what :func:`salmap.evaluation.config.parse_config` returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from salmap.evaluation.resources import Resources
+
+
+class ConfigError(ValueError):
+    """Every problem of a run description, one ``key.path: message`` per line."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "run") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {message}" for path, message in problems)
+        super().__init__(f"{source} has {len(problems)} problem{'s' if len(problems) != 1 else ''}:\n{lines}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist-sample"
+    split: str = "test"
+    #: number of samples; None means all
+    num: int | None = None
+    #: which samples: a seeded random choice (``random``, the default: splits are often sorted
+    #: by class) or the first ``num`` of the split (``first``)
+    select: str = "random"
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    path: str
+    #: the defense this checkpoint embodies (a label for the tables; None for an undefended model)
+    defense: str | None = None
+
+
+@dataclass
+class AttackConfig:
+    name: str
+    attack: str
+    targets: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExplainConfig:
+    name: str
+    explainer: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FigureConfig:
+    #: samples shown in the adversarial grids and explanation overlays
+    samples: int = 8
+    enabled: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A validated run description; see the module docstring for the file format."""
+
+    output: str
+    models: list[ModelConfig]
+    attacks: list[AttackConfig]
+    data: DataConfig = field(default_factory=DataConfig)
+    explanations: list[ExplainConfig] = field(default_factory=list)
+    name: str = "evaluation"
+    seed: int = 0
+    batch_size: int = 100
+    device: str = "cpu"
+    figures: FigureConfig = field(default_factory=FigureConfig)
+    report: bool = True
+    #: the command line allowed model paths that name Python code (``--allow-code``); a run
+    #: file cannot set it, and it is not part of the description
+    allow_code: bool = field(default=False, compare=False)
+    #: the models and dataset opened during validation, handed to the plan (not part of the description)
+    resources: Resources | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(replace(self, resources=None))
+        payload.pop("resources")
+        payload.pop("allow_code")
+        return payload
+
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        """A hash of everything that determines the results (not the output folder nor the device).
+
+        ``extra`` adds facts found while validating (hashes of model weights and data).
+        """
+        payload = self.to_dict()
+        payload.pop("output")
+        payload.pop("device")
+        payload.pop("report")
+        payload["extra"] = extra or {}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "FigureConfig", "ModelConfig", "RunConfig",
+]
