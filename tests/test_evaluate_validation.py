@@ -108,9 +108,14 @@ def test_torchscript_is_a_module(tmp_path, lenet):
     scripted = torch.jit.script(models.load(lenet))
     path = tmp_path / "lenet.pt"
     torch.jit.save(scripted, str(path))
-    cfg = parse_config(run(path, tmp_path / "out", explanations=[{"explainer": "gradcam"}]))
+    cfg = parse_config(run(path, tmp_path / "out", explanations=[{"explainer": "gradient"}],
+                           attacks=[{"attack": "isi", "params": {"indicator": "sensitivity"}}]))
     assert isinstance(cfg.resources.models[0].module, nn.Module)
     assert cfg.resources.models[0].task == "classification"
+    with pytest.raises(ConfigError) as info:  # Grad-CAM hooks a layer: not possible in TorchScript
+        parse_config(run(path, tmp_path / "out", explanations=[{"explainer": "gradcam"}]))
+    assert info.value.problems == [("explanations[0].explainer", "gradcam needs forward hooks on the model's "
+                                    "layers, which TorchScript models such as models[0] (lenet) do not support")]
 
 
 def test_each_model_and_the_data_are_opened_once_and_handed_to_the_plan(tmp_path, lenet, monkeypatch):

@@ -194,7 +194,8 @@ def register_attack(
     flags: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}``
         adds the switch ``--single`` setting ``pairs=False``; ``{"alias": "param"}`` adds
         ``--alias VALUE`` for ``param``.
-    extra: anything else a front end may read; ``budget={"linf": "eps"}`` names the parameter
+    extra: anything else a front end may read; ``hooks=True`` says it registers hooks on the
+        model's layers (so TorchScript models are refused at validation); ``budget={"linf": "eps"}`` names the parameter
         that bounds a distortion metric of :class:`~salmap.attacks.base.AttackResult` (``l0``,
         ``l0_fraction``, ``l2``, ``linf``); the property tests check it.
     """

@@ -210,6 +210,9 @@ def _check_pairing(
         elif entry.requires_module(params) and not isinstance(model.module, nn.Module):
             check.add(f"{path}.{kind}", f"{entry.name} needs a torch.nn.Module model, {label} is "
                       f"{type(model.module).__name__}")
+        elif entry.extra.get("hooks") and isinstance(model.module, torch.jit.ScriptModule):
+            check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, which "
+                      f"TorchScript models such as {label} do not support")
         elif "layer" in entry.param_map and isinstance(model.module, nn.Module):
             problem = _layer_problem(model.module, params.get("layer"))
             if problem:

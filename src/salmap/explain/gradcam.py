@@ -52,7 +52,7 @@ def default_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
-@register_explainer("gradcam", needs_module=True)
+@register_explainer("gradcam", needs_module=True, hooks=True)
 class GradCAM(Explainer):
     """Gradient-weighted class activation map of one layer, upsampled to the input size.
 
