@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 from salmap._validate import BoundsLike, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
-from salmap.explain.lrp import (
+from salmap.gradients import Model, output_vjps
+from salmap.lrp import (
     COMPOSITES,
     Composite,
     LRPPlan,
@@ -16,7 +17,6 @@ from salmap.explain.lrp import (
     lrp_relevance,
     make_composite,
 )
-from salmap.gradients import Model, output_vjps
 from salmap.registry import register_attack
 
 INDICATORS = ("relevance", "sensitivity")
@@ -50,7 +50,7 @@ class ISI(Attack):
     Indicators (of the score ``F`` the attack lowers):
 
     - ``"sensitivity"``: ``g = dF/dx``; significance ``|g|``; direction ``-sign(g)``.
-    - ``"relevance"``: LRP relevance ``R`` of ``F`` (:func:`salmap.explain.lrp.lrp_relevance`)
+    - ``"relevance"``: LRP relevance ``R`` of ``F`` (:func:`salmap.lrp.lrp_relevance`)
       and the LRP-modified gradient ``g~`` at ``x`` (``R = x * g~`` for the gradient-form
       rules). Direction ``-sign(g~)``, the way that removes the feature's contribution;
       significance ``R - b * g~ = (x - b) g~`` with ``b`` the bound in that direction: the
@@ -79,7 +79,7 @@ class ISI(Attack):
       succeeded leaves before it is changed again.
     - The default LRP composite is ``"epsilon"`` (LRP-epsilon, eps=1e-6, on every layer;
       the original code used iNNvestigate's LRP analysers): it costs one forward and one
-      backward pass (see :mod:`salmap.explain.lrp`), and on the Papernot lenet it gave far
+      backward pass (see :mod:`salmap.lrp`), and on the Papernot lenet it gave far
       higher success than ``"epsilon-plus"``, whose z+ redistribution says little about
       which way a pixel should move, and than a larger epsilon (0.01, 0.1, 0.5 lost 0.3,
       6.6 and 17 points of success on those 197 images).
@@ -95,7 +95,7 @@ class ISI(Attack):
         10 (L2). Not used by Linf.
     bounds: valid input range ``(low, high)``.
     lrp_composite: the LRP rules for ``"relevance"``: a name from
-        :data:`salmap.explain.lrp.COMPOSITES` or a :class:`~salmap.explain.lrp.Composite`.
+        :data:`salmap.lrp.COMPOSITES` or a :class:`~salmap.lrp.Composite`.
     objective: the score ``F`` that is lowered: ``"logit"``, ``"margin"`` or ``None`` (``"logit"``
         untargeted, ``"margin"`` targeted; see above).
 
@@ -149,7 +149,7 @@ class ISI(Attack):
 
         One forward and one (LRP-modified, for ``"relevance"``) backward pass; the logits are those
         of that forward pass. The direction is the way each feature should move to lower ``F``
-        (see the class docstring). ``plan``: :func:`~salmap.explain.lrp.lrp_plan` of the model, reused.
+        (see the class docstring). ``plan``: :func:`~salmap.lrp.lrp_plan` of the model, reused.
         """
         objective = self.objective or ("margin" if targeted else "logit")
 
