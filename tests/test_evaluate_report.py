@@ -116,7 +116,7 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
 def test_budget_curve_known_answer() -> None:
     import torch
 
-    from salmap.evaluation.figures import budget_curve
+    from salmap.metrics import budget_curve
 
     distortion = torch.tensor([0.1, 0.3, 0.2, 0.05])
     success = torch.tensor([True, True, False, True])
@@ -128,7 +128,7 @@ def test_budget_curve_known_answer() -> None:
 def test_figures_write_pngs(tmp_path: Path) -> None:
     import torch
 
-    from salmap.evaluation.figures import explanation_overlay, pair_heatmap, source_target_grid
+    from salmap.plot import explanation_overlay, pair_heatmap, source_target_grid
 
     x = torch.rand(3, 1, 8, 8)
     adv = {(s, t): torch.rand(1, 8, 8) for s in range(3) for t in range(3) if s != t}

@@ -10,7 +10,7 @@ import torch
 
 from salmap import models
 from salmap.cli import main
-from salmap.explain.plot import attack_grid, explanation_grid, to_heat
+from salmap.plot import attack_grid, explanation_grid, to_heat
 
 
 @pytest.fixture(scope="module")

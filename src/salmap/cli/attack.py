@@ -118,7 +118,7 @@ def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch
 
 
 def run_classifier_attack(args: argparse.Namespace) -> int:
-    from salmap.evaluation.figures import adversarial_grid
+    from salmap.plot import adversarial_grid
 
     model, meta = load_model(args.model, args.device, **model_options(args))
     ds = load_data(args.data, args.split, args.num)
@@ -162,25 +162,16 @@ def grid_figures(result: AttackResult, y: torch.Tensor, targets: torch.Tensor, s
                  ds: Any, out: Path, title: str) -> tuple[dict[str, Any], list[Path]]:
     """Success rate and mean L0 per (source, target) pair of a ``--targeted all`` run, with pictures.
 
-    Writes ``pairs.png`` (success per pair) and, when every class has an image,
-    ``source-target.png`` (Papernot et al.'s figure: the first image of each class attacked
-    towards every other class). Returns the two ``(K, K)`` matrices as lists (NaN where no
-    image) and the pictures written.
+    Writes the pictures of :func:`salmap.plot.source_target_figures`. Returns the two
+    ``(K, K)`` matrices as lists (NaN where no image) and the pictures written.
     """
-    from salmap.evaluation.figures import pair_heatmap, pair_rates, source_target_grid
+    from salmap.metrics import pair_rates
+    from salmap.plot import source_target_figures
 
     k = ds.num_classes
     y, targets, source = y.cpu(), targets.cpu(), source.cpu()
     success = pair_rates(y, targets, result.success.cpu().float(), k)
     l0 = pair_rates(y, targets, result.l0_fraction.cpu(), k)
-    written = [pair_heatmap(success, out / "pairs.png", ds.class_names,
-                            title=f"{title}\nsuccess per source-target pair")]
-    firsts = [int(source[(y == c).nonzero()[0, 0]]) for c in range(k) if (y == c).any()]
-    if len(firsts) == k:
-        rows = {c: (source == s).nonzero().flatten() for c, s in enumerate(firsts)}
-        adversarial = {(c, int(targets[i])): result.x_adv[i].cpu() for c, r in rows.items() for i in r.tolist()}
-        won = {(c, int(targets[i])): bool(result.success[i]) for c, r in rows.items() for i in r.tolist()}
-        sources = torch.stack([ds.x[s] for s in firsts])
-        written.append(source_target_grid(sources, adversarial, out / "source-target.png", ds.class_names, won,
-                                          title=f"{title}\n(rows: source, columns: target)"))
+    written = source_target_figures(success, result.success, result.x_adv, y, targets, source, ds.x, out,
+                                    ds.class_names, title)
     return {"success": success.tolist(), "l0_fraction": l0.tolist()}, written  # write_json: NaN as null

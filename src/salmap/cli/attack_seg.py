@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print_table,
         write_json,
     )
-    from salmap.evaluation.seg_figures import segmentation_grid
+    from salmap.plot import segmentation_grid
 
     model, meta = load_model(args.model, args.device, **model_options(args))
     data = args.data

@@ -32,9 +32,9 @@ from salmap.cli.common import (
 )
 from salmap.cli.flags import add_entry_flags, listing, params_from_args
 from salmap.explain import Explainer
-from salmap.explain.plot import attack_grid, explanation_grid, to_heat
 from salmap.explain.targets import _majority_foreground
 from salmap.gradients import forward
+from salmap.plot import attack_grid, explanation_grid, to_heat
 
 #: explainer parameters the command sets itself: the seed from --seed; a progress bar
 RESERVED = frozenset({"seed", "progress"})

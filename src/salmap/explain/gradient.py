@@ -34,7 +34,7 @@ class GradientSaliency(Explainer):
     Returns
     -------
     :meth:`attribute` returns a tensor shaped like ``x`` (one value per input feature,
-    channels kept; :mod:`salmap.explain.plot` reduces channels for display).
+    channels kept; :mod:`salmap.plot` reduces channels for display).
 
     Examples
     --------

@@ -6,16 +6,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from salmap._validate import check_bounds
+from salmap.plot.common import class_label, plt, save_figure, to_image
 
-from salmap._validate import check_bounds  # noqa: E402
-from salmap.evaluation.figures import class_label, save_figure, to_image  # noqa: E402
+__all__ = ["attack_grid", "explanation_grid", "explanation_overlay", "overlay", "to_heat"]
 
 
 def to_heat(maps: Tensor) -> Tensor:
@@ -151,4 +149,26 @@ def attack_grid(
     return save_figure(fig, path, title, tight=True)
 
 
-__all__ = ["attack_grid", "explanation_grid", "overlay", "to_heat"]
+def explanation_overlay(
+    x: Tensor, heat: Tensor, labels: Tensor, path: str | Path, class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Each image with its attribution map laid over it (channels summed, absolute, scaled per image)."""
+    n = x.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.4 * n + 0.4, 3.2), squeeze=False)
+    heat = heat.detach().float().cpu()
+    maps = heat.abs().sum(dim=1) if heat.dim() == 4 else heat.abs()
+    cmap = "gray" if x.shape[1] == 1 else None
+    for i in range(n):
+        peak = float(maps[i].max()) or 1.0
+        axes[0, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
+        if labels.dim() == 1:  # class labels; a segmentation mask gets no title
+            axes[0, i].set_title(class_label(class_names, int(labels[i])), fontsize=8)
+        axes[1, i].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
+        axes[1, i].imshow(maps[i].numpy() / peak, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        for ax in axes[:, i]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

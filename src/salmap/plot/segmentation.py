@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from salmap.evaluation.figures import save_figure, to_image  # noqa: E402
+from salmap.plot.common import plt, save_figure, to_image
 
 COLUMNS = ("input", "prediction", "target mask", "adversarial input", "adversarial prediction", "perturbation")
 
