@@ -97,3 +97,45 @@ def test_factory_and_missing(tmp_path):
     (tmp_path / "bad" / "model.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         models.load(tmp_path / "bad")
+
+
+def test_a_saved_defended_model_loads_in_a_fresh_process_without_importing_defenses_first(tmp_path):
+    # models/ never imports defenses/: the defended models register through the provider that
+    # salmap/__init__.py adds, which runs the first time the zoo is read.
+    import subprocess
+    import sys
+
+    model = models.build("block-switch", base={"name": "lenet", "kwargs": {"num_classes": 3}}, channels=2)
+    models.save(model, tmp_path / "b")
+    code = (
+        "import sys\n"
+        "from salmap import models\n"
+        "assert 'salmap.defenses' not in sys.modules\n"
+        f"m = models.load({str(tmp_path / 'b')!r})\n"
+        "print(type(m).__module__, type(m).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["salmap.defenses.block_switch", "BlockSwitch"]
+
+
+def test_a_provider_runs_once_and_again_after_it_failed(monkeypatch):
+    from salmap.models import registry
+
+    monkeypatch.setattr(registry, "_PROVIDERS", [])
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not yet")
+        registry.register("provided-test-model")(lambda: nn.Linear(2, 2))
+
+    models.add_provider(flaky)
+    with pytest.raises(RuntimeError, match="not yet"):
+        models.available()
+    assert "provided-test-model" in models.available()
+    assert "provided-test-model" in models.available() and len(calls) == 2
+    monkeypatch.delitem(registry._FACTORIES, "provided-test-model")
+    with pytest.raises(ValueError, match="provider must be a callable"):
+        models.add_provider("salmap.defenses")  # type: ignore[arg-type]

@@ -3,9 +3,9 @@
 from salmap.models.checkpoint import load, load_with_meta, read_meta, save
 from salmap.models.normalized import Normalized
 from salmap.models.outputs import SelectOutput, logits_of
-from salmap.models.registry import available, build, register
+from salmap.models.registry import add_provider, available, build, register
 
 __all__ = [
-    "Normalized", "SelectOutput", "available", "build", "load", "load_with_meta", "logits_of", "read_meta",
-    "register", "save",
+    "Normalized", "SelectOutput", "add_provider", "available", "build", "load", "load_with_meta", "logits_of",
+    "read_meta", "register", "save",
 ]

@@ -1,4 +1,16 @@
-"""The model zoo's registry: names to factories, and :func:`build`."""
+"""The model zoo's registry: names to factories, and :func:`build`.
+
+The zoo's own architectures (lenet, resnet18/34, unet) register from their modules here.
+Models built elsewhere register themselves from their own files with :func:`register`;
+``models/`` never imports the packages above it. So that such a model is known before any
+code of its package has been imported (``models.load`` of a saved defended model, in a
+fresh process), its package names a *provider* with :func:`add_provider`: a function,
+run once the first time the zoo is read (:func:`available`, :func:`build`), that imports
+the modules which register. ``salmap/__init__.py`` adds the provider of
+:mod:`salmap.defenses` (the denoiser, purified and block-switch models), so it is in place
+wherever salmap is used, while importing salmap still imports no defense code. Providers
+are added by code, never named by a checkpoint: a file can only pick among registered names.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +21,8 @@ from typing import Any
 from torch import nn
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+#: functions that register more models, not run yet (see :func:`add_provider`).
+_PROVIDERS: list[Callable[[], None]] = []
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -27,11 +41,25 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def add_provider(provider: Callable[[], None]) -> None:
+    """Add a function that registers more models (by importing their modules); it runs once,
+    the first time the zoo is read."""
+    if not callable(provider):
+        raise ValueError(f"provider must be a callable, got {type(provider).__name__}")
+    _PROVIDERS.append(provider)
+
+
 def _load_zoo() -> None:
     # Importing the modules registers their factories.
-    # Defended models ('dae', 'purified', 'block-switch') are zoo models too, so checkpoints round-trip.
-    from salmap.defenses import block_switch, denoiser  # noqa: F401
     from salmap.models import lenet, resnet, unet  # noqa: F401
+
+    while _PROVIDERS:
+        provider = _PROVIDERS.pop(0)  # popped first: a provider that reads the zoo does not run itself again
+        try:
+            provider()
+        except BaseException:
+            _PROVIDERS.insert(0, provider)  # tried again the next time the zoo is read
+            raise
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
