@@ -5,6 +5,8 @@ for, over the whole batch at once. The model is put in eval mode with frozen
 parameters while it runs and restored afterwards (see :func:`frozen`). Every forward
 pass goes through :func:`forward`, which reduces tuples, dicts and ``ModelOutput``s to
 their logits (:func:`salmap.models.outputs.logits_of`).
+Iterative attacks run their steps through :func:`active_set_loop`, which drops finished
+samples.
 """
 
 from __future__ import annotations
@@ -190,3 +192,71 @@ def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
     """Model outputs for ``x`` in batches of ``batch_size``, without gradients."""
     outs = [forward(model, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return torch.cat(outs)
+
+
+#: ``step(rows) -> (stepped, updates)`` of :func:`active_set_loop`.
+ActiveStep = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+
+
+def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int | None = None) -> Tensor:
+    """Iterate ``step`` over the samples still running, dropping each sample when it finishes.
+
+    The loop every iterative attack shares (auto-attack's "re-attack only what is still
+    robust"): each iteration gathers the rows of the active samples from every tensor of
+    ``state``, calls ``step`` on them, writes the updated rows of the samples that took a
+    step back into ``state`` and keeps only those samples. It stops when no sample is left
+    or after ``max_steps`` iterations. A sample's computation never depends on which other
+    samples are still running (batched equals one by one), and finished samples cost nothing.
+
+    Parameters
+    ----------
+    state:
+        Per-sample tensors sharing their first dimension ``B`` (inputs being changed, labels,
+        masks, ...). Updated in place: the returned rows of each step are written back.
+    step:
+        ``step(rows) -> (stepped, updates)``. ``rows`` maps every name of ``state`` to the rows
+        of the active samples ``(A, ...)``, in ascending sample order (copies: the step may
+        change them in place and return them as updates). ``stepped`` is a bool
+        ``(A,)``: the samples that took a step (they stay active); the others are finished
+        and keep their state from before this call. ``updates`` maps names of ``state`` to
+        new rows ``(A, ...)``; only the rows of stepped samples are written back.
+    max_steps:
+        Iteration budget; ``None`` runs until every sample has finished.
+
+    Returns
+    -------
+    Tensor
+        Long ``(B,)``: the steps each sample took.
+
+    Examples
+    --------
+    >>> state = {"x": torch.tensor([0.0, 5.0, 2.0])}
+    >>> def step(rows):
+    ...     going = rows["x"] < 3
+    ...     return going, {"x": rows["x"] + 1}
+    >>> active_set_loop(state, step, max_steps=10), state["x"]
+    (tensor([3, 0, 1]), tensor([3., 5., 3.]))
+    """
+    if not state:
+        raise ValueError("state must hold at least one per-sample tensor, got an empty dict")
+    first = next(iter(state.values()))
+    batch = first.shape[0]
+    for name, value in state.items():
+        if value.shape[0] != batch:
+            raise ValueError(
+                f"state tensors must share their first dimension {batch}, got {name!r} of shape {tuple(value.shape)}"
+            )
+    if max_steps is not None and max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0 or None, got {max_steps}")
+    iterations = torch.zeros(batch, dtype=torch.long, device=first.device)
+    active = torch.arange(batch, device=first.device)
+    taken = 0
+    while active.numel() and (max_steps is None or taken < max_steps):
+        stepped, updates = step({name: value[active] for name, value in state.items()})
+        moved = active[stepped]
+        for name, rows in updates.items():
+            state[name][moved] = rows[stepped]
+        iterations[moved] += 1
+        active = moved
+        taken += 1
+    return iterations
