@@ -10,7 +10,7 @@ from torch import Tensor
 
 from salmap._validate import BoundsLike, _short, check_number
 from salmap.attacks.base import Attack
-from salmap.gradients import Model, forward, loss_grad
+from salmap.gradients import Model, active_set_loop, forward, loss_grad
 from salmap.randomness import sample_uniform
 from salmap.registry import register_attack
 
@@ -175,32 +175,30 @@ class PGD(Attack):
         """One run of PGD from the random start of restart number ``restart``."""
         low, high = self.bounds.like(x)
         direction = -1.0 if targeted else 1.0
-        per_sample = isinstance(eps, Tensor)
         x_adv = x.clone()
         if self.random_start:
             noise = sample_uniform(x, self.seed, restart)
             x_adv = torch.clamp(x + (2 * noise - 1) * eps, low, high)  # type: ignore[arg-type]
-        iterations = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        active = torch.arange(x.shape[0], device=x.device)
-        eps_a, step_a = eps, step
-        for _ in range(self.steps):
-            if active.numel() == 0:
-                break
-            logits, grad = loss_grad(self.model, x_adv[active], labels[active], self.loss_fn)
+        state = {"x_adv": x_adv, "x": x, "labels": labels}
+        if isinstance(eps, Tensor):
+            state["eps"] = eps
+        if isinstance(step, Tensor):
+            state["step"] = step
+
+        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            logits, grad = loss_grad(self.model, rows["x_adv"], rows["labels"], self.loss_fn)
             if self.early_stop:
                 pred = logits.argmax(dim=1)
-                done = pred == labels[active] if targeted else pred != labels[active]
-                active, grad = active[~done], grad[~done]
-                if active.numel() == 0:
-                    break
-            if per_sample:
-                eps_a = eps[active]  # type: ignore[index]
-                step_a = step[active] if isinstance(step, Tensor) else step
-            moved = x_adv[active] + direction * step_a * grad.sign()
-            x0 = x[active]
+                going = pred != rows["labels"] if targeted else pred == rows["labels"]
+            else:
+                going = torch.ones_like(rows["labels"], dtype=torch.bool)
+            eps_a, step_a = rows.get("eps", eps), rows.get("step", step)
+            moved = rows["x_adv"] + direction * step_a * grad.sign()
+            x0 = rows["x"]
             moved = torch.clamp(torch.max(torch.min(moved, x0 + eps_a), x0 - eps_a), low, high)  # type: ignore[arg-type]
-            x_adv[active] = moved
-            iterations[active] += 1
+            return going, {"x_adv": moved}
+
+        iterations = active_set_loop(state, one_step, self.steps)
         return x_adv, iterations
 
 

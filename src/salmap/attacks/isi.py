@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from salmap._validate import BoundsLike, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
-from salmap.gradients import Model, output_vjps
+from salmap.gradients import Model, active_set_loop, output_vjps
 from salmap.lrp import (
     COMPOSITES,
     Composite,
@@ -179,12 +179,10 @@ class ISI(Attack):
         batch, shape = x.shape[0], x.shape[1:]
         plan = lrp_plan(self.model, x) if isinstance(self.model, nn.Module) and self.indicator == "relevance" else None
         x_adv = x.clone().reshape(batch, -1)
-        iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
         k = min(self.n_features, x_adv.shape[1])
-        # The state of the samples still running, compacted: finished ones are written back and dropped.
-        active = torch.arange(batch, device=x.device)
-        xa, la, used = x_adv, labels, torch.zeros_like(x_adv, dtype=torch.bool)
-        for _ in range(self.max_iter):
+
+        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            xa, la, used = rows["x"], rows["labels"], rows["used"]
             out, sig, direction = self.significance(xa.view(-1, *shape), la, targeted, plan)
             pred = out.argmax(dim=1)
             done = pred == la if targeted else pred != la
@@ -209,13 +207,10 @@ class ISI(Attack):
                 # Ties among fewer than k candidates: keep the feature as it was where nothing was picked.
                 moved = xa.scatter(1, idx, torch.where(picked, new, old))
                 stuck = ~picked.any(dim=1)
-            keep = ~(done | stuck)
-            iterations[active[keep]] += 1
-            x_adv[active[~keep]] = xa[~keep]
-            active, xa, la, used = active[keep], moved[keep], la[keep], used[keep]
-            if active.numel() == 0:
-                break
-        x_adv[active] = xa
+            return ~(done | stuck), {"x": moved, "used": used}
+
+        used = torch.zeros_like(x_adv, dtype=torch.bool)
+        iterations = active_set_loop({"x": x_adv, "labels": labels, "used": used}, one_step, self.max_iter)
         return x_adv.view_as(x), iterations
 
 

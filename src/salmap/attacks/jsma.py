@@ -22,7 +22,7 @@ from torch import Tensor
 
 from salmap._validate import BoundsLike, check_number, clip_features
 from salmap.attacks.base import Attack
-from salmap.gradients import Model, class_score_grads
+from salmap.gradients import Model, active_set_loop, class_score_grads
 from salmap.pair_search import auto_chunk_size, select_features
 from salmap.registry import register_attack
 
@@ -140,26 +140,28 @@ class JSMA(Attack):
         steps = math.floor(self.gamma * n) // (2 if self.pairs else 1)
         # Targeted with theta > 0, or untargeted with theta < 0, look for pairs that raise Z_t.
         increase = (self.theta > 0) == targeted
-        iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
-        active = torch.arange(batch, device=x.device)[: batch if steps > 0 else 0]
-        while active.numel():
+
+        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            flat_r, domain_r = rows["x"], rows["domain"]
             scores, alpha, beta = class_score_grads(
-                self.model, flat[active].view(-1, *shape), labels[active], self.probabilities
+                self.model, flat_r.view(-1, *shape), rows["labels"], self.probabilities
             )
             pred = scores.argmax(dim=1)
-            going = pred != labels[active] if targeted else pred == labels[active]
-            rows = active[going]
-            chunk = self.chunk_size or auto_chunk_size(rows.numel(), n)
+            going = (pred != rows["labels"] if targeted else pred == rows["labels"]).nonzero().flatten()
+            chunk = self.chunk_size or auto_chunk_size(going.numel(), n)
             index, _, found = select_features(
-                alpha.reshape(-1, n)[going], beta.reshape(-1, n)[going], domain[rows], increase,
+                alpha.reshape(-1, n)[going], beta.reshape(-1, n)[going], domain_r[going], increase,
                 pairs=self.pairs, chunk_size=chunk, candidates=self.candidates,
             )
-            rows, index = rows[found], index[found]
-            at = (rows[:, None], index)
-            flat[at] = clip_features(flat[at] + self.theta, low, high, index)
-            domain[at] = False
-            iterations[rows] += 1
-            active = rows[iterations[rows] < steps]
+            changed, index = going[found], index[found]
+            at = (changed[:, None], index)
+            flat_r[at] = clip_features(flat_r[at] + self.theta, low, high, index)
+            domain_r[at] = False
+            stepped = torch.zeros_like(rows["labels"], dtype=torch.bool)
+            stepped[changed] = True
+            return stepped, {"x": flat_r, "domain": domain_r}
+
+        iterations = active_set_loop({"x": flat, "domain": domain, "labels": labels}, one_step, steps)
         log.debug("JSMA: %d samples, %d iterations at most", batch, int(iterations.max()))
         return flat.view_as(x), iterations
 

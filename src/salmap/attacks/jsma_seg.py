@@ -32,7 +32,7 @@ from salmap.attacks.seg_goals import (
     resize_mask,
 )
 from salmap.attacks.seg_saliency import choose, derivatives, output_mask
-from salmap.gradients import Model
+from salmap.gradients import Model, active_set_loop
 from salmap.metrics import mask_from_output, pixel_accuracy, segmentation_iou
 from salmap.registry import register_attack
 
@@ -235,43 +235,46 @@ class SegmentationJSMA(Attack):
         per = self._per_selection
         changed = torch.zeros(batch, dtype=torch.long, device=x.device)
         touched = torch.zeros(batch, n, dtype=torch.bool, device=x.device)
-        iterations = torch.zeros(batch, dtype=torch.long, device=x.device)
-        active = torch.arange(batch, device=x.device)
         bar = tqdm(desc=f"jsma-seg ({self.map})", unit="it", disable=not self.progress, leave=False)
+
+        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            flat_r, domain_r, touched_r, changed_r, labels_r = (
+                rows[k] for k in ("x", "domain", "touched", "changed", "labels")
+            )
+            out, alpha, beta = self.derivatives(flat_r.view(-1, *shape), labels_r, clean.shape[1])
+            accuracy = pixel_accuracy(self._mask(out), labels_r)
+            going = ((accuracy < self.required) & (changed_r + per <= budget)).nonzero().flatten()
+            stepped = torch.zeros_like(changed_r, dtype=torch.bool)
+            if going.numel() == 0:
+                return stepped, {}
+            allowed = ((budget - changed_r[going]) // per).clamp(max=self.k)
+            a = alpha.reshape(-1, n)[going]
+            b = None if beta is None else beta.reshape(-1, n)[going]
+            where = domain_r[going]
+            if self._local:
+                # Only the input features under the pixels that do not match yet may change.
+                wrong = self._mask(out[going]) != labels_r[going]
+                where = where & resize_mask(wrong, shape[-2:]).bool()[:, None].expand(-1, *shape).reshape(-1, n)
+            index, sign, valid = self._choose(a, b, flat_r[going], where, allowed, (low, high))
+            # Only features changed for the first time count against the budget.
+            fresh = valid & ~touched_r[going[:, None], index]
+            valid &= fresh.long().cumsum(dim=1) <= (budget - changed_r[going])[:, None]
+            r = going[:, None].expand_as(index)[valid]
+            i = index[valid]
+            flat_r[r, i] = clip_features(flat_r[r, i] + sign[valid] * self.theta, low, high, i)
+            touched_r[r, i] = True
+            if self.map == "jsma":
+                domain_r[r, i] = False  # Papernot et al.: a changed feature leaves the search domain
+            changed_r[going] = touched_r[going].sum(dim=1)
+            hit = going[valid.any(dim=1)]
+            stepped[hit] = True
+            bar.update(1)
+            bar.set_postfix(active=int(hit.numel()))
+            return stepped, {"x": flat_r, "domain": domain_r, "touched": touched_r, "changed": changed_r}
+
+        state = {"x": flat, "domain": domain, "touched": touched, "changed": changed, "labels": labels}
         try:
-            while active.numel():
-                out, alpha, beta = self.derivatives(flat[active].view(-1, *shape), labels[active], clean.shape[1])
-                accuracy = pixel_accuracy(self._mask(out), labels[active])
-                going = (accuracy < self.required) & (changed[active] + per <= budget)
-                if self.max_iterations is not None:
-                    going &= iterations[active] < self.max_iterations
-                rows = active[going]
-                if rows.numel() == 0:
-                    break
-                allowed = ((budget - changed[rows]) // per).clamp(max=self.k)
-                a = alpha.reshape(-1, n)[going]
-                b = None if beta is None else beta.reshape(-1, n)[going]
-                where = domain[rows]
-                if self._local:
-                    # Only the input features under the pixels that do not match yet may change.
-                    wrong = self._mask(out[going]) != labels[rows]
-                    where = where & resize_mask(wrong, shape[-2:]).bool()[:, None].expand(-1, *shape).reshape(-1, n)
-                index, sign, valid = self._choose(a, b, flat[rows], where, allowed, (low, high))
-                # Only features changed for the first time count against the budget.
-                fresh = valid & ~touched[rows[:, None], index]
-                valid &= fresh.long().cumsum(dim=1) <= (budget - changed[rows])[:, None]
-                hit = valid.any(dim=1)
-                r = rows[:, None].expand_as(index)[valid]
-                i = index[valid]
-                flat[r, i] = clip_features(flat[r, i] + sign[valid] * self.theta, low, high, i)
-                touched[r, i] = True
-                if self.map == "jsma":
-                    domain[r, i] = False  # Papernot et al.: a changed feature leaves the search domain
-                changed[rows] = touched[rows].sum(dim=1)
-                iterations[rows[hit]] += 1
-                active = rows[hit]
-                bar.update(1)
-                bar.set_postfix(active=int(active.numel()))
+            iterations = active_set_loop(state, one_step, self.max_iterations)
         finally:
             bar.close()
         log.debug("jsma-seg: %d images, %d iterations at most", batch, int(iterations.max()))
