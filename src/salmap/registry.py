@@ -317,8 +317,11 @@ def _load(kind: str) -> None:
         if not isinstance(obj, type):
             logger.warning("salmap: %s plugin %r names %r, not a class", kind, ep.name, obj)
             continue
-        if getattr(obj, "registry_name", None) not in _ENTRIES[kind]:
-            _register(kind, ep.name, None, ("classification",), None, "none", False)(obj)
+        if vars(obj).get("registry_name") not in _ENTRIES[kind]:  # its own decorator, not a base class's
+            if kind == "attack":
+                _register(kind, ep.name, None, ("classification",), None, "none", False)(obj)
+            else:
+                _register(kind, ep.name, None, ("classification", "segmentation"), ("none",), "none", False)(obj)
 
 
 def _entry_points(group: str) -> list[Any]:
