@@ -41,7 +41,7 @@ def run(lenet: Path, out: Path, **changes) -> dict:
         {"explanations": [{"explainer": "gradcam"}]},  # the last convolution by default
         {"explanations": [{"explainer": "occlusion", "params": {"patch": 4, "fill": 0.5}}]},
         {"attacks": [{"attack": "jsma", "targets": "all", "params": {"theta": 1.0, "gamma": 0.145}},
-                     {"attack": "pgd", "targets": "least-likely", "params": {"steps": 2}}]},
+                     {"attack": "pgd", "targets": "next", "params": {"steps": 2}}]},
     ],
 )
 def test_components_that_need_the_real_model_are_accepted(tmp_path, lenet, changes):
@@ -187,3 +187,13 @@ def test_cli_refuses_code_from_the_working_directory(tmp_path, lenet):
     assert "models[0].path: 'evil_mod:make' names Python code" in proc.stderr and "--allow-code" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_targeting_modes_are_those_the_attack_declares_and_evaluate_runs(tmp_path, lenet):
+    with pytest.raises(ConfigError) as info:
+        parse_config(run(lenet, tmp_path / "out", attacks=[
+            {"attack": "jsma", "targets": "hide"}, {"attack": "pgd", "targets": "least-likely"}]))
+    assert [p for p, _ in info.value.problems] == ["attacks[0].targets", "attacks[1].targets"]
+    assert "must be one of none, random, next, all, got 'hide'" in info.value.problems[0][1]
+    cfg = parse_config(run(lenet, tmp_path / "out", attacks=[{"attack": "jsma"}, {"attack": "fgsm"}]))
+    assert [a.targets for a in cfg.attacks] == ["random", "none"]

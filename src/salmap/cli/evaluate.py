@@ -29,6 +29,7 @@ import yaml
 from salmap import registry
 from salmap.cli.flags import parse_spec
 from salmap.evaluation.config import load_config, parse_config
+from salmap.evaluation.settings import RUN_TARGETING
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="model checkpoint; repeat for several (key: models)")
     p.add_argument("--attack", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help=f"attack with parameters, e.g. fgsm:eps=0.1; repeat for several; names: {', '.join(registry.attacks())}")
-    p.add_argument("--targets", choices=["none", "random", "next", "all"],
+    p.add_argument("--targets", choices=[m for m in RUN_TARGETING if m in registry.CLASSIFIER_TARGETING],
                    help="targeting of the attacks given with --attack (default: the attack's own)")
     p.add_argument("--explain", action="append", metavar="NAME",
                    help=f"explainer for the overlays; repeat for several; names: {', '.join(registry.explainers())}")

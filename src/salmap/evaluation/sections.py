@@ -16,7 +16,7 @@ from typing import Any
 
 from salmap import registry
 from salmap.evaluation.checker import Checker, items, join, labels_unique
-from salmap.evaluation.settings import AttackConfig, ExplainConfig, ModelConfig
+from salmap.evaluation.settings import RUN_TARGETING, AttackConfig, ExplainConfig, ModelConfig
 
 
 def resolve(base: Path, path: str) -> Path:
@@ -110,7 +110,9 @@ def parse_attacks(check: Checker, raw: Any) -> list[AttackConfig]:
         params: dict[str, Any] = {}
         valid = False
         if entry is not None:
-            targets = check.choice(f"{path}.targets", a.get("targets"), entry.targeting, entry.default_targeting)
+            modes = tuple(m for m in entry.targeting if m in RUN_TARGETING) or ("none",)
+            default = entry.default_targeting if entry.default_targeting in modes else modes[0]
+            targets = check.choice(f"{path}.targets", a.get("targets"), modes, default)
             before = len(check.problems)
             params = check_params(check, f"{path}.params", entry, a.get("params"))
             valid = len(check.problems) == before

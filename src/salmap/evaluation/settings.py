@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from salmap.evaluation.resources import Resources
 
+#: the targeting modes and segmentation goals ``salmap evaluate`` runs (an attack offers those of
+#: its registry entry that are here); ``least-likely`` needs targets per model, not yet planned
+RUN_TARGETING = ("none", "random", "next", "all", "hide", "relabel", "add")
+
 
 class ConfigError(ValueError):
     """Every problem of a run description, one ``key.path: message`` per line."""
@@ -103,5 +107,5 @@ class RunConfig:
 
 
 __all__ = [
-    "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "FigureConfig", "ModelConfig", "RunConfig",
+    "RUN_TARGETING", "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "FigureConfig", "ModelConfig", "RunConfig",
 ]
