@@ -4,7 +4,7 @@ One forward pass, then as many vector-Jacobian products (VJPs) as the caller ask
 for, over the whole batch at once. The model is put in eval mode with frozen
 parameters while it runs and restored afterwards (see :func:`frozen`). Every forward
 pass goes through :func:`forward`, which reduces tuples, dicts and ``ModelOutput``s to
-their logits (:func:`salmap.models.outputs.logits_of`).
+their logits (:func:`salmap.logits.logits_of`).
 Iterative attacks run their steps through :func:`active_set_loop`, which drops finished
 samples.
 """
@@ -17,14 +17,14 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from salmap.models.outputs import logits_of
+from salmap.logits import logits_of
 
 Model = Callable[[Tensor], Tensor]
 
 
 def forward(model: Model, x: Tensor) -> Tensor:
     """``model(x)`` reduced to its logits: a tuple's first element, a dict's or ``ModelOutput``'s
-    ``logits`` (see :func:`salmap.models.outputs.logits_of`)."""
+    ``logits`` (see :func:`salmap.logits.logits_of`)."""
     return logits_of(model(x))
 
 
