@@ -1,5 +1,7 @@
 """The model zoo (lenet, resnet18/34, unet), checkpoint save/load, ``Normalized`` and output adapters."""
 
+# The zoo's architectures register themselves when imported.
+from salmap.models import lenet, resnet, unet  # noqa: F401
 from salmap.models.checkpoint import load, load_with_meta, read_meta, save
 from salmap.models.normalized import Normalized
 from salmap.models.outputs import SelectOutput, logits_of

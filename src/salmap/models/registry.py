@@ -1,6 +1,7 @@
 """The model zoo's registry: names to factories, and :func:`build`.
 
-The zoo's own architectures (lenet, resnet18/34, unet) register from their modules here.
+The zoo's own architectures (lenet, resnet18/34, unet) register from their modules, which
+``salmap.models`` imports (so this module imports none of them).
 Models built elsewhere register themselves from their own files with :func:`register`;
 ``models/`` never imports the packages above it. So that such a model is known before any
 code of its package has been imported (``models.load`` of a saved defended model, in a
@@ -50,9 +51,7 @@ def add_provider(provider: Callable[[], None]) -> None:
 
 
 def _load_zoo() -> None:
-    # Importing the modules registers their factories.
-    from salmap.models import lenet, resnet, unet  # noqa: F401
-
+    # The zoo's own modules registered when salmap.models was imported; providers run now.
     while _PROVIDERS:
         provider = _PROVIDERS.pop(0)  # popped first: a provider that reads the zoo does not run itself again
         try:
