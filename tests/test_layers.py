@@ -1,0 +1,69 @@
+"""The import graph follows DESIGN.md's floors: a module imports only from its own floor or below.
+
+Read from the source with ``ast`` (nothing is imported), so a new upward import fails here
+with the line that makes it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "salmap"
+
+#: floor of each top-level unit of salmap (DESIGN.md, "Layers").
+FLOORS = {
+    "cli": 5,
+    "evaluation": 4, "defenses": 4,
+    "attacks": 3, "explain": 3,
+    "lrp": 2, "pair_search": 2, "targets": 2, "models": 2, "data": 2, "plot": 2, "training": 2,
+    "registry": 1, "gradients": 1, "metrics": 1, "logits": 1, "_validate": 1, "_params": 1, "randomness": 1,
+}
+#: units that never import each other although they share a floor.
+APART = {("attacks", "explain"), ("explain", "attacks"), ("models", "defenses")}
+
+
+def unit_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def imports(path: Path) -> list[tuple[str, int]]:
+    """``(imported salmap module, line)`` for every import in the file, lazy ones included."""
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+    return [(name, line) for name, line in found if name.startswith("salmap.")]
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py") if p.parent != SRC or p.stem not in ("__init__", "__main__"))
+
+
+def test_every_unit_has_a_floor() -> None:
+    units = {unit_of(p) for p in sources()}
+    assert units <= set(FLOORS), f"give these a floor in FLOORS (DESIGN.md): {sorted(units - set(FLOORS))}"
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(SRC)))
+def test_no_import_runs_up_a_floor(path: Path) -> None:
+    mine = unit_of(path)
+    wrong = []
+    for name, line in imports(path):
+        theirs = name.split(".")[1]
+        if theirs not in FLOORS or theirs == mine:
+            continue
+        if FLOORS[theirs] > FLOORS[mine] or (mine, theirs) in APART:
+            wrong.append(f"line {line}: {name} (floor {FLOORS[theirs]}) from {mine} (floor {FLOORS[mine]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from salmap.evaluation.runner import evaluate\n")
+    assert imports(bad) == [("salmap.evaluation.runner.evaluate", 2)]
