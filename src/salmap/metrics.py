@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = [
+    "accuracy", "budget_curve", "confusion_matrix", "distortion", "iou_per_class", "mask_from_output", "mean_iou",
+    "pair_rates", "pixel_accuracy", "segmentation_iou",
+]
+
 
 def distortion(x: Tensor, x_adv: Tensor, atol: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample L0 (count of changed features), L2 and Linf distances between two batches.
