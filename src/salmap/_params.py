@@ -1,9 +1,9 @@
-"""Parameters of registered attacks and explainers, read from a class's signature and docstring.
+r"""What the registry holds: :class:`Entry` (a registered attack or explainer) and its :class:`Param`\s.
 
-:class:`Param` is one constructor parameter as the command line and run files see it;
-:func:`describe_params` reads them from a class (annotation, default, the ``name: help``
-lines of its NumPy-style ``Parameters`` section) plus what a decorator adds (choices,
-ranges, named values). Used by :mod:`salmap.registry`; nothing here runs the class.
+A :class:`Param` is one constructor parameter as the command line and run files see it
+(read from the class by :mod:`salmap._signature`); it checks and converts a value without
+running the class. An :class:`Entry` checks a whole parameter dict and builds the object.
+Made by the decorators of :mod:`salmap.registry`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,19 @@ import builtins
 import difflib
 import inspect
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 #: constructor parameters supplied by the runner, never by a flag or a run file
 FIXED = frozenset({"model", "bounds"})
+#: targeting modes of classifiers: untargeted with the true labels, a seeded random other
+#: class, the next class, the least likely class, or every other class (the source-target
+#: grid of Papernot et al.).
+CLASSIFIER_TARGETING = ("none", "random", "next", "least-likely", "all")
+#: goals of segmentation attacks (see :mod:`salmap.targets`).
+SEGMENTATION_TARGETING = ("hide", "relabel", "add")
 
-_PLAIN_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
-_INTERVAL = re.compile(r"^\s*([\[(])\s*([-+]?[\w.]+)\s*,\s*([-+]?[\w.]+)\s*([\])])\s*$")
 
 
 @dataclass(frozen=True)
@@ -95,176 +98,6 @@ class Param:
         return checked
 
 
-def describe_params(
-    cls: type,
-    choices: Mapping[str, Iterable[Any]],
-    ranges: Mapping[str, str],
-    named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None,
-) -> tuple[Param, ...]:
-    """The constructor's parameters (less the model and bounds), with help from the docstring.
-
-    ``named`` gives object parameters (a tensor, a function) names a flag or run file can
-    use: ``{"region": {"all": lambda: None, "outside": lambda: outside()}}``.
-    """
-    named = named or {}
-    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
-    helps: dict[str, str] = {}
-    for klass in cls.__mro__:  # a subclass inherits the help of parameters it does not describe
-        for doc in (klass.__doc__, getattr(klass.__dict__.get("__init__"), "__doc__", None)):
-            for key, text in docstring_params(doc or "").items():
-                if text and not helps.get(key):
-                    helps[key] = text
-    out: list[Param] = []
-    names = set()
-    for p in list(signature.parameters.values())[1:]:
-        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in FIXED:
-            continue
-        names.add(p.name)
-        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else None
-        types, nullable, literal = _read_annotation(annotation, p.default)
-        allowed = tuple(choices[p.name]) if p.name in choices else literal
-        values = dict(named[p.name]) if p.name in named else None
-        if values is not None:  # the names are the plain form of an object parameter
-            types = types if str in types else (*types, str)
-            allowed = tuple(dict.fromkeys((*(allowed or ()), *values)))
-        interval = parse_interval(ranges[p.name], f"ranges[{p.name!r}]") if p.name in ranges else None
-        required = p.default is inspect.Parameter.empty
-        out.append(Param(
-            name=p.name,
-            type=_primary(types),
-            default=None if required else p.default,
-            required=required,
-            nullable=nullable,
-            choices=allowed,
-            interval=interval,
-            help=helps.get(p.name, ""),
-            types=types,
-            named=values,
-        ))
-    for key in list(choices) + list(ranges) + list(named):
-        if key not in names:
-            raise ValueError(f"{cls.__name__} has no parameter {key!r} (named in choices, ranges or named)")
-    return tuple(out)
-
-
-def _read_annotation(annotation: Any, default: Any) -> tuple[tuple[type, ...], bool, tuple[Any, ...] | None]:
-    """(plain types, accepts None, Literal values) from an annotation (string or object)."""
-    text = annotation if isinstance(annotation, str) else _annotation_text(annotation)
-    if text is None:
-        for t in (bool, int, float, str):
-            if isinstance(default, t):
-                return (t,), False, None
-        return (), default is None, None
-    parts = [part.strip() for part in _split_union(text)]
-    nullable = "None" in parts or default is None
-    parts = [part for part in parts if part != "None"]
-    literal = None
-    for part in parts:
-        m = re.fullmatch(r"(?:typing\.)?Literal\[(.*)\]", part)
-        if m:
-            literal = tuple(_literal_values(m.group(1)))
-    found = {type(v) for v in literal} if literal else {_PLAIN_TYPES.get(part) for part in parts}
-    if float in found:
-        found.discard(int)  # an int is accepted where a float is
-    # conversion order: a string reading as a number becomes the number when both are allowed
-    return tuple(t for t in (bool, int, float, str) if t in found), nullable, literal
-
-
-def _primary(types: tuple[type, ...]) -> type | None:
-    """The type a flag shows: the string when a union takes one (it reads numbers too)."""
-    if not types:
-        return None
-    return str if str in types else types[0]
-
-
-def _annotation_text(annotation: Any) -> str | None:
-    if annotation is None:
-        return None
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _split_union(text: str) -> list[str]:
-    depth, start, parts = 0, 0, []
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    if len(parts) == 1:
-        m = re.fullmatch(r"\s*Optional\[(.*)\]\s*", text)
-        if m:
-            return [m.group(1), "None"]
-    return parts
-
-
-def _literal_values(text: str) -> list[Any]:
-    values: list[Any] = []
-    for raw in text.split(","):
-        raw = raw.strip()
-        if raw[:1] in "'\"":
-            values.append(raw[1:-1])
-        elif raw in ("True", "False"):
-            values.append(raw == "True")
-        else:
-            try:
-                values.append(int(raw))
-            except ValueError:
-                values.append(float(raw))
-    return values
-
-
-def parse_interval(text: str, what: str = "interval") -> tuple[float, float, bool, bool]:
-    """``"(0, 1]"`` -> ``(0.0, 1.0, False, True)``; ``inf`` allowed as a bound."""
-    m = _INTERVAL.match(text)
-    if not m:
-        raise ValueError(f"{what} must look like '(0, 1]' or '[0, inf)', got {text!r}")
-    return float(m.group(2)), float(m.group(3)), m.group(1) == "[", m.group(4) == "]"
-
-
-def docstring_params(doc: str) -> dict[str, str]:
-    """Help per parameter from a NumPy-style ``Parameters`` section.
-
-    Accepts ``name: text`` (text may continue on indented lines) and ``name : type``
-    followed by an indented description.
-    """
-    lines = inspect.cleandoc(doc).splitlines() if doc else []
-    out: dict[str, str] = {}
-    inside = False
-    current: str | None = None
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped == "Parameters" and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
-            inside = True
-            continue
-        if not inside:
-            continue
-        if set(stripped) == {"-"}:
-            continue
-        if stripped and not line.startswith(" ") and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
-            break  # the next section
-        m = re.match(r"^(\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$", line)
-        if m and not line.startswith(" "):
-            current = m.group(1)
-            text = m.group(2).strip()
-            # "name : float" (numpy style) carries the type, not the help
-            out[current] = "" if re.fullmatch(r"[\w\[\], .|]+", text) and " " not in text.strip() else text
-        elif current and stripped:
-            out[current] = (out[current] + " " + stripped).strip()
-        elif not stripped:
-            current = None if not out.get(current or "", "") else current
-    return {k: " ".join(v.split()) for k, v in out.items()}
-
-
-def first_line(doc: str | None) -> str:
-    return inspect.cleandoc(doc).splitlines()[0].strip() if doc and doc.strip() else ""
-
-
 def _convert(name: str, value: Any, kind: type) -> Any:
     if kind is bool:
         if isinstance(value, bool):
@@ -321,3 +154,101 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A registered attack or explainer: its class, parameters and what it supports."""
+
+    name: str
+    kind: str  # "attack" or "explainer"
+    cls: type
+    help: str
+    params: tuple[Param, ...]
+    tasks: tuple[str, ...] = ("classification",)
+    targeting: tuple[str, ...] = CLASSIFIER_TARGETING
+    default_targeting: str = "none"
+    #: True when it needs a ``torch.nn.Module``; a mapping ``{param: value}`` when it does
+    #: only with those parameter values (ISI's ``indicator="relevance"`` runs LRP)
+    needs_module: bool | Mapping[str, Any] = False
+    source: str = "salmap"
+    #: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}`` is a
+    #: switch ``--single`` setting ``pairs=False``; ``{"n": "n_features"}`` is ``--n`` taking a
+    #: value for ``n_features``
+    flags: Mapping[str, str | tuple[str, Any]] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def param_map(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
+
+    @property
+    def targeted(self) -> bool:
+        """Whether it accepts targets (any mode other than ``none``)."""
+        return any(t != "none" for t in self.targeting)
+
+    @property
+    def untargeted(self) -> bool:
+        return "none" in self.targeting
+
+    def check(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate parameters against the declarations; all problems in one ValueError.
+
+        Runs no code of the algorithm: only the declared names, types, choices and ranges.
+        """
+        problems: list[str] = []
+        clean: dict[str, Any] = {}
+        known = self.param_map
+        for key, value in (params or {}).items():
+            if key in FIXED:
+                problems.append(f"{key} is set by the runner (from the model), not by the user")
+                continue
+            if key not in known:
+                offered = sorted(n for n, p in known.items() if p.plain)
+                close = difflib.get_close_matches(str(key), offered, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(
+                    f"{key} is not a parameter of {self.name}{hint}; accepted: {', '.join(offered) or 'none'}"
+                )
+                continue
+            try:
+                clean[key] = known[key].check(value)
+            except ValueError as err:
+                problems.append(str(err))
+        for p in self.params:
+            if p.required and p.plain and p.name not in clean and p.name not in (params or {}):
+                problems.append(f"{p.name} is required ({p.type.__name__ if p.type else 'object'})")
+        if problems:
+            raise ValueError(f"{self.kind} {self.name}: " + "; ".join(problems))
+        return clean
+
+    def build(self, model: Any, bounds: Any = None, **params: Any) -> Any:
+        """The configured object: ``cls(model, bounds=..., **params)`` (bounds if it takes them).
+
+        Plain values are checked as by :meth:`check` and named values built; a parameter that
+        takes a Python object (a loss function, a region tensor) may be given one here.
+        """
+        known = self.param_map
+        objects = {k: v for k, v in params.items()
+                   if k in known and v is not None and not isinstance(v, (str, int, float, bool))
+                   and (known[k].type is None or known[k].named is not None)}
+        kwargs = self.check({k: v for k, v in params.items() if k not in objects})
+        kwargs = {k: known[k].value(v) for k, v in kwargs.items()} | objects
+        if bounds is not None and "bounds" in inspect.signature(self.cls).parameters:
+            kwargs["bounds"] = bounds
+        return self.cls(model, **kwargs)
+
+    def requires_module(self, params: Mapping[str, Any] | None = None) -> bool:
+        """Whether these parameters (the defaults where not given) need a ``torch.nn.Module``."""
+        if isinstance(self.needs_module, bool):
+            return self.needs_module
+        values = {**self.defaults(), **(params or {})}
+        return all(values.get(k) == v for k, v in self.needs_module.items())
+
+    def budget(self, params: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """The perturbation budget these parameters set, by metric (``{"linf": 0.3}``), from the
+        decorator's ``budget={"linf": "eps"}``; empty when the attack declares none."""
+        values = {**self.defaults(), **(params or {})}
+        return {metric: float(values[name]) for metric, name in (self.extra.get("budget") or {}).items()
+                if values.get(name) is not None}
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if p.plain and not p.required}

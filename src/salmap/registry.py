@@ -19,31 +19,17 @@ without it is registered under the entry point's name with the defaults).
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any, TypeVar
 
-from salmap._params import (
-    FIXED,
-    Param,
-    describe_params,
-    docstring_params,
-    first_line,
-    parse_interval,
-)
+from salmap._params import CLASSIFIER_TARGETING, FIXED, SEGMENTATION_TARGETING, Entry, Param
+from salmap._signature import describe_params, docstring_params, first_line, parse_interval
 
 logger = logging.getLogger(__name__)
-
-#: targeting modes of classifiers: untargeted with the true labels, a seeded random other
-#: class, the next class, the least likely class, or every other class (the source-target
-#: grid of Papernot et al.).
-CLASSIFIER_TARGETING = ("none", "random", "next", "least-likely", "all")
-#: goals of segmentation attacks (see :mod:`salmap.targets`).
-SEGMENTATION_TARGETING = ("hide", "relabel", "add")
 
 #: entry-point groups read for plugins
 ENTRY_POINT_GROUPS = {"attack": "salmap.attacks", "explainer": "salmap.explainers"}
@@ -54,106 +40,6 @@ BUILTIN_MODULES = {
 }
 
 T = TypeVar("T", bound=type)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered attack or explainer: its class, parameters and what it supports."""
-
-    name: str
-    kind: str  # "attack" or "explainer"
-    cls: type
-    help: str
-    params: tuple[Param, ...]
-    tasks: tuple[str, ...] = ("classification",)
-    targeting: tuple[str, ...] = CLASSIFIER_TARGETING
-    default_targeting: str = "none"
-    #: True when it needs a ``torch.nn.Module``; a mapping ``{param: value}`` when it does
-    #: only with those parameter values (ISI's ``indicator="relevance"`` runs LRP)
-    needs_module: bool | Mapping[str, Any] = False
-    source: str = "salmap"
-    #: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}`` is a
-    #: switch ``--single`` setting ``pairs=False``; ``{"n": "n_features"}`` is ``--n`` taking a
-    #: value for ``n_features``
-    flags: Mapping[str, str | tuple[str, Any]] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def param_map(self) -> dict[str, Param]:
-        return {p.name: p for p in self.params}
-
-    @property
-    def targeted(self) -> bool:
-        """Whether it accepts targets (any mode other than ``none``)."""
-        return any(t != "none" for t in self.targeting)
-
-    @property
-    def untargeted(self) -> bool:
-        return "none" in self.targeting
-
-    def check(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Validate parameters against the declarations; all problems in one ValueError.
-
-        Runs no code of the algorithm: only the declared names, types, choices and ranges.
-        """
-        problems: list[str] = []
-        clean: dict[str, Any] = {}
-        known = self.param_map
-        for key, value in (params or {}).items():
-            if key in FIXED:
-                problems.append(f"{key} is set by the runner (from the model), not by the user")
-                continue
-            if key not in known:
-                offered = sorted(n for n, p in known.items() if p.plain)
-                close = difflib.get_close_matches(str(key), offered, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(
-                    f"{key} is not a parameter of {self.name}{hint}; accepted: {', '.join(offered) or 'none'}"
-                )
-                continue
-            try:
-                clean[key] = known[key].check(value)
-            except ValueError as err:
-                problems.append(str(err))
-        for p in self.params:
-            if p.required and p.plain and p.name not in clean and p.name not in (params or {}):
-                problems.append(f"{p.name} is required ({p.type.__name__ if p.type else 'object'})")
-        if problems:
-            raise ValueError(f"{self.kind} {self.name}: " + "; ".join(problems))
-        return clean
-
-    def build(self, model: Any, bounds: Any = None, **params: Any) -> Any:
-        """The configured object: ``cls(model, bounds=..., **params)`` (bounds if it takes them).
-
-        Plain values are checked as by :meth:`check` and named values built; a parameter that
-        takes a Python object (a loss function, a region tensor) may be given one here.
-        """
-        known = self.param_map
-        objects = {k: v for k, v in params.items()
-                   if k in known and v is not None and not isinstance(v, (str, int, float, bool))
-                   and (known[k].type is None or known[k].named is not None)}
-        kwargs = self.check({k: v for k, v in params.items() if k not in objects})
-        kwargs = {k: known[k].value(v) for k, v in kwargs.items()} | objects
-        if bounds is not None and "bounds" in inspect.signature(self.cls).parameters:
-            kwargs["bounds"] = bounds
-        return self.cls(model, **kwargs)
-
-    def requires_module(self, params: Mapping[str, Any] | None = None) -> bool:
-        """Whether these parameters (the defaults where not given) need a ``torch.nn.Module``."""
-        if isinstance(self.needs_module, bool):
-            return self.needs_module
-        values = {**self.defaults(), **(params or {})}
-        return all(values.get(k) == v for k, v in self.needs_module.items())
-
-    def budget(self, params: Mapping[str, Any] | None = None) -> dict[str, float]:
-        """The perturbation budget these parameters set, by metric (``{"linf": 0.3}``), from the
-        decorator's ``budget={"linf": "eps"}``; empty when the attack declares none."""
-        values = {**self.defaults(), **(params or {})}
-        return {metric: float(values[name]) for metric, name in (self.extra.get("budget") or {}).items()
-                if values.get(name) is not None}
-
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params if p.plain and not p.required}
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {"attack": {}, "explainer": {}}
