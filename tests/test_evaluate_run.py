@@ -72,9 +72,11 @@ def test_rows_equal_the_attacks_run_by_hand(tmp_path: Path, lenet: Path) -> None
     assert entry["success_rate"] == pytest.approx(len(won) / 7)
     assert entry["clean_accuracy"] == pytest.approx(sum(r["pred_before"] == r["label"] for r in plain) / 7)
     assert entry["adversarial_accuracy"] == pytest.approx(sum(r["pred_after"] == r["label"] for r in plain) / 7)
+    assert entry["linf_mean"] == pytest.approx(0.25, abs=1e-6)  # every row, successful or not
+    assert entry["l2_mean"] == pytest.approx(sum(r["l2"] for r in plain) / 7)
     if won:
-        assert entry["linf_mean"] == pytest.approx(0.25, abs=1e-6)
-        assert entry["l2_mean"] == pytest.approx(sum(r["l2"] for r in won) / len(won))
+        assert entry["linf_mean_success"] == pytest.approx(0.25, abs=1e-6)
+        assert entry["l2_mean_success"] == pytest.approx(sum(r["l2"] for r in won) / len(won))
     assert summary["results"][3]["defense"] == "none-really"
     assert set(summary["timings"]) >= {"wall_seconds", "compute_seconds", "units", "units_resumed", "processes"}
 

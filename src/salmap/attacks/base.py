@@ -139,11 +139,12 @@ class Attack(ABC):
         self.bounds = check_bounds(bounds)
 
     def __call__(
-        self, x: Tensor, y: Any = None, target: Any = None
+        self, x: Tensor, y: Any = None, target: Any = None, *, clean: Tensor | None = None
     ) -> AttackResult:
         """Attack a batch: untargeted with the true labels ``y``, or targeted with ``target``.
 
-        Exactly one of ``y`` and ``target`` must be given. ``x`` is not modified.
+        Exactly one of ``y`` and ``target`` must be given. ``x`` is not modified. ``clean``:
+        the model's outputs on ``x`` when the caller has them already (not computed again).
         """
         if (y is None) == (target is None):
             raise ValueError(
@@ -159,7 +160,12 @@ class Attack(ABC):
         start = time.perf_counter()
         with frozen(self.model):
             x0 = x.detach().clone()
-            clean = predict(self.model, x0)
+            if clean is None:
+                clean = predict(self.model, x0)
+            elif clean.shape[0] != x0.shape[0]:
+                raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
+            else:
+                clean = clean.detach().to(x0.device)
             labels = self._check_labels(x0, target if targeted else y, targeted, clean)
             x_adv, iterations = self._run(x0, labels, targeted, clean)
             x_adv = self.bounds.clamp(x_adv.detach())

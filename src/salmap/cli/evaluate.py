@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (key: seed)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (key: device)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
+    p.add_argument("--save-adv", action="store_true",
+                   help="write every adversarial example losslessly to adversarial/*.safetensors "
+                        "(key: save_adversarial; read back with salmap.evaluation.load_adversarial)")
+    p.add_argument("--save-png", action="store_true",
+                   help="also write them as 8-bit PNGs under png/ and count those no longer adversarial once "
+                        "rounded (key: save_png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-code", action="store_true",
                    help="allow model paths that name Python code (package.module:factory) to be imported and "
@@ -90,6 +96,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             found[key] = value
     if args.no_report:
         found["report"] = False
+    if args.save_adv:
+        found["save_adversarial"] = True
+    if args.save_png:
+        found["save_png"] = True
     return found
 
 

@@ -1,5 +1,7 @@
-"""Evaluation: metrics, runs, figures and reports."""
+"""Evaluation: plan -> execute -> store -> summary -> figures -> report, and reading results back."""
 
-from salmap.metrics import accuracy, distortion
+from salmap.evaluation.adversarial import load_adversarial
+from salmap.evaluation.metrics import accuracy, distortion
+from salmap.evaluation.store import read_results
 
-__all__ = ["accuracy", "distortion"]
+__all__ = ["accuracy", "distortion", "load_adversarial", "read_results"]

@@ -49,7 +49,7 @@ from salmap.evaluation.settings import (
 )
 
 _TOP = {"name", "output", "seed", "batch_size", "device", "data", "models", "attacks", "explanations",
-        "figures", "report"}
+        "figures", "report", "save_adversarial", "save_png"}
 
 
 def parse_config(
@@ -77,6 +77,8 @@ def parse_config(
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") or device == "mps"):
         check.add("device", f"must be cpu, cuda, cuda:N or mps, got {device!r}")
     report = check.boolean("report", top.get("report"), True)
+    save_adversarial = check.boolean("save_adversarial", top.get("save_adversarial"), False)
+    save_png = check.boolean("save_png", top.get("save_png"), False)
 
     data = DataConfig()
     raw_data = top.get("data")
@@ -114,7 +116,7 @@ def parse_config(
     return RunConfig(
         output=output, models=models, attacks=attacks, data=data, explanations=explanations, name=name,
         seed=seed, batch_size=batch_size, device=device, figures=figures, report=report, allow_code=allow_code,
-        resources=resources,
+        resources=resources, save_adversarial=save_adversarial, save_png=save_png,
     )
 
 

@@ -36,8 +36,10 @@ pre { background: #f7f7f7; padding: .75rem; overflow-x: auto; font-size: .8rem; 
 SUMMARY_COLUMNS = (
     ("model", "model"), ("defense", "defense"), ("attack", "attack"), ("targets", "targets"), ("rows", "rows"),
     ("clean_accuracy", "clean acc."), ("adversarial_accuracy", "adv. acc."), ("success_rate", "success"),
-    ("l0_mean", "L0 mean"), ("l0_median", "L0 median"), ("l2_mean", "L2 mean"), ("l2_median", "L2 median"),
-    ("linf_mean", "Linf mean"), ("linf_median", "Linf median"), ("iterations_mean", "iterations"),
+    ("l0_mean", "L0 mean"), ("l0_mean_success", "L0 mean (success)"), ("l0_median_success", "L0 median (success)"),
+    ("l2_mean", "L2 mean"), ("l2_mean_success", "L2 mean (success)"), ("l2_median_success", "L2 median (success)"),
+    ("linf_mean", "Linf mean"), ("linf_mean_success", "Linf mean (success)"),
+    ("linf_median_success", "Linf median (success)"), ("iterations_mean", "iterations"),
     ("seconds", "seconds"), ("throughput", "rows/s"),
 )
 
@@ -89,9 +91,16 @@ def render(summary: dict[str, Any], folder: Path) -> str:
         f'{esc(summary.get("samples", ""))} samples of {esc((summary.get("data") or {}).get("name", ""))} '
         f'({esc((summary.get("data") or {}).get("split", ""))}); schema version {esc(summary.get("schema_version", ""))}; '
         f"written {esc(datetime.datetime.now().isoformat(timespec='seconds'))}</p>",
+        "<h2>Robust accuracy</h2>",
+        "<p>Accuracy under the per-sample worst case of every attack of the run: a sample counts only if "
+        "it is classified correctly clean and after every attack (every target included).</p>",
+        table(summary.get("robustness", []), (("model", "model"), ("defense", "defense"),
+                                              ("clean_accuracy", "clean accuracy"),
+                                              ("robust_accuracy", "robust accuracy"), ("attacks", "attacks"),
+                                              ("samples", "samples")), "robustness"),
         "<h2>Summary</h2>",
-        "<p>Distortions are over the successful adversarial examples; adversarial accuracy is the "
-        "fraction of rows still classified as the true class.</p>",
+        "<p>Means and medians of distortions are over all rows, and over the successful rows where marked "
+        "(success); adversarial accuracy is the fraction of rows still classified as the true class.</p>",
         table(summary.get("results", []), SUMMARY_COLUMNS, "summary"),
         "<h2>Models</h2>",
         table(summary.get("models", []), (("name", "model"), ("defense", "defense"), ("path", "checkpoint"),
@@ -121,7 +130,7 @@ def render(summary: dict[str, Any], folder: Path) -> str:
 
 def write_report(path: str | Path, summary: dict[str, Any], folder: str | Path) -> Path:
     """Write the self-contained HTML report of ``summary`` (figures read from ``folder``) to ``path``."""
-    from salmap.evaluation.runner import atomic_write
+    from salmap.evaluation.store import atomic_write
 
     path = Path(path)
     atomic_write(path, render(summary, Path(folder)).encode("utf-8"))

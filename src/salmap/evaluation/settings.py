@@ -80,6 +80,10 @@ class RunConfig:
     device: str = "cpu"
     figures: FigureConfig = field(default_factory=FigureConfig)
     report: bool = True
+    #: write every adversarial example losslessly (``adversarial/*.safetensors``, see ``load_adversarial``)
+    save_adversarial: bool = False
+    #: also write them as 8-bit PNGs (``png/``) and count those no longer adversarial once rounded
+    save_png: bool = False
     #: the command line allowed model paths that name Python code (``--allow-code``); a run
     #: file cannot set it, and it is not part of the description
     allow_code: bool = field(default=False, compare=False)
@@ -101,6 +105,9 @@ class RunConfig:
         payload.pop("output")
         payload.pop("device")
         payload.pop("report")
+        for key in ("save_adversarial", "save_png"):  # off: the fingerprint of a run file that predates them
+            if not payload[key]:
+                payload.pop(key)
         payload["extra"] = extra or {}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -44,6 +44,7 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 FIGURES = "figures"
+PNG = "png"
 #: the names salmap writes at the top of a run folder, and the patterns of the files inside its folders
 OWNED_FILES = (RUN_FILE, RESULTS, SUMMARY, REPORT, "results.json", "grid.png", "pairs.png", "source-target.png",
                "explain.png", "attack.png", "rounding.json")
@@ -51,7 +52,7 @@ OWNED_PATTERNS = {
     BATCHES: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}(\.jsonl|\.examples\.safetensors)(\.tmp-\d+)?$"),
     ADVERSARIAL: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}\.safetensors(\.tmp-\d+)?$"),
     FIGURES: re.compile(r"^\.?m\d{2}-[\w.-]+\.png(\.tmp-\d+)?$"),
-    "png": re.compile(r"^\d{6}\.png$"),
+    PNG: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}-\d+(-t\d+)?\.png(\.tmp-\d+)?$"),
 }
 
 
@@ -245,8 +246,10 @@ class RunStore:
         return {k for k in keys if self.unit_path(k).is_file()}
 
     def write_unit(self, key: str, rows: list[dict[str, Any]], examples: dict[str, Tensor] | None = None,
-                   adversarial: dict[str, Tensor] | None = None) -> None:
-        """Commit a unit: its tensors first, then the rows file whose presence marks it done."""
+                   adversarial: dict[str, Tensor] | None = None, pngs: list[tuple[str, Tensor]] | None = None,
+                   ) -> None:
+        """Commit a unit: its tensors and images first, then the rows file whose presence marks it done."""
+        self.write_pngs(pngs or [])
         if examples:
             save_tensors(self.batches / f"{key}.examples.safetensors", examples)
         if adversarial:
@@ -254,6 +257,23 @@ class RunStore:
             save_tensors(self.out / ADVERSARIAL / f"{key}.safetensors", adversarial)
         text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
         atomic_write(self.unit_path(key), text.encode())
+
+    def write_pngs(self, images: list[tuple[str, Tensor]]) -> None:
+        """8-bit PNGs ``(file name, uint8 (C, H, W))`` under ``png/`` (grey for one channel, RGB for three)."""
+        if not images:
+            return
+        from PIL import Image
+
+        folder = self.out / PNG
+        folder.mkdir(exist_ok=True)
+        for name, levels in images:
+            array = levels.cpu().numpy()
+            if array.shape[0] not in (1, 3):
+                raise ValueError(f"save_png writes 1- or 3-channel images, got {array.shape[0]} channels")
+            image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+            tmp = folder / f".{name}.tmp-{os.getpid()}"
+            image.save(tmp, format="PNG")
+            os.replace(tmp, folder / name)
 
     def read_unit(self, key: str) -> list[dict[str, Any]]:
         path = self.unit_path(key)
@@ -292,6 +312,6 @@ def read_results(out: str | Path) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "ADVERSARIAL", "BATCHES", "FIGURES", "REPORT", "RESULTS", "RUN_FILE", "SCHEMA_VERSION", "SUMMARY", "RunStore",
+    "ADVERSARIAL", "BATCHES", "FIGURES", "PNG", "REPORT", "RESULTS", "RUN_FILE", "SCHEMA_VERSION", "SUMMARY", "RunStore",
     "atomic_write", "clean_json", "read_results", "recognised", "write_json",
 ]
