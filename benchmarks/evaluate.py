@@ -31,7 +31,9 @@ import yaml
 from salmap import models
 from salmap.cli.common import print_table
 from salmap.evaluation.config import parse_config
-from salmap.evaluation.runner import attack_batch, build_attack, evaluate, load_model, prepare
+from salmap.evaluation.execute import build, run_attack
+from salmap.evaluation.resources import load_model
+from salmap.evaluation.runner import evaluate, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = {
@@ -88,11 +90,12 @@ def overhead(model: Path, num: int, batch: int, work: Path) -> dict[str, float]:
     raw = yaml.safe_load(run_file(work / f"overhead-{batch}", model, "fgsm", num, batch).read_text())
     cfg = parse_config(raw)
     prep = prepare(cfg)
-    net, bounds = load_model(str(model), "cpu")
-    attack = build_attack(cfg.attacks[0], net, bounds, cfg.seed)
+    loaded = load_model(str(model), "cpu")
+    attack = build(prep, prep.attack_units()[0], loaded)
     start = time.perf_counter()
     for i in range(0, num, batch):
-        attack_batch(attack, prep.dataset.x[i : i + batch], prep.dataset.y[i : i + batch], None)
+        x = prep.dataset.x[i : i + batch]
+        run_attack(attack, x, prep.dataset.y[i : i + batch], None, loaded.module(x).detach())
     plain = time.perf_counter() - start
     start = time.perf_counter()
     evaluate(cfg, progress=False)

@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     for outcome in (main_run, seg_run):
         for r in (outcome.summary or {}).get("results", []):
             rows.append({k: r[k] for k in ("model", "attack", "clean_accuracy", "adversarial_accuracy",
-                                            "success_rate", "l0_mean", "l2_mean", "linf_mean", "seconds")})
+                                            "success_rate", "l0_mean_success", "l2_mean_success", "linf_mean_success",
+                                            "seconds")})
     print_table(rows, list(rows[0]))
     write_json(out / "demo.json", {"rows": rows, "seconds": time.perf_counter() - start,
                                    "reports": [str(main_run.output / "report.html"), str(seg_run.output / "report.html")]})

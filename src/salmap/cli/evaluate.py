@@ -121,10 +121,15 @@ def run(args: argparse.Namespace) -> int:
     if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0
     rows = [{k: r[k] for k in ("model", "attack", "rows", "clean_accuracy", "adversarial_accuracy", "success_rate",
-                               "l0_mean", "l2_mean", "linf_mean", "throughput")} for r in outcome.summary["results"]]
+                               "l0_mean_success", "l2_mean_success", "linf_mean_success", "throughput")}
+            for r in outcome.summary["results"]]
     from salmap.cli.common import print_table
 
     print_table(rows, list(rows[0]) if rows else [])
+    for entry in outcome.summary.get("robustness", []):
+        if entry["robust_accuracy"] is not None and entry["robust_accuracy"] == entry["robust_accuracy"]:
+            print(f"{entry['model']}: robust accuracy {entry['robust_accuracy']:.4f} under the worst case of "
+                  f"{len(entry['attacks'])} attack(s) (clean {entry['clean_accuracy']:.4f})")
     out = outcome.output.resolve()
     resumed = f" ({outcome.resumed} batches resumed from an earlier attempt)" if outcome.resumed else ""
     print(f"evaluation finished{resumed}: {out / RESULTS}, {out / SUMMARY}"
