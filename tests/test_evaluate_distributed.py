@@ -53,6 +53,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     drop = {"seconds", "throughput"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in s2["results"]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in s1["results"]]
-    # 10 units (2 attacks x 5 batches): each rank wrote its own half
-    assert len(list((tmp_path / "two" / "batches").glob("*.jsonl"))) == 10
+    # 10 attack units (2 attacks x 5 batches) and 1 explanation unit, shared among the ranks
+    assert len(list((tmp_path / "two" / "batches").glob("m*-a*.jsonl"))) == 10
+    assert len(list((tmp_path / "two" / "batches").glob("m*-e*.jsonl"))) == 1
     assert (tmp_path / "two" / "report.html").is_file()
