@@ -95,3 +95,36 @@ def test_bad_state_is_a_clear_error() -> None:
         active_set_loop({"a": torch.ones(3), "b": torch.ones(2)}, collatz_step())
     with pytest.raises(ValueError, match="max_steps must be >= 0"):
         active_set_loop({"x": torch.ones(2)}, collatz_step(), -1)
+
+
+def test_nothing_is_gathered_while_every_sample_runs_and_none_means_all_stepped() -> None:
+    x = torch.tensor([0.0, 0.0, 5.0])
+    state = {"x": x}
+    own: list[bool] = []
+
+    def step(rows: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, Tensor]]:
+        own.append(rows["x"] is x)
+        if len(own) <= 2:  # everyone steps: reported as None, the state changed in place
+            rows["x"] += 1
+            return None, {"x": rows["x"]}
+        going = rows["x"] < 4
+        return going, {"x": rows["x"] + 1}
+
+    iterations = active_set_loop(state, step, max_steps=6)
+    assert own == [True, True, True, False, False]
+    assert x.tolist() == [4.0, 4.0, 7.0] and iterations.tolist() == [4, 4, 2]
+
+
+def test_none_after_a_sample_finished_writes_the_active_rows() -> None:
+    state = {"x": torch.tensor([0.0, 9.0, 0.0])}
+    calls = []
+
+    def step(rows: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, Tensor]]:
+        calls.append(rows["x"].numel())
+        if len(calls) == 1:
+            return rows["x"] < 5, {"x": rows["x"] + 1}
+        return None, {"x": rows["x"] + 10}
+
+    iterations = active_set_loop(state, step, max_steps=3)
+    assert calls == [3, 2, 2]
+    assert state["x"].tolist() == [21.0, 9.0, 21.0] and iterations.tolist() == [3, 0, 3]

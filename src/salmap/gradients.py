@@ -195,18 +195,20 @@ def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
 
 
 #: ``step(rows) -> (stepped, updates)`` of :func:`active_set_loop`.
-ActiveStep = Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+ActiveStep = Callable[[dict[str, Tensor]], tuple[Tensor | None, dict[str, Tensor]]]
 
 
 def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int | None = None) -> Tensor:
     """Iterate ``step`` over the samples still running, dropping each sample when it finishes.
 
     The loop every iterative attack shares (auto-attack's "re-attack only what is still
-    robust"): each iteration gathers the rows of the active samples from every tensor of
-    ``state``, calls ``step`` on them, writes the updated rows of the samples that took a
-    step back into ``state`` and keeps only those samples. It stops when no sample is left
-    or after ``max_steps`` iterations. A sample's computation never depends on which other
-    samples are still running (batched equals one by one), and finished samples cost nothing.
+    robust"): each iteration hands ``step`` the rows of the active samples of every tensor of
+    ``state``, writes the updated rows of the samples that took a step back into ``state``
+    and keeps only those samples. It stops when no sample is left or after ``max_steps``
+    iterations. A sample's computation never depends on which other samples are still
+    running (batched equals one by one), and finished samples cost nothing. While every
+    sample is still running nothing is gathered (``step`` gets the state's own tensors), and
+    a step that reports ``stepped=None`` costs the loop no host synchronisation.
 
     Parameters
     ----------
@@ -215,11 +217,13 @@ def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int |
         masks, ...). Updated in place: the returned rows of each step are written back.
     step:
         ``step(rows) -> (stepped, updates)``. ``rows`` maps every name of ``state`` to the rows
-        of the active samples ``(A, ...)``, in ascending sample order (copies: the step may
-        change them in place and return them as updates). ``stepped`` is a bool
-        ``(A,)``: the samples that took a step (they stay active); the others are finished
-        and keep their state from before this call. ``updates`` maps names of ``state`` to
-        new rows ``(A, ...)``; only the rows of stepped samples are written back.
+        of the active samples ``(A, ...)``, in ascending sample order: the state's own tensors
+        while all ``B`` samples are active, copies afterwards, so a step may change in place
+        only the rows of the samples it reports as stepped. ``stepped`` is a bool ``(A,)``:
+        the samples that took a step (they stay active); the others are finished and keep
+        their state from before this call; ``None`` means every active sample took a step.
+        ``updates`` maps names of ``state`` to new rows ``(A, ...)``; only the rows of
+        stepped samples are written back.
     max_steps:
         Iteration budget; ``None`` runs until every sample has finished.
 
@@ -250,13 +254,25 @@ def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int |
         raise ValueError(f"max_steps must be >= 0 or None, got {max_steps}")
     iterations = torch.zeros(batch, dtype=torch.long, device=first.device)
     active = torch.arange(batch, device=first.device)
+    everyone = True  # no sample has finished: the state's own tensors are the rows
     taken = 0
     while active.numel() and (max_steps is None or taken < max_steps):
-        stepped, updates = step({name: value[active] for name, value in state.items()})
+        rows = dict(state) if everyone else {name: value[active] for name, value in state.items()}
+        stepped, updates = step(rows)
+        taken += 1
+        if stepped is None:
+            for name, new in updates.items():
+                if everyone and new is not state[name]:
+                    state[name].copy_(new)
+                elif not everyone:
+                    state[name][active] = new
+            iterations[active] += 1
+            continue
         moved = active[stepped]
-        for name, rows in updates.items():
-            state[name][moved] = rows[stepped]
+        for name, new in updates.items():
+            if not (everyone and new is state[name]):  # the state's own rows were changed in place
+                state[name][moved] = new[stepped]
         iterations[moved] += 1
         active = moved
-        taken += 1
+        everyone = everyone and moved.numel() == batch
     return iterations

@@ -185,13 +185,12 @@ class PGD(Attack):
         if isinstance(step, Tensor):
             state["step"] = step
 
-        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        def one_step(rows: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, Tensor]]:
             logits, grad = loss_grad(self.model, rows["x_adv"], rows["labels"], self.loss_fn)
+            going = None  # without early stopping every sample steps (and the loop does not sync)
             if self.early_stop:
                 pred = logits.argmax(dim=1)
                 going = pred != rows["labels"] if targeted else pred == rows["labels"]
-            else:
-                going = torch.ones_like(rows["labels"], dtype=torch.bool)
             eps_a, step_a = rows.get("eps", eps), rows.get("step", step)
             moved = rows["x_adv"] + direction * step_a * grad.sign()
             x0 = rows["x"]
