@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from salmap import models
 from salmap.explain import LRP
-from salmap.explain.lrp import (
+from salmap.lrp import (
     AlphaBeta,
     Composite,
     Epsilon,
@@ -414,8 +414,8 @@ def _heavy_ops(fn) -> dict[str, int]:
 
 
 def test_epsilon_pass_costs_one_forward_and_one_backward() -> None:
-    from salmap.explain.lrp import lrp_plan, make_composite
     from salmap.gradients import output_vjps
+    from salmap.lrp import lrp_plan, make_composite
 
     torch.manual_seed(10)
     model = models.build("resnet18", in_channels=1, num_classes=5, stem="small", width=4).double().eval()

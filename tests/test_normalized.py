@@ -10,7 +10,7 @@ from torch import nn
 from salmap._validate import Bounds, check_bounds, check_input
 from salmap.attacks import FGSM, ISI, JSMA, PGD
 from salmap.explain import LRP, GradCAM, GradientSaliency, Occlusion
-from salmap.explain.lrp import lrp_relevance, make_composite
+from salmap.lrp import lrp_relevance, make_composite
 from salmap.models import Normalized, load, save
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
