@@ -197,3 +197,18 @@ def test_targeting_modes_are_those_the_attack_declares_and_evaluate_runs(tmp_pat
     assert "must be one of none, random, next, all, got 'hide'" in info.value.problems[0][1]
     cfg = parse_config(run(lenet, tmp_path / "out", attacks=[{"attack": "jsma"}, {"attack": "fgsm"}]))
     assert [a.targets for a in cfg.attacks] == ["random", "none"]
+
+
+def test_lrp_and_isi_relevance_check_the_layers_at_validation():
+    check = Checker()
+    from salmap import registry
+    from salmap.evaluation.settings import ModelConfig
+
+    gelu = LoadedModel("g", nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU()), {}, (0.0, 1.0), "classification")
+    cfgs = [ModelConfig("g", "g")]
+    resources._check_pairing(check, "explanations[0]", registry.get_explainer("lrp"), {}, cfgs, [gelu], None, "d")
+    resources._check_pairing(check, "attacks[0]", registry.get_attack("isi"), {}, cfgs, [gelu], None, "d")
+    resources._check_pairing(check, "attacks[1]", registry.get_attack("isi"), {"indicator": "sensitivity"}, cfgs,
+                             [gelu], None, "d")
+    assert [p for p, _ in check.problems] == ["explanations[0].explainer", "attacks[0].attack"]
+    assert check.problems[0][1].startswith("lrp cannot run on models[0] (g): LRP has no rule for layer '2' of type GELU")

@@ -81,7 +81,9 @@ def register_attack(
         adds the switch ``--single`` setting ``pairs=False``; ``{"alias": "param"}`` adds
         ``--alias VALUE`` for ``param``.
     extra: anything else a front end may read; ``hooks=True`` says it registers hooks on the
-        model's layers (so TorchScript models are refused at validation); ``budget={"linf": "eps"}`` names the parameter
+        model's layers (so TorchScript models are refused at validation); ``model_check=fn``
+        is a salmap function raising ValueError for a module it cannot handle (LRP's layer
+        check), called at validation when a module is needed; ``budget={"linf": "eps"}`` names the parameter
         that bounds a distortion metric of :class:`~salmap.attacks.base.AttackResult` (``l0``,
         ``l0_fraction``, ``l2``, ``linf``); the property tests check it.
     """

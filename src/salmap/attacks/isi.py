@@ -12,6 +12,7 @@ from salmap.lrp import (
     COMPOSITES,
     Composite,
     LRPPlan,
+    check_supported,
     lrp_input_bounds,
     lrp_plan,
     lrp_relevance,
@@ -25,7 +26,7 @@ OBJECTIVES = ("logit", "margin")
 
 
 @register_attack(
-    "isi", needs_module={"indicator": "relevance"},
+    "isi", needs_module={"indicator": "relevance"}, model_check=check_supported,
     choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin")},
     ranges={"eps": "(0, inf)", "max_iter": "[1, inf)", "n_features": "[1, inf)"},
 )

@@ -210,6 +210,8 @@ def _check_pairing(
         elif entry.requires_module(params) and not isinstance(model.module, nn.Module):
             check.add(f"{path}.{kind}", f"{entry.name} needs a torch.nn.Module model, {label} is "
                       f"{type(model.module).__name__}")
+        elif (problem := _model_problem(entry, params, model.module)) is not None:
+            check.add(f"{path}.{kind}", f"{entry.name} cannot run on {label}: {problem}")
         elif entry.extra.get("hooks") and isinstance(model.module, torch.jit.ScriptModule):
             check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, which "
                       f"TorchScript models such as {label} do not support")
@@ -217,6 +219,19 @@ def _check_pairing(
             problem = _layer_problem(model.module, params.get("layer"))
             if problem:
                 check.add(f"{path}.params.layer", f"{problem} in {label}")
+
+
+def _model_problem(entry: registry.Entry, params: dict[str, Any], module: nn.Module) -> str | None:
+    """What the entry's own ``model_check`` (salmap's code, e.g. LRP's supported layers) says
+    about a module it needs, or None."""
+    check = entry.extra.get("model_check")
+    if check is None or not entry.requires_module(params) or isinstance(module, torch.jit.ScriptModule):
+        return None
+    try:
+        check(module)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _layer_problem(module: nn.Module, layer: Any) -> str | None:

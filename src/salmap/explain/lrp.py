@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-@register_explainer("lrp", needs_module=True, ranges={"eps": "(0, inf)"})
+@register_explainer("lrp", needs_module=True, ranges={"eps": "(0, inf)"}, model_check=check_supported)
 class LRP(Explainer):
     """Layer-wise relevance propagation for classifiers and segmenters.
 
