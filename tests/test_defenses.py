@@ -185,7 +185,7 @@ def test_eot_gradient_is_the_mean_of_the_channel_gradients() -> None:
     model = switch(3, seed=0)
     x = torch.rand(4, 1, 8, 8)
     w = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
-    eot = EOT(model)
+    eot = EOT(model, average="logits")
     assert eot.exact
     _, (g_eot,) = output_vjps(eot, x, [w])
     per_channel = [output_vjps(lambda z, k=k: model.channel_forward(z, k), x, [w])[1][0] for k in range(3)]
@@ -199,7 +199,7 @@ def test_monte_carlo_eot_gradient_is_the_mean_over_its_passes() -> None:
     x = torch.rand(3, 1, 8, 8)
     w = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
     model.reseed(11)
-    _, (g_eot,) = output_vjps(EOT(model, samples=5), x, [w])
+    _, (g_eot,) = output_vjps(EOT(model, samples=5, average="logits"), x, [w])
     model.reseed(11)
     choices = [model.choose(3) for _ in range(5)]
     grads = [output_vjps(lambda z, c=c: model(z, choice=c), x, [w])[1][0] for c in choices]
@@ -250,7 +250,7 @@ def test_adversarial_hook_appends_fgsm_examples(trained) -> None:
     model, _ = trained
     x = torch.rand(8, 1, 8, 8)
     y = torch.arange(8)
-    xb, yb = adversarial_hook("fgsm", eps=0.1)(model, x, y)
+    xb, yb = adversarial_hook("goodfellow", eps=0.1)(model, x, y)
     assert xb.shape == (16, 1, 8, 8) and torch.equal(yb, torch.cat([y, y]))
     torch.testing.assert_close(xb[:8], x)
     torch.testing.assert_close(xb[8:], FGSM(model, eps=0.1)(x, y=y).x_adv)
@@ -317,7 +317,9 @@ def checkpoint(tmp_path_factory, trained) -> str:
 @pytest.mark.parametrize("kind, extra", [
     ("dae", ["--width", "16", "--adversarial", "fgsm"]),
     ("block-switch", ["--channels", "2"]),
-    ("adv-train", ["--attack", "fgsm", "--eps", "0.2"]),
+    ("dae+block-switch", ["--channels", "2", "--width", "8", "--freeze-channels"]),
+    ("adv-train", ["--mode", "goodfellow", "--eps", "0.2"]),
+    ("adv-train", ["--mode", "trades", "--steps", "3", "--step", "0.1"]),
 ])
 def test_cli_defend_end_to_end(tmp_path, checkpoint, kind, extra, capsys) -> None:
     out = tmp_path / kind
@@ -326,6 +328,8 @@ def test_cli_defend_end_to_end(tmp_path, checkpoint, kind, extra, capsys) -> Non
     assert rc == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert report["defense"] == kind and report["samples"] == 30
+    if "--mode" in extra:
+        assert report["settings"]["mode"] == extra[1]
     assert set(report["transfer"]) == set(report["adaptive"]) == {"fgsm-0.1", "pgd-0.3"}
     defended, meta = models.load_with_meta(out)
     assert meta["defense"]["kind"] == kind and meta["metrics"]["test_accuracy"] > 0.3

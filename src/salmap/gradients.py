@@ -176,13 +176,19 @@ def loss_grad(
 
     ``loss_fn(logits, labels)`` must return one loss per sample (``reduction='none'``);
     the default is cross-entropy. Gradients of the summed loss are per-sample
-    gradients because samples do not interact in eval mode.
+    gradients because samples do not interact in eval mode. A model with an
+    ``expected_loss(x, labels, loss_fn) -> (logits, loss)`` method (EOT) computes the loss itself.
     """
     fn = loss_fn or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
     xg = x.detach().requires_grad_(True)
+    # A model averaging over random passes (salmap.defenses.adaptive.EOT) supplies the expected loss.
+    expected = getattr(model, "expected_loss", None)
     with torch.enable_grad():
-        logits = forward(model, xg)
-        loss = fn(logits, labels)
+        if callable(expected):
+            logits, loss = expected(xg, labels, fn)
+        else:
+            logits = forward(model, xg)
+            loss = fn(logits, labels)
         (g,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
     return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
 

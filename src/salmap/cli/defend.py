@@ -1,4 +1,4 @@
-"""``salmap defend dae|block-switch|adv-train``: train a defense for a checkpoint, save the defended
+"""``salmap defend dae|block-switch|dae+block-switch|adv-train``: train a defense for a checkpoint, save the defended
 model as a checkpoint folder, and evaluate it honestly (transfer and adaptive attacks).
 
 The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors``, loadable with
@@ -26,8 +26,9 @@ from salmap.cli.common import (
     write_json,
 )
 from salmap.cli.flags import parse_spec
-from salmap.defenses.adversarial import adversarial_training
+from salmap.defenses.adversarial import MODES, adversarial_training, recipe
 from salmap.defenses.block_switch import train_block_switch
+from salmap.defenses.combined import train_dae_block_switch
 from salmap.defenses.denoiser import Purified, train_denoiser
 from salmap.defenses.evaluation import (
     AttackSpec,
@@ -47,29 +48,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     text = "denoising autoencoder purifier in front of the model"
     q = kinds.add_parser("dae", help=text, description=text)
     _common_args(q)
-    q.add_argument("--width", type=int, default=32, help="autoencoder width (default 32)")
-    q.add_argument("--noise-std", type=float, default=0.3, help="Gaussian training noise (default 0.3)")
-    q.add_argument("--adversarial", choices=["none", "fgsm", "pgd"], default="fgsm",
-                   help="also train on these adversarial examples of the model (default fgsm)")
-    q.add_argument("--eps", type=float, default=0.3, help="largest Linf radius of those examples (default 0.3)")
+    _dae_args(q)
     q.set_defaults(func=run_dae)
 
     text = "block switching (Wang et al. 2019), K random channels"
     q = kinds.add_parser("block-switch", help=text, description=text)
     _common_args(q)
-    q.add_argument("--channels", type=int, default=4, help="K, parallel channels (default 4)")
-    q.add_argument("--split", type=int, default=None,
-                   help="layers in a channel (default: all layers before the first Flatten/Linear)")
-    q.add_argument("--upper-epochs", type=int, default=None, help="epochs for the upper part (default --epochs)")
+    _block_switch_args(q)
     q.set_defaults(func=run_block_switch)
 
-    text = "adversarial training with FGSM or PGD examples"
+    text = "denoising autoencoder in front of block switching (the seed repository's defense)"
+    q = kinds.add_parser("dae+block-switch", help=text, description=text)
+    _common_args(q)
+    _block_switch_args(q)
+    _dae_args(q)
+    q.set_defaults(func=run_dae_block_switch)
+
+    text = "adversarial training: goodfellow (FGSM, mixed loss), madry (PGD only) or trades (Zhang et al. 2019)"
     q = kinds.add_parser("adv-train", help=text, description=text)
     _common_args(q)
-    q.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm", help="training attack (default fgsm)")
-    q.add_argument("--eps", type=float, default=0.3, help="Linf radius (default 0.3)")
-    q.add_argument("--steps", type=int, default=10, help="PGD steps (default 10)")
+    q.add_argument("--mode", choices=list(MODES), default="goodfellow",
+                   help="the paper whose training to follow (default goodfellow)")
+    q.add_argument("--eps", type=float, default=None,
+                   help="Linf radius (default: the mode's published MNIST value, 0.25 goodfellow, 0.3 madry/trades)")
+    q.add_argument("--steps", type=int, default=None, help="attack steps (default 40 for madry and trades)")
+    q.add_argument("--step", type=float, default=None, help="attack step size (default 0.01 for madry and trades)")
+    q.add_argument("--alpha", type=float, default=None, help="goodfellow: weight of the clean loss (default 0.5)")
+    q.add_argument("--beta", type=float, default=None, help="trades: weight of the KL term (default 6)")
     q.set_defaults(func=run_adv_train)
+
+
+def _block_switch_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--channels", type=int, default=5, help="K, parallel channels (default 5, as in the paper)")
+    q.add_argument("--split", type=int, default=None,
+                   help="layers in a channel (default: the convolutional layers and the first fully connected one)")
+    q.add_argument("--upper-epochs", type=int, default=None, help="epochs of round two (default --epochs)")
+    q.add_argument("--freeze-channels", action="store_true",
+                   help="round two trains the upper part only (the earlier variant)")
+
+
+def _dae_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--width", type=int, default=32, help="autoencoder width (default 32)")
+    q.add_argument("--noise-std", type=float, default=0.3, help="Gaussian training noise (default 0.3)")
+    q.add_argument("--adversarial", choices=["none", "fgsm", "pgd"], default="fgsm",
+                   help="also train on these adversarial examples of the model (default fgsm)")
+    q.add_argument("--eps", type=float, default=0.3,
+                   help="largest Linf radius of the autoencoder's adversarial examples (default 0.3)")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -157,22 +181,40 @@ def run_block_switch(args: argparse.Namespace) -> int:
     defended, report = train_block_switch(
         meta["arch"], train.x.to(args.device), train.y.to(args.device), channels=args.channels,
         split=args.split, epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed,
+        lr=args.lr, seed=args.seed, freeze_channels=args.freeze_channels,
     )
-    settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs}
+    settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs,
+                "freeze_channels": args.freeze_channels}
     return _finish(args, "block-switch", defended, model, meta, test, report.seconds, settings)
+
+
+def run_dae_block_switch(args: argparse.Namespace) -> int:
+    model, meta, train, test = _load(args)
+    adversarial = args.adversarial != "none"
+    defended, report = train_dae_block_switch(
+        meta["arch"], train.x.to(args.device), train.y.to(args.device), protected=model if adversarial else None,
+        channels=args.channels, split=args.split, freeze_channels=args.freeze_channels, width=args.width,
+        noise_std=args.noise_std, attack=args.adversarial if adversarial else "fgsm", eps=args.eps,
+        epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, bounds=bounds_of(meta),
+    )
+    settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs,
+                "freeze_channels": args.freeze_channels, "noise_std": args.noise_std,
+                "adversarial": args.adversarial, "eps": args.eps}
+    return _finish(args, "dae+block-switch", defended, model, meta, test, report.seconds, settings)
 
 
 def run_adv_train(args: argparse.Namespace) -> int:
     model, meta, train, test = _load(args)
     arch = meta["arch"]
     defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
+    r = recipe(args.mode, args.eps, args.steps, args.step, args.alpha, args.beta)
     report = adversarial_training(
-        defended, train.x.to(args.device), train.y.to(args.device), attack=args.attack, eps=args.eps,
-        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        bounds=bounds_of(meta),
+        defended, train.x.to(args.device), train.y.to(args.device), mode=args.mode, eps=r.eps, steps=r.steps,
+        step=r.step, alpha=r.alpha, beta=r.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, bounds=bounds_of(meta),
     )
-    settings = {"attack": args.attack, "eps": args.eps, "steps": args.steps}
+    settings = {"mode": args.mode, "eps": r.eps, "steps": r.steps, "step": r.step, "alpha": r.alpha, "beta": r.beta}
     return _finish(args, "adv-train", defended, model, meta, test, report.seconds, settings)
 
 
