@@ -263,3 +263,12 @@ def test_pgd_restart_parameters_reach_the_registry():
         PGD(linear_model(), restarts=3, random_start=False)
     for name in ("fgsm", "pgd", "bim", "jsma", "isi"):
         assert "least-likely" in registry.get_attack(name).targeting
+
+
+def test_cli_offers_restarts_and_early_stop(capsys):
+    from salmap.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["attack", "pgd", "--help"])
+    text = capsys.readouterr().out
+    assert "--restarts N" in text and "--early-stop" in text

@@ -244,3 +244,38 @@ def test_cli_isi_end_to_end(tmp_path) -> None:
     with pytest.raises(SystemExit) as stop:  # a usage error: --eps must be in (0, inf)
         main(["attack", "isi", "--model", str(folder), "--num", "2", "--eps", "0", "--norm", "l2", "--out", str(out)])
     assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("indicator", INDICATORS)
+@pytest.mark.parametrize(("steps", "expected"), [
+    # centred relevance (x - 0.5) g = (-1.2, 0, 0.3, -1.0); feature 1 sits at the middle and never moves;
+    # the two best (features 2 and 3) move by eps towards the middle
+    (1, [0.1, 0.5, 0.9, 0.1]),
+    (2, [0.1, 0.5, 0.8, 0.2]),
+])
+def test_l2_authors_rule_known_answers_on_a_linear_model(indicator: str, steps: int, expected: list[float]) -> None:
+    x = torch.tensor([[0.1, 0.5, 1.0, 0.0]])
+    attack = ISI(linear_model(), indicator=indicator, norm="l2", n_features=2, eps=0.1, max_iter=steps)
+    assert attack.l2_rule == "authors"
+    torch.testing.assert_close(attack(x, y=0).x_adv, torch.tensor([expected]))
+    # The gradient-signed rule ranks by |g| or (x - b) g and moves along -sign(g).
+    signed = ISI(linear_model(), indicator=indicator, norm="l2", n_features=2, eps=0.1, max_iter=1, l2_rule="gradient")
+    first = [0.0, 0.6, 1.0, 0.0] if indicator == "sensitivity" else [0.1, 0.6, 0.9, 0.0]
+    torch.testing.assert_close(signed(x, y=0).x_adv, torch.tensor([first]))
+
+
+def test_l2_authors_rule_moves_towards_the_middle_of_other_bounds(digits_model) -> None:
+    model, x, y = digits_model
+    bounds = (-1.0, 1.0)
+    xs = x * 2 - 1
+    r = ISI(model, norm="l2", n_features=5, eps=0.05, max_iter=3, bounds=bounds)(xs, y=y)
+    moved = r.x_adv != xs
+    # Every change brings the feature closer to 0, the middle of (-1, 1), by 0.05 per move.
+    assert bool(((r.x_adv.abs() < xs.abs()) | ~moved).all())
+    assert int(moved.flatten(1).sum(1).max()) <= 15
+    from salmap import registry
+
+    param = registry.get_attack("isi").param_map["l2_rule"]
+    assert param.choices == ("authors", "gradient") and param.default == "authors"
+    with pytest.raises(ValueError, match="l2_rule must be one of"):
+        ISI(model, l2_rule="middle")

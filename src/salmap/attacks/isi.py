@@ -23,11 +23,13 @@ from salmap.registry import register_attack
 INDICATORS = ("relevance", "sensitivity")
 NORMS = ("l0", "l2", "linf")
 OBJECTIVES = ("logit", "margin")
+L2_RULES = ("authors", "gradient")
 
 
 @register_attack(
     "isi", needs_module={"indicator": "relevance"}, model_check=check_supported,
-    choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin")},
+    choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin"),
+             "l2_rule": ("authors", "gradient")},
     ranges={"eps": "(0, inf)", "max_iter": "[1, inf)", "n_features": "[1, inf)"},
 )
 class ISI(Attack):
@@ -41,7 +43,8 @@ class ISI(Attack):
       features not changed before are set to the bound in the direction that helps the
       attack, then masked out;
     - ``norm="l2"``: the ``n_features`` (default 10) most significant features are each moved
-      by ``eps`` in that direction (they may be chosen again later);
+      by ``eps`` (they may be chosen again later): by default (``l2_rule="authors"``) towards
+      the middle of the bounds, see below; with ``l2_rule="gradient"`` in the direction above;
     - ``norm="linf"``: every feature is moved by ``eps`` in its direction.
 
     Everything is clipped to ``bounds``. A sample stops as soon as it succeeds, after
@@ -55,9 +58,26 @@ class ISI(Attack):
       and the LRP-modified gradient ``g~`` at ``x`` (``R = x * g~`` for the gradient-form
       rules). Direction ``-sign(g~)``, the way that removes the feature's contribution;
       significance ``R - b * g~ = (x - b) g~`` with ``b`` the bound in that direction: the
-      relevance the feature gives up when moved there. For features away from the bounds
-      this ranks like ``R`` itself; unlike ``R`` it also ranks features sitting at one bound
-      (black MNIST pixels, whose relevance is 0) by what moving them would remove.
+      relevance the feature gives up when moved there. With bounds ``(0, 1)`` this equals
+      ``R`` where ``g~ > 0`` (``b = 0``) and is ``(1 - x) |g~| >= 0`` where ``g~ < 0``, where
+      ``R = x g~ <= 0``: ranking by ``R`` itself (the authors' rule) never picks those
+      features (dark pixels whose increase lowers ``F``); this ranking does. On the MNIST
+      lenet of ``salmap demo`` (first 100 test images, untargeted, relevance, L0, 30
+      features at most) ranking by ``R`` instead, with the same moves, gave the same
+      adversarial image for 31 of 100 images, 93% success with 14.6 features changed on
+      average against 99% with 10.6 (``benchmarks/isi_rules.py`` prints these figures).
+
+    The L2 rule (``l2_rule``). The authors' code moves the top-``n`` features by relevance
+    by ``eps`` towards zero (``x -= eps * sign(x)``) on data in ``[-1, 1]``. Translated to
+    salmap's bounds ``[low, high]`` with middle ``m = (low + high) / 2``: the relevance of
+    the centred input, ``(x - m) g~`` (``R - m g~``; ``(x - m) g`` for ``"sensitivity"``),
+    ranks the features and each picked feature moves by ``eps`` (in salmap's units) towards
+    ``m`` (a feature at ``m`` does not move). ``"gradient"`` ranks by the significance above
+    and moves along ``-sign(g~)``. On the same 100 images (relevance, ``n_features=10``,
+    ``eps=0.1``, 30 iterations): the authors' rule 92% success, mean L2 1.92, Linf 0.41,
+    14.3 iterations; the gradient-signed rule 99%, L2 2.07, Linf 0.64, 11.2 iterations
+    (``benchmarks/isi_rules.py``). Moving the features by ``eps / 2``, the authors' step
+    measured in their ``[-1, 1]`` units, gave 58%, L2 1.62, Linf 0.38.
 
     Interpretations (the paper gives the scheme, not every detail):
 
@@ -99,6 +119,8 @@ class ISI(Attack):
         :data:`salmap.lrp.COMPOSITES` or a :class:`~salmap.lrp.Composite`.
     objective: the score ``F`` that is lowered: ``"logit"``, ``"margin"`` or ``None`` (``"logit"``
         untargeted, ``"margin"`` targeted; see above).
+    l2_rule: how ``norm="l2"`` ranks and moves features: ``"authors"`` (towards the middle of the
+        bounds, ranked by centred relevance) or ``"gradient"`` (along the gradient's sign).
 
     Examples
     --------
@@ -117,6 +139,7 @@ class ISI(Attack):
         bounds: BoundsLike = (0.0, 1.0),
         lrp_composite: str | Composite = "epsilon",
         objective: str | None = None,
+        l2_rule: str = "authors",
     ) -> None:
         super().__init__(model, bounds)
         self.indicator = check_choice("indicator", indicator, INDICATORS)
@@ -140,6 +163,7 @@ class ISI(Attack):
         if objective is not None:
             check_choice("objective", objective, OBJECTIVES)
         self.objective = objective
+        self.l2_rule = check_choice("l2_rule", l2_rule, L2_RULES)
         if indicator == "relevance" and not isinstance(model, nn.Module):
             raise ValueError(f"indicator='relevance' needs a torch.nn.Module model, got {type(model).__name__}")
 
@@ -163,11 +187,21 @@ class ISI(Attack):
             rival = out.masked_fill(onehot.bool(), float("-inf")).argmax(dim=1)
             return sign * (onehot - torch.nn.functional.one_hot(rival, out.shape[1]).to(out.dtype))
 
+        authors = self.norm == "l2" and self.l2_rule == "authors"
+        if authors:
+            low, high = self.bounds.like(x)
+            towards_middle = -torch.sign(x - (low + high) / 2)  # type: ignore[operator]
         if self.indicator == "sensitivity":
             out, (grad,) = output_vjps(self.model, x, [cotangent])
+            if authors:
+                return out, (x - (low + high) / 2) * grad, towards_middle  # type: ignore[operator]
             return out, grad.abs(), -grad.sign()
         assert isinstance(self.model, nn.Module)
         out, relevance, grad = lrp_relevance(self.model, x, cotangent, self._composite, plan)
+        if authors:
+            # The relevance of the centred input, in the space LRP explains (normalised for a Normalized model).
+            lrp_low, lrp_high = self._lrp_bounds.like(x)
+            return out, relevance - (lrp_low + lrp_high) / 2 * grad, towards_middle  # type: ignore[operator]
         direction = -grad.sign()
         # In the space LRP explains (normalised for a Normalized model; the direction's sign is the same).
         low, high = self._lrp_bounds.like(x)
