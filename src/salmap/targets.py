@@ -48,6 +48,8 @@ import torch
 from torch import Tensor
 
 from salmap._validate import check_labels, check_number
+from salmap.gradients import Model, frozen, predict
+from salmap.metrics import mask_from_output
 
 #: targeting modes of classifiers, see the module docstring
 CLASSIFIER_MODES = ("none", "random", "next", "least-likely", "all")
@@ -182,6 +184,66 @@ def main_class(masks: Tensor) -> Tensor:
     return torch.where(fg.sum(dim=1) > 0, fg.argmax(dim=1) + 1, torch.zeros_like(fg[:, 0]))
 
 
+def predict_masks(model: Model, x: Tensor, batch_size: int = 64) -> Tensor:
+    """The model's class-index masks ``(B, H, W)`` for ``x`` (model frozen, then restored)."""
+    with frozen(model):
+        return mask_from_output(predict(model, x, batch_size))
+
+
+def hide_object(
+    mask: Tensor, object_mask: Tensor | None = None, classes: int | list[int] | None = None, background: int = BACKGROUND
+) -> Tensor:
+    """Target that hides objects: their pixels become ``background``.
+
+    Which pixels: ``object_mask`` (bool ``(B, H, W)``) when given, else the pixels of the
+    given ``classes``, else every pixel that is not already background.
+
+    Examples
+    --------
+    >>> hide_object(torch.tensor([[[0, 1], [2, 0]]]), classes=2)
+    tensor([[[0, 1],
+             [0, 0]]])
+    """
+    if object_mask is not None:
+        if object_mask.shape != mask.shape:
+            raise ValueError(f"object_mask must have the shape of mask {tuple(mask.shape)}, got {tuple(object_mask.shape)}")
+        hide = object_mask.bool()
+    elif classes is not None:
+        wanted = torch.as_tensor([classes] if isinstance(classes, int) else list(classes), device=mask.device)
+        hide = torch.isin(mask, wanted)
+    else:
+        hide = mask != background
+    return torch.where(hide, torch.full_like(mask, background), mask)
+
+
+def relabel_class(mask: Tensor, source: int | Tensor, target: int | Tensor) -> Tensor:
+    """Target in which the pixels of class ``source`` become class ``target`` (ints, or ``(B,)`` per image).
+
+    Examples
+    --------
+    >>> relabel_class(torch.tensor([[[0, 3], [3, 1]]]), 3, 5)
+    tensor([[[0, 5],
+             [5, 1]]])
+    """
+    src = torch.as_tensor(source, device=mask.device).reshape(-1, *([1] * (mask.dim() - 1)))
+    dst = torch.as_tensor(target, device=mask.device).reshape(-1, *([1] * (mask.dim() - 1)))
+    return torch.where(mask == src, dst.to(mask.dtype).expand_as(mask), mask)
+
+
+def add_mask_of(mask: Tensor, other: Tensor, background: int = BACKGROUND) -> Tensor:
+    """Target that adds the objects of another image's mask: ``other`` wherever it is not background.
+
+    Examples
+    --------
+    >>> add_mask_of(torch.tensor([[[1, 0], [0, 0]]]), torch.tensor([[[0, 0], [2, 0]]]))
+    tensor([[[1, 0],
+             [2, 0]]])
+    """
+    if other.shape != mask.shape:
+        raise ValueError(f"other must have the shape of mask {tuple(mask.shape)}, got {tuple(other.shape)}")
+    return torch.where(other != background, other, mask)
+
+
 def segmentation_goal(
     goal: str, masks: Tensor, next_masks: Tensor | None = None, num_classes: int = 2, to: int | None = None
 ) -> Tensor:
@@ -203,13 +265,12 @@ def segmentation_goal(
     """
     masks = masks.long()
     if goal == "hide":
-        return torch.full_like(masks, BACKGROUND)
+        return hide_object(masks)
     if goal == "add":
         if next_masks is None or next_masks.shape != masks.shape:
             got = None if next_masks is None else tuple(next_masks.shape)
             raise ValueError(f"goal 'add' needs the next samples' masks of shape {tuple(masks.shape)}, got {got}")
-        other = next_masks.to(masks.device).long()
-        return torch.where(other != BACKGROUND, other, masks)
+        return add_mask_of(masks, next_masks.to(masks.device).long())
     if goal == "relabel":
         if num_classes < 3:
             raise ValueError(f"goal 'relabel' needs a model with at least 3 classes, got {num_classes}")
@@ -221,12 +282,12 @@ def segmentation_goal(
                 raise ValueError(f"to must be a class in [0, {num_classes - 1}], got {to}")
             new = torch.full_like(source, to)
         new = torch.where(source == BACKGROUND, source, new)  # nothing to relabel in an empty mask
-        return torch.where(masks == source[:, None, None], new[:, None, None].expand_as(masks), masks)
+        return relabel_class(masks, source, new)
     raise ValueError(f"goal must be one of {', '.join(SEGMENTATION_GOALS)}, got {goal!r}")
 
 
 __all__ = [
-    "BACKGROUND", "CLASSIFIER_MODES", "SEGMENTATION_GOALS", "Rows", "all_other_targets", "already_reached",
-    "classifier_targets", "expand", "least_likely", "main_class", "next_positions", "random_targets",
-    "rows_per_sample", "segmentation_goal",
+    "BACKGROUND", "CLASSIFIER_MODES", "SEGMENTATION_GOALS", "Rows", "add_mask_of", "all_other_targets",
+    "already_reached", "classifier_targets", "expand", "hide_object", "least_likely", "main_class", "next_positions",
+    "predict_masks", "random_targets", "relabel_class", "rows_per_sample", "segmentation_goal",
 ]

@@ -5,8 +5,8 @@ the model to output, and changes input features chosen by a saliency map until t
 fraction of pixels predicted as the target reaches ``required``, or until ``gamma`` of
 the input features have been changed. The maps (``"jsma"``, Papernot et al.'s map over
 pixel sums, and ``"masked"``, the method we started from) are in
-:mod:`salmap.attacks.seg_saliency`; target masks for common goals and regions in
-:mod:`salmap.attacks.seg_goals` (re-exported here).
+:mod:`salmap.attacks.seg_saliency`; target masks for common goals in :mod:`salmap.targets`
+and regions in :mod:`salmap.attacks.seg_goals` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -21,20 +21,12 @@ from tqdm.auto import tqdm
 
 from salmap._validate import BoundsLike, as_index_tensor, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
-from salmap.attacks.seg_goals import (
-    RegionFn,
-    add_mask_of,
-    hide_object,
-    outside,
-    predict_masks,
-    region_mask,
-    relabel_class,
-    resize_mask,
-)
+from salmap.attacks.seg_goals import RegionFn, outside, region_mask, resize_mask
 from salmap.attacks.seg_saliency import choose, derivatives, output_mask
 from salmap.gradients import Model, active_set_loop
 from salmap.metrics import mask_from_output, pixel_accuracy, segmentation_iou
 from salmap.registry import register_attack
+from salmap.targets import add_mask_of, hide_object, predict_masks, relabel_class
 
 __all__ = ["SegmentationJSMA", "add_mask_of", "hide_object", "outside", "predict_masks", "relabel_class"]
 

@@ -1,8 +1,8 @@
-"""Goals and regions of segmentation attacks: target masks for common goals, and where changes may go.
+"""Where a segmentation attack may change the input: :func:`region_mask` and :func:`outside`.
 
-Target masks for :class:`salmap.attacks.SegmentationJSMA`: :func:`hide_object`,
-:func:`relabel_class`, :func:`add_mask_of` (from the model's own masks, :func:`predict_masks`);
-regions of changeable input features: :func:`outside` and :func:`region_mask`.
+The target masks of segmentation goals (:func:`hide_object`, :func:`relabel_class`,
+:func:`add_mask_of`, from the model's own masks, :func:`predict_masks`) are in
+:mod:`salmap.targets`, the one module for targets and goals; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from salmap.gradients import Model, frozen, predict
 from salmap.metrics import mask_from_output
+from salmap.targets import add_mask_of, hide_object, predict_masks, relabel_class
 
 __all__ = [
     "RegionFn", "add_mask_of", "hide_object", "outside", "predict_masks", "region_mask", "relabel_class", "resize_mask",
@@ -60,66 +60,6 @@ def region_mask(region: Tensor | RegionFn | None, x: Tensor, target: Tensor, cle
             f"({batch}, {h}, {w}) or ({h}, {w}), got shape {shape}"
         )
     return mask.to(device=x.device, dtype=torch.bool)
-
-
-def predict_masks(model: Model, x: Tensor, batch_size: int = 64) -> Tensor:
-    """The model's class-index masks ``(B, H, W)`` for ``x`` (model frozen, then restored)."""
-    with frozen(model):
-        return mask_from_output(predict(model, x, batch_size))
-
-
-def hide_object(
-    mask: Tensor, object_mask: Tensor | None = None, classes: int | list[int] | None = None, background: int = 0
-) -> Tensor:
-    """Target that hides objects: their pixels become ``background``.
-
-    Which pixels: ``object_mask`` (bool ``(B, H, W)``) when given, else the pixels of the
-    given ``classes``, else every pixel that is not already background.
-
-    Examples
-    --------
-    >>> hide_object(torch.tensor([[[0, 1], [2, 0]]]), classes=2)
-    tensor([[[0, 1],
-             [0, 0]]])
-    """
-    if object_mask is not None:
-        if object_mask.shape != mask.shape:
-            raise ValueError(f"object_mask must have the shape of mask {tuple(mask.shape)}, got {tuple(object_mask.shape)}")
-        hide = object_mask.bool()
-    elif classes is not None:
-        wanted = torch.as_tensor([classes] if isinstance(classes, int) else list(classes), device=mask.device)
-        hide = torch.isin(mask, wanted)
-    else:
-        hide = mask != background
-    return torch.where(hide, torch.full_like(mask, background), mask)
-
-
-def relabel_class(mask: Tensor, source: int | Tensor, target: int | Tensor) -> Tensor:
-    """Target in which the pixels of class ``source`` become class ``target`` (ints, or ``(B,)`` per image).
-
-    Examples
-    --------
-    >>> relabel_class(torch.tensor([[[0, 3], [3, 1]]]), 3, 5)
-    tensor([[[0, 5],
-             [5, 1]]])
-    """
-    src = torch.as_tensor(source, device=mask.device).reshape(-1, *([1] * (mask.dim() - 1)))
-    dst = torch.as_tensor(target, device=mask.device).reshape(-1, *([1] * (mask.dim() - 1)))
-    return torch.where(mask == src, dst.to(mask.dtype).expand_as(mask), mask)
-
-
-def add_mask_of(mask: Tensor, other: Tensor, background: int = 0) -> Tensor:
-    """Target that adds the objects of another image's mask: ``other`` wherever it is not background.
-
-    Examples
-    --------
-    >>> add_mask_of(torch.tensor([[[1, 0], [0, 0]]]), torch.tensor([[[0, 0], [2, 0]]]))
-    tensor([[[1, 0],
-             [2, 0]]])
-    """
-    if other.shape != mask.shape:
-        raise ValueError(f"other must have the shape of mask {tuple(mask.shape)}, got {tuple(other.shape)}")
-    return torch.where(other != background, other, mask)
 
 
 def outside(prediction_classes: int | None = None, background: int = 0) -> RegionFn:
