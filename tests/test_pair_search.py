@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import salmap.pair_search as pair_search_module
-from salmap.pair_search import PairPool, select_features
+from salmap.pair_pool import PairPool
+from salmap.pair_search import select_features
 
 # -- slow reference, straight from Papernot et al. 2016 ----------------------------------------
 

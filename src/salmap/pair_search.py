@@ -3,7 +3,7 @@
 Papernot et al., "The Limitations of Deep Learning in Adversarial Settings", 2016
 (Algorithm 3 and equations 8-9). Both JSMAs use it: :class:`salmap.attacks.JSMA` once per
 iteration, :class:`salmap.attacks.SegmentationJSMA` ``k`` times per iteration through a
-shared :class:`PairPool`.
+shared :class:`salmap.pair_pool.PairPool`.
 
 The search (:func:`select_features`) is vectorised over the batch and exact by default. It
 never materialises the ``n x n`` pair matrix: every feature ``p`` gets an upper bound
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from salmap._validate import check_number
 
-__all__ = ["AUTO_BLOCK_ELEMENTS", "PairPool", "auto_chunk_size", "select_features"]
+__all__ = ["AUTO_BLOCK_ELEMENTS", "auto_chunk_size", "pair_bound", "select_features"]
 
 #: Number of candidate features the exact pair search starts with before widening.
 _FIRST_CANDIDATES = 16
@@ -250,77 +250,3 @@ def _search_pairs(a: Tensor, nb: Tensor, domain: Tensor, block: int) -> tuple[Te
         where = torch.where(better, flat + start * m, where)
     found = best > -math.inf
     return torch.stack([where // m, where % m], dim=1), best, found
-
-
-class PairPool:
-    """Several best-pair searches over shrinking subsets of one domain, on one gradient.
-
-    :func:`select_features` over all ``n`` features costs a few sorts of ``n`` values per
-    call; a caller that searches the same ``alpha``/``beta`` many times (the ``k`` selections
-    of one segmentation-JSMA iteration, each removing the features just chosen) shares a pool
-    instead: the ``pool`` features of highest bound :func:`pair_bound`, found once. That bound
-    stays valid while features leave the domain, so a pair found in the pool is the exact
-    best over the domain when its score exceeds the largest bound left out of the pool; rows
-    where that proof fails are searched again over all features. With ``candidates`` (an
-    approximate search by definition) the pool is searched as :func:`select_features` would
-    search the domain, without the proof (rows that find nothing in the pool are searched
-    again over all features).
-
-    Parameters
-    ----------
-    alpha, beta, domain, increase, pairs, candidates:
-        As for :func:`select_features` (``domain`` is the largest domain later calls use).
-    chunk: ``chunk_size`` of :func:`select_features`.
-    pool: features in the shared pool; a domain of at most ``pool`` features is searched as it is.
-    """
-
-    def __init__(
-        self, alpha: Tensor, beta: Tensor, domain: Tensor, increase: bool, pairs: bool, chunk: int,
-        candidates: int | None, pool: int,
-    ) -> None:
-        self.alpha, self.beta, self.increase, self.pairs = alpha, beta, increase, pairs
-        self.chunk, self.candidates = chunk, candidates
-        rows, n = alpha.shape
-        self.index: Tensor | None = None
-        if not pairs or pool >= n or not domain.any():
-            return  # single features are one cheap pass; a small domain is searched as it is
-        a, nb = (alpha, -beta) if increase else (-alpha, beta)
-        neg_inf = torch.tensor(-math.inf, dtype=a.dtype, device=a.device)
-        bound = pair_bound(a, nb, domain)
-        top = bound.topk(pool + 1, dim=1, sorted=True)
-        # Ascending feature order in the pool keeps select_features' tie-breaking (lowest pair first).
-        self.index = top.indices[:, :pool].sort(dim=1).values
-        self.usable = torch.gather(bound, 1, self.index) > neg_inf
-        self.left_out = top.values[:, pool]
-        self.sub_alpha = torch.gather(alpha, 1, self.index)
-        self.sub_beta = torch.gather(beta, 1, self.index)
-
-    def best(self, domain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``select_features`` over ``domain`` (a subset of the domain the search started with)."""
-        rows = domain.shape[0]
-        if not domain.any():
-            width = 2 if self.pairs else 1
-            return (torch.zeros(rows, width, dtype=torch.long, device=domain.device),
-                    torch.zeros(rows, dtype=self.alpha.dtype, device=domain.device),
-                    torch.zeros(rows, dtype=torch.bool, device=domain.device))
-        if self.index is None:
-            return self._full(domain)
-        sub_domain = torch.gather(domain, 1, self.index) & self.usable
-        at, score, found = select_features(self.sub_alpha, self.sub_beta, sub_domain, self.increase, True,
-                                           self.chunk, self.candidates)
-        index = torch.gather(self.index, 1, at)
-        nothing_left_out = self.left_out == -math.inf
-        if self.candidates is not None:  # no proof to give, but a pool run dry is searched again
-            settled = found | nothing_left_out
-        else:
-            settled = torch.where(found, score > self.left_out, nothing_left_out)
-        if not settled.all():
-            again = (~settled).nonzero().flatten()
-            i, s, f = self._full(domain[again], again)
-            index[again], score[again], found[again] = i, s, f
-        return torch.where(found[:, None], index, 0), torch.where(found, score, 0.0), found
-
-    def _full(self, domain: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        alpha = self.alpha if rows is None else self.alpha[rows]
-        beta = self.beta if rows is None else self.beta[rows]
-        return select_features(alpha, beta, domain, self.increase, self.pairs, self.chunk, self.candidates)

@@ -32,7 +32,7 @@ __all__ = ["SegmentationJSMA", "add_mask_of", "hide_object", "outside", "predict
 
 log = logging.getLogger(__name__)
 
-#: Smallest pool of features the pair searches of one iteration share (see :class:`~salmap.pair_search.PairPool`).
+#: Smallest pool of features the pair searches of one iteration share (see :class:`~salmap.pair_pool.PairPool`).
 _POOL = 1024
 
 
@@ -65,7 +65,7 @@ class SegmentationJSMA(Attack):
     unless a ``region`` is given) the features that may change in an iteration are those
     under the pixels that do not match the target yet (see :mod:`salmap.attacks.seg_saliency`,
     which also defines the step-weighted saliency). The ``k`` pair searches of an iteration share one pool of promising
-    features, and stay exact (see :class:`~salmap.pair_search.PairPool`).
+    features, and stay exact (see :class:`~salmap.pair_pool.PairPool`).
 
     Models: a ``(B, 1, H, W)`` output is one binary logit per pixel (classes 0 and 1,
     class 1 where the logit is positive); ``(B, C, H, W)`` outputs are class scores.

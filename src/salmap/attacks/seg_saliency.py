@@ -48,7 +48,8 @@ from torch import Tensor
 
 from salmap.attacks.seg_goals import resize_mask
 from salmap.gradients import Model, forward, output_vjps, softmax_classes
-from salmap.pair_search import PairPool, auto_chunk_size
+from salmap.pair_pool import PairPool
+from salmap.pair_search import auto_chunk_size
 
 __all__ = ["choose", "derivatives", "output_mask"]
 
@@ -120,7 +121,7 @@ def choose(
 
     ``alpha`` and ``beta`` ``(R, n)`` are the map's derivatives (``beta`` None for the masked
     map), ``flat`` the current inputs ``(R, n)``, ``domain`` the features that may change;
-    ``pool`` is the size of the :class:`~salmap.pair_search.PairPool` the pair searches share.
+    ``pool`` is the size of the :class:`~salmap.pair_pool.PairPool` the pair searches share.
     Returns feature indices ``(R, m)``, the sign of each change ``(R, m)`` and which entries
     are real selections ``(R, m)`` (a pair counts as two entries). ``bounds`` are floats or the
     features' ``(1, n)`` bounds (:meth:`salmap._validate.Bounds.features`).
