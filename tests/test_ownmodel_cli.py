@@ -111,3 +111,36 @@ def test_cli_output_key_and_bad_flags(colour_setup, tmp_path, monkeypatch, capsy
                  "--mean", MEAN, "--out", str(tmp_path / "e")]) != 0
     assert "--mean and --std go together" in capsys.readouterr().err
     sys.modules.pop("own_factories", None)
+
+
+@pytest.mark.slow
+def test_run_file_normalization_and_model_args(colour_setup, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    root = colour_setup
+    monkeypatch.syspath_prepend(str(root))
+    norm = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    run = {
+        "output": str(tmp_path / "out"), "data": {"name": f"npz:{root / 'colour.npz'}", "num": 6},
+        "batch_size": 3, "report": False, "figures": False,
+        "models": [{"name": "flags", "path": str(root / "plain"), "normalization": norm},
+                   {"name": "hand", "path": "own_factories:composed", "model_args": {"checkpoint": str(root / "plain")}}],
+        "attacks": [{"attack": "pgd", "params": {"eps": 0.05, "steps": 3}}],
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert main(["evaluate", str(tmp_path / "run.yaml"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    by_model: dict[str, list] = {}
+    for r in rows:
+        r.pop("seconds", None)
+        by_model.setdefault(r.pop("model"), []).append({k: v for k, v in r.items() if "model" not in k})
+    assert len(by_model) == 2
+    first, second = by_model.values()
+    assert first == second and len(first) == 6
+
+    run["models"][0]["normalization"] = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}
+    run["output"] = str(tmp_path / "bad")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(run))
+    assert main(["evaluate", str(tmp_path / "bad.yaml"), "--no-progress"]) == 2
+    assert "models[0].normalization: std must be > 0" in capsys.readouterr().err
+    sys.modules.pop("own_factories", None)

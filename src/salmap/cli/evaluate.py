@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from salmap import registry
+from salmap.cli.common import add_model_options, model_options
 from salmap.cli.flags import parse_spec
 from salmap.evaluation.config import load_config, parse_config
 from salmap.evaluation.settings import RUN_TARGETING
@@ -65,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-code", action="store_true",
                    help="allow model paths that name Python code (package.module:factory) to be imported and "
                         "called; without it a run file naming code is refused (validation never runs it)")
+    add_model_options(p)  # they apply to the --model entries (keys: models[].normalization, ...)
     p.set_defaults(func=run)
 
 
@@ -82,8 +84,19 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if args.out is not None:
         found["output"] = args.out
+    options = model_options(args)
+    entry: dict[str, Any] = {}
+    if options["normalization"] is not None:
+        entry["normalization"] = options["normalization"]
+    if options["output_key"] is not None:
+        entry["output_key"] = options["output_key"]
+    if options["model_args"]:
+        entry["model_args"] = options["model_args"]
+    if entry and not args.model:
+        raise ValueError("--mean/--std, --output-key and --model-arg apply to --model entries; in a run file "
+                         "use the keys models[].normalization, output_key and model_args")
     if args.model:
-        found["models"] = [{"path": p} for p in args.model]
+        found["models"] = [{"path": p, **entry} for p in args.model]
     if args.attack:
         found["attacks"] = [parse_attack(a) | ({"targets": args.targets} if args.targets else {}) for a in args.attack]
     if args.explain:

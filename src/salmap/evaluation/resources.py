@@ -24,6 +24,8 @@ from salmap import models as zoo
 from salmap import registry
 from salmap.evaluation.checker import Checker
 from salmap.evaluation.sections import is_factory
+from salmap.gradients import set_eval
+from salmap.models.outputs import logits_of
 
 if TYPE_CHECKING:
     from salmap.evaluation.settings import (
@@ -73,12 +75,22 @@ class LoadedModel:
     task: str | None = None
 
 
-def load_model(path: str, device: str = "cpu", allow_code: bool = False) -> LoadedModel:
-    """Open the model at ``path`` (checkpoint folder, TorchScript file or, with ``allow_code``, module:factory)."""
+def load_model(model: str | ModelConfig, device: str = "cpu", allow_code: bool = False) -> LoadedModel:
+    """Open a run's model: a ``models[]`` entry (path, normalization, output_key, model_args) or a
+    path (checkpoint folder, TorchScript/.pt2/.keras file or, with ``allow_code``, module:factory)."""
+    path, options = model_source(model)
     if is_factory(path) and not allow_code:
         raise ValueError(f"{path!r} names Python code (module:factory); it runs only with --allow-code")
-    module, meta = zoo.load_with_meta(path)
-    return LoadedModel(path, module.to(device).eval(), meta, bounds_from_meta(meta))
+    module, meta = zoo.load_with_meta(path, **options)
+    return LoadedModel(path, set_eval(module.to(device)), meta, bounds_from_meta(meta))
+
+
+def model_source(model: str | ModelConfig) -> tuple[str, dict[str, Any]]:
+    """``(path, keyword arguments of salmap.models.load_with_meta)`` of a ``models[]`` entry or path."""
+    if isinstance(model, str):
+        return model, {}
+    options: dict[str, Any] = {"normalization": model.normalization, "output_key": model.output_key}
+    return model.path, {**options, **model.model_args}
 
 
 def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
@@ -86,7 +98,7 @@ def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
     x = ds.x[:1].to(next(iter(model.module.parameters()), torch.empty(0)).device)
     try:
         with torch.no_grad():
-            out = model.module.eval()(x)
+            out = logits_of(set_eval(model.module)(x))
     except Exception as err:  # a model that cannot take the data's samples: say so before any work
         raise ValueError(f"does not take the data's samples of shape {tuple(ds.x.shape[1:])}: "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
@@ -132,7 +144,7 @@ def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:
         if res.models[i] is not None:
             continue
         try:
-            loaded = load_model(m.path, res.device, allow_code=cfg.allow_code)
+            loaded = load_model(m, res.device, allow_code=cfg.allow_code)
             loaded.task = model_task(loaded, res.dataset)
         except (ValueError, OSError, RuntimeError) as err:
             raise ValueError(f"models[{i}].path: {err}") from None
@@ -164,7 +176,7 @@ def check_resources(
             loaded.append(None)
             continue
         try:
-            model = load_model(m.path)
+            model = load_model(m)
             if ds is not None:
                 model.task = model_task(model, ds)
         except (ValueError, OSError, RuntimeError) as err:

@@ -34,10 +34,25 @@ def is_factory(path: str, base: Path | None = None) -> bool:
     return all(part.isidentifier() for part in module.split(".")) and attr.isidentifier()
 
 
+def normalization(check: Checker, path: str, raw: Any) -> dict[str, list[float]] | None:
+    """``models[i].normalization``: ``{mean: [...], std: [...]}`` checked (lengths, std > 0)."""
+    from salmap.models.checkpoint import normalization_pair
+    from salmap.models.normalized import parse_normalization
+
+    if raw is None:
+        return None
+    try:
+        mean, std = parse_normalization(*normalization_pair(raw))
+    except ValueError as err:
+        check.add(f"{path}.normalization", str(err))
+        return None
+    return {"mean": mean, "std": std}
+
+
 def parse_models(check: Checker, raw: Any, base: Path | None, allow_code: bool) -> list[ModelConfig]:
     models = []
     for path, m in items(check, "models", raw, required=True):
-        check.unknown_keys(path, m, {"name", "path", "defense"})
+        check.unknown_keys(path, m, {"name", "path", "defense", "normalization", "output_key", "model_args"})
         source = check.string(f"{path}.path", m.get("path"), required=True) or ""
         if source and is_factory(source, base):
             if not allow_code:
@@ -47,7 +62,11 @@ def parse_models(check: Checker, raw: Any, base: Path | None, allow_code: bool) 
             source = str(resolve(base, source))
         label = check.string(f"{path}.name", m.get("name"), None) or (Path(source).name or source or path)
         defense = check.string(f"{path}.defense", m.get("defense"), None)
-        models.append(ModelConfig(name=label, path=source, defense=defense))
+        models.append(ModelConfig(
+            name=label, path=source, defense=defense, normalization=normalization(check, path, m.get("normalization")),
+            output_key=check.string(f"{path}.output_key", m.get("output_key"), None),
+            model_args=check.mapping(f"{path}.model_args", m.get("model_args") or {}) or {},
+        ))
     labels_unique(check, "models", [m.name for m in models])
     return models
 

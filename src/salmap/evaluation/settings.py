@@ -41,6 +41,12 @@ class ModelConfig:
     path: str
     #: the defense this checkpoint embodies (a label for the tables; None for an undefended model)
     defense: str | None = None
+    #: ``{"mean": [...], "std": [...]}``: the model normalises its pixel input (see salmap.models.Normalized)
+    normalization: dict[str, list[float]] | None = None
+    #: the entry of a dict / ModelOutput output to attack (default ``logits``)
+    output_key: str | None = None
+    #: keyword arguments of a ``module:factory`` model
+    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

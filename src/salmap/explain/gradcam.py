@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, output_vjps
+from salmap.models.normalized import unwrap
 from salmap.registry import register_explainer
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -40,7 +43,10 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def default_layer(model: nn.Module) -> str:
-    """``layer4`` when the model has one (ResNets), else its last convolution."""
+    """``layer4`` when the model has one (ResNets), else its last convolution (names of the
+    network inside salmap's wrappers, which :func:`find_layer` also accepts)."""
+    while getattr(model, "salmap_wraps", False) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.get_submodule("model")
     names = dict(model.named_modules())
     if "layer4" in names:
         return "layer4"
@@ -77,6 +83,11 @@ class GradCAM(Explainer):
         ``layer4`` if the model has one, else its last convolution. If the module runs
         several times in one forward pass, its last call is used.
     relu: apply the ReLU (default ``True``, as in the paper); ``False`` keeps negative evidence.
+    reshape: turns the layer's output (and its gradient) into ``(B, channels, *spatial)``, like
+        pytorch-grad-cam's ``reshape_transform``. Default: outputs that already have that form
+        are used as they are, and transformer token outputs ``(B, 1 + h*w, C)`` (a class token,
+        then a grid of patches with the input's aspect ratio) or ``(B, h*w, C)`` become
+        ``(B, C, h, w)`` with the class token dropped. Anything else is an error naming the shape.
 
     Returns
     -------
@@ -89,7 +100,10 @@ class GradCAM(Explainer):
     torch.Size([16, 1, 224, 224])
     """
 
-    def __init__(self, model: Model, layer: str | None = None, relu: bool = True) -> None:
+    def __init__(
+        self, model: Model, layer: str | None = None, relu: bool = True,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module for Grad-CAM (layers by name), got {type(model).__name__}")
         super().__init__(model)
@@ -104,6 +118,9 @@ class GradCAM(Explainer):
                 "or use gradient, occlusion or LRP on this one"
             )
         self.relu = bool(relu)
+        if reshape is not None and not callable(reshape):
+            raise ValueError(f"reshape must be a function of the layer's output, got {type(reshape).__name__}")
+        self.reshape = reshape
 
     def _attribute(self, x: Tensor, target: Target) -> Tensor:
         return self._explain(x, lambda out: target)
@@ -120,11 +137,13 @@ class GradCAM(Explainer):
             if not captured:
                 raise ValueError(f"layer {self.layer!r} did not run in the model's forward pass")
             act = captured[-1]
-            if not isinstance(act, Tensor) or act.dim() != x.dim() or act.shape[0] != x.shape[0]:
+            if isinstance(act, (tuple, list)) and act and isinstance(act[0], Tensor):
+                act = act[0]  # layers that return (hidden states, extras...)
+            if not isinstance(act, Tensor) or act.shape[0] != x.shape[0]:
                 shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
-                raise ValueError(
-                    f"layer {self.layer!r} must output (B, channels, *spatial) with the input's {x.dim() - 2} spatial dimensions, got {shape}"
-                )
+                raise ValueError(f"layer {self.layer!r} must output a (B, ...) tensor, got {shape}")
+            # fails early, before the backward pass, when the output has no usable form
+            self._as_maps(act.detach(), x)
             return act
 
         assert self._module is not None
@@ -133,7 +152,9 @@ class GradCAM(Explainer):
             _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)
         finally:
             handle.remove()
-        act = captured[-1].detach()
+        raw = captured[-1]
+        raw = raw[0] if isinstance(raw, (tuple, list)) else raw
+        act, grad = self._as_maps(raw.detach(), x), self._as_maps(grad, x)
         weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
         cam = (weights * act).sum(dim=1, keepdim=True)
         if self.relu:
@@ -144,3 +165,46 @@ class GradCAM(Explainer):
                 raise ValueError(f"Grad-CAM upsamples 1-D to 3-D maps, got input shape {tuple(x.shape)}")
             cam = F.interpolate(cam, size=size, mode=_MODES[len(size)], align_corners=False)
         return cam
+
+    def _as_maps(self, act: Tensor, x: Tensor) -> Tensor:
+        """The layer output as ``(B, channels, *spatial)`` (see ``reshape``)."""
+        if self.reshape is not None:
+            out = self.reshape(act)
+            if not isinstance(out, Tensor) or out.dim() != x.dim() or out.shape[0] != x.shape[0]:
+                shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"reshape must return (B, channels, *spatial) with {x.dim() - 2} spatial dimensions, got {shape}"
+                )
+            return out
+        if act.dim() == x.dim():
+            # Keras (salmap.models.keras) image layers are channels-last: (B, *spatial, C)
+            return act.movedim(-1, 1) if getattr(unwrap(self.model), "layers_channels_last", False) else act
+        if act.dim() == 3 and x.dim() == 4:
+            return tokens_to_maps(act, tuple(x.shape[2:]), self.layer)
+        raise ValueError(
+            f"layer {self.layer!r} must output (B, channels, *spatial) with the input's {x.dim() - 2} spatial "
+            f"dimensions or transformer tokens (B, 1 + h*w, C), got {tuple(act.shape)}; pass reshape= to convert it"
+        )
+
+
+def tokens_to_maps(tokens: Tensor, size: tuple[int, ...], layer: str = "layer") -> Tensor:
+    """Transformer tokens ``(B, N, C)`` as maps ``(B, C, h, w)``.
+
+    ``N`` is ``1 + h*w`` (a class token first, dropped) or ``h*w``, with ``h/w`` the aspect
+    ratio of the input ``size`` ``(H, W)``.
+    """
+    b, n, c = tokens.shape
+    height, width = size
+    for extra in (1, 0):
+        cells = n - extra
+        if cells <= 0:
+            continue
+        # the grid with the input's aspect ratio: h * w = cells, h / w = H / W
+        h = round(math.sqrt(cells * height / width))
+        w = cells // h if h > 0 else 0
+        if h > 0 and h * w == cells and abs(h / w - height / width) <= 0.05 * height / width:
+            return tokens[:, extra:].reshape(b, h, w, c).permute(0, 3, 1, 2)
+    raise ValueError(
+        f"layer {layer!r} outputs {n} tokens of {c} channels, which is neither 1 + h*w nor h*w for a grid "
+        f"with the input's aspect ratio {height}x{width}; pass reshape= to turn them into (B, C, h, w)"
+    )

@@ -104,7 +104,8 @@ def load_with_meta(
     if str(source).endswith(".keras"):
         from salmap.models.keras import load_keras
 
-        model, meta = load_keras(source), dict[str, Any]()
+        model: nn.Module = load_keras(source)
+        meta: dict[str, Any] = {}
     else:
         model, meta = _load_model(source, arch, **kwargs)
     norm = normalization if normalization is not None else meta.get("normalization")

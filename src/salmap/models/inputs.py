@@ -1,0 +1,65 @@
+"""What input a model expects, and a check on one sample that the data fits it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from salmap.models.normalized import Normalized
+from salmap.models.outputs import logits_of
+
+
+def expected_input_shape(model: Any, meta: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+    """The ``(C, H, W)`` a model expects (``None`` for a size it leaves open), when known:
+    ``model.json``'s ``input_shape``, or a Keras model's input shape."""
+    shape = (meta or {}).get("input_shape")
+    if isinstance(shape, (list, tuple)) and shape:
+        return tuple(shape)
+    inner = model
+    for _ in range(8):
+        if getattr(inner, "salmap_keras", False):
+            return tuple(inner.input_shape) or None
+        if not getattr(inner, "salmap_wraps", False):
+            break
+        inner = inner.model
+    return None
+
+
+def model_channels(model: Any, meta: dict[str, Any] | None = None) -> int | None:
+    """The number of input channels a model takes, when it can be told without running it:
+    from its expected input shape, a :class:`Normalized` wrapper's mean, or its first convolution."""
+    shape = expected_input_shape(model, meta)
+    if shape and isinstance(shape[0], int):
+        return int(shape[0])
+    if isinstance(model, Normalized) and model.mean.numel() > 1:
+        return int(model.mean.numel())
+    if isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                return int(m.in_channels)
+    return None
+
+
+def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, data: str = "the data") -> Tensor:
+    """Run ``model`` on one sample ``(1, C, H, W)`` and return its output; a ``ValueError`` with
+    both shapes when the model's declared input shape or its forward pass does not fit."""
+    got = tuple(sample.shape[1:])
+    expected = expected_input_shape(model, meta)
+    if expected is not None:
+        fits = len(expected) == len(got) and all(e is None or int(e) == g for e, g in zip(expected, got, strict=False))
+        if not fits:
+            raise ValueError(
+                f"the model expects inputs of shape {expected} but {data} has samples of shape {got}; "
+                "resize with --image-size N (data.image_size) or pick data of the model's channels"
+            )
+    try:
+        with torch.no_grad():
+            return logits_of(model(sample))
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        want = f"expects {expected}" if expected is not None else f"takes {model_channels(model, meta) or '?'} channels"
+        raise ValueError(
+            f"the model ({want}) cannot run on samples of shape {got} from {data}: {first}"
+        ) from None

@@ -1,0 +1,168 @@
+"""folder: data of any size, streamed: decoding (8/16-bit PNG, JPEG, grey/colour), resize and
+centre crop, laziness, bad input, and a CLI run whose peak memory does not grow with the folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salmap import data, models
+from salmap.cli import main
+from salmap.data.stream import LazyImages, StreamDataset, decode_image, resize_crop, stream_folder
+
+
+def photo_folder(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` crops of mixed sizes and kinds (RGB PNG, grey PNG, 16-bit grey PNG, JPEG, RGBA)
+    cut from scikit-learn's two sample photographs, in three class folders."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for c in range(3):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = photos[i % 2]
+        h, w = int(rng.integers(40, 160)), int(rng.integers(40, 160))
+        top, left = int(rng.integers(0, img.shape[0] - h)), int(rng.integers(0, img.shape[1] - w))
+        crop = img[top : top + h, left : left + w]
+        kind = i % 5
+        path = root / f"class{i % 3}" / f"img{i:05d}"
+        if kind == 0:
+            Image.fromarray(crop).save(path.with_suffix(".png"))
+        elif kind == 1:
+            Image.fromarray(crop).convert("L").save(path.with_suffix(".png"))
+        elif kind == 2:
+            grey = crop.mean(axis=2).astype(np.uint16) * 257
+            Image.fromarray(grey).save(path.with_suffix(".png"))
+        elif kind == 3:
+            Image.fromarray(crop).save(path.with_suffix(".jpg"), quality=95)
+        else:
+            Image.fromarray(crop).convert("RGBA").save(path.with_suffix(".png"))
+    return root
+
+
+def test_decoding_scales_by_bit_depth(tmp_path):
+    arr8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(arr8).save(tmp_path / "g8.png")
+    torch.testing.assert_close(decode_image(tmp_path / "g8.png")[0], torch.from_numpy(arr8 / 255.0).float())
+    arr16 = np.full((8, 8), 1000, dtype=np.uint16)
+    arr16[0, 0] = 65535
+    Image.fromarray(arr16).save(tmp_path / "g16.png")
+    x16 = decode_image(tmp_path / "g16.png")
+    assert x16.shape == (1, 8, 8) and abs(float(x16[0, 1, 1]) - 1000 / 65535) < 1e-7 and float(x16.max()) == 1.0
+    rgb = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "c4.png")
+    ramp = np.stack([*np.meshgrid(np.arange(32) * 8, np.arange(32) * 8), np.full((32, 32), 128)], axis=-1)
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "c.jpg", quality=95, subsampling=0)
+    expected = torch.from_numpy(rgb / 255.0).float().permute(2, 0, 1)
+    torch.testing.assert_close(decode_image(tmp_path / "c.png"), expected)
+    torch.testing.assert_close(decode_image(tmp_path / "c4.png"), expected)  # alpha dropped
+    smooth = torch.from_numpy(ramp / 255.0).float().permute(2, 0, 1)
+    assert float((decode_image(tmp_path / "c.jpg") - smooth).abs().max()) < 0.03  # JPEG's own loss only
+    grey = decode_image(tmp_path / "c.png", channels=1)
+    torch.testing.assert_close(grey[0], 0.299 * expected[0] + 0.587 * expected[1] + 0.114 * expected[2])
+    assert torch.equal(decode_image(tmp_path / "g16.png", channels=3), x16.expand(3, -1, -1))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"image file .*bad.png could not be decoded"):
+        decode_image(tmp_path / "bad.png")
+
+
+def test_resize_shorter_side_and_centre_crop():
+    x = torch.rand(3, 32, 48)
+    # shorter side already 32: only the centre crop, columns 8..39
+    assert torch.equal(resize_crop(x, 32), x[:, :, 8:40])
+    y = resize_crop(torch.rand(1, 100, 60), 30)
+    assert y.shape == (1, 30, 30)
+    flat = torch.full((3, 50, 70), 0.25)
+    torch.testing.assert_close(resize_crop(flat, 20), torch.full((3, 20, 20), 0.25))
+
+
+def test_folder_is_listed_without_decoding_and_read_per_batch(tmp_path, monkeypatch):
+    root = photo_folder(tmp_path / "photos", 30)
+    calls = []
+    import salmap.data.stream as stream
+
+    real = stream.decode_image
+    monkeypatch.setattr(stream, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    ds = data.load_dataset(f"folder:{root}", "all", image_size=24, channels=3)
+    assert isinstance(ds, StreamDataset) and isinstance(ds.x, LazyImages)
+    assert len(calls) == 1 and ds.x.shape == (30, 3, 24, 24) and ds.class_names == ["class0", "class1", "class2"]
+    batch = ds.x[torch.tensor([3, 7])]
+    assert batch.shape == (2, 3, 24, 24) and len(calls) == 3
+    assert float(batch.min()) >= 0 and float(batch.max()) <= 1
+    sub = ds.subset(10).select([9, 0])
+    assert len(calls) == 3 and torch.equal(sub.y, ds.y[torch.tensor([9, 0])])
+    assert torch.equal(sub.x[:], torch.stack([ds.x[9], ds.x[0]]))
+    shapes = [tuple(xb.shape) for xb, _ in ds.batches(8)]
+    assert shapes == [(8, 3, 24, 24)] * 3 + [(6, 3, 24, 24)]
+    grey = data.load_dataset(f"folder:{root}", "test", image_size=24, channels=1)
+    assert grey.x.shape[1:] == (1, 24, 24) and 0 < len(grey) < 30
+    assert ds.digest() == data.load_dataset(f"folder:{root}", "all", image_size=24, channels=3).digest()
+
+
+def test_folder_bad_input(tmp_path):
+    root = photo_folder(tmp_path / "photos", 6)
+    with pytest.raises(ValueError, match="image_size .* must be a positive integer, got 0"):
+        stream_folder(root, image_size=0)
+    with pytest.raises(ValueError, match="has size .* pass image_size"):
+        stream_folder(root, "all")
+    (root / "class0" / "zz_broken.png").write_bytes(b"garbage")
+    ds = stream_folder(root, "all", image_size=16)
+    with pytest.raises(ValueError, match=r"zz_broken.png could not be decoded"):
+        list(ds.batches(4))
+
+
+def test_cli_model_and_data_shapes_must_fit(tmp_path, capsys):
+    root = photo_folder(tmp_path / "photos", 10)
+    net = models.build("lenet", in_channels=1, num_classes=3)
+    models.save(net, tmp_path / "lenet", {"input_shape": [1, 28, 28]})
+    args = ["attack", "fgsm", "--model", str(tmp_path / "lenet"), "--data", f"folder:{root}", "--split", "all",
+            "--out", str(tmp_path / "o")]
+    assert main([*args, "--image-size", "32"]) != 0
+    assert "expects inputs of shape (1, 28, 28) but --data" in (err := capsys.readouterr().err)
+    assert "samples of shape (1, 32, 32)" in err
+    assert main([*args, "--image-size", "0"]) != 0
+    assert "--image-size must be positive, got 0" in capsys.readouterr().err
+    assert main([*args, "--image-size", "28"]) == 0  # grey by the model's channels, resized to fit
+
+
+PEAK = """
+import json, sys
+from salmap.cli import main
+code = main(sys.argv[1:])
+peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(json.dumps({"code": code, "peak_kib": peak}))
+"""
+
+
+@pytest.mark.slow
+def test_streamed_attack_memory_does_not_grow_with_the_folder(tmp_path):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc for the peak memory")
+    root = photo_folder(tmp_path / "photos", 200)
+    torch.manual_seed(0)
+    net = models.build("lenet", in_channels=3, num_classes=3, input_size=(96, 96))
+    models.save(net, tmp_path / "net", {"input_shape": [3, 96, 96]})
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK)
+    peaks = {}
+    for n in (20, 200):
+        out = subprocess.run(
+            [sys.executable, str(script), "attack", "fgsm", "--model", str(tmp_path / "net"), "--data", f"folder:{root}",
+             "--split", "all", "--image-size", "96", "-n", str(n), "--batch-size", "10", "--out", str(tmp_path / f"o{n}")],
+            capture_output=True, text=True, check=True, timeout=600,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["code"] == 0
+        peaks[n] = result["peak_kib"]
+        assert len(json.loads((tmp_path / f"o{n}" / "results.json").read_text())["samples"]) == n
+    # all 200 images held at once would be 200 * 3 * 96 * 96 * 4 B = 22 MB (more with x_adv copies)
+    assert peaks[200] - peaks[20] < 8 * 1024, peaks
