@@ -128,7 +128,7 @@ def test_run_file_normalization_and_model_args(colour_setup, tmp_path, monkeypat
         "attacks": [{"attack": "pgd", "params": {"eps": 0.05, "steps": 3}}],
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
-    assert main(["evaluate", str(tmp_path / "run.yaml"), "--no-progress"]) == 0
+    assert main(["evaluate", str(tmp_path / "run.yaml"), "--no-progress", "--allow-code"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     by_model: dict[str, list] = {}
     for r in rows:
@@ -141,6 +141,6 @@ def test_run_file_normalization_and_model_args(colour_setup, tmp_path, monkeypat
     run["models"][0]["normalization"] = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.0, 0.2]}
     run["output"] = str(tmp_path / "bad")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(run))
-    assert main(["evaluate", str(tmp_path / "bad.yaml"), "--no-progress"]) == 2
+    assert main(["evaluate", str(tmp_path / "bad.yaml"), "--no-progress", "--allow-code"]) == 2
     assert "models[0].normalization: std must be > 0" in capsys.readouterr().err
     sys.modules.pop("own_factories", None)
