@@ -117,15 +117,51 @@ def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch
     return AttackResult.concat(results)
 
 
+#: samples whose clean and adversarial inputs are kept for the picture of a streamed run
+FIGURE_ROWS = 8
+
+
+def stream_attack(
+    attack: Attack, ds: Any, args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, AttackResult]:
+    """Attack ``ds`` one batch at a time (a ``folder:`` set is decoded per batch): memory is
+    bounded by the batch. Only the first :data:`FIGURE_ROWS` samples' inputs are kept (for
+    ``grid.png``); every other per-sample figure is. Returns ``(x kept, y, targets, source, result)``
+    with ``result.x_adv`` holding the kept samples only."""
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    y_all = ds.y.to(args.device)
+    targets_all = choose_targets(args.targeted, y_all, ds.num_classes, args.seed)
+    results: list[AttackResult] = []
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in tqdm(range(0, len(ds), args.batch_size), desc=args.attack, unit="batch", leave=False):
+        sl = slice(start, start + args.batch_size)
+        xb = ds.x[sl].to(args.device)
+        res = attack(xb, y=y_all[sl]) if targets_all is None else attack(xb, target=targets_all[sl])
+        room = FIGURE_ROWS - sum(k.shape[0] for k, _ in kept)
+        # copies, not views: a view would keep the whole batch's storage alive
+        if room > 0:
+            kept.append((xb[:room].clone(), res.x_adv[:room].clone()))
+        res.x_adv = res.x_adv[: max(room, 0)].clone()
+        results.append(res)
+    result = AttackResult.concat(results)
+    x = torch.cat([k for k, _ in kept])
+    source = torch.arange(len(ds), device=y_all.device)
+    return x, y_all, targets_all, source, result
+
+
 def run_classifier_attack(args: argparse.Namespace) -> int:
     from salmap.plot import adversarial_grid
 
     model, meta = load_model(args.model, args.device, **model_options(args))
-    ds = load_data(args.data, args.split, args.num)
+    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
     attack = build_attack(args, model, bounds_of(meta))
-    x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),
-                                        ds.num_classes, args.seed)
-    result = run_batches(attack, x, y, targets, args.batch_size, args.attack)
+    if args.targeted == "all":  # the source-target grid needs every row's adversarial input
+        x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),
+                                            ds.num_classes, args.seed)
+        result = run_batches(attack, x, y, targets, args.batch_size, args.attack)
+    else:
+        x, y, targets, source, result = stream_attack(attack, ds, args)
     out = output_folder(args.out)
     summary = result.summary()
     clean_acc = float((result.pred_before == y).float().mean())
@@ -149,7 +185,9 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
         record["pairs"], written = grid_figures(result, y, targets, source, ds, out, f"{args.attack} on {args.data}")
         pictures += written
     write_json(out / "results.json", record)
-    adversarial_grid(x.cpu(), result.x_adv.cpu(), y.cpu(), result.pred_before.cpu(), result.pred_after.cpu(),
+    shown = min(x.shape[0], result.x_adv.shape[0])
+    adversarial_grid(x[:shown].cpu(), result.x_adv[:shown].cpu(), y[:shown].cpu(), result.pred_before[:shown].cpu(),
+                     result.pred_after[:shown].cpu(),
                      out / "grid.png", class_names=ds.class_names, title=f"{args.attack}: {attack!r}")
     print_table([{"attack": args.attack, **{k: summary[k] for k in
                  ("clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds")}}],

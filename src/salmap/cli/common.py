@@ -16,6 +16,7 @@ from salmap import data as datasets
 from salmap import models
 from salmap._validate import Bounds, check_bounds
 from salmap.gradients import set_eval
+from salmap.models.inputs import check_fits, model_channels
 
 
 def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-sample") -> None:
@@ -27,6 +28,8 @@ def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-s
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output folder for results.json and pictures")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize images (shorter side to N, centre crop N x N); folder: data is streamed in batches")
     add_model_options(p)
 
 
@@ -83,11 +86,27 @@ def load_model(
     return set_eval(model.to(device)), meta
 
 
-def load_data(name: str, split: str, num: int | None) -> datasets.Dataset:
-    ds = datasets.load_dataset(name, split)
+def load_data(
+    name: str, split: str, num: int | None, image_size: int | None = None, model: Any = None,
+    meta: dict[str, Any] | None = None,
+) -> datasets.Dataset:
+    """The first ``num`` samples of a dataset split (a ``folder:`` is streamed, decoded per batch).
+
+    With ``model``, images are read with the model's channels (RGB or grey) and one sample is
+    run through it first, so that a model and data that do not fit fail with both shapes.
+    """
     if num is not None and num <= 0:
         raise ValueError(f"--num must be positive, got {num}")
-    return ds.subset(min(num, len(ds)) if num is not None else None)
+    if image_size is not None and image_size <= 0:
+        raise ValueError(f"--image-size must be positive, got {image_size}")
+    channels = model_channels(model, meta) if model is not None else None
+    ds = datasets.load_dataset(name, split, image_size=image_size, channels=channels if channels in (1, 3) else None)
+    ds = ds.subset(min(num, len(ds)) if num is not None else None)
+    if model is not None and len(ds):
+        device = next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
+        first = ds.x[0:1]
+        check_fits(model, first.to(device) if device is not None else first, meta, f"--data {name}")
+    return ds
 
 
 def bounds_of(meta: dict[str, Any]) -> Bounds:

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
     model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
-    ds = load_data(args.data, args.split, args.num)
+    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
     x, y = ds.x.to(args.device), ds.y.to(args.device)
     segmentation = ds.task == "segmentation"
     with torch.no_grad():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,6 +37,22 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def select(self, indices: Any) -> Dataset:
+        """The samples at ``indices`` (positions or a slice), in that order."""
+        return Dataset(self.x[indices], self.y[indices], self.class_names, self.name, self.task, self.info)
+
+    def digest(self) -> str:
+        """A short hash of the samples and labels (a streamed set hashes its files instead)."""
+        return hashlib.sha256(self.x.numpy().tobytes() + self.y.numpy().tobytes()).hexdigest()[:16]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, y)`` batches in order; a streamed set decodes one batch at a time."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for start in range(0, len(self), batch_size):
+            sl = slice(start, start + batch_size)
+            yield self.x[sl], self.y[sl]
 
     def subset(self, n: int | None) -> Dataset:
         """The first ``n`` samples (all when ``n`` is None)."""
@@ -70,12 +88,48 @@ def register_prefix(prefix: str) -> Callable[[Loader], Loader]:
     return deco
 
 
-def load_dataset(name: str, split: str = "test") -> Dataset:
+def load_dataset(name: str, split: str = "test", image_size: int | None = None, channels: int | None = None) -> Dataset:
     """Load a dataset by name: a built-in (``mnist-sample``, ``digits``, ``mnist-seg``, ...)
-    or ``kind:PATH`` (``idx:``, ``npz:``, ``folder:``)."""
-    from salmap.data import files, mnist_seg, packaged  # noqa: F401  (registration)
+    or ``kind:PATH`` (``idx:``, ``npz:``, ``folder:``).
+
+    ``folder:PATH`` is streamed (images decoded per batch, :mod:`salmap.data.stream`).
+    ``image_size`` (resize the shorter side, centre-crop to a square) and ``channels``
+    (1 grey, 3 RGB: the model's) apply to every kind: a folder applies them as it decodes,
+    other sets once after loading.
+    """
+    from salmap.data import files, mnist_seg, packaged, stream  # noqa: F401  (registration; stream's folder: wins)
 
     check_choice("split", split, SPLITS)
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
+        raise ValueError(f"image_size (--image-size) must be a positive integer, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if name.startswith("folder:") and name.partition(":")[2]:
+        return stream.stream_folder(name.partition(":")[2], split, image_size=image_size, channels=channels)
+    ds = _load_named(name, split)
+    if image_size is None and channels is None:
+        return ds
+    return _transformed(ds, image_size, channels)
+
+
+def _transformed(ds: Dataset, image_size: int | None, channels: int | None) -> Dataset:
+    from salmap.data.stream import resize_crop
+
+    if ds.task != "classification" and image_size is not None:
+        raise ValueError(f"image_size applies to classification images; {ds.name} is a {ds.task} set")
+    x = ds.x
+    if channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif channels == 1 and x.shape[1] == 3:
+        x = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    if image_size is not None:
+        x = torch.stack([resize_crop(xi, image_size) for xi in x]) if len(x) else x
+    return Dataset(x.contiguous(), ds.y, ds.class_names, ds.name, ds.task, ds.info)
+
+
+def _load_named(name: str, split: str) -> Dataset:
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
     prefix, sep, path = name.partition(":")
