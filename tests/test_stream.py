@@ -115,10 +115,16 @@ def test_folder_bad_input(tmp_path):
         stream_folder(root, image_size=0)
     with pytest.raises(ValueError, match="has size .* pass image_size"):
         stream_folder(root, "all")
-    (root / "class0" / "zz_broken.png").write_bytes(b"garbage")
+    # a truncated file: its header reads, its pixels do not -- found when its batch is decoded
+    good = next((root / "class1").iterdir()).read_bytes()
+    (root / "class0" / "zz_truncated.png").write_bytes(good[:120])
     ds = stream_folder(root, "all", image_size=16)
-    with pytest.raises(ValueError, match=r"zz_broken.png could not be decoded"):
+    with pytest.raises(ValueError, match=r"zz_truncated.png could not be decoded"):
         list(ds.batches(4))
+    # not an image at all: found when the folder is listed, whatever the split
+    (root / "class0" / "zz_broken.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"zz_broken.png could not be decoded"):
+        stream_folder(root, "test", image_size=16)
 
 
 def test_cli_model_and_data_shapes_must_fit(tmp_path, capsys):
@@ -177,3 +183,24 @@ def test_streamed_attack_memory_does_not_grow_with_the_folder(tmp_path):
         assert len(json.loads((tmp_path / f"o{n}" / "results.json").read_text())["samples"]) == n
     # all 160 images held at once would be 160 * 3 * 96 * 96 * 4 B = 17.7 MB (more with x_adv copies)
     assert peaks[160] - peaks[20] < 8 * 1024, peaks
+
+
+def test_evaluate_streams_a_folder(tmp_path, monkeypatch):
+    root = photo_folder(tmp_path / "photos", 15)
+    (tmp_path / "tiny_factory.py").write_text(TINY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    decoded = []
+    import salmap.data.stream as stream
+
+    real = stream.decode_image
+    monkeypatch.setattr(stream, "decode_image", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", "tiny_factory:tiny", "--allow-code", "--data", f"folder:{root}", "--split", "all",
+                 "--image-size", "40", "--attack", "fgsm:eps=0.1", "--num", "6", "--batch-size", "3", "--out", str(out),
+                 "--no-progress", "--no-report"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["linf"] <= 0.1 + 1e-6 for r in rows)
+    # only the selected images (and the listing's first) were decoded, not the whole folder
+    assert len(set(decoded)) <= 7
+    sys.modules.pop("tiny_factory", None)

@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset name or kind:PATH (key: data.name)")
     p.add_argument("--split", choices=["train", "test", "all"], help="dataset split (key: data.split)")
     p.add_argument("-n", "--num", type=int, help="number of samples (key: data.num)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="resize images: shorter side N, centre crop N x N; folder: data is streamed (key: data.image_size)")
     p.add_argument("--batch-size", type=int, help="samples per batch (key: batch_size)")
     p.add_argument("--seed", type=int, help="random seed (key: seed)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (key: device)")
@@ -101,7 +103,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         found["attacks"] = [parse_attack(a) | ({"targets": args.targets} if args.targets else {}) for a in args.attack]
     if args.explain:
         found["explanations"] = [{"explainer": e} for e in args.explain]
-    data = {k: v for k, v in (("name", args.data), ("split", args.split), ("num", args.num)) if v is not None}
+    data = {k: v for k, v in (("name", args.data), ("split", args.split), ("num", args.num),
+                              ("image_size", args.image_size)) if v is not None}
     if data:
         found["data"] = data
     for key, value in (("batch_size", args.batch_size), ("seed", args.seed), ("device", args.device)):

@@ -146,9 +146,9 @@ def _load_named(name: str, split: str) -> Dataset:
 
 
 def load(name: str, split: str = "test") -> tuple[Tensor, Tensor]:
-    """``(x, y)`` of a dataset; see :func:`load_dataset`."""
+    """``(x, y)`` tensors of a dataset (a streamed folder decoded whole); see :func:`load_dataset`."""
     ds = load_dataset(name, split)
-    return ds.x, ds.y
+    return (ds.x if isinstance(ds.x, Tensor) else ds.x[:]), ds.y
 
 
 def available() -> list[str]:

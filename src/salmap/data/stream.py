@@ -232,23 +232,26 @@ def stream_folder(
         files = [f for part in listed for f in part[0]]
         labels = [lab for part in listed for lab in part[1]]
         classes = listed[0][2]
+        sizes = [_image_size(f) for f in files]
     else:
         files, labels, classes = _class_files(root)
+        # every header is read (no pixels): an unreadable file fails now, named, whatever the split
+        sizes = [_image_size(f) for f in files]
         y_all = torch.tensor(labels)
         if split != "all":
             counts = torch.bincount(y_all)
             per_class = max(1, int(counts[counts > 0].min()) // 5)
             train_idx, test_idx = split_per_class(y_all, per_class, seed=0)
             keep = (train_idx if split == "train" else test_idx).tolist()
-            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+            files, labels, sizes = [files[i] for i in keep], [labels[i] for i in keep], [sizes[i] for i in keep]
     first = decode_image(files[0], channels)
     channels = int(first.shape[0])
     if image_size is not None:
         sample = (channels, image_size, image_size)
     else:
         sample = (channels, *first.shape[1:])
-        for f in files[1:]:
-            if (size := _image_size(f)) != sample[1:]:
+        for f, size in zip(files, sizes, strict=True):
+            if size != sample[1:]:
                 raise ValueError(
                     f"image file {f} has size {size}, but {files[0]} has {tuple(sample[1:])}; "
                     "pass image_size (--image-size N) to resize and crop them to one size"

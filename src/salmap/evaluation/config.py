@@ -83,12 +83,14 @@ def parse_config(
     data = DataConfig()
     raw_data = top.get("data")
     if raw_data is not None and (d := check.mapping("data", raw_data)) is not None:
-        check.unknown_keys("data", d, {"name", "split", "num", "select"})
+        check.unknown_keys("data", d, {"name", "split", "num", "select", "image_size", "channels"})
         data = DataConfig(
             name=check.string("data.name", d.get("name"), "mnist-sample") or "mnist-sample",
             split=check.choice("data.split", d.get("split"), ("train", "test", "all"), "test"),
             num=check.integer("data.num", d.get("num"), None, low=1),
             select=check.choice("data.select", d.get("select"), ("random", "first"), "random"),
+            image_size=check.integer("data.image_size", d.get("image_size"), None, low=1),
+            channels=_channels(check, d.get("channels")),
         )
 
     figures = FigureConfig()
@@ -118,6 +120,13 @@ def parse_config(
         seed=seed, batch_size=batch_size, device=device, figures=figures, report=report, allow_code=allow_code,
         resources=resources, save_adversarial=save_adversarial, save_png=save_png,
     )
+
+
+def _channels(check: Checker, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or value not in (1, 3)):
+        check.add("data.channels", f"must be 1 (grey) or 3 (RGB), got {value!r}")
+        return None
+    return value  # type: ignore[no-any-return]
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, allow_code: bool = False) -> RunConfig:

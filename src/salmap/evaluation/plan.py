@@ -114,7 +114,7 @@ def select(cfg: RunConfig, ds: datasets.Dataset) -> tuple[datasets.Dataset, Tens
         indices = torch.randperm(len(ds), generator=gen)[:n]
     else:
         indices = torch.arange(n)
-    return datasets.Dataset(ds.x[indices], ds.y[indices], ds.class_names, ds.name, ds.task, ds.info), indices
+    return ds.select(indices), indices  # a streamed folder stays undecoded: units decode their own batches
 
 
 def units_of(cfg: RunConfig, samples: int) -> list[Unit]:
@@ -144,7 +144,8 @@ def plan(cfg: RunConfig, resources: Resources | None = None) -> Plan:
     ``resources`` are the models and dataset opened during validation (the dataset split
     is loaded here when none are given); nothing here runs a model.
     """
-    source = resources.dataset if resources is not None else load_split(cfg.data.name, cfg.data.split)
+    source = (resources.dataset if resources is not None
+              else load_split(cfg.data.name, cfg.data.split, cfg.data.image_size, cfg.data.channels))
     ds, indices = select(cfg, source)
     targets: list[Tensor | None] = []
     for attack in cfg.attacks:
@@ -163,7 +164,7 @@ def plan(cfg: RunConfig, resources: Resources | None = None) -> Plan:
                 shown.append(int(hits[0]))
     extra = {
         "models": [model_hash(m.path) for m in cfg.models],
-        "data": hashlib.sha256(ds.x.numpy().tobytes() + ds.y.numpy().tobytes()).hexdigest()[:16],
+        "data": ds.digest(),
         "indices": hashlib.sha256(indices.numpy().tobytes()).hexdigest()[:16],
     }
     return Plan(cfg, ds, cfg.fingerprint(extra), units_of(cfg, len(ds)), targets, sorted(set(shown)), indices, extra)

@@ -39,10 +39,11 @@ if TYPE_CHECKING:
 _BUILTIN_CACHE: dict[tuple[str, str], Any] = {}
 
 
-def load_split(name: str, split: str) -> datasets.Dataset:
-    """A dataset split; built-in ones (no ``kind:PATH``) are decoded once per process."""
-    if ":" in name:
-        return datasets.load_dataset(name, split)
+def load_split(name: str, split: str, image_size: int | None = None, channels: int | None = None) -> datasets.Dataset:
+    """A dataset split; built-in ones (no ``kind:PATH``) are decoded once per process. ``image_size`` and
+    ``channels`` as in :func:`salmap.data.load_dataset` (a ``folder:`` set is streamed)."""
+    if ":" in name or image_size is not None or channels is not None:
+        return datasets.load_dataset(name, split, image_size=image_size, channels=channels)
     key = (name, split)
     if key not in _BUILTIN_CACHE:
         _BUILTIN_CACHE[key] = datasets.load_dataset(name, split)
@@ -139,7 +140,8 @@ def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:
     """
     res = cfg.resources
     if res is None:
-        res = Resources(load_split(cfg.data.name, cfg.data.split), [None] * len(cfg.models))
+        res = Resources(load_split(cfg.data.name, cfg.data.split, cfg.data.image_size, cfg.data.channels),
+                        [None] * len(cfg.models))
     for i, m in enumerate(cfg.models):
         if res.models[i] is not None:
             continue
@@ -164,7 +166,7 @@ def check_resources(
     """
     ds = None
     try:
-        ds = load_split(data.name, data.split)
+        ds = load_split(data.name, data.split, data.image_size, data.channels)
     except ValueError as err:
         check.add("data.name", str(err))
     else:

@@ -33,6 +33,10 @@ class DataConfig:
     #: which samples: a seeded random choice (``random``, the default: splits are often sorted
     #: by class) or the first ``num`` of the split (``first``)
     select: str = "random"
+    #: resize images (shorter side) and centre-crop them to ``image_size`` squares (``folder:`` data is streamed)
+    image_size: int | None = None
+    #: read images as 1 (grey) or 3 (RGB) channels; None keeps the data's own
+    channels: int | None = None
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""Your own model at real size: JSMA, PGD-40 and Grad-CAM on a normalised 3x224x224 resnet18 at
+batch 32 (images/s and peak memory, each in a fresh process), and the peak memory of a streamed
+``folder:`` run (salmap attack) at 200 and 2,000 images.
+
+    python benchmarks/ownmodel.py [--device cpu|cuda] [--batch 32] [--only jsma,pgd,gradcam,stream]
+                                  [--stream 200,2000] [--jsma-gamma 0.0005]
+
+The resnet18 has random weights (the cost does not depend on them) and is wrapped in
+``Normalized`` with the ImageNet mean/std; inputs are uniform random pixels in [0, 1].
+JSMA searches pairs among the 64 most promising features (``candidates=64``; the exact
+search over 150,528 features is quadratic) with ``gamma`` small enough for a benchmark.
+Peak memory is the process's ``VmHWM`` (RSS; for CUDA also ``torch.cuda.max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_rss_kib  # noqa: E402
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def one_method(method: str, device: str, batch: int, jsma_gamma: float) -> dict[str, float]:
+    """Run one method once on one batch in this (fresh) process; returns its figures."""
+    from salmap import models
+    from salmap.attacks import JSMA, PGD
+    from salmap.explain import GradCAM
+    from salmap.models import Normalized
+
+    torch.manual_seed(0)
+    model = Normalized(models.build("resnet18", in_channels=3, num_classes=1000), MEAN, STD).to(device).eval()
+    x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    if method == "pgd":
+        run = lambda: PGD(model, eps=4 / 255, step=1 / 255, steps=40)(x, y=y)  # noqa: E731
+    elif method == "jsma":
+        run = lambda: JSMA(model, theta=1.0, gamma=jsma_gamma, candidates=64, strict_targets=False)(  # noqa: E731
+            x, target=(y + 1) % 1000)
+    else:
+        run = lambda: GradCAM(model, layer="layer4").attribute(x, target=y)  # noqa: E731
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    figures = {"method": method, "device": device, "batch": batch, "seconds": round(seconds, 3),
+               "images_per_s": round(batch / seconds, 3), "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
+    if device.startswith("cuda"):
+        figures["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if method != "gradcam":
+        figures["success_rate"] = round(out.success_rate, 3)  # type: ignore[union-attr]
+        figures["mean_iterations"] = round(float(out.iterations.float().mean()), 2)  # type: ignore[union-attr]
+    return figures
+
+
+def photo_folder(root: Path, count: int) -> Path:
+    """``count`` JPEG/PNG crops of mixed sizes (80 to 300 px) from scikit-learn's sample photographs."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img = photos[i % 2]
+        h, w = int(rng.integers(80, 300)), int(rng.integers(80, 300))
+        top, left = int(rng.integers(0, img.shape[0] - h)), int(rng.integers(0, img.shape[1] - w))
+        Image.fromarray(img[top : top + h, left : left + w]).save(root / f"class{i % 2}" / f"{i:05d}{'.jpg' if i % 2 else '.png'}")
+    return root
+
+
+PEAK = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from _memory import peak_rss_kib
+from salmap.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({{"code": code, "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}}))
+"""
+
+TINY = """
+import torch
+from torch import nn
+
+
+def net(classes=2):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, classes))
+"""
+
+
+def stream_memory(counts: list[int], device: str) -> list[dict[str, float]]:
+    """Peak memory of ``salmap attack fgsm --data folder:... --image-size 224`` per folder size."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = photo_folder(Path(tmp) / "photos", max(counts))
+        (Path(tmp) / "bench_net.py").write_text(TINY)
+        script = Path(tmp) / "peak.py"
+        script.write_text(PEAK.format(bench=str(Path(__file__).resolve().parent)))
+        env = {"PYTHONPATH": ":".join([tmp, *sys.path])}
+        for n in counts:
+            start = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, str(script), "attack", "fgsm", "--model", "bench_net:net", "--data", f"folder:{root}",
+                 "--split", "all", "--image-size", "224", "-n", str(n), "--batch-size", "32", "--device", device,
+                 "--out", str(Path(tmp) / f"out{n}")],
+                capture_output=True, text=True, check=True, env={**__import__("os").environ, **env},
+            )
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"images": n, "peak_rss_mib": result["peak_rss_mib"],
+                         "seconds": round(time.perf_counter() - start, 1)})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--only", default="jsma,pgd,gradcam,stream")
+    p.add_argument("--stream", default="200,2000", help="folder sizes of the streamed run (default 200,2000)")
+    p.add_argument("--jsma-gamma", type=float, default=0.0005,
+                   help="JSMA's budget, a fraction of the 150,528 features (default 0.0005: 75 features, 37 pairs)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one_method(args.one, args.device, args.batch, args.jsma_gamma)))
+        return
+    wanted = args.only.split(",")
+    for method in ("jsma", "pgd", "gradcam"):
+        if method in wanted:
+            out = subprocess.run([sys.executable, __file__, "--one", method, "--device", args.device,
+                                  "--batch", str(args.batch), "--jsma-gamma", str(args.jsma_gamma)],
+                                 capture_output=True, text=True, check=True)
+            print(out.stdout.strip().splitlines()[-1], flush=True)
+    if "stream" in wanted:
+        for row in stream_memory([int(n) for n in args.stream.split(",")], args.device):
+            print(json.dumps({"method": "stream folder (fgsm, 224, batch 32)", **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
