@@ -105,7 +105,7 @@ def test_segmenter_region_end_to_end(tmp_path, monkeypatch):
     y = torch.zeros(3, 16, 16, dtype=torch.long)
     y[:, 4:9, 4:9] = 2
     ds = Dataset(x, y, ["background", "a", "b"], "toy-seg", task="segmentation")
-    monkeypatch.setattr("salmap.cli.explain.load_data", lambda name, split, num: ds)
+    monkeypatch.setattr("salmap.cli.explain.load_data", lambda name, split, num, **_: ds)
     out = tmp_path / "out"
     rc = main(["explain", "--model", str(tmp_path / "unet"), "--out", str(out), "--method", "gradient,gradcam",
                "--layer", "merge.1", "--target", "2", "--region", "4:9,4:9"])

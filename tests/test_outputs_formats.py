@@ -105,6 +105,8 @@ def test_pt2_models_are_attacked_and_explained(tmp_path, net_and_batch):
     assert res.success.dtype == torch.bool and res.x_adv.shape == x.shape
     for make in (lambda m: GradientSaliency(m), lambda m: Occlusion(m, patch=2)):
         torch.testing.assert_close(make(exported).attribute(x, target=y), make(net).attribute(x, target=y))
+    with pytest.raises(ValueError, match="torch.export .* no hook fires"):
+        GradCAM(exported, layer="0")
 
 
 def test_torchscript_attacks_and_explainers_or_a_clear_error(tmp_path, net_and_batch):

@@ -142,7 +142,7 @@ def stream_attack(
         # copies, not views: a view would keep the whole batch's storage alive
         if room > 0:
             kept.append((xb[:room].clone(), res.x_adv[:room].clone()))
-        res.x_adv = res.x_adv[: max(room, 0)].clone()
+        res.x_adv = res.x_adv[: room if start else max(room, 1)].clone()  # one at least: num_features reads it
         results.append(res)
     result = AttackResult.concat(results)
     x = torch.cat([k for k, _ in kept])

@@ -175,21 +175,15 @@ def attack_entry(name: str) -> registry.Entry:
     return entries[name]
 
 
-def run_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: Any,
-               x: Tensor, y: Tensor) -> tuple[Any, Any]:
-    """Run ``--attack`` (untargeted, on the true labels) with its default settings and ``--eps``."""
-    from salmap.attacks.base import AttackResult
-    from salmap.cli.attack import run_batches
-
+def build_attack(args: argparse.Namespace, model: torch.nn.Module, bounds: Any) -> Any:
+    """``--attack`` (untargeted, on the true labels) with its default settings and ``--eps``."""
     entry = attack_entry(args.attack)
     params: dict[str, Any] = {"seed": args.seed} if "seed" in entry.param_map else {}
     if args.eps is not None:
         if "eps" not in entry.param_map:
             raise ValueError(f"--eps is not a parameter of attack {args.attack}")
         params["eps"] = args.eps
-    attack = entry.build(model, bounds=bounds, **params)
-    result: AttackResult = run_batches(attack, x, y, None, args.batch_size, args.attack)
-    return attack, result
+    return entry.build(model, bounds=bounds, **params)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,10 +192,12 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
     ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
-    x, y = ds.x.to(args.device), ds.y.to(args.device)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    y = ds.y.to(args.device)
     segmentation = ds.task == "segmentation"
     with torch.no_grad():
-        out = forward(model, x[:1])
+        out = forward(model, ds.x[0:1].to(args.device))
     if (out.dim() == 4) != segmentation and args.target == "label":
         raise ValueError(f"--target label needs labels that match the model's outputs; data {args.data!r} "
                          f"is {ds.task} and the model returned shape {tuple(out.shape)}")
@@ -211,50 +207,87 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--region is for segmenters; the model returned (B, classes) logits")
         mask = parse_region(args.region, (int(out.shape[-2]), int(out.shape[-1]))).to(args.device)
     explainers = {name: build_explainer(name, args, model, bounds) for name in methods}
+    attack = None
     if args.attack is not None:
         attack_entry(args.attack)
         if segmentation:
             raise ValueError("--attack explains classifier attacks; the data is a segmentation set")
+        attack = build_attack(args, model, bounds)
 
-    maps: dict[str, Tensor] = {}
-    rows, summary = [], {}
-    for name, explainer in explainers.items():
-        t0 = time.perf_counter()
-        maps[name] = explain_batches(explainer, x, target, mask, args.batch_size, name)
-        seconds = time.perf_counter() - t0
-        summary[name] = {"settings": repr(explainer), "seconds": seconds, "samples": map_summary(maps[name])}
-        rows.append({"method": name, "images": x.shape[0], "seconds": seconds,
-                     "images_per_s": x.shape[0] / seconds if seconds > 0 else float("inf")})
+    # One batch at a time (a folder: set is decoded per batch): per-sample figures are kept for
+    # every image, inputs and maps only for the --rows drawn.
+    seconds = dict.fromkeys(explainers, 0.0)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in explainers}
+    shown_x: list[Tensor] = []
+    shown_maps: dict[str, list[Tensor]] = {name: [] for name in explainers}
+    preds: list[Tensor] = []
+    results: list[Any] = []
+    shown_adv: list[Tensor] = []
+    after_maps: dict[str, list[Tensor]] = {name: [] for name in explainers}
+    after_samples: dict[str, list[dict[str, Any]]] = {name: [] for name in explainers}
+    compared: dict[str, list[dict[str, float]]] = {name: [] for name in explainers}
+    for lo in tqdm(range(0, len(ds), args.batch_size), desc="explain", unit="batch", leave=False):
+        sl = slice(lo, lo + args.batch_size)
+        xb = ds.x[sl].to(args.device)
+        tb = target[sl] if isinstance(target, Tensor) else target
+        mb = mask[sl] if mask is not None and mask.dim() == 3 else mask
+        room = max(args.rows - lo, 0)
+        shown_x.append(xb[:room].clone())
+        maps_b = {}
+        for name, explainer in explainers.items():
+            t0 = time.perf_counter()
+            maps_b[name] = explainer.attribute(xb, target=tb, mask=mb)
+            seconds[name] += time.perf_counter() - t0
+            samples[name] += map_summary(maps_b[name])
+            shown_maps[name].append(maps_b[name][:room].clone())
+        with torch.no_grad():
+            preds.append(forward(model, xb).argmax(dim=1))
+        if attack is not None:
+            res = attack(xb, y=y[sl])
+            adv_target = tb if tb is not None else res.pred_before
+            for name, explainer in explainers.items():
+                after = explainer.attribute(res.x_adv, target=adv_target, mask=mb)
+                after_samples[name] += map_summary(after)
+                compared[name] += compare_maps(maps_b[name], after)
+                after_maps[name].append(after[:room].clone())
+            shown_adv.append(res.x_adv[:room].clone())
+            # only the drawn rows are kept (one at least: the result's feature count reads it)
+            res.x_adv = res.x_adv[: room if lo else max(room, 1)].clone()
+            results.append(res)
 
-    with torch.no_grad():
-        preds = torch.cat([forward(model, x[i : i + args.batch_size]) for i in range(0, x.shape[0], max(args.batch_size, 1))])
-    pred = preds.argmax(dim=1)
+    n = len(ds)
+    rows = [{"method": name, "images": n, "seconds": seconds[name],
+             "images_per_s": n / seconds[name] if seconds[name] > 0 else float("inf")} for name in explainers]
+    summary = {name: {"settings": repr(e), "seconds": seconds[name], "samples": samples[name]}
+               for name, e in explainers.items()}
+    pred = torch.cat(preds)
+    x_shown = torch.cat(shown_x)
+    k = x_shown.shape[0]
     out_dir = output_folder(args.out)
     pictures = [explanation_grid(
-        x.cpu(), {k: v.cpu() for k, v in maps.items()}, out_dir / "explain.png",
-        labels=None if segmentation else y.cpu(), preds=None if segmentation else pred.cpu(),
+        x_shown.cpu(), {name: torch.cat(v).cpu() for name, v in shown_maps.items()}, out_dir / "explain.png",
+        labels=None if segmentation else y[:k].cpu(), preds=None if segmentation else pred[:k].cpu(),
         class_names=ds.class_names, rows=args.rows, bounds=bounds, title=f"{args.model}: {', '.join(methods)}",
     )]
     payload: dict[str, Any] = {
-        "model": args.model, "data": args.data, "split": args.split, "images": x.shape[0],
+        "model": args.model, "data": args.data, "split": args.split, "images": n,
         "target": args.target, "region": args.region, "methods": summary,
     }
-    if args.attack is not None:
-        attack, result = run_attack(args, model, bounds, x, y)
-        adv_target = target if target is not None else result.pred_before
-        after = {name: explain_batches(e, result.x_adv, adv_target, mask, args.batch_size, f"{name} (attacked)")
-                 for name, e in explainers.items()}
+    if attack is not None:
+        from salmap.attacks.base import AttackResult
+
+        result = AttackResult.concat(results)
         pictures.append(attack_grid(
-            x.cpu(), result.x_adv.cpu(), {k: v.cpu() for k, v in maps.items()},
-            {k: v.cpu() for k, v in after.items()}, out_dir / "attack.png",
-            result.pred_before.cpu(), result.pred_after.cpu(), ds.class_names, rows=args.rows, bounds=bounds,
+            x_shown.cpu(), torch.cat(shown_adv).cpu(), {name: torch.cat(v).cpu() for name, v in shown_maps.items()},
+            {name: torch.cat(v).cpu() for name, v in after_maps.items()}, out_dir / "attack.png",
+            result.pred_before[:k].cpu(), result.pred_after[:k].cpu(), ds.class_names, rows=args.rows, bounds=bounds,
             title=f"{args.attack}: {attack!r}",
         ))
         payload["attack"] = {
             "name": args.attack, "settings": repr(attack), "summary": result.summary(),
             "pred_before": result.pred_before, "pred_after": result.pred_after,
-            "methods": {name: {"samples": map_summary(after[name]),
-                               "before_vs_after": compare_maps(maps[name], after[name])} for name in after},
+            "methods": {name: {"samples": after_samples[name], "before_vs_after": compared[name]}
+                        for name in explainers},
         }
     payload["seconds"] = time.perf_counter() - start
     write_json(out_dir / "summary.json", payload)

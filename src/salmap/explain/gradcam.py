@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
-from salmap.gradients import Model, output_vjps
+from salmap.gradients import Model, mode_is_fixed, output_vjps
 from salmap.models.normalized import unwrap
 from salmap.registry import register_explainer
 
@@ -111,6 +111,12 @@ class GradCAM(Explainer):
         self.layer = layer
         scripted = isinstance(model, torch.jit.ScriptModule)
         self._module = None if scripted else find_layer(model, layer)
+        if any(mode_is_fixed(m) for m in model.modules()):
+            raise ValueError(
+                f"Grad-CAM needs a forward hook on layer {layer!r}, and a torch.export (.pt2) module runs its graph "
+                "without calling its submodules, so no hook fires; explain the eager model (checkpoint folder or "
+                "module:factory), or use gradient or occlusion on this one"
+            )
         if scripted or isinstance(self._module, torch.jit.ScriptModule):
             raise ValueError(
                 f"Grad-CAM needs a forward hook on layer {layer!r}, and TorchScript modules do not support "
