@@ -121,6 +121,7 @@ def main() -> None:
     dae_s = train_denoiser(denoiser, train.x, noise_std=0.3, model=model, y=train.y, attack="fgsm", eps=0.3,
                            epochs=epochs, seed=0, progress=False).seconds
     defenses.append(("dae", Purified(model, denoiser), dae_s))
+    print(f"dae trained in {dae_s:.0f} s", flush=True)
     copies, round_one = train_sub_models(arch, train.x, train.y, channels=5, epochs=epochs, seed=0, progress=False)
     paper, report = assemble_block_switch(arch, copies, train.x, train.y, epochs=epochs, seed=0, progress=False,
                                           seconds=round_one)
@@ -129,12 +130,15 @@ def main() -> None:
                                                   progress=False, freeze_channels=True, seconds=round_one)
     defenses.append(("block-switch frozen", frozen, report_frozen.seconds))
     defenses.append(("dae+block-switch", dae_block_switch(paper, denoiser), dae_s + report.seconds))
+    print(f"block switching trained in {report.seconds:.0f} s (frozen variant {report_frozen.seconds:.0f} s, "
+          f"round one {round_one:.0f} s of each)", flush=True)
     for mode in ("goodfellow", "madry", "trades"):
         torch.manual_seed(0)
         robust = models.build(arch["name"], **arch.get("kwargs", {}))
         seconds = adversarial_training(robust, train.x, train.y, mode=mode, epochs=epochs, seed=0,
                                        progress=False).seconds
         defenses.append((f"adv-{mode}", robust, seconds))
+        print(f"adv-{mode} trained in {seconds:.0f} s", flush=True)
     print(f"defenses trained in {time.perf_counter() - start:.0f} s so far", flush=True)
 
     rows, results = [], {}
@@ -150,7 +154,9 @@ def main() -> None:
         result["train_seconds"] = seconds
         results[name] = result
         rows.extend(table_rows(name, result, seconds))
-        print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: evaluated in {time.perf_counter() - t0:.0f} s: " + "; ".join(
+            f"{setting} " + " ".join(f"{k} {v:.2f}" for k, v in result[setting].items())
+            for setting in ("transfer", "adaptive") if result.get(setting)), flush=True)
     print()
     print_table(rows, ["defense", "attacks", "clean", *(s.name for s in specs), "train_s"])
 
