@@ -382,7 +382,7 @@ def test_cli_train_and_attack_end_to_end(tmp_path, capsys) -> None:
     assert "pixel_accuracy" in capsys.readouterr().out
     assert "local=None" in results["settings"]
     assert main(["attack", "jsma-seg", "--model", str(ckpt), "--goal", "hide", "-n", "2", "--gamma", "0.05",
-                 "--global-domain", "--out", str(out)]) == 0
+                 "--global-domain", "--out", str(out), "--overwrite"]) == 0
     assert "local=False" in json.loads((out / "results.json").read_text())["settings"]
     capsys.readouterr()
     assert main(["attack", "jsma-seg", "--model", str(ckpt), "--goal", "relabel", "-n", "2", "--out", str(out)]) == 2

@@ -23,11 +23,11 @@ from salmap.cli.common import (
     load_data,
     load_model,
     model_options,
-    output_folder,
     print_table,
     write_json,
 )
 from salmap.cli.flags import add_entry_flags, entry_help, params_from_args
+from salmap.cli.pipeline import add_run_flags
 
 #: classifier targeting modes this command runs (see :func:`attack_rows`)
 TARGETING = ("none", "random", "next", "all")
@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         text = entry_help(entry)
         q = names.add_parser(name, help=text, description=text)
         add_model_data_args(q)
+        add_run_flags(q)
         add_targeting_flags(q, entry)
         add_entry_flags(q.add_argument_group(f"{name} parameters"), entry, reserved=RESERVED)
         segmentation = "segmentation" in entry.tasks and "classification" not in entry.tasks
@@ -117,99 +118,47 @@ def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch
     return AttackResult.concat(results)
 
 
-#: samples whose clean and adversarial inputs are kept for the picture of a streamed run
-FIGURE_ROWS = 8
-
-
-def stream_attack(
-    attack: Attack, ds: Any, args: argparse.Namespace
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, AttackResult]:
-    """Attack ``ds`` one batch at a time (a ``folder:`` set is decoded per batch): memory is
-    bounded by the batch. Only the first :data:`FIGURE_ROWS` samples' inputs are kept (for
-    ``grid.png``); every other per-sample figure is. Returns ``(x kept, y, targets, source, result)``
-    with ``result.x_adv`` holding the kept samples only."""
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    y_all = ds.y.to(args.device)
-    targets_all = choose_targets(args.targeted, y_all, ds.num_classes, args.seed)
-    results: list[AttackResult] = []
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for start in tqdm(range(0, len(ds), args.batch_size), desc=args.attack, unit="batch", leave=False):
-        sl = slice(start, start + args.batch_size)
-        xb = ds.x[sl].to(args.device)
-        res = attack(xb, y=y_all[sl]) if targets_all is None else attack(xb, target=targets_all[sl])
-        room = FIGURE_ROWS - sum(k.shape[0] for k, _ in kept)
-        # copies, not views: a view would keep the whole batch's storage alive
-        if room > 0:
-            kept.append((xb[:room].clone(), res.x_adv[:room].clone()))
-        res.x_adv = res.x_adv[: room if start else max(room, 1)].clone()  # one at least: num_features reads it
-        results.append(res)
-    result = AttackResult.concat(results)
-    x = torch.cat([k for k, _ in kept])
-    source = torch.arange(len(ds), device=y_all.device)
-    return x, y_all, targets_all, source, result
-
-
 def run_classifier_attack(args: argparse.Namespace) -> int:
-    from salmap.plot import adversarial_grid
+    from salmap.cli.pipeline import first_rows, legacy_summary, run_attack
+    from salmap.metrics import pair_rates
+    from salmap.plot import adversarial_grid, source_target_figures
 
     model, meta = load_model(args.model, args.device, **model_options(args))
     ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
-    attack = build_attack(args, model, bounds_of(meta))
-    if args.targeted == "all":  # the source-target grid needs every row's adversarial input
-        x, y, targets, source = attack_rows(args.targeted, ds.x.to(args.device), ds.y.to(args.device),
-                                            ds.num_classes, args.seed)
-        result = run_batches(attack, x, y, targets, args.batch_size, args.attack)
-    else:
-        x, y, targets, source, result = stream_attack(attack, ds, args)
-    out = output_folder(args.out)
-    summary = result.summary()
-    clean_acc = float((result.pred_before == y).float().mean())
-    adv_acc = float((result.pred_after == y).float().mean())
-    summary.update(clean_accuracy=clean_acc, adversarial_accuracy=adv_acc)
-    rows = [
-        {
-            "index": int(source[i]), "label": int(y[i]), "target": None if targets is None else int(targets[i]),
-            "success": bool(result.success[i]), "l0": float(result.l0[i]), "l2": float(result.l2[i]),
-            "linf": float(result.linf[i]), "iterations": int(result.iterations[i]),
-            "pred_before": int(result.pred_before[i]), "pred_after": int(result.pred_after[i]),
-        }
-        for i in range(len(result))
-    ]
-    record = {
-        "attack": args.attack, "settings": repr(attack), "model": args.model, "data": args.data,
+    params = params_from_args(args.entry, args, base={"seed": args.seed, "strict_targets": False})
+    ran = run_attack(args, model, meta, bounds_of(meta), ds, args.data, args.targeted, params)
+    out = Path(args.out)
+    summary = legacy_summary(ran)
+    keys = ("index", "label", "target", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after")
+    rows = [{k: r[k] for k in keys} | ({"success_png": r["success_png"]} if "success_png" in r else {})
+            for r in ran.rows]
+    record: dict[str, Any] = {
+        "attack": args.attack, "settings": repr(ran.attack), "model": args.model, "data": args.data,
         "split": args.split, "targeted": args.targeted, "summary": summary, "samples": rows,
     }
     pictures = [out / "grid.png"]
-    if targets is not None and args.targeted == "all":
-        record["pairs"], written = grid_figures(result, y, targets, source, ds, out, f"{args.attack} on {args.data}")
-        pictures += written
+    if args.targeted == "all":
+        labels = torch.tensor([r["label"] for r in rows])
+        targets = torch.tensor([r["target"] for r in rows])
+        success = torch.tensor([float(r["success"]) for r in rows])
+        rates = pair_rates(labels, targets, success, ds.num_classes)
+        l0 = pair_rates(labels, targets, torch.tensor([r["l0"] for r in rows]) / ds.x[0].numel(), ds.num_classes)
+        record["pairs"] = {"success": rates.tolist(), "l0_fraction": l0.tolist()}
+        ex = ran.examples
+        lookup = {(r["index"], r["target"]): r["success"] for r in rows}
+        ex_success = torch.tensor([lookup[(int(ran.plan.indices[int(p)]), int(t))]
+                                   for p, t in zip(ex["position"], ex["target"], strict=True)])
+        pictures += source_target_figures(rates, ex_success, ex["x_adv"], ds.y[ex["position"]], ex["target"],
+                                          ex["position"], ds.x, out, ds.class_names, f"{args.attack} on {args.data}")
     write_json(out / "results.json", record)
-    shown = min(x.shape[0], result.x_adv.shape[0])
-    adversarial_grid(x[:shown].cpu(), result.x_adv[:shown].cpu(), y[:shown].cpu(), result.pred_before[:shown].cpu(),
-                     result.pred_after[:shown].cpu(),
-                     out / "grid.png", class_names=ds.class_names, title=f"{args.attack}: {attack!r}")
-    print_table([{"attack": args.attack, **{k: summary[k] for k in
-                 ("clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds")}}],
-                ["attack", "clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "seconds"])
-    print(f"results written to {out / 'results.json'} and {', '.join(str(p) for p in pictures)}")
+    adversarial_grid(*first_rows(ran), out / "grid.png", class_names=ds.class_names,
+                     title=f"{args.attack}: {ran.attack!r}")
+    columns = ["clean_accuracy", "adversarial_accuracy", "success_rate", "l0", "l2", "linf", "l2_mean_success",
+               "seconds"]
+    print_table([{"attack": args.attack, **{k: summary[k] for k in columns}}], ["attack", *columns])
+    if "png_lost" in summary:
+        print(f"{summary['png_lost']} successful adversarial examples stop being adversarial once rounded to "
+              "8-bit PNGs")
+    resumed = f" ({ran.resumed} batches resumed from an earlier attempt)" if ran.resumed else ""
+    print(f"results written{resumed} to {out / 'results.json'} and {', '.join(str(p) for p in pictures)}")
     return 0
-
-
-def grid_figures(result: AttackResult, y: torch.Tensor, targets: torch.Tensor, source: torch.Tensor,
-                 ds: Any, out: Path, title: str) -> tuple[dict[str, Any], list[Path]]:
-    """Success rate and mean L0 per (source, target) pair of a ``--targeted all`` run, with pictures.
-
-    Writes the pictures of :func:`salmap.plot.source_target_figures`. Returns the two
-    ``(K, K)`` matrices as lists (NaN where no image) and the pictures written.
-    """
-    from salmap.metrics import pair_rates
-    from salmap.plot import source_target_figures
-
-    k = ds.num_classes
-    y, targets, source = y.cpu(), targets.cpu(), source.cpu()
-    success = pair_rates(y, targets, result.success.cpu().float(), k)
-    l0 = pair_rates(y, targets, result.l0_fraction.cpu(), k)
-    written = source_target_figures(success, result.success, result.x_adv, y, targets, source, ds.x, out,
-                                    ds.class_names, title)
-    return {"success": success.tolist(), "l0_fraction": l0.tolist()}, written  # write_json: NaN as null

@@ -11,6 +11,7 @@ adversarial prediction, perturbation).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -34,16 +35,16 @@ def goal_targets(goal: str, pred: Tensor, num_classes: int, to: int | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from salmap.cli.attack import build_attack, run_batches
     from salmap.cli.common import (
         bounds_of,
         load_data,
         load_model,
         model_options,
-        output_folder,
         print_table,
         write_json,
     )
+    from salmap.cli.flags import params_from_args
+    from salmap.cli.pipeline import run_attack
     from salmap.plot import segmentation_grid
 
     model, meta = load_model(args.model, args.device, **model_options(args))
@@ -52,47 +53,50 @@ def run(args: argparse.Namespace) -> int:
         data = (meta.get("training") or {}).get("data", "mnist-seg")
     ds = load_data(data, args.split, args.num)
     if ds.task != "segmentation":
-        raise ValueError(f"--data must be a segmentation dataset for jsma-seg, got {data!r} ({ds.task})")
-    x = ds.x.to(args.device)
-    attack = build_attack(args, model, bounds_of(meta))
+        raise ValueError(f"--data must be a segmentation dataset for {args.attack}, got {data!r} ({ds.task})")
     with frozen(model):
-        clean = predict(model, x)
-    if clean.dim() != 4:
-        raise ValueError(f"--model must be a segmenter returning (B, classes, H, W), got output {tuple(clean.shape)}")
-    pred = mask_from_output(clean)
-    num_classes = 2 if clean.shape[1] == 1 else int(clean.shape[1])
-    targets = goal_targets(args.goal, pred, num_classes, getattr(args, "to", None))
-    result = run_batches(attack, x, ds.y.to(args.device), targets, args.batch_size, f"{args.attack} {args.goal}")
-    out = output_folder(args.out)
-    per_image = result.seconds / max(len(result), 1)
-    extra = result.extra
+        probe = predict(model, ds.x[:1].to(args.device))
+    if probe.dim() != 4:
+        raise ValueError(f"--model must be a segmenter returning (B, classes, H, W), got output {tuple(probe.shape)}")
+    num_classes = 2 if probe.shape[1] == 1 else int(probe.shape[1])
+    to = getattr(args, "to", None)
+    goal_targets(args.goal, mask_from_output(probe), num_classes, to)  # a goal the model cannot have fails now
+    params = params_from_args(args.entry, args, base={"seed": args.seed})
+    ran = run_attack(args, model, meta, bounds_of(meta), ds, data, args.goal, params, to=to)
+    out = Path(args.out)
+    features = int(ds.x[0].numel())
     rows = [
         {
-            "index": i, "success": bool(result.success[i]),
-            "pixel_accuracy": float(extra["pixel_accuracy"][i]),
-            "pixel_accuracy_before": float(extra["pixel_accuracy_before"][i]),
-            "iou_target": float(extra["iou_target"][i]), "iou_original": float(extra["iou_original"][i]),
-            "budget_spent": bool(extra["budget_spent"][i]),
-            "l0_percent": 100 * float(result.l0_fraction[i]), "l2": float(result.l2[i]),
-            "linf": float(result.linf[i]), "iterations": int(result.iterations[i]),
+            "index": int(r["index"]), "success": r["success"], "pixel_accuracy": r["pixel_accuracy"],
+            "pixel_accuracy_before": r["pixel_accuracy_before"], "iou_target": r["iou_target"],
+            "iou_original": r["iou_original"], "budget_spent": bool(r["budget_spent"]),
+            "l0_percent": 100 * r["l0"] / features, "l2": r["l2"], "linf": r["linf"], "iterations": r["iterations"],
+            **({"success_png": r["success_png"]} if "success_png" in r else {}),
         }
-        for i in range(len(result))
+        for r in ran.rows
     ]
+    e = ran.entry
     summary = {
-        **result.summary(),
-        "seconds_per_image": per_image,
-        "l0_percent": 100 * float(result.l0_fraction.mean()),
-        **{k: float(v.float().mean()) for k, v in extra.items()},
+        "samples": float(len(rows)), "success_rate": e["success_rate"], "l0": e["l0_mean"],
+        "l0_fraction": e["l0_fraction_mean"], "l2": e["l2_mean"], "linf": e["linf_mean"],
+        "iterations": e["iterations_mean"], "seconds": e["seconds"],
+        "seconds_per_image": e["seconds"] / max(len(rows), 1), "l0_percent": 100 * e["l0_fraction_mean"],
+        **{k[: -len("_mean")]: v for k, v in e.items() if k.endswith("_mean") and k[: -len("_mean")] in
+           ("pixel_accuracy", "pixel_accuracy_before", "iou_target", "iou_original", "budget_spent")},
+        **{k: v for k, v in e.items() if k.endswith(("_mean", "_median", "_success")) or k.startswith("png_")},
     }
     write_json(out / "results.json", {
-        "attack": args.attack, "goal": args.goal, "settings": repr(attack), "model": args.model, "data": data,
+        "attack": args.attack, "goal": args.goal, "settings": repr(ran.attack), "model": args.model, "data": data,
         "split": args.split, "summary": summary, "samples": rows,
     })
-    captions = [f"acc {r['pixel_accuracy']:.3f}, L0 {r['l0_percent']:.2f}%" for r in rows]
-    segmentation_grid(x.cpu(), pred.cpu(), targets.cpu(), result.x_adv.cpu(), result.pred_after.cpu(),
-                      out / "grid.png", num_classes, title=f"{args.attack} {args.goal}: {attack!r}"[:160], captions=captions)
+    ex = ran.examples
+    keep = list(range(min(8, int(ex["position"].numel()))))
+    captions = [f"acc {r['pixel_accuracy']:.3f}, L0 {r['l0_percent']:.2f}%" for r in rows[: len(keep)]]
+    segmentation_grid(ds.x[ex["position"][keep]], ex["pred_before"][keep], ex["goal"][keep], ex["x_adv"][keep],
+                      ex["pred_after"][keep], out / "grid.png", num_classes,
+                      title=f"{args.attack} {args.goal}: {ran.attack!r}"[:160], captions=captions)
     columns = ["goal", "map", "success_rate", "pixel_accuracy", "iou_target", "iou_original", "l0_percent", "l2",
                "linf", "iterations", "seconds_per_image"]
-    print_table([{"goal": args.goal, "map": getattr(attack, "map", ""), **summary}], columns)
+    print_table([{"goal": args.goal, "map": getattr(ran.attack, "map", ""), **summary}], columns)
     print(f"results written to {out / 'results.json'} and {out / 'grid.png'}")
     return 0

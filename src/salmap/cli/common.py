@@ -121,10 +121,12 @@ def output_folder(path: str) -> Path:
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    """Write ``payload`` as JSON (NaN written as null), atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(payload), indent=2))
-    tmp.replace(path)
+    """Write ``payload`` as JSON (NaN written as null, a mapping led by ``schema_version``), atomically."""
+    from salmap.evaluation.store import SCHEMA_VERSION, atomic_write
+
+    if isinstance(payload, dict):
+        payload = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in payload.items() if k != "schema_version"}}
+    atomic_write(path, json.dumps(_clean(payload), indent=2).encode())
     return path
 
 

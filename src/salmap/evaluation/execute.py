@@ -81,7 +81,7 @@ def execute(plan: Plan, unit: Unit, runnable: Any, model: LoadedModel, device: s
             out = predict(runnable.model, batch)
         masks = mask_from_output(out)
         goal = segmentation_goal(spec.targets, masks[: len(pos)], masks[1:] if spec.targets == "add" else None,
-                                 max(int(out.shape[1]), 2))
+                                 max(int(out.shape[1]), 2), spec.to)
         source = torch.arange(len(pos), device=x.device)
         result = run_attack(runnable, x, None, goal, out[: len(pos)], skip_reached=False)
         rows_y, target = None, goal

@@ -59,6 +59,8 @@ class AttackConfig:
     attack: str
     targets: str
     params: dict[str, Any] = field(default_factory=dict)
+    #: segmentation goal ``relabel``: the new class (None: the next object class; see salmap.targets)
+    to: int | None = None
 
 
 @dataclass
@@ -118,6 +120,9 @@ class RunConfig:
         for key in ("save_adversarial", "save_png"):  # off: the fingerprint of a run file that predates them
             if not payload[key]:
                 payload.pop(key)
+        for attack in payload["attacks"]:
+            if attack.get("to") is None:
+                attack.pop("to", None)
         payload["extra"] = extra or {}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
