@@ -73,6 +73,7 @@ def execute(plan: Plan, unit: Unit, runnable: Any, model: LoadedModel, device: s
     ds, spec = plan.dataset, plan.cfg.attacks[unit.attack]
     pos = unit.positions
     x, y = ds.x[pos].to(device), ds.y[pos].to(device)
+    target: Tensor | None
     if plan.task(unit.attack) == "segmentation":
         batch = x
         if spec.targets == "add":  # the next selected sample of the last one may lie outside the unit
