@@ -135,3 +135,20 @@ def test_factory_keyword_arguments(tmp_path, monkeypatch):
     model = load("my_factories:mlp", width=7, classes=5)
     assert model[1].out_features == 7 and model[3].out_features == 5
     sys.modules.pop("my_factories", None)
+
+
+def test_pt2_model_is_evaluated_from_the_cli(tmp_path, net_and_batch):
+    import json
+
+    from salmap.cli import main
+
+    net, x, _ = net_and_batch  # takes 1x8x8 images and gives 10 classes: scikit-learn's digits
+    path = _export(net, x, tmp_path / "net.pt2")
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", path, "--data", "digits", "--attack", "fgsm:eps=0.1", "--explain", "gradient",
+                 "--num", "6", "--batch-size", "3", "--out", str(out), "--no-progress", "--no-report"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["model"] == "net.pt2" and r["linf"] <= 0.1 + 1e-6 for r in rows)
+    assert main(["attack", "pgd", "--model", path, "--data", "digits", "-n", "4", "--eps", "0.1", "--steps", "2",
+                 "--out", str(tmp_path / "pgd")]) == 0
