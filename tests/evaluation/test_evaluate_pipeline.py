@@ -21,7 +21,7 @@ from salmap.evaluation.config import load_config
 from salmap.evaluation.runner import prepare
 from salmap.evaluation.summary import robust_accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_components_that_need_the_real_model_are_accepted(tmp_path, lenet, chang
 
 
 def test_readme_run_file_validates_as_written(tmp_path, lenet):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = text.split("```yaml\noutput: runs/eval", 1)[1].split("```", 1)[0]
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "lenet").symlink_to(lenet)
