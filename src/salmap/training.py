@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from salmap._validate import check_number
 from salmap.gradients import predict
+from salmap.progress import bar as progress_bar
 
 #: ``step_hook(model, xb, yb) -> (xb, yb)`` may replace a batch (e.g. adversarial training).
 BatchHook = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -66,7 +66,7 @@ def fit(
     )
     report = TrainReport(epochs=epochs, seconds=0.0)
     start = time.perf_counter()
-    bar = tqdm(total=epochs * steps, desc=desc, disable=not progress, unit="batch", leave=False)
+    bar = progress_bar(total=epochs * steps, desc=desc, enabled=progress, unit="batch")
     try:
         for _ in range(epochs):
             model.train()

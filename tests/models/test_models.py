@@ -65,7 +65,9 @@ def test_torchscript_and_export_and_state_dict(tmp_path):
     torch.jit.save(torch.jit.script(m), str(tmp_path / "m.pt"))
     assert torch.allclose(models.load(tmp_path / "m.pt")(x), m(x))
     torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "m.pt2"))
-    assert torch.allclose(models.load(tmp_path / "m.pt2")(x), m(x), atol=1e-6)
+    with pytest.raises(ValueError, match="trust=True"):
+        models.load(tmp_path / "m.pt2")
+    assert torch.allclose(models.load(tmp_path / "m.pt2", trust=True)(x), m(x), atol=1e-6)
     torch.save(m.state_dict(), tmp_path / "sd.pth")
     assert torch.allclose(models.load(tmp_path / "sd.pth", arch="lenet")(x), m(x))
 
@@ -89,7 +91,9 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
 
 
 def test_factory_and_missing(tmp_path):
-    m = models.load("torch.nn:Identity")
+    with pytest.raises(ValueError, match="allow_code=True"):
+        models.load("torch.nn:Identity")
+    m = models.load("torch.nn:Identity", allow_code=True)
     assert isinstance(m, nn.Identity)
     with pytest.raises(ValueError, match="not found"):
         models.load(tmp_path / "nothing")

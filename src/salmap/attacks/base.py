@@ -161,15 +161,17 @@ class Attack(ABC):
         with frozen(self.model):
             x0 = x.detach().clone()
             if clean is None:
-                clean = predict(self.model, x0)
+                clean = first_forward(self.model, x0)
             elif clean.shape[0] != x0.shape[0]:
                 raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
             else:
                 clean = clean.detach().to(x0.device)
+                check_finite_outputs(clean, "clean")
             labels = self._check_labels(x0, target if targeted else y, targeted, clean)
             x_adv, iterations = self._run(x0, labels, targeted, clean)
             x_adv = self.bounds.clamp(x_adv.detach())
             after = predict(self.model, x_adv)
+            check_finite_outputs(after, "adversarial")
             success = self._is_success(after, labels, targeted)
         l0, l2, linf = distortion(x0, x_adv)
         return AttackResult(
@@ -219,6 +221,34 @@ class Attack(ABC):
         skip = {"model"}
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+def first_forward(model: Model, x: Tensor) -> Tensor:
+    """The model's outputs on the clean batch, or a ``ValueError`` that says what went wrong:
+    a model that cannot take ``x`` (3-D input, wrong image size) is named with ``x``'s shape,
+    and non-finite outputs are refused (an attack's success cannot be judged on NaN logits)."""
+    try:
+        out = predict(model, x)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(
+            f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
+            "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
+        ) from err
+    check_finite_outputs(out, "clean")
+    return out
+
+
+def check_finite_outputs(out: Tensor, which: str) -> None:
+    """Refuse NaN/inf model outputs (one check on the whole batch, one host sync)."""
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).flatten(1).any(dim=1).sum()) if out.dim() > 1 else -1
+        raise ValueError(
+            f"the model returned NaN or infinite outputs on {bad} of {out.shape[0]} {which} inputs; "
+            "success cannot be judged on them (check the model and its input range)"
+        )
 
 
 __all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]

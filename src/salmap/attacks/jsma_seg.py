@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from salmap._validate import BoundsLike, as_index_tensor, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
@@ -25,6 +24,7 @@ from salmap.attacks.seg_goals import RegionFn, outside, region_mask, resize_mask
 from salmap.attacks.seg_saliency import choose, derivatives, output_mask
 from salmap.gradients import Model, active_set_loop
 from salmap.metrics import mask_from_output, pixel_accuracy, segmentation_iou
+from salmap.progress import bar as progress_bar
 from salmap.registry import register_attack
 from salmap.targets import add_mask_of, hide_object, predict_masks, relabel_class
 
@@ -227,7 +227,7 @@ class SegmentationJSMA(Attack):
         per = self._per_selection
         changed = torch.zeros(batch, dtype=torch.long, device=x.device)
         touched = torch.zeros(batch, n, dtype=torch.bool, device=x.device)
-        bar = tqdm(desc=f"jsma-seg ({self.map})", unit="it", disable=not self.progress, leave=False)
+        bar = progress_bar(desc=f"jsma-seg ({self.map})", unit="it", enabled=self.progress)
 
         def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
             flat_r, domain_r, touched_r, changed_r, labels_r = (

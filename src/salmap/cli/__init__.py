@@ -2,21 +2,33 @@
 
 Each sub-command lives in its own module of this package and provides
 ``add_parser(subparsers)``, which registers the sub-command and sets ``func``.
+
+Every failure ends in one line on stderr, ``salmap COMMAND: error: ...``; ``--debug``
+shows the traceback. Exit status: 2 when the command line or an input it names is wrong
+(argparse's usage errors and salmap's ``ValueError`` checks, which name the argument, the
+value and what was expected), 1 when the run fails otherwise (a model that raises, a full
+disk, ...), 130 after Ctrl-C (a run that writes units can be resumed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
+from salmap import __version__
 from salmap.cli import attack, demo, train
 
 COMMANDS = [demo, train, attack]
 
+log = logging.getLogger("salmap")
 
-def _optional_commands() -> list:
+
+def _optional_commands() -> list[ModuleType]:
     """Sub-command modules that exist once their feature is in (explain, defend, evaluate)."""
     import importlib
 
@@ -30,6 +42,21 @@ def _optional_commands() -> list:
     return found
 
 
+def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Flags every command takes, before or after its name (``salmap -v attack`` and
+    ``salmap attack -v`` alike). On a sub-command they default to SUPPRESS so that they
+    do not overwrite what was given before the command's name."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    flag = {"action": "store_true", **default}
+    parser.add_argument("-v", "--verbose", help="log progress details", **flag)
+    parser.add_argument("-q", "--quiet", help="print errors only: no progress bars or summaries", **flag)
+    parser.add_argument("--debug", help="show the full traceback of an error", **flag)
+    parser.add_argument("--allow-code", help="allow models named 'module:factory' (imports and calls that code)",
+                        **flag)
+    parser.add_argument("--trust-model", help="load torch.export (.pt2) archives, which torch unpickles: "
+                        "only for files you trust", **flag)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from salmap import registry
     from salmap.cli.flags import listing
@@ -41,19 +68,84 @@ def build_parser() -> argparse.ArgumentParser:
                f"explainers (salmap explain --method NAME):\n{listing(registry.explainers())}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"salmap {__version__}")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS + _optional_commands():
         module.add_parser(sub)
+    _add_to_subcommands(parser)
     return parser
 
 
+def _add_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command, nested ones too (``salmap attack fgsm``), the global flags."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_global_flags(subparser, top=False)
+                _add_to_subcommands(subparser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (never raises, except SystemExit from
+    argparse for ``--help``, ``--version`` and usage errors, which exit 0 or 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
+    from salmap import progress
+
+    progress.configure(quiet=args.quiet)
+    prefix = f"salmap {args.command}: error:"
     try:
+        _check_before_work(args)
+        if args.quiet:
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"salmap {args.command}: interrupted (Ctrl-C); finished work is kept", file=sys.stderr)
+        return 130
     except ValueError as err:
-        print(f"salmap {args.command}: error: {err}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 -- every failure ends in one line, --debug for the traceback
+        if args.debug:
+            raise
+        print(f"{prefix} {_describe(err)}", file=sys.stderr)
+        return 1
+
+
+def _check_before_work(args: argparse.Namespace) -> None:
+    """Checks every command gets before it computes anything: the device exists and the
+    output folder can be written (a file, or a read-only folder, fails now, not after an
+    hour of work)."""
+    from salmap.cli.common import check_output_path, resolve_device
+
+    if getattr(args, "device", None) is not None:
+        args.device = resolve_device(args.device)
+    if isinstance(getattr(args, "out", None), str):
+        check_output_path(args.out)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _describe(err: BaseException) -> str:
+    """The error as one line; errors that are not salmap's own checks are named by type."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return f"no space left on the device{where}; free some space and run the command again"
+    if isinstance(err, MemoryError):
+        return "out of memory; try a smaller --batch-size or --num"
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    return f"{type(err).__name__}: {_one_line(err)} (run with --debug for the traceback)"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from salmap import registry
 from salmap.attacks import Attack, AttackResult, all_other_targets, random_targets
@@ -28,6 +27,7 @@ from salmap.cli.common import (
 )
 from salmap.cli.flags import add_entry_flags, entry_help, params_from_args
 from salmap.cli.pipeline import add_run_flags
+from salmap.progress import bar as progress_bar
 
 #: classifier targeting modes this command runs (see :func:`attack_rows`)
 TARGETING = ("none", "random", "next", "all")
@@ -109,7 +109,7 @@ def run_batches(attack: Attack, x: torch.Tensor, y: torch.Tensor, targets: torch
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     results = []
-    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, unit="batch", leave=False):
+    for i in progress_bar(range(0, x.shape[0], batch_size), desc=desc, unit="batch"):
         sl = slice(i, i + batch_size)
         if targets is None:
             results.append(attack(x[sl], y=y[sl]))

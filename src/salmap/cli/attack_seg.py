@@ -37,6 +37,7 @@ def goal_targets(goal: str, pred: Tensor, num_classes: int, to: int | None = Non
 def run(args: argparse.Namespace) -> int:
     from salmap.cli.common import (
         bounds_of,
+        check_model_input,
         load_data,
         load_model,
         model_options,
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if data == "mnist-sample":  # the classification default: use the set the segmenter was trained on
         data = (meta.get("training") or {}).get("data", "mnist-seg")
     ds = load_data(data, args.split, args.num)
+    check_model_input(model, ds.x[:1].to(args.device), meta, data)
     if ds.task != "segmentation":
         raise ValueError(f"--data must be a segmentation dataset for {args.attack}, got {data!r} ({ds.task})")
     with frozen(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``normalization``, ``output_key`` and factory ``model_args`` from the parsed flags."""
+    """``normalization``, ``output_key`` and factory ``model_args`` from the parsed flags, and
+    the global flags that allow running code (``--trust-model``, ``--allow-code``)."""
     mean, std = getattr(args, "mean", None), getattr(args, "std", None)
     if (mean is None) != (std is None):
         raise ValueError(f"--mean and --std go together, got --mean {mean!r} and --std {std!r}")
@@ -69,6 +71,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "normalization": None if mean is None else {"mean": mean, "std": std},
         "output_key": getattr(args, "output_key", None),
         "model_args": parse_model_args(getattr(args, "model_arg", None)),
+        "trust": bool(getattr(args, "trust_model", False)),
+        "allow_code": bool(getattr(args, "allow_code", False)),
     }
 
 
@@ -78,12 +82,88 @@ def load_model(
     normalization: Any = None,
     output_key: str | None = None,
     model_args: dict[str, Any] | None = None,
+    *,
+    trust: bool = False,
+    allow_code: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the model of a command (see :func:`salmap.models.load_with_meta`), on ``device``, in eval mode."""
+    """Load the model of a command (see :func:`salmap.models.load_with_meta`), on ``device``, in eval mode.
+
+    ``trust`` loads ``.pt2`` archives (unpickled by torch); ``allow_code`` imports and calls a
+    ``module:factory``."""
     model, meta = models.load_with_meta(
-        source, normalization=normalization, output_key=output_key, **(model_args or {})
+        source, normalization=normalization, output_key=output_key, trust=trust, allow_code=allow_code,
+        **(model_args or {}),
     )
     return set_eval(model.to(device)), meta
+
+
+def resolve_device(name: str | None, flag: str = "--device") -> str:
+    """Check a ``--device`` value before any work: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
+    ``auto`` (CUDA when there is a GPU, else the CPU). Returns the device to use."""
+    if name is None:
+        return "cpu"
+    text = str(name).strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} must be cpu, cuda, cuda:N, mps or auto, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name} was asked for but CUDA is not available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{flag} {name}: there are {count} CUDA device(s), numbered 0 to {count - 1}")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{flag} {name} was asked for but MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"{flag} must be cpu, cuda, cuda:N, mps or auto, got {name!r}")
+    return text
+
+
+def check_output_path(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that results can be written to the folder ``path``.
+
+    The folder must be a folder (or not exist yet, below a writable folder) and writable.
+    Nothing is created. Raises ``ValueError`` naming ``flag`` and the path otherwise.
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} must be a folder, but {out} is a file")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{flag} {out} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == out else f"cannot be created: {existing} is"
+        raise ValueError(f"{flag} {out} {what} not writable (read-only folder or file system)")
+    return out
+
+
+def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], data_name: str) -> None:
+    """Run the model on one sample of ``x`` before the real run: a model that expects
+    another input shape fails here with both shapes named, not deep inside an attack."""
+    sample = tuple(x.shape[1:])
+    declared = meta.get("input_shape")
+    if declared and tuple(declared) != sample:
+        raise ValueError(
+            f"model expects inputs of shape {tuple(declared)} (model.json input_shape) but {data_name} "
+            f"has samples of shape {sample}"
+        )
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    except Exception as err:  # noqa: BLE001 -- any failure of the model on the data is reported with shapes
+        first = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"model cannot be run on {data_name}: samples of shape {sample} (batch {tuple(x[:1].shape)}) "
+            f"give {type(err).__name__}: {first}"
+        ) from None
 
 
 def load_data(

@@ -19,6 +19,7 @@ from salmap import models, registry
 from salmap.cli.common import (
     add_model_options,
     bounds_of,
+    check_model_input,
     load_model,
     model_options,
     output_folder,
@@ -153,6 +154,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets
     model, meta = load_model(args.model, args.device, **model_options(args))
     train = datasets.load_dataset(args.data, "train")
     test = datasets.load_dataset(args.data, "test")
+    check_model_input(model, test.x[:1].to(args.device), meta, args.data)
     check_trained(meta, train.num_classes, f"--model {args.model}")
     if args.num <= 0:
         raise ValueError(f"--num must be positive, got {args.num}")

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from salmap import registry
 from salmap.cli.common import (
@@ -35,6 +34,7 @@ from salmap.explain import Explainer
 from salmap.explain.targets import _majority_foreground
 from salmap.gradients import forward
 from salmap.plot import attack_grid, explanation_grid, to_heat
+from salmap.progress import bar as progress_bar
 
 #: explainer parameters the command sets itself: the seed from --seed; a progress bar
 RESERVED = frozenset({"seed", "progress"})
@@ -126,7 +126,7 @@ def explain_batches(explainer: Explainer, x: Tensor, target: Any, mask: Tensor |
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     parts = []
-    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, unit="batch", leave=False):
+    for i in progress_bar(range(0, x.shape[0], batch_size), desc=desc, unit="batch"):
         sl = slice(i, i + batch_size)
         t = target[sl] if isinstance(target, Tensor) else target
         m = mask[sl] if mask is not None and mask.dim() == 3 else mask
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     after_maps: dict[str, list[Tensor]] = {name: [] for name in explainers}
     after_samples: dict[str, list[dict[str, Any]]] = {name: [] for name in explainers}
     compared: dict[str, list[dict[str, float]]] = {name: [] for name in explainers}
-    for lo in tqdm(range(0, len(ds), args.batch_size), desc="explain", unit="batch", leave=False):
+    for lo in progress_bar(range(0, len(ds), args.batch_size), desc="explain", unit="batch"):
         sl = slice(lo, lo + args.batch_size)
         xb = ds.x[sl].to(args.device)
         tb = target[sl] if isinstance(target, Tensor) else target

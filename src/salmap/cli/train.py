@@ -10,13 +10,20 @@ from salmap import models
 from salmap.cli.common import output_folder
 from salmap.training import train_classifier
 
+#: Default epochs per task: the lenet reaches about 97.5% on mnist-sample in 12; the unet
+#: reaches a test mean IoU above 0.9 on mnist-seg in SEGMENTATION_EPOCHS (README).
+CLASSIFIER_EPOCHS = 12
+SEGMENTATION_EPOCHS = 4
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a zoo model and save a checkpoint", description=__doc__)
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
     p.add_argument("--model", default="lenet", help=f"zoo architecture, one of {models.available()} (default lenet)")
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default {CLASSIFIER_EPOCHS} for classification, "
+                        f"{SEGMENTATION_EPOCHS} for segmentation)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, decayed to 0 on a cosine (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -27,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.epochs is None:
+        args.epochs = SEGMENTATION_EPOCHS if args.task == "segmentation" else CLASSIFIER_EPOCHS
     if args.task == "segmentation":
         from salmap.cli.train_seg import run_segmentation
 

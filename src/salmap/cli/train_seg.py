@@ -90,6 +90,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
     model_name = "unet" if args.model == "lenet" else args.model
     train = datasets.load_dataset(name, "train")
     test = datasets.load_dataset(name, "test")
+    torch.manual_seed(args.seed)  # the unet's initial weights come from --seed too
     model, meta = build_segmenter(model_name, train)
     model = model.to(args.device)
     report = train_segmenter(model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

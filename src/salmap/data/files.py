@@ -7,14 +7,20 @@ when something does not match. Nothing is unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zipfile
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from salmap.data import limits
 from salmap.data.base import Dataset, register_prefix, split_per_class, take_split
+from salmap.data.limits import check_class_labels, check_npz_members, image_array
 
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
@@ -24,26 +30,44 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into an array, checking its header and length."""
+    """Read one IDX file (gzipped or not) into an array, checking its header and length.
+
+    The header's shape is checked against :data:`salmap.data.limits.MAX_ELEMENTS` before the body is read,
+    and a gzipped file is decompressed only as far as the header says (a gzip bomb stops there).
+    """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        with open(path, "rb") as raw_file:
+            gzipped = raw_file.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as fh:
+            return _read_idx_stream(fh, path)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise ValueError(f"IDX file {path} could not be read: {err}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"IDX file {path} has no valid IDX header (magic {raw[:4].hex()})")
-    dtype = _IDX_DTYPES[raw[2]]
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
+
+
+def _read_idx_stream(fh: BinaryIO, path: Path) -> np.ndarray:
+    magic = fh.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise ValueError(f"IDX file {path} has no valid IDX header (magic {magic.hex()})")
+    dtype = _IDX_DTYPES[magic[2]]
+    ndim = magic[3]
+    dims = fh.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise ValueError(f"IDX file {path} is truncated inside its header")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    body = raw[4 + 4 * ndim :]
-    if len(body) != expected:
+    shape = struct.unpack(f">{ndim}I", dims)
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header says
+    if count > limits.MAX_ELEMENTS:
         raise ValueError(
-            f"IDX file {path} is truncated or corrupt: header shape {shape} needs {expected} bytes, found {len(body)}"
+            f"IDX file {path} declares an array of shape {shape} ({count} values), more than the limit of "
+            f"{limits.MAX_ELEMENTS} (salmap.data.limits.MAX_ELEMENTS)"
+        )
+    expected = count * dtype.itemsize
+    body = fh.read(expected + 1)
+    if len(body) != expected:
+        found = f"more than {expected}" if len(body) > expected else str(len(body))
+        raise ValueError(
+            f"IDX file {path} is truncated or corrupt: header shape {shape} needs {expected} bytes, found {found}"
         )
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
@@ -78,6 +102,7 @@ def load_idx(path: str, split: str = "test") -> Dataset:
             raise ValueError(
                 f"IDX files {img_path} and {lab_path} do not match: {images.shape[0]} images, labels of shape {labels.shape}"
             )
+        check_class_labels(labels, f"IDX labels file {lab_path}")
         scale = 255.0 if images.dtype == np.uint8 else 1.0
         x = torch.from_numpy(images.astype(np.float32) / scale)
         xs.append(x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2))
@@ -96,29 +121,44 @@ def load_npz(path: str, split: str = "test") -> Dataset:
     Integer images are scaled from 0..255 to [0, 1].
     """
     file = Path(path)
+    check_npz_members(file)
     try:
         with np.load(file, allow_pickle=False) as arrays:
             data = {k: arrays[k] for k in arrays.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"npz file {file} could not be read: {err}") from None
     for key in ("x", "y"):
         if key not in data:
             raise ValueError(f"npz file {file} must hold arrays 'x' and 'y', found {sorted(data)}")
+    if ("x_test" in data) != ("y_test" in data):
+        have, missing = ("x_test", "y_test") if "x_test" in data else ("y_test", "x_test")
+        raise ValueError(f"npz file {file} holds {have} but no {missing}: a test set needs both")
     x, y = _npz_images(data["x"], file), _npz_labels(data["y"], file)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"npz file {file}: x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if "x_test" in data and "y_test" in data:
+    num = check_class_labels(y, f"npz file {file} (y)")
+    if "x_test" in data:
         xt, yt = _npz_images(data["x_test"], file), _npz_labels(data["y_test"], file)
         if xt.shape[0] != yt.shape[0]:
             raise ValueError(f"npz file {file}: x_test has {xt.shape[0]} samples but y_test has {yt.shape[0]}")
+        if xt.shape[1:] != x.shape[1:]:
+            raise ValueError(f"npz file {file}: x_test images have shape {tuple(xt.shape[1:])}, x {tuple(x.shape[1:])}")
+        num = max(num, check_class_labels(yt, f"npz file {file} (y_test)"))
         x, y = {"train": (x, y), "test": (xt, yt), "all": (torch.cat([x, xt]), torch.cat([y, yt]))}[split]
     else:
         counts = torch.bincount(y)
         per_class = max(1, int(counts[counts > 0].min()) // 5)
         train_idx, test_idx = split_per_class(y, per_class, seed=0)
         x, y = take_split(x, y, split, train_idx, test_idx)
-    num = int(y.max()) + 1 if y.numel() else 0
-    names = [str(n) for n in data["class_names"].tolist()] if "class_names" in data else [str(i) for i in range(num)]
+    if "class_names" in data:
+        names = [str(n) for n in data["class_names"].reshape(-1).tolist()]
+        if len(names) < num:
+            raise ValueError(
+                f"npz file {file}: class_names lists {len(names)} names but the labels need {num} "
+                f"(labels go up to {num - 1})"
+            )
+    else:
+        names = [str(i) for i in range(num)]
     return _checked(Dataset(x, y, names, f"npz:{file}"), file)
 
 
@@ -177,11 +217,18 @@ def _read_class_folders(root: Path) -> Dataset:
         for file in files:
             try:
                 with Image.open(file) as im:
+                    if im.width * im.height > limits.MAX_IMAGE_PIXELS:
+                        raise ValueError(
+                            f"image file {file} is {im.width}x{im.height} pixels, more than the limit of "
+                            f"{limits.MAX_IMAGE_PIXELS} (salmap.data.limits.MAX_IMAGE_PIXELS)"
+                        )
                     im.load()
                     if mode is None:
-                        mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
-                    arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-            except (OSError, UnidentifiedImageError) as err:
+                        mode = "L" if im.mode in ("L", "1", "LA") or im.mode.startswith("I") else "RGB"
+                    arr = image_array(im, mode, f"image file {file}")
+            except Image.DecompressionBombError as err:
+                raise ValueError(f"image file {file} is refused as a decompression bomb: {err}") from None
+            except (OSError, UnidentifiedImageError, SyntaxError) as err:
                 raise ValueError(f"image file {file} could not be read: {err}") from None
             if size is None:
                 size = arr.shape

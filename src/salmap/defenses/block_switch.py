@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from salmap._validate import check_input, check_number
 from salmap.defenses.adaptive import DefenseWarning
 from salmap.models.registry import build, register
+from salmap.progress import bar as progress_bar
 from salmap.training import TrainReport, train_classifier
 
 
@@ -280,7 +280,7 @@ def train_sub_models(
     check_input(x, min_dim=4)
     copies: list[nn.Module] = []
     seconds = 0.0
-    for k in tqdm(range(channels), desc="block-switch channels", disable=not progress, leave=False):
+    for k in progress_bar(range(channels), desc="block-switch channels", enabled=progress):
         torch.manual_seed(seed + k)
         net = build(base["name"], **base.get("kwargs", {})).to(x.device)
         seconds += train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + k,

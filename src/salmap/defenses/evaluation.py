@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from salmap import registry
 from salmap._validate import (
@@ -31,6 +30,7 @@ from salmap._validate import (
 from salmap.attacks import Attack, random_targets
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
 from salmap.gradients import Model, frozen, predict
+from salmap.progress import bar as progress_bar
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def craft(
     attack = spec.build(model, bounds, seed)
     targets = _targets(model, x, y, seed, batch_size) if spec.targeted else None
     out = x.clone()
-    for i in tqdm(range(0, x.shape[0], batch_size), desc=desc or spec.name, disable=not progress, leave=False):
+    for i in progress_bar(range(0, x.shape[0], batch_size), desc=desc or spec.name, enabled=progress):
         rows = torch.arange(i, min(i + batch_size, x.shape[0]), device=x.device)
         if targets is None:
             out[rows] = attack(x[rows], y=y[rows]).x_adv

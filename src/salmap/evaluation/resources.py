@@ -76,13 +76,15 @@ class LoadedModel:
     task: str | None = None
 
 
-def load_model(model: str | ModelConfig, device: str = "cpu", allow_code: bool = False) -> LoadedModel:
+def load_model(model: str | ModelConfig, device: str = "cpu", allow_code: bool = False, trust: bool = False,
+               ) -> LoadedModel:
     """Open a run's model: a ``models[]`` entry (path, normalization, output_key, model_args) or a
-    path (checkpoint folder, TorchScript/.pt2/.keras file or, with ``allow_code``, module:factory)."""
+    path (checkpoint folder, TorchScript file; a .pt2 file only with ``trust``, a module:factory
+    only with ``allow_code``: see :func:`salmap.models.load_with_meta`)."""
     path, options = model_source(model)
     if is_factory(path) and not allow_code:
         raise ValueError(f"{path!r} names Python code (module:factory); it runs only with --allow-code")
-    module, meta = zoo.load_with_meta(path, **options)
+    module, meta = zoo.load_with_meta(path, allow_code=allow_code, trust=trust, **options)
     return LoadedModel(path, set_eval(module.to(device)), meta, bounds_from_meta(meta))
 
 

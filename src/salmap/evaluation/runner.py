@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from salmap.evaluation.distributed import World, from_environment
 from salmap.evaluation.execute import ROW_FIELDS, build, execute
@@ -46,6 +45,7 @@ from salmap.evaluation.store import (
     read_results,
 )
 from salmap.evaluation.summary import summarize
+from salmap.progress import bar as progress_bar
 from salmap.targets import rows_per_sample
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
 def _run(the_plan: Plan, store: RunStore, world: World, device: str, start: float, progress: bool,
          resumed: bool) -> Outcome:
     cfg = the_plan.cfg
-    done = store.done([u.key for u in the_plan.units])
+    done = {u.key for u in the_plan.units if u.key in store.done([u.key]) and unit_is_whole(the_plan, u, store)}
     world.barrier()  # every rank has listed the finished units before any rank adds to them
     mine = world.shard([u for u in the_plan.units if u.key not in done])
     if resumed and world.is_main:
@@ -150,7 +150,8 @@ def compute(the_plan: Plan, units: list[Unit], store: RunStore, resources: Resou
             progress: bool) -> None:
     """Run ``units`` through the execute step and commit each to the store as it finishes."""
     cfg = the_plan.cfg
-    bar = tqdm(total=sum(u.stop - u.start for u in units), desc=store.command, unit="img", disable=not progress)
+    bar = progress_bar(total=sum(u.stop - u.start for u in units), desc=store.command, unit="img", enabled=progress,
+                       leave=True)
     try:
         for m in sorted({u.model for u in units}):
             loaded = resources.models[m]
@@ -170,13 +171,33 @@ def compute(the_plan: Plan, units: list[Unit], store: RunStore, resources: Resou
         bar.close()
 
 
+def expected_rows(the_plan: Plan, unit: Unit) -> int:
+    """Rows a finished attack unit holds: one per sample, or one per other class with ``targets: all``."""
+    targets = the_plan.cfg.attacks[unit.attack].targets
+    return (unit.stop - unit.start) * rows_per_sample(targets, the_plan.dataset.num_classes)
+
+
+def unit_is_whole(the_plan: Plan, unit: Unit, store: RunStore) -> bool:
+    """Whether a unit file on disk is complete; a corrupt or short one is named in a warning and
+    recomputed (it is salmap's own file: the recomputed unit replaces it atomically)."""
+    try:
+        rows = store.read_unit(unit.key)
+    except (ValueError, OSError) as err:
+        log.warning("%s; recomputing the unit", err)
+        return False
+    if unit.kind == "attack" and len(rows) != expected_rows(the_plan, unit):
+        log.warning("unit file %s holds %d rows, expected %d; recomputing the unit", store.unit_path(unit.key),
+                    len(rows), expected_rows(the_plan, unit))
+        return False
+    return True
+
+
 def merge(the_plan: Plan, store: RunStore) -> list[dict[str, Any]]:
     """Join every attack unit's rows in plan order into ``results.jsonl`` (checking each unit is whole)."""
     rows: list[dict[str, Any]] = []
     for unit in the_plan.attack_units():
         part = store.read_unit(unit.key)
-        expected = (unit.stop - unit.start) * rows_per_sample(the_plan.cfg.attacks[unit.attack].targets,
-                                                              the_plan.dataset.num_classes)
+        expected = expected_rows(the_plan, unit)
         if len(part) != expected:
             raise RuntimeError(f"unit {unit.key} holds {len(part)} rows, expected {expected}")
         rows.extend(part)

@@ -60,7 +60,9 @@ class Explainer(ABC):
             return resolve_target(out, target, mask)
 
         with frozen(self.model):
-            return self._explain(x.detach(), resolve).detach()
+            # A private copy: the model never sees the caller's storage (a model that writes
+            # into its input must not change the caller's tensor).
+            return self._explain(x.detach().clone(), resolve).detach()
 
     def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
         """Resolve the target with one forward pass, then run :meth:`_attribute`."""

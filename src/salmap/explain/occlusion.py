@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from salmap._validate import BoundsLike, check_bounds, check_number
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, forward, predict
+from salmap.progress import bar as progress_bar
 from salmap.registry import register_explainer
 
 FILLS = ("zero", "mean", "grey", "random")
@@ -131,7 +131,7 @@ class Occlusion(Explainer):
         pairs = changed.flatten(1).nonzero()
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
         chunks = range(0, pairs.shape[0], self.batch_size)
-        for lo in tqdm(chunks, desc="occlusion", unit="batch", leave=False, disable=not self.progress):
+        for lo in progress_bar(chunks, desc="occlusion", unit="batch", enabled=self.progress):
             image, pos = pairs[lo : lo + self.batch_size].unbind(1)
             mask = _patch_masks(pos, windows, grid)
             copies = torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image])

@@ -2,12 +2,14 @@
 
 A checkpoint folder holds ``weights.safetensors`` and ``model.json`` (architecture name
 and arguments, input shape, bounds, normalisation, class names, metrics at save time).
-Nothing pickled is ever loaded without ``weights_only=True``: model files are untrusted.
+Model files are untrusted: nothing pickled is loaded without ``weights_only=True``; a
+``torch.export`` archive (which torch can only load by unpickling) needs ``trust=True``;
+a ``module:factory`` source needs ``allow_code=True``; the architecture a ``model.json``
+declares is checked against the weights file before any memory is allocated for it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import zipfile
@@ -15,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from salmap.models.factory import is_factory_spec, load_factory
+from salmap.models.metadata import check_meta
 from salmap.models.normalized import Normalized, parse_normalization
 from salmap.models.outputs import SelectOutput
 from salmap.models.registry import build
@@ -77,6 +82,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict) or "name" not in meta["arch"]:
         raise ValueError(f"checkpoint file {path} must hold an object with arch.name, got {str(meta)[:80]}")
+    check_meta(meta, path)
     return meta
 
 
@@ -86,6 +92,8 @@ def load_with_meta(
     *,
     normalization: Any = None,
     output_key: str | None = None,
+    trust: bool = False,
+    allow_code: bool = False,
     **kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model and its metadata (empty when the source carries none).
@@ -93,7 +101,9 @@ def load_with_meta(
     ``source`` may be a checkpoint folder, a state-dict file with ``arch``, a TorchScript or
     ``torch.export`` (``.pt2``) file, a Keras 3 ``.keras`` file (needs ``pip install
     salmap[keras]``; see :mod:`salmap.models.keras`) or ``"package.module:factory"`` called
-    with ``kwargs`` (see :func:`_load_model`).
+    with ``kwargs`` (see :func:`_load_model`). A ``.pt2`` archive needs ``trust=True`` (torch
+    loads it by unpickling, which runs any code its author put in it); a factory needs
+    ``allow_code=True``.
 
     The model is wrapped in :class:`~salmap.models.Normalized` when ``normalization``
     (``{"mean": [...], "std": [...]}`` or a ``(mean, std)`` pair) is given or ``model.json``
@@ -107,7 +117,7 @@ def load_with_meta(
         model: nn.Module = load_keras(source)
         meta: dict[str, Any] = {}
     else:
-        model, meta = _load_model(source, arch, **kwargs)
+        model, meta = _load_model(source, arch, trust=trust, allow_code=allow_code, **kwargs)
     norm = normalization if normalization is not None else meta.get("normalization")
     if norm is not None:
         mean, std = normalization_pair(norm)
@@ -135,7 +145,9 @@ def normalization_pair(norm: Any) -> tuple[Any, Any]:
     raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}} or a (mean, std) pair, got {norm!r}")
 
 
-def _load_model(source: str | Path, arch: str | None = None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def _load_model(
+    source: str | Path, arch: str | None = None, *, trust: bool = False, allow_code: bool = False, **kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model and its metadata (empty when the source carries none), before wrapping.
 
     ``source`` may be:
@@ -143,42 +155,49 @@ def _load_model(source: str | Path, arch: str | None = None, **kwargs: Any) -> t
     - a checkpoint folder (``weights.safetensors`` + ``model.json``), or its ``model.json``;
     - a ``.safetensors`` or pickled state-dict file together with ``arch`` (a zoo name)
       and its ``kwargs``; pickles are read with ``weights_only=True`` only;
-    - a TorchScript file (``torch.jit.save``) or a ``torch.export`` archive (``.pt2``);
-    - ``"package.module:factory"``: the factory is called with ``kwargs``.
+    - a TorchScript file (``torch.jit.save``);
+    - a ``torch.export`` archive (``.pt2``): only with ``trust=True``, since torch loads
+      those by unpickling, which can run any code the file's author wrote;
+    - ``"package.module:factory"``: only with ``allow_code=True``; the factory is called
+      with ``kwargs``.
 
-    The model is returned in eval mode.
+    Parameters
+    ----------
+    source: where the model is (see above).
+    arch: zoo architecture of a bare state-dict file.
+    trust: load a ``torch.export`` archive (unpickling it): only for files you trust.
+    allow_code: import and call a ``module:factory`` source.
+    kwargs: the architecture's or factory's arguments.
+
+    Returns
+    -------
+    (model, meta): the model in eval mode and its ``model.json`` (or a stand-in), unwrapped.
     """
     text = str(source)
     path = Path(text)
-    if not path.exists() and ":" in text and not text.startswith((".", "/")):
-        return _from_factory(text, **kwargs), {}
+    if not path.exists() and is_factory_spec(text):
+        return load_factory(text, allow_code=allow_code, **kwargs), {}
     if path.is_file() and path.name == META:
         path = path.parent
     if path.is_dir():
         meta = read_meta(path)
-        model = build(meta["arch"]["name"], **meta["arch"].get("kwargs", {}))
+        model = _build_checked(meta["arch"]["name"], meta["arch"].get("kwargs", {}), path / WEIGHTS)
         _load_state(model, path / WEIGHTS)
         return model.eval(), meta
     if not path.is_file():
         raise ValueError(f"model must be a checkpoint folder, model file or 'module:factory', got {text!r} (not found)")
     if arch is not None:
-        model = build(arch, **kwargs)
+        model = _build_checked(arch, kwargs, path) if path.suffix == ".safetensors" else build(arch, **kwargs)
         _load_state(model, path)
         return model.eval(), {"arch": {"name": arch, "kwargs": kwargs}}
-    if path.suffix == ".pt2":
+    if path.suffix != ".pt2" and zipfile.is_zipfile(path):
         try:
-            return torch.export.load(str(path)).module(), {}
-        except Exception as err:
-            raise ValueError(f"model file {path} is not a readable torch.export archive: {err}") from None
-    if zipfile.is_zipfile(path):
-        try:
+            # TorchScript's own unpickler restores tensors and TorchScript classes only.
             return torch.jit.load(str(path), map_location="cpu").eval(), {}
         except Exception:
             pass
-        try:
-            return torch.export.load(str(path)).module(), {}
-        except Exception:
-            pass
+    if path.suffix == ".pt2" or _is_export_archive(path):
+        return _load_exported(path, trust), {}
     raise ValueError(
         f"model file {path} is neither TorchScript nor a torch.export archive; for a state dict pass "
         "arch=<zoo name> (and its arguments)"
@@ -187,10 +206,58 @@ def _load_model(source: str | Path, arch: str | None = None, **kwargs: Any) -> t
 
 def load(
     source: str | Path, arch: str | None = None, *, normalization: Any = None, output_key: str | None = None,
-    **kwargs: Any,
+    trust: bool = False, allow_code: bool = False, **kwargs: Any,
 ) -> nn.Module:
     """Load a model (see :func:`load_with_meta` for what ``source`` may be)."""
-    return load_with_meta(source, arch, normalization=normalization, output_key=output_key, **kwargs)[0]
+    return load_with_meta(source, arch, normalization=normalization, output_key=output_key, trust=trust,
+                          allow_code=allow_code, **kwargs)[0]
+
+
+def _is_export_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith(("archive_format", "/models/model.json")) or "/serialized_" in n for n in names)
+
+
+def _load_exported(path: Path, trust: bool) -> nn.Module:
+    if not trust:
+        raise ValueError(
+            f"model file {path} is a torch.export archive, which torch loads by unpickling: a hostile "
+            "file runs code when loaded. Load it only if you trust it: trust=True (command line: "
+            "--trust-model), or save the model as a checkpoint folder (salmap.models.save) or TorchScript"
+        )
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as err:
+        raise ValueError(f"model file {path} is not a readable torch.export archive: {err}") from None
+
+
+def _build_checked(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Module:
+    """Build ``name(**kwargs)`` once its tensors' shapes match ``weights`` (read from the
+    file's header): a ``model.json`` that declares a huge model allocates nothing."""
+    with torch.device("meta"):
+        skeleton = build(name, **kwargs)
+    declared = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if weights.suffix == ".safetensors" and weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as fh:
+                stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+        except Exception as err:
+            raise ValueError(f"weights file {weights} could not be read safely: {err}") from None
+        if stored != declared:
+            missing = sorted(set(declared) - set(stored))[:3]
+            unexpected = sorted(set(stored) - set(declared))[:3]
+            wrong = [f"{k}: {stored[k]} vs {declared[k]}" for k in declared if k in stored and stored[k] != declared[k]][:3]
+            raise ValueError(
+                f"weights file {weights} does not match the architecture {name} {kwargs}: "
+                f"missing {missing}, unexpected {unexpected}, shapes (file vs model) {wrong}"
+            )
+    return build(name, **kwargs)
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
@@ -210,14 +277,3 @@ def _load_state(model: nn.Module, path: Path) -> None:
     except RuntimeError as err:
         raise ValueError(f"weights file {path} does not match the architecture: {err}") from None
 
-
-def _from_factory(spec: str, **kwargs: Any) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model factory {spec!r} could not be imported: {err}") from None
-    model = factory(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model factory {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
-    return model.eval()

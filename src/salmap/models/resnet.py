@@ -61,7 +61,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_number("in_channels", in_channels, low=1, integer=True)
-        check_number("num_classes", num_classes, low=2, integer=True)
+        check_number("num_classes", num_classes, low=2, high=100_000, integer=True)
         check_number("width", width, low=1, integer=True)
         check_choice("stem", stem, ["standard", "small"])
         if stem == "standard":

@@ -33,7 +33,7 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base: int = 16, depth: int = 3) -> None:
         super().__init__()
         check_number("in_channels", in_channels, low=1, integer=True)
-        check_number("num_classes", num_classes, low=1, integer=True)
+        check_number("num_classes", num_classes, low=1, high=100_000, integer=True)
         check_number("base", base, low=1, integer=True)
         check_number("depth", depth, low=1, integer=True)
         self.depth = depth
