@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from salmap import __version__
 from salmap.cli import attack, demo, train
@@ -46,8 +47,8 @@ def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
     """Flags every command takes, before or after its name (``salmap -v attack`` and
     ``salmap attack -v`` alike). On a sub-command they default to SUPPRESS so that they
     do not overwrite what was given before the command's name."""
-    default = {} if top else {"default": argparse.SUPPRESS}
-    flag = {"action": "store_true", **default}
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    flag: dict[str, Any] = {"action": "store_true", **default}
     parser.add_argument("-v", "--verbose", help="log progress details", **flag)
     parser.add_argument("-q", "--quiet", help="print errors only: no progress bars or summaries", **flag)
     parser.add_argument("--debug", help="show the full traceback of an error", **flag)
@@ -92,11 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    log.setLevel(level)
     from salmap import progress
 
     progress.configure(quiet=args.quiet)
     prefix = f"salmap {args.command}: error:"
+    try:
+        return _run(args, prefix)
+    finally:
+        progress.configure(quiet=False)
+
+
+def _run(args: argparse.Namespace, prefix: str) -> int:
     try:
         _check_before_work(args)
         if args.quiet:

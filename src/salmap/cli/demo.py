@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -38,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def cached_lenet(folder: Path, epochs: int, retrain: bool = False):
+def cached_lenet(
+    folder: Path, epochs: int, retrain: bool = False
+) -> tuple[nn.Module, dict[str, Any], datasets.Dataset]:
     """The demo's lenet: loaded from ``folder`` if trained before, else trained and saved there."""
     train = datasets.load_dataset("mnist-sample", "train")
     test = datasets.load_dataset("mnist-sample", "test")

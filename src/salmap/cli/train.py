@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
+
+from torch import nn
 
 from salmap import data as datasets
 from salmap import models
@@ -59,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_classifier(name: str, train: datasets.Dataset, stem: str | None = None):
+def build_classifier(
+    name: str, train: datasets.Dataset, stem: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """A zoo classifier sized for ``train``'s images and classes, with its checkpoint metadata."""
     c, h, w = train.x.shape[1:]
     kwargs: dict = {"in_channels": int(c), "num_classes": train.num_classes}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from salmap.metrics import iou_per_class, mask_from_output
 from salmap.training import TrainReport, fit
 
 
-def segmentation_loss(binary: bool, weight: Tensor | None = None):
+def segmentation_loss(binary: bool, weight: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """Per-pixel loss: binary cross-entropy on a single logit channel, else cross-entropy
     (with per-class ``weight`` when given)."""
     if binary:

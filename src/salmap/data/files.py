@@ -12,7 +12,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"IDX file {path} could not be read: {err}") from None
 
 
-def _read_idx_stream(fh: BinaryIO, path: Path) -> np.ndarray:
+def _read_idx_stream(fh: Any, path: Path) -> np.ndarray:
     magic = fh.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
         raise ValueError(f"IDX file {path} has no valid IDX header (magic {magic.hex()})")

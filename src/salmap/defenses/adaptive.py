@@ -121,11 +121,11 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the given values; backward: the gradient of the approximation passes unchanged."""
 
     @staticmethod
-    def forward(ctx, approx: Tensor, exact: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, approx: Tensor, exact: Tensor) -> Tensor:  # type: ignore[override]
         return exact.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad, None
 
 
