@@ -245,3 +245,25 @@ def test_tensors_explainers_never_share_the_callers_storage(name):
     before = x.clone()
     explainer.attribute(x, target=torch.tensor([0, 1]))
     assert torch.equal(x, before)
+
+
+def test_tensors_unbatched_input_to_any_model_is_named():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 28 * 28, 10)).eval()
+    for name in CLASSIFIER_ATTACKS:
+        attack = registry.get_attack(name).build(model)
+        with pytest.raises(ValueError, match=r"cannot be run on x of shape \(1, 28, 28\): .*mat1 and mat2.* must be a batch"):
+            attack(torch.rand(1, 28, 28), y=torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("seed", [2**70, -1, 1.5], ids=["tensors-seed-2e70", "tensors-seed-negative", "tensors-seed-float"])
+def test_tensors_seeds_are_checked_at_construction(seed):
+    from salmap.attacks import PGD
+    from salmap.explain import Occlusion
+
+    model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=r"seed must be"):
+        PGD(model, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be"):
+        Occlusion(model, seed=seed)
+    x = torch.rand(2, 4)
+    assert PGD(model, seed=2**63 - 1, steps=2)(x, y=torch.tensor([0, 1])).x_adv.shape == x.shape

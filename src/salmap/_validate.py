@@ -201,6 +201,15 @@ def check_number(
     return value
 
 
+#: Seeds are 63-bit: they reach torch generators and int64 tensors.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Check a random seed: an integer in ``[0, 2**63 - 1]`` (refused at construction, not at call time)."""
+    return int(check_number(name, value, low=0, high=MAX_SEED, integer=True))
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """Check that ``value`` is one of ``choices``."""
     options = list(choices)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from salmap._validate import BoundsLike, _short, check_number
+from salmap._validate import BoundsLike, _short, check_number, check_seed
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, active_set_loop, forward, loss_grad
 from salmap.randomness import sample_uniform
@@ -121,7 +121,7 @@ class PGD(Attack):
             self.step = float(check_number("step", step, low=0.0, low_open=largest > 0))
         self.steps = check_number("steps", steps, low=1, integer=True)
         self.random_start = bool(random_start)
-        self.seed = check_number("seed", seed, integer=True)
+        self.seed = check_seed(seed)
         self.loss_fn = loss_fn
         self.early_stop = bool(early_stop)
         self.restarts = check_number("restarts", restarts, low=1, integer=True)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import check_input, check_number
+from salmap._validate import check_input, check_number, check_seed
 from salmap.defenses.adaptive import DefenseWarning
 from salmap.models.registry import build, register
 from salmap.progress import bar as progress_bar
@@ -68,7 +68,7 @@ class BlockSwitch(nn.Module):
             raise ValueError(f"upper must be a torch.nn.Module, got {type(upper).__name__}")
         self.channels = nn.ModuleList(channels)
         self.upper = upper
-        self.seed = check_number("seed", seed, integer=True)
+        self.seed = check_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.last_choice: Tensor | None = None
         self._frozen_channels = False
@@ -79,7 +79,7 @@ class BlockSwitch(nn.Module):
 
     def reseed(self, seed: int) -> BlockSwitch:
         """Restart the channel choices from ``seed``; returns the module."""
-        self.seed = check_number("seed", seed, integer=True)
+        self.seed = check_seed(seed)
         self.generator.manual_seed(seed)
         return self
 

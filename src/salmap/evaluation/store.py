@@ -278,14 +278,20 @@ class RunStore:
     def read_unit(self, key: str) -> list[dict[str, Any]]:
         path = self.unit_path(key)
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"unit file {path} is not text ({err})") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not line:
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
+                rows.append(row)
             except ValueError as err:
-                raise ValueError(f"unit file {path} line {number} is not valid JSON ({err}); delete it to "
-                                 "recompute the unit") from None
+                raise ValueError(f"unit file {path} line {number} is not valid JSON ({err})") from None
         return rows
 
     def examples(self, key: str) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salmap._validate import BoundsLike, check_bounds, check_number
+from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, forward, predict
@@ -99,7 +99,7 @@ class Occlusion(Explainer):
         self.fill = fill
         self.bounds = check_bounds(bounds)
         self.batch_size = check_number("batch_size", batch_size, low=1, integer=True)
-        self.seed = check_number("seed", seed, integer=True)
+        self.seed = check_seed(seed)
         self.probabilities = bool(probabilities)
         self.progress = bool(progress)
 
