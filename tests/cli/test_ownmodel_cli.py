@@ -81,7 +81,7 @@ def test_cli_normalisation_three_ways_give_the_same_attack(colour_setup, tmp_pat
     runs = {
         "flags": ["--model", str(root / "plain"), "--mean", MEAN, "--std", STD],
         "model.json": ["--model", str(root / "normalized")],
-        "by hand": ["--model", "own_factories:composed", "--model-arg", f"checkpoint={root / 'plain'}"],
+        "by hand": ["--model", "own_factories:composed", "--allow-code", "--model-arg", f"checkpoint={root / 'plain'}"],
     }
     results = {}
     for name, model_flags in runs.items():
@@ -97,7 +97,7 @@ def test_cli_output_key_and_bad_flags(colour_setup, tmp_path, monkeypatch, capsy
     root = colour_setup
     monkeypatch.syspath_prepend(str(root))
     base = ["attack", "fgsm", "--data", f"npz:{root / 'colour.npz'}", "-n", "4",
-            "--model", "own_factories:as_dict", "--model-arg", f"checkpoint={root / 'plain'}"]
+            "--model", "own_factories:as_dict", "--allow-code", "--model-arg", f"checkpoint={root / 'plain'}"]
     assert main([*base, "--out", str(tmp_path / "a")]) != 0
     assert "has no key 'logits'" in capsys.readouterr().err
     assert main([*base, "--output-key", "scores", "--out", str(tmp_path / "b")]) == 0

@@ -93,7 +93,7 @@ def _export(net: nn.Module, x: torch.Tensor, path) -> str:
 
 def test_pt2_models_are_attacked_and_explained(tmp_path, net_and_batch):
     net, x, y = net_and_batch
-    exported = load(_export(net, x, tmp_path / "net.pt2"))
+    exported = load(_export(net, x, tmp_path / "net.pt2"), trust=True)
     with pytest.raises(NotImplementedError):
         exported.eval()  # torch.export modules refuse eval()/train(): salmap never calls them
     with frozen(exported):
@@ -132,7 +132,7 @@ def test_factory_keyword_arguments(tmp_path, monkeypatch):
         "    return nn.Sequential(nn.Flatten(), nn.Linear(16, width), nn.ReLU(), nn.Linear(width, classes))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = load("my_factories:mlp", width=7, classes=5)
+    model = load("my_factories:mlp", allow_code=True, width=7, classes=5)
     assert model[1].out_features == 7 and model[3].out_features == 5
     sys.modules.pop("my_factories", None)
 
