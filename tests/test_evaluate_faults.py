@@ -21,35 +21,46 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_lenet(tmp_path_factory.mktemp("model") / "lenet")
 
 
-def _run(tmp_path: Path, lenet: Path) -> Path:
-    return write_run(tmp_path / "run.yaml", output="out", seed=0, batch_size=3, data={"name": "mnist-sample", "num": 6},
-                     models=[{"name": "m", "path": str(lenet)}], attacks=[{"attack": "fgsm", "params": {"eps": 0.2}}],
-                     figures=False, report=False)
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda text: text[: len(text) // 2], "not valid JSON"),                      # cut inside a line
-    (lambda text: text.splitlines(keepends=True)[0], "holds 1 rows, expected 3"),  # a line lost
-    (lambda text: "\x00\xff" + text, "not valid JSON"),                            # garbage
-    (lambda text: "5\n" * 3, "must be a JSON object"),
-], ids=["faults-unit-truncated", "faults-unit-short", "faults-unit-garbage", "faults-unit-not-rows"])
-def test_faults_corrupt_unit_is_named_and_recomputed(tmp_path, lenet, caplog, damage, message):
-    cfg = load_config(_run(tmp_path, lenet))
-    first = evaluate(cfg, progress=False)
+DAMAGE = {  # what each of the four units suffers, and the warning that must name it
+    "truncated": (lambda text: text[: len(text) // 2], "not valid JSON"),     # cut inside a line
+    "short": (lambda text: text.splitlines(keepends=True)[0], "holds 1 rows, expected 3"),  # a line lost
+    "garbage": (lambda text: "\x00\xff" + text, "not valid JSON"),
+    "not-rows": (lambda text: "5\n" * 3, "must be a JSON object"),
+}
+
+
+def test_faults_corrupt_units_are_named_and_recomputed(tmp_path, lenet):
+    run = write_run(tmp_path / "run.yaml", output="out", seed=0, batch_size=3, data={"name": "mnist-sample", "num": 12},
+                    models=[{"name": "m", "path": str(lenet)}], attacks=[{"attack": "fgsm", "params": {"eps": 0.2}}],
+                    figures=False, report=False)
+    first = evaluate(load_config(run), progress=False)
     expected = rows_without_timing(first.output)
     units = sorted((first.output / "batches").glob("*.jsonl"))
-    if not units:
-        pytest.skip("the runner removes unit files after a finished run")
-    victim = units[0]
-    victim.write_bytes(damage(victim.read_text()).encode("utf-8", "surrogateescape"))
+    assert len(units) == len(DAMAGE) == 4
+    for unit, (damage, _) in zip(units, DAMAGE.values(), strict=True):
+        unit.write_bytes(damage(unit.read_text()).encode("utf-8", "surrogateescape"))
     (first.output / "results.jsonl").unlink()
-    with caplog.at_level(logging.WARNING, logger="salmap"):
-        again = evaluate(load_config(_run(tmp_path, lenet)), progress=False)
-    warned = [r.getMessage() for r in caplog.records if victim.name in r.getMessage()]
-    assert warned and message in warned[0] and "recomputing" in warned[0]
-    assert again.computed == 1
+    records = _Records()
+    logging.getLogger("salmap").addHandler(records)
+    try:
+        again = evaluate(load_config(run), progress=False)
+    finally:
+        logging.getLogger("salmap").removeHandler(records)
+    for unit, (_, message) in zip(units, DAMAGE.values(), strict=True):
+        warned = [m for m in records.messages if unit.name in m]
+        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (unit.name, records.messages)
+        assert [json.loads(line) for line in unit.read_text().splitlines()]  # rewritten whole
+    assert again.computed == 4
     assert rows_without_timing(again.output) == expected
-    assert len(victim.read_text().splitlines()) == 3 and all(json.loads(x) for x in victim.read_text().splitlines())
 
 
 def test_faults_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):

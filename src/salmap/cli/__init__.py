@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(format="%(message)s")
+    previous = log.level
     log.setLevel(level)
     from salmap import progress
 
@@ -101,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"salmap {args.command}: error:"
     try:
         return _run(args, prefix)
-    finally:
+    finally:  # main() may be called again in the same process (tests, notebooks)
         progress.configure(quiet=False)
+        log.setLevel(previous)
 
 
 def _run(args: argparse.Namespace, prefix: str) -> int:

@@ -239,9 +239,17 @@ def _load_exported(path: Path, trust: bool) -> nn.Module:
 
 def _build_checked(name: str, kwargs: dict[str, Any], weights: Path) -> nn.Module:
     """Build ``name(**kwargs)`` once its tensors' shapes match ``weights`` (read from the
-    file's header): a ``model.json`` that declares a huge model allocates nothing."""
-    with torch.device("meta"):
-        skeleton = build(name, **kwargs)
+    file's header): a ``model.json`` that declares a huge model allocates nothing.
+
+    The skeleton is built on the meta device; an architecture that computes with tensors
+    while it is built (and so cannot be built there) is built for real and checked by
+    ``load_state_dict``; its own argument checks still come first.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build(name, **kwargs)
+    except Exception:  # noqa: BLE001 -- the real build below raises the argument errors, if any
+        return build(name, **kwargs)
     declared = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     if weights.suffix == ".safetensors" and weights.is_file():
         try:
