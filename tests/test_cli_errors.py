@@ -52,7 +52,7 @@ def lenet28(tmp_path):
     (["explain", "--model", "{lenet}", "--data", "digits", "-n", "2", "--out", "{tmp}/o"], 2,
      "but digits has samples of shape (1, 8, 8)"),
     (["evaluate", "--model", "{lenet}", "--attack", "fgsm:eps=!!python/object/apply:os.system [touch PWNED]",
-      "--out", "{tmp}/o"], 2, "--attack parameter eps must be a plain value"),
+      "--out", "{tmp}/o"], 2, "eps must be a number, got '!!python/object/apply:os.system [touch PWNED]'"),
 ], ids=["cli-device-gpu0", "cli-model-missing", "cli-model-colon-missing", "cli-factory-not-allowed",
         "cli-out-is-file", "cli-out-below-file", "cli-attack-shape-mismatch", "cli-explain-shape-mismatch",
         "cli-yaml-tag"])

@@ -49,13 +49,17 @@ def _add_global_flags(parser: argparse.ArgumentParser, top: bool) -> None:
     do not overwrite what was given before the command's name."""
     default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     flag: dict[str, Any] = {"action": "store_true", **default}
-    parser.add_argument("-v", "--verbose", help="log progress details", **flag)
-    parser.add_argument("-q", "--quiet", help="print errors only: no progress bars or summaries", **flag)
-    parser.add_argument("--debug", help="show the full traceback of an error", **flag)
-    parser.add_argument("--allow-code", help="allow models named 'module:factory' (imports and calls that code)",
-                        **flag)
-    parser.add_argument("--trust-model", help="load torch.export (.pt2) archives, which torch unpickles: "
-                        "only for files you trust", **flag)
+    flags = [
+        (("-v", "--verbose"), "log progress details"),
+        (("-q", "--quiet"), "print errors only: no progress bars or summaries"),
+        (("--debug",), "show the full traceback of an error"),
+        (("--allow-code",), "allow models named 'package.module:factory' (imports and calls that code; "
+                            "a run file naming code is refused without it)"),
+        (("--trust-model",), "load torch.export (.pt2) archives, which torch unpickles: only for files you trust"),
+    ]
+    for names, text in flags:
+        if not any(n in parser._option_string_actions for n in names):
+            parser.add_argument(*names, help=text, **flag)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,9 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write them as 8-bit PNGs under png/ and count those no longer adversarial once "
                         "rounded (key: save_png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--allow-code", action="store_true",
-                   help="allow model paths that name Python code (package.module:factory) to be imported and "
-                        "called; without it a run file naming code is refused (validation never runs it)")
+    # --allow-code (a run file naming package.module:factory is refused without it; validation
+    # never runs the code) is one of the global flags every command takes: salmap.cli._add_global_flags.
     add_model_options(p)  # they apply to the --model entries (keys: models[].normalization, ...)
     p.set_defaults(func=run)
 
