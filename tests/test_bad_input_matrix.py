@@ -266,7 +266,8 @@ def test_values_16_bit_png(tmp_path):
         Image.fromarray(arr).save(tmp_path / "img" / label / "x.png")
         assert Image.open(tmp_path / "img" / label / "x.png").mode.startswith("I")
     ds = data.load_dataset(f"folder:{tmp_path / 'img'}", "all")
-    assert sorted(round(float(v), 6) for v in ds.x.amax(dim=(1, 2, 3))) == [round(1000 / 65535, 6), 1.0]
+    x = ds.x[0 : len(ds)]
+    assert sorted(round(float(v), 6) for v in x.amax(dim=(1, 2, 3))) == [round(1000 / 65535, 6), 1.0]
 
 
 @pytest.mark.parametrize("keys, message", [

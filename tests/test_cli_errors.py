@@ -48,9 +48,9 @@ def lenet28(tmp_path):
     (["attack", "fgsm", "--model", "{lenet}", "--out", "{tmp}/file.txt"], 2, "--out must be a folder, but"),
     (["attack", "fgsm", "--model", "{lenet}", "--out", "{tmp}/file.txt/sub"], 2, "is a file, not a folder"),
     (["attack", "fgsm", "--model", "{lenet}", "--data", "digits", "-n", "2", "--out", "{tmp}/o"], 2,
-     "model expects inputs of shape (1, 28, 28) (model.json input_shape) but digits has samples of shape (1, 8, 8)"),
+     "the model expects inputs of shape (1, 28, 28) but --data digits has samples of shape (1, 8, 8)"),
     (["explain", "--model", "{lenet}", "--data", "digits", "-n", "2", "--out", "{tmp}/o"], 2,
-     "but digits has samples of shape (1, 8, 8)"),
+     "but --data digits has samples of shape (1, 8, 8)"),
     (["evaluate", "--model", "{lenet}", "--attack", "fgsm:eps=!!python/object/apply:os.system [touch PWNED]",
       "--out", "{tmp}/o"], 2, "eps must be a number, got '!!python/object/apply:os.system [touch PWNED]'"),
 ], ids=["cli-device-gpu0", "cli-model-missing", "cli-model-colon-missing", "cli-factory-not-allowed",
@@ -134,6 +134,32 @@ def test_cli_full_disk_leaves_no_temporary_files(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_json(tmp_path / "results.json", {"a": list(range(100))})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_evaluate_checks_its_output_folder_before_work(tmp_path, lenet28, capsys):
+    import yaml
+
+    (tmp_path / "taken").write_text("mine")
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": "taken", "models": [{"path": lenet28}], "attacks": [{"attack": "fgsm"}],
+                                   "data": {"name": "mnist-sample", "num": 2}}))
+    assert main(["evaluate", str(run), "--no-progress"]) == 2
+    assert "output must be a folder, but" in _error_line(capsys, "evaluate")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_cli_evaluate_pt2_needs_trust_model(tmp_path, capsys):
+    marker = tmp_path / "never"
+    model = models.build("lenet").eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    argv = ["evaluate", "--model", str(tmp_path / "m.pt2"), "--attack", "fgsm", "--data", "mnist-sample", "-n", "2",
+            "--no-report", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--trust-model" in _error_line(capsys, "evaluate")
+    assert main([*argv, "--trust-model"]) == 0
+    assert (tmp_path / "o" / "results.jsonl").is_file() and not marker.exists()
 
 
 # -- conventions ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from salmap import registry
-from salmap.cli.common import add_model_options, model_options
+from salmap.cli.common import add_model_options, check_output_path, model_options
 from salmap.cli.flags import parse_spec
 from salmap.evaluation.config import load_config, parse_config
 from salmap.evaluation.settings import RUN_TARGETING
@@ -124,14 +124,17 @@ def run(args: argparse.Namespace) -> int:
     extra = overrides(args)
     if args.config:
         config_data = extra.pop("data", None)
-        cfg = load_config(args.config, extra, allow_code=args.allow_code)
+        cfg = load_config(args.config, extra, allow_code=args.allow_code, trust_model=args.trust_model)
         if config_data:  # merge data flags into the file's data mapping instead of replacing it
             raw = yaml.safe_load(Path(args.config).read_text()) or {}
             merged = {**raw, **extra, "data": {**(raw.get("data") or {}), **config_data}}
             cfg = parse_config(merged, source=f"run file {args.config}", base=Path(args.config).resolve().parent,
-                               allow_code=args.allow_code)
+                               allow_code=args.allow_code, trust_model=args.trust_model)
     else:
-        cfg = parse_config(extra, source="flags", base=Path.cwd(), allow_code=args.allow_code)
+        cfg = parse_config(extra, source="flags", base=Path.cwd(), allow_code=args.allow_code,
+                           trust_model=args.trust_model)
+    if cfg.output:
+        check_output_path(cfg.output, "output")
     outcome = evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salmap.data import limits
 from salmap.data.base import Dataset, split_per_class
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def decode_image(path: str | Path, channels: int | None = None) -> Tensor:
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -55,6 +57,10 @@ def decode_image(path: str | Path, channels: int | None = None) -> Tensor:
                 arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except _TooLarge:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image file {path} is refused as a decompression bomb: {err}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ValueError(f"image file {path} could not be decoded: {err}") from None
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
@@ -79,12 +85,29 @@ def resize_crop(x: Tensor, size: int) -> Tensor:
     return x[:, top : top + size, left : left + size].clamp(0, 1).contiguous()
 
 
+class _TooLarge(ValueError):
+    """An image larger than the pixel limit (raised as it is, not as an undecodable file)."""
+
+
+def _check_pixels(im: Any, path: str | Path) -> None:
+    """Refuse an image whose header declares more pixels than ``salmap.data.limits.MAX_IMAGE_PIXELS``
+    before it is decoded (a PNG of a few hundred KB can declare 400 million pixels)."""
+    if im.width * im.height > limits.MAX_IMAGE_PIXELS:
+        raise _TooLarge(f"image file {path} is {im.width}x{im.height} pixels, more than the limit of "
+                         f"{limits.MAX_IMAGE_PIXELS} (salmap.data.limits.MAX_IMAGE_PIXELS)")
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            _check_pixels(im, path)
             return im.size[1], im.size[0]
+    except _TooLarge:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image file {path} is refused as a decompression bomb: {err}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ValueError(f"image file {path} could not be decoded: {err}") from None
 

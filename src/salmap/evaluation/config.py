@@ -53,7 +53,8 @@ _TOP = {"name", "output", "seed", "batch_size", "device", "data", "models", "att
 
 
 def parse_config(
-    raw: Any, source: str = "run", base: Path | None = None, allow_code: bool = False, open_files: bool = True
+    raw: Any, source: str = "run", base: Path | None = None, allow_code: bool = False, open_files: bool = True,
+    trust_model: bool = False,
 ) -> RunConfig:
     """Validate a run description (the parsed YAML mapping) and return a :class:`RunConfig`.
 
@@ -111,13 +112,14 @@ def parse_config(
         output = str(resolve(base, output))
     resources = None
     if open_files:
-        resources = check_resources(check, data, models, attacks, explanations, allow_code)
+        resources = check_resources(check, data, models, attacks, explanations, allow_code, trust_model)
 
     if check.problems:
         raise ConfigError(check.problems, source)
     return RunConfig(
         output=output, models=models, attacks=attacks, data=data, explanations=explanations, name=name,
         seed=seed, batch_size=batch_size, device=device, figures=figures, report=report, allow_code=allow_code,
+        trust_model=trust_model,
         resources=resources, save_adversarial=save_adversarial, save_png=save_png,
     )
 
@@ -129,7 +131,9 @@ def _channels(check: Checker, value: Any) -> int | None:
     return value  # type: ignore[no-any-return]
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, allow_code: bool = False) -> RunConfig:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, allow_code: bool = False, trust_model: bool = False
+) -> RunConfig:
     """Read and validate a YAML run file; ``overrides`` replace top-level keys (from flags)."""
     path = Path(path)
     try:
@@ -144,7 +148,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, allow
         raw = {}
     if isinstance(raw, dict) and overrides:
         raw = {**raw, **overrides}
-    return parse_config(raw, source=f"run file {path}", base=path.resolve().parent, allow_code=allow_code)
+    return parse_config(raw, source=f"run file {path}", base=path.resolve().parent, allow_code=allow_code,
+                        trust_model=trust_model)
 
 
 __all__ = [

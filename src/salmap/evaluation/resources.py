@@ -148,7 +148,7 @@ def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:
         if res.models[i] is not None:
             continue
         try:
-            loaded = load_model(m, res.device, allow_code=cfg.allow_code)
+            loaded = load_model(m, res.device, allow_code=cfg.allow_code, trust=cfg.trust_model)
             loaded.task = model_task(loaded, res.dataset)
         except (ValueError, OSError, RuntimeError) as err:
             raise ValueError(f"models[{i}].path: {err}") from None
@@ -159,7 +159,7 @@ def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:
 
 def check_resources(
     check: Checker, data: DataConfig, models: list[ModelConfig], attacks: list[AttackConfig],
-    explanations: list[ExplainConfig], allow_code: bool = False,
+    explanations: list[ExplainConfig], allow_code: bool = False, trust_model: bool = False,
 ) -> Resources | None:
     """Open the dataset and every model file now, so that a wrong path, count, shape or pairing
     fails before any work; the problems go to ``check`` with their key paths.
@@ -180,7 +180,7 @@ def check_resources(
             loaded.append(None)
             continue
         try:
-            model = load_model(m)
+            model = load_model(m, trust=trust_model)
             if ds is not None:
                 model.task = model_task(model, ds)
         except (ValueError, OSError, RuntimeError) as err:

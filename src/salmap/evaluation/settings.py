@@ -99,6 +99,9 @@ class RunConfig:
     #: the command line allowed model paths that name Python code (``--allow-code``); a run
     #: file cannot set it, and it is not part of the description
     allow_code: bool = field(default=False, compare=False)
+    #: the command line trusts the run's .pt2 model files (``--trust-model``: torch unpickles
+    #: them); a run file cannot set it, and it is not part of the description
+    trust_model: bool = field(default=False, compare=False)
     #: the models and dataset opened during validation, handed to the plan (not part of the description)
     resources: Resources | None = field(default=None, repr=False, compare=False)
 
@@ -106,6 +109,7 @@ class RunConfig:
         payload = asdict(replace(self, resources=None))
         payload.pop("resources")
         payload.pop("allow_code")
+        payload.pop("trust_model")
         return payload
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
