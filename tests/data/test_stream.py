@@ -173,7 +173,7 @@ def test_streamed_attack_memory_does_not_grow_with_the_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
     for n in (20, 160):
         out = subprocess.run(
-            [sys.executable, str(script), "attack", "fgsm", "--model", "tiny_factory:tiny", "--data", f"folder:{root}",
+            [sys.executable, str(script), "attack", "fgsm", "--allow-code", "--model", "tiny_factory:tiny", "--data", f"folder:{root}",
              "--split", "all", "--image-size", "96", "-n", str(n), "--batch-size", "10", "--out", str(tmp_path / f"o{n}")],
             capture_output=True, text=True, check=True, timeout=600, env=env,
         )
