@@ -120,46 +120,30 @@ def test_cli_ctrl_c(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_full_disk_leaves_no_temporary_files(tmp_path, monkeypatch):
-    from pathlib import Path
-
     from salmap.cli.common import write_json
 
-    real = Path.write_text
+    real_open = open
 
-    def full(self, text, *a, **k):
-        real(self, text[:10], *a, **k)
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
 
-    monkeypatch.setattr(Path, "write_text", full)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:5])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
+                        if "w" in mode else real_open(p, mode, *a, **k))
     with pytest.raises(OSError):
         write_json(tmp_path / "results.json", {"a": list(range(100))})
+    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_evaluate_checks_its_output_folder_before_work(tmp_path, lenet28, capsys):
-    import yaml
-
-    (tmp_path / "taken").write_text("mine")
-    run = tmp_path / "run.yaml"
-    run.write_text(yaml.safe_dump({"output": "taken", "models": [{"path": lenet28}], "attacks": [{"attack": "fgsm"}],
-                                   "data": {"name": "mnist-sample", "num": 2}}))
-    assert main(["evaluate", str(run), "--no-progress"]) == 2
-    assert "output must be a folder, but" in _error_line(capsys, "evaluate")
-    assert (tmp_path / "taken").read_text() == "mine"
-
-
-def test_cli_evaluate_pt2_needs_trust_model(tmp_path, capsys):
-    marker = tmp_path / "never"
-    model = models.build("lenet").eval()
-    batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(model, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(tmp_path / "m.pt2"))
-    argv = ["evaluate", "--model", str(tmp_path / "m.pt2"), "--attack", "fgsm", "--data", "mnist-sample", "-n", "2",
-            "--no-report", "--no-progress", "--out", str(tmp_path / "o")]
-    assert main(argv) == 2
-    assert "--trust-model" in _error_line(capsys, "evaluate")
-    assert main([*argv, "--trust-model"]) == 0
-    assert (tmp_path / "o" / "results.jsonl").is_file() and not marker.exists()
 
 
 # -- conventions ------------------------------------------------------------------------------
