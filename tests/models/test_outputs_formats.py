@@ -146,9 +146,9 @@ def test_pt2_model_is_evaluated_from_the_cli(tmp_path, net_and_batch):
     path = _export(net, x, tmp_path / "net.pt2")
     out = tmp_path / "eval"
     code = main(["evaluate", "--model", path, "--data", "digits", "--attack", "fgsm:eps=0.1", "--explain", "gradient",
-                 "--num", "6", "--batch-size", "3", "--out", str(out), "--no-progress", "--no-report"])
+                 "--num", "6", "--batch-size", "3", "--out", str(out), "--no-progress", "--no-report", "--trust-model"])
     assert code == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["model"] == "net.pt2" and r["linf"] <= 0.1 + 1e-6 for r in rows)
     assert main(["attack", "pgd", "--model", path, "--data", "digits", "-n", "4", "--eps", "0.1", "--steps", "2",
-                 "--out", str(tmp_path / "pgd")]) == 0
+                 "--out", str(tmp_path / "pgd"), "--trust-model"]) == 0
