@@ -4,7 +4,7 @@ the traceback, checks before any work, and the command-line conventions (``--ver
 ``--quiet``, ``-v`` after the command, progress bars only on a terminal).
 
 Test ids start with their group (``cli``, ``conventions``, ``tensors``); see
-tests/test_bad_input_matrix.py for the others.
+tests/test_bad_input_matrix.py and tests/evaluation/test_evaluate_faults.py for the others.
 """
 
 from __future__ import annotations
