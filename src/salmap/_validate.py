@@ -236,13 +236,20 @@ def check_input(
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    # One reduction and one transfer of two numbers, not a copy of x: NaN propagates into the
+    # minimum and maximum, and an infinity is one of them.
+    xmin, xmax = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+    if not (math.isfinite(xmin) and math.isfinite(xmax)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} must be finite, got {bad} NaN/inf values")
     if bounds is not None:
         b = check_bounds(bounds)
-        if b.outside(x, tol):
-            xmin, xmax = float(x.min()), float(x.max())
+        if b.scalar:  # the minimum and maximum already in hand decide it
+            low, high = b
+            out = xmin < float(low) - tol or xmax > float(high) + tol
+        else:
+            out = b.outside(x, tol)
+        if out:
             raise ValueError(
                 f"{name} must lie within bounds {_bounds_text(b)}, got values in [{xmin:.6g}, {xmax:.6g}]"
             )
@@ -287,11 +294,12 @@ def check_labels(
     labels = labels.reshape(-1) if labels.dim() == 0 else labels
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"{name} must be class indices in [0, {num_classes - 1}], "
-            f"got values in [{int(labels.min())}, {int(labels.max())}]"
-        )
+    if labels.numel():
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one transfer of two numbers
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{name} must be class indices in [0, {num_classes - 1}], got values in [{low}, {high}]"
+            )
     return labels.to(device=device, dtype=torch.long)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -166,29 +167,53 @@ def class_score_grads(
     return scores, alpha, total - alpha
 
 
+@dataclass
+class RecordedPass:
+    """A forward pass kept for a later backward pass: the leaf ``input`` (requiring grad)
+    and the model's ``output`` with its graph. Made by :func:`record_forward`."""
+
+    input: Tensor
+    output: Tensor
+
+
+def record_forward(model: Model, x: Tensor) -> RecordedPass:
+    """One forward pass of ``model`` on (a detached view of) ``x`` that keeps its graph, so that
+    the same pass gives a prediction first and a gradient later (see :func:`loss_grad`)."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return RecordedPass(xg, forward(model, xg))
+
+
 def loss_grad(
     model: Model,
     x: Tensor,
     labels: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    recorded: RecordedPass | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample loss gradient: returns ``(logits, d loss / d x)``.
 
     ``loss_fn(logits, labels)`` must return one loss per sample (``reduction='none'``);
     the default is cross-entropy. Gradients of the summed loss are per-sample
-    gradients because samples do not interact in eval mode. A model with an
-    ``expected_loss(x, labels, loss_fn) -> (logits, loss)`` method (EOT) computes the loss itself.
+    gradients because samples do not interact in eval mode. ``recorded``, the pass of
+    :func:`record_forward` on ``x``, saves the forward pass (its graph is consumed). A model
+    with an ``expected_loss(x, labels, loss_fn) -> (logits, loss)`` method (EOT) computes the
+    loss itself (``recorded`` is then not used).
     """
     fn = loss_fn or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
-    xg = x.detach().requires_grad_(True)
     # A model averaging over random passes (salmap.defenses.adaptive.EOT) supplies the expected loss.
     expected = getattr(model, "expected_loss", None)
-    with torch.enable_grad():
-        if callable(expected):
+    if callable(expected):
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
             logits, loss = expected(xg, labels, fn)
-        else:
-            logits = forward(model, xg)
+    else:
+        if recorded is None:
+            recorded = record_forward(model, x)
+        xg, logits = recorded.input, recorded.output
+        with torch.enable_grad():
             loss = fn(logits, labels)
+    with torch.enable_grad():
         (g,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
     return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
 

@@ -3,115 +3,28 @@
 An :class:`Attack` holds configuration only. Calling it on a batch validates the
 input, runs the subclass's :meth:`Attack._run` with the model frozen (eval mode,
 parameters not requiring grad, both restored afterwards), clips to the bounds,
-and measures success and distortion once, for every attack alike.
+and measures distortion once, for every attack alike. The clean prediction is computed
+once (by the attack's first gradient step where it starts with one); the adversarial
+prediction and success are measured once, when first read (see :class:`AttackResult`).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from salmap._validate import BoundsLike, check_bounds, check_input, check_labels
-from salmap.gradients import Model, frozen, predict
+from salmap.attacks.result import AttackResult
+from salmap.gradients import Model, frozen, predict, record_forward
 from salmap.metrics import distortion
 from salmap.targets import all_other_targets, random_targets
 
-
-@dataclass
-class AttackResult:
-    """What an attack returns: one entry per sample for every tensor field.
-
-    Attributes
-    ----------
-    x_adv: the adversarial inputs, same shape and device as the input.
-    success: bool ``(B,)``: the goal was reached (target predicted, or label changed).
-    l0: number of input features changed, float ``(B,)``.
-    l2, linf: L2 and Linf norms of the perturbation ``(B,)``.
-    iterations: long ``(B,)``: iterations the sample took before it stopped.
-    pred_before, pred_after: the model's predictions on the clean and adversarial inputs.
-    labels: the labels the attack was called with (true labels or targets).
-    targeted: whether ``labels`` are targets.
-    seconds: wall time of the whole call.
-    extra: attack-specific per-sample tensors (e.g. segmentation pixel accuracy).
-    """
-
-    x_adv: Tensor
-    success: Tensor
-    l0: Tensor
-    l2: Tensor
-    linf: Tensor
-    iterations: Tensor
-    pred_before: Tensor
-    pred_after: Tensor
-    labels: Tensor
-    targeted: bool
-    seconds: float = 0.0
-    extra: dict[str, Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.success.shape[0])
-
-    @property
-    def num_features(self) -> int:
-        """Number of input features per sample."""
-        return int(self.x_adv[0].numel())
-
-    @property
-    def l0_fraction(self) -> Tensor:
-        """L0 as a fraction of the number of input features."""
-        return self.l0 / max(self.num_features, 1)
-
-    @property
-    def success_rate(self) -> float:
-        return float(self.success.float().mean()) if len(self) else float("nan")
-
-    def to(self, device: torch.device | str) -> AttackResult:
-        """The same result with every tensor moved to ``device``."""
-        moved: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Tensor):
-                value = value.to(device)
-            elif f.name == "extra":
-                value = {k: v.to(device) for k, v in value.items()}
-            moved[f.name] = value
-        return AttackResult(**moved)
-
-    def summary(self) -> dict[str, float]:
-        """Mean figures over the batch (distortions averaged over all samples)."""
-        return {
-            "samples": float(len(self)),
-            "success_rate": self.success_rate,
-            "l0": float(self.l0.mean()),
-            "l0_fraction": float(self.l0_fraction.mean()),
-            "l2": float(self.l2.mean()),
-            "linf": float(self.linf.mean()),
-            "iterations": float(self.iterations.float().mean()),
-            "seconds": self.seconds,
-        }
-
-    @staticmethod
-    def concat(results: list[AttackResult]) -> AttackResult:
-        """Join the results of several batches into one."""
-        if not results:
-            raise ValueError("results must hold at least one AttackResult, got an empty list")
-        joined: dict[str, Any] = {}
-        for f in fields(AttackResult):
-            values = [getattr(r, f.name) for r in results]
-            if f.name == "extra":
-                joined[f.name] = {k: torch.cat([v[k] for v in values]) for k in values[0]}
-            elif f.name == "seconds":
-                joined[f.name] = float(sum(values))
-            elif f.name == "targeted":
-                joined[f.name] = values[0]
-            else:
-                joined[f.name] = torch.cat(values)
-        return AttackResult(**joined)
+__all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]
 
 
 class Attack(ABC):
@@ -160,42 +73,77 @@ class Attack(ABC):
         start = time.perf_counter()
         with frozen(self.model):
             x0 = x.detach().clone()
+            # The clean prediction is computed once: given by the caller, else by the first gradient
+            # step's forward pass when the attack starts with a gradient at the clean input, else by
+            # one forward pass.
+            # (an EOT model computes its own expected loss: its gradient does not start from this pass)
+            reuse = self._gradient_at_clean_input() and not callable(getattr(self.model, "expected_loss", None))
+            first = record_forward(self.model, x0) if reuse else None
             if clean is None:
-                clean = first_forward(self.model, x0)
+                clean = first.output.detach() if first is not None else first_forward(self.model, x0)
             elif clean.shape[0] != x0.shape[0]:
                 raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
             else:
                 clean = clean.detach().to(x0.device)
                 check_finite_outputs(clean, "clean")
             labels = self._check_labels(x0, target if targeted else y, targeted, clean)
-            x_adv, iterations = self._run(x0, labels, targeted, clean)
+            if first is None:
+                x_adv, iterations = self._run(x0, labels, targeted, clean)
+            else:
+                # An attack that asks for the clean pass takes it (_gradient_at_clean_input).
+                x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
+            del first
             x_adv = self.bounds.clamp(x_adv.detach())
-            after = predict(self.model, x_adv)
-            check_finite_outputs(after, "adversarial")
-            success = self._is_success(after, labels, targeted)
         l0, l2, linf = distortion(x0, x_adv)
         return AttackResult(
             x_adv=x_adv,
-            success=success,
+            success=None,
             l0=l0,
             l2=l2,
             linf=linf,
             iterations=iterations.to(device=x.device, dtype=torch.long),
             pred_before=self._predictions(clean),
-            pred_after=self._predictions(after),
+            pred_after=None,
             labels=labels,
             targeted=targeted,
             seconds=time.perf_counter() - start,
-            extra=self._extra(x0, x_adv, labels, clean, after),
+            measure=self._measure(x0, x_adv, labels, targeted, clean),
         )
+
+    def _measure(
+        self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor
+    ) -> Callable[[], tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """The adversarial prediction, success and extra figures, evaluated when first read."""
+        model, version = self.model, _state_version(self.model)
+
+        def measure() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            if _state_version(model) != version:
+                raise RuntimeError(
+                    f"the model's parameters or buffers changed after {type(self).__name__} ran, so its "
+                    "adversarial prediction (success, pred_after, extra) can no longer be measured: "
+                    "read them before changing the model"
+                )
+            with frozen(model):
+                after = predict(model, x_adv, x_adv.shape[0])
+                check_finite_outputs(after, "adversarial")
+                return (self._predictions(after), self._is_success(after, labels, targeted),
+                        self._extra(x, x_adv, labels, clean, after))
+
+        return measure
 
     # -- hooks for subclasses -------------------------------------------------
     @abstractmethod
     def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
         """Craft adversarial inputs. Returns ``(x_adv, iterations per sample)``.
 
-        ``x`` is a private copy; ``clean`` are the model's outputs on it.
+        ``x`` is a private copy; ``clean`` are the model's outputs on it. An attack whose
+        :meth:`_gradient_at_clean_input` is true is also given ``first=``, the clean forward
+        pass with its graph (:class:`salmap.gradients.RecordedPass`), for its first gradient.
         """
+
+    def _gradient_at_clean_input(self) -> bool:
+        """Whether the first step of :meth:`_run` is a gradient at the clean input ``x``."""
+        return False
 
     def _check_labels(self, x: Tensor, labels: Any, targeted: bool, clean: Tensor) -> Tensor:
         """Validate and return the labels (class indices ``(B,)`` for classifiers)."""
@@ -252,3 +200,10 @@ def check_finite_outputs(out: Tensor, which: str) -> None:
 
 
 __all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]
+
+
+def _state_version(model: Model) -> tuple[int, ...] | None:
+    """In-place modification counters of the model's parameters and buffers (None for a callable)."""
+    if not isinstance(model, nn.Module):
+        return None
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))

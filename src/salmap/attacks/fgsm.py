@@ -10,7 +10,7 @@ from torch import Tensor
 
 from salmap._validate import BoundsLike, _short, check_number, check_seed
 from salmap.attacks.base import Attack
-from salmap.gradients import Model, active_set_loop, forward, loss_grad
+from salmap.gradients import Model, RecordedPass, active_set_loop, forward, loss_grad
 from salmap.randomness import sample_uniform
 from salmap.registry import register_attack
 
@@ -45,8 +45,13 @@ class FGSM(Attack):
         self.eps = float(check_number("eps", eps, low=0.0))
         self.loss_fn = loss_fn
 
-    def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
-        _, grad = loss_grad(self.model, x, labels, self.loss_fn)
+    def _gradient_at_clean_input(self) -> bool:
+        return True
+
+    def _run(
+        self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
+    ) -> tuple[Tensor, Tensor]:
+        _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first)
         direction = -1.0 if targeted else 1.0
         x_adv = self.bounds.clamp(x + direction * self.eps * grad.sign())
         return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)
@@ -140,10 +145,16 @@ class PGD(Attack):
         eps = self.eps.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         return eps, eps / 4 if self.step is None else self.step
 
-    def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
+    def _gradient_at_clean_input(self) -> bool:
+        # then the first step's forward pass is the clean prediction (early_stop: the shared active-set loop)
+        return not self.random_start and not self.early_stop
+
+    def _run(
+        self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
+    ) -> tuple[Tensor, Tensor]:
         eps, step = self._radius(x)
         if self.restarts == 1:
-            return self._attempt(x, labels, targeted, eps, step, 0)
+            return self._attempt(x, labels, targeted, eps, step, 0, first)
         fn = self.loss_fn or _cross_entropy
         sign = -1.0 if targeted else 1.0
         best = x.clone()
@@ -170,15 +181,19 @@ class PGD(Attack):
         return best, iterations
 
     def _attempt(
-        self, x: Tensor, labels: Tensor, targeted: bool, eps: float | Tensor, step: float | Tensor, restart: int
+        self, x: Tensor, labels: Tensor, targeted: bool, eps: float | Tensor, step: float | Tensor, restart: int,
+        first: RecordedPass | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """One run of PGD from the random start of restart number ``restart``."""
+        """One run of PGD from the random start of restart number ``restart`` (``first``: the
+        forward pass at ``x``, for the first step when there is no random start)."""
         low, high = self.bounds.like(x)
         direction = -1.0 if targeted else 1.0
         x_adv = x.clone()
         if self.random_start:
             noise = sample_uniform(x, self.seed, restart)
             x_adv = torch.clamp(x + (2 * noise - 1) * eps, low, high)  # type: ignore[arg-type]
+        if not self.early_stop:
+            return self._steps(x, x_adv, labels, direction * step, eps, first)
         state = {"x_adv": x_adv, "x": x, "labels": labels}
         if isinstance(eps, Tensor):
             state["eps"] = eps
@@ -199,6 +214,26 @@ class PGD(Attack):
 
         iterations = active_set_loop(state, one_step, self.steps)
         return x_adv, iterations
+
+    def _steps(
+        self, x: Tensor, x_adv: Tensor, labels: Tensor, step: float | Tensor, eps: float | Tensor,
+        first: RecordedPass | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Every sample takes every step: the whole batch at once, in place, with no host sync.
+
+        ``step`` carries the direction's sign. Clipping to the ball and then to the bounds is
+        clipping to their intersection, computed once.
+        """
+        lower, upper = self.bounds.clamp(x - eps), self.bounds.clamp(x + eps)
+        for i in range(self.steps):
+            _, grad = loss_grad(self.model, x_adv, labels, self.loss_fn, recorded=first if i == 0 else None)
+            direction = grad.sign_()
+            if isinstance(step, Tensor):
+                x_adv.addcmul_(direction, step)
+            else:
+                x_adv.add_(direction, alpha=step)
+            torch.clamp(x_adv, lower, upper, out=x_adv)
+        return x_adv, torch.full((x.shape[0],), self.steps, dtype=torch.long, device=x.device)
 
 
 def _rows(value: float | Tensor, rows: Tensor) -> float | Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 
 from salmap import __version__
 from salmap.cli import attack, demo, train
+from salmap.cli.common import announce_device
 
 COMMANDS = [demo, train, attack]
 
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     progress.configure(quiet=args.quiet)
     prefix = f"salmap {args.command}: error:"
+    announce_device(getattr(args, "device", None))  # resolved by --device's type (cli.common)
     try:
         return _run(args, prefix)
     finally:  # main() may be called again in the same process (tests, notebooks)

@@ -16,8 +16,30 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models
 from salmap._validate import Bounds, check_bounds
+from salmap.devices import DEVICE_HELP, describe_device
 from salmap.gradients import set_eval
 from salmap.models.inputs import check_fits, model_channels
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device``: ``auto`` (the default) is CUDA when available, else the CPU; the parsed value is
+    the resolved device (``cpu``, ``cuda``, ``cuda:1``), which :func:`announce_device` prints."""
+    p.add_argument("--device", default=default, type=device_arg,
+                   help=f"torch device: {DEVICE_HELP} (default {default or 'from the run file, else auto'})")
+
+
+def device_arg(value: str) -> str:
+    """argparse type of ``--device``: the resolved device name."""
+    try:
+        return resolve_device(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def announce_device(device: str | None) -> None:
+    """Print the device a command runs on (``device: cuda:0 (NVIDIA H100 80GB HBM3)``)."""
+    if device is not None:
+        print(f"device: {describe_device(device)}", flush=True)
 
 
 def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-sample") -> None:
@@ -26,7 +48,7 @@ def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-s
     p.add_argument("--split", default="test", choices=["train", "test", "all"], help="dataset split (default test)")
     p.add_argument("-n", "--num", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default 100)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output folder for results.json and pictures")
     p.add_argument("--image-size", type=int, default=None, metavar="N",

@@ -17,6 +17,7 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models, registry
 from salmap.cli.common import (
+    add_device_arg,
     add_model_options,
     bounds_of,
     check_model_input,
@@ -114,7 +115,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eot-samples", type=int, default=None,
                    help="EOT passes for randomised models (default: exact expectation over channels)")
     p.add_argument("--no-eval", action="store_true", help="train and save only")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_model_options(p)
 

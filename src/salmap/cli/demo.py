@@ -20,7 +20,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
-from salmap.cli.common import output_folder, print_table, write_json
+from salmap.cli.common import add_device_arg, output_folder, print_table, write_json
 from salmap.cli.train import build_classifier
 from salmap.evaluation.config import RunConfig, parse_config
 from salmap.evaluation.runner import Outcome
@@ -36,21 +36,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg-epochs", type=int, default=2, help="unet training epochs (default 2)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs when no cached model (default 12)")
     p.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 
 def cached_lenet(
-    folder: Path, epochs: int, retrain: bool = False
+    folder: Path, epochs: int, retrain: bool = False, device: str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any], datasets.Dataset]:
-    """The demo's lenet: loaded from ``folder`` if trained before, else trained and saved there."""
+    """The demo's lenet, on ``device``: loaded from ``folder`` if trained before, else trained and saved there."""
     train = datasets.load_dataset("mnist-sample", "train")
     test = datasets.load_dataset("mnist-sample", "test")
     if (folder / "model.json").is_file() and not retrain:
         model, meta = models.load_with_meta(folder)
         print(f"reusing the trained lenet in {folder}")
-        return model, meta, test
+        return model.to(device), meta, test
     print(f"training lenet on mnist-sample ({len(train)} images, {epochs} epochs)")
     model, meta = build_classifier("lenet", train)
+    model = model.to(device)
     report = train_classifier(model, train.x, train.y, test.x, test.y, epochs=epochs, seed=0)
     meta["metrics"] = {"test_accuracy": report.test_accuracy, "seconds": report.seconds}
     meta["training"] = {"data": "mnist-sample", "epochs": epochs, "seed": 0}
@@ -69,7 +71,7 @@ def cached_denoised(folder: Path, lenet: nn.Module, lenet_meta: dict, epochs: in
 
     train = datasets.load_dataset("mnist-sample", "train")
     print(f"training a denoising autoencoder for the lenet ({len(train)} images, {epochs} epochs)")
-    denoiser = DenoisingAutoencoder(in_channels=1, width=16)
+    denoiser = DenoisingAutoencoder(in_channels=1, width=16).to(next(lenet.parameters()).device)
     train_denoiser(denoiser, train.x, noise_std=0.3, model=lenet, y=train.y, attack="fgsm", eps=0.3,
                    epochs=epochs, batch_size=32, lr=2e-3, seed=0)
     meta = {k: lenet_meta[k] for k in ("input_shape", "bounds", "normalization", "class_names", "task")
@@ -79,7 +81,7 @@ def cached_denoised(folder: Path, lenet: nn.Module, lenet_meta: dict, epochs: in
     return folder
 
 
-def cached_unet(folder: Path, epochs: int, retrain: bool = False) -> Path:
+def cached_unet(folder: Path, epochs: int, retrain: bool = False, device: str = "cpu") -> Path:
     """The demo's segmenter: a small unet trained on mnist-seg, cached in ``folder``."""
     if (folder / "model.json").is_file() and not retrain:
         print(f"reusing the trained unet in {folder}")
@@ -90,6 +92,7 @@ def cached_unet(folder: Path, epochs: int, retrain: bool = False) -> Path:
     test = datasets.load_dataset("mnist-seg", "test").subset(300)
     print(f"training a unet on mnist-seg ({len(train)} images, {epochs} epochs)")
     model, meta = build_segmenter("unet", train, base=8, depth=2)
+    model = model.to(device)
     report = train_segmenter(model, train, test, epochs=epochs, seed=0)
     meta["metrics"] = {**report.test_metrics, "seconds": report.seconds}
     models.save(model, folder, meta)
@@ -121,16 +124,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n[{i}/{steps}] {text}  ({time.perf_counter() - start:.0f} s)", flush=True)
 
     step(1, "classifier: the lenet of Papernot et al. on the embedded MNIST sample")
-    lenet, meta, _ = cached_lenet(out / "lenet", args.epochs, args.retrain)
+    lenet, meta, _ = cached_lenet(out / "lenet", args.epochs, args.retrain, args.device)
     step(2, "defense: a denoising autoencoder in front of the lenet")
     defended = cached_denoised(out / "lenet-denoised", lenet, meta, args.defense_epochs, args.retrain)
     step(3, "segmenter: a unet on mnist-seg (digits on cluttered backgrounds)")
-    unet = cached_unet(out / "unet", args.seg_epochs, args.retrain)
+    unet = cached_unet(out / "unet", args.seg_epochs, args.retrain, args.device)
 
     step(4, f"attacks and explanations on {args.num} test images: FGSM, JSMA, ISI; gradient saliency, occlusion")
     cfg = parse_config({
         "name": "salmap demo: lenet and a denoiser defense",
-        "output": str(out / "evaluation"), "seed": 0, "batch_size": 20,
+        "output": str(out / "evaluation"), "seed": 0, "batch_size": 20, "device": args.device,
         "data": {"name": "mnist-sample", "split": "test", "num": args.num},
         "models": [{"name": "lenet", "path": str(out / "lenet")},
                    {"name": "lenet+denoiser", "path": str(defended), "defense": "denoiser"}],
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     step(5, f"segmentation JSMA on {args.seg_num} mnist-seg images: hide the digit")
     seg_cfg = parse_config({
         "name": "salmap demo: segmentation JSMA",
-        "output": str(out / "segmentation"), "seed": 0, "batch_size": args.seg_num,
+        "output": str(out / "segmentation"), "seed": 0, "batch_size": args.seg_num, "device": args.device,
         "data": {"name": "mnist-seg", "split": "test", "num": args.seg_num},
         "models": [{"name": "unet", "path": str(unet)}],
         "attacks": [{"attack": "jsma-seg", "name": "JSMA-seg hide", "targets": "hide",

@@ -27,8 +27,15 @@ from typing import Any
 import yaml
 
 from salmap import registry
-from salmap.cli.common import add_model_options, check_output_path, model_options
+from salmap.cli.common import (
+    add_device_arg,
+    add_model_options,
+    announce_device,
+    check_output_path,
+    model_options,
+)
 from salmap.cli.flags import parse_spec
+from salmap.devices import resolve_device
 from salmap.evaluation.config import load_config, parse_config
 from salmap.evaluation.settings import RUN_TARGETING
 
@@ -56,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="resize images: shorter side N, centre crop N x N; folder: data is streamed (key: data.image_size)")
     p.add_argument("--batch-size", type=int, help="samples per batch (key: batch_size)")
     p.add_argument("--seed", type=int, help="random seed (key: seed)")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda (key: device)")
+    add_device_arg(p, default=None)
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--save-adv", action="store_true",
                    help="write every adversarial example losslessly to adversarial/*.safetensors "
@@ -135,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                            trust_model=args.trust_model)
     if cfg.output:
         check_output_path(cfg.output, "output")
+    announce_device(resolve_device(cfg.device))
     outcome = evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0

@@ -10,7 +10,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
-from salmap.cli.common import output_folder
+from salmap.cli.common import add_device_arg, output_folder
 from salmap.training import train_classifier
 
 #: Default epochs per task: the lenet reaches about 97.5% on mnist-sample in 12; the unet
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, decayed to 0 on a cosine (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--stem", choices=["standard", "small"], help="resnet stem (default: small for inputs <= 64 px)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.set_defaults(func=run)
 

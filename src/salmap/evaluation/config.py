@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from salmap.devices import resolve_device
 from salmap.evaluation.checker import Checker
 from salmap.evaluation.resources import check_resources, load_split
 from salmap.evaluation.sections import parse_attacks, parse_explanations, parse_models, resolve
@@ -74,9 +75,10 @@ def parse_config(
     output = check.string("output", top.get("output"), required=True) or ""
     seed = check.integer("seed", top.get("seed"), 0, low=0) or 0
     batch_size = check.integer("batch_size", top.get("batch_size"), 100, low=1) or 100
-    device = check.string("device", top.get("device"), "cpu") or "cpu"
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") or device == "mps"):
-        check.add("device", f"must be cpu, cuda, cuda:N or mps, got {device!r}")
+    device = check.string("device", top.get("device"), "auto") or "auto"
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
+        check.add("device", f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    device = resolve_device(device) if device == "auto" else device  # CUDA when available
     report = check.boolean("report", top.get("report"), True)
     save_adversarial = check.boolean("save_adversarial", top.get("save_adversarial"), False)
     save_png = check.boolean("save_png", top.get("save_png"), False)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from salmap.devices import resolve_device
 from salmap.evaluation.distributed import World, from_environment
 from salmap.evaluation.execute import ROW_FIELDS, build, execute
 from salmap.evaluation.plan import Plan, Unit, derive_seed, plan
@@ -90,9 +91,9 @@ def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, wor
     """
     start = time.perf_counter()
     own_world = world is None
-    device = cfg.device
+    device = resolve_device(cfg.device)  # "auto": CUDA when available
     if world is None:
-        world, device = from_environment(cfg.device)
+        world, device = from_environment(device)
     try:
         return _evaluate(cfg, overwrite, progress, world, device, start, command)
     finally:

@@ -1,0 +1,155 @@
+"""The result of an attack: adversarial inputs, success, distortions, iterations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Evaluates the adversarial prediction: ``() -> (pred_after, success, extra)``.
+Measure = Callable[[], tuple[Tensor, Tensor, dict[str, Tensor]]]
+
+
+class AttackResult:
+    """What an attack returns: one entry per sample for every tensor field.
+
+    Attributes
+    ----------
+    x_adv: the adversarial inputs, same shape and device as the input.
+    success: bool ``(B,)``: the goal was reached (target predicted, or label changed).
+    l0: number of input features changed, float ``(B,)``.
+    l2, linf: L2 and Linf norms of the perturbation ``(B,)``.
+    iterations: long ``(B,)``: iterations the sample took before it stopped.
+    pred_before, pred_after: the model's predictions on the clean and adversarial inputs.
+    labels: the labels the attack was called with (true labels or targets).
+    targeted: whether ``labels`` are targets.
+    seconds: wall time of the attack itself (the call, without the adversarial prediction).
+    extra: attack-specific per-sample tensors (e.g. segmentation pixel accuracy).
+
+    The adversarial prediction (``success``, ``pred_after`` and ``extra``) costs a forward
+    pass that the algorithm itself does not need (one FGSM step is one forward and one
+    backward pass), so an attack hands it over unevaluated: it runs once, on the first
+    access of any of the three, with the model frozen as during the attack. Reading them
+    after the model's parameters or buffers were changed in place (an optimiser step) is
+    an error rather than a silently different answer: read them before training on
+    ``x_adv`` when they matter.
+    """
+
+    def __init__(
+        self,
+        x_adv: Tensor,
+        success: Tensor | None,
+        l0: Tensor,
+        l2: Tensor,
+        linf: Tensor,
+        iterations: Tensor,
+        pred_before: Tensor,
+        pred_after: Tensor | None,
+        labels: Tensor,
+        targeted: bool,
+        seconds: float = 0.0,
+        extra: dict[str, Tensor] | None = None,
+        measure: Measure | None = None,
+    ) -> None:
+        if measure is None and (success is None or pred_after is None):
+            raise ValueError("success and pred_after must be given unless measure is given")
+        self.x_adv, self.l0, self.l2, self.linf = x_adv, l0, l2, linf
+        self.iterations, self.pred_before, self.labels = iterations, pred_before, labels
+        self.targeted, self.seconds = targeted, seconds
+        self._success, self._pred_after, self._extra = success, pred_after, extra or {}
+        self._measure = measure
+
+    def _settle(self) -> None:
+        if self._measure is not None:
+            measure, self._measure = self._measure, None
+            self._pred_after, self._success, self._extra = measure()
+
+    @property
+    def success(self) -> Tensor:
+        self._settle()
+        assert self._success is not None
+        return self._success
+
+    @property
+    def pred_after(self) -> Tensor:
+        self._settle()
+        assert self._pred_after is not None
+        return self._pred_after
+
+    @property
+    def extra(self) -> dict[str, Tensor]:
+        self._settle()
+        return self._extra
+
+    def __len__(self) -> int:
+        return int(self.x_adv.shape[0])
+
+    def __repr__(self) -> str:
+        state = "measured" if self._measure is None else "adversarial prediction not evaluated yet"
+        return f"AttackResult({len(self)} samples, targeted={self.targeted}, {state})"
+
+    @property
+    def num_features(self) -> int:
+        """Number of input features per sample."""
+        return int(self.x_adv[0].numel())
+
+    @property
+    def l0_fraction(self) -> Tensor:
+        """L0 as a fraction of the number of input features."""
+        return self.l0 / max(self.num_features, 1)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self) else float("nan")
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def to(self, device: torch.device | str) -> AttackResult:
+        """The same result with every tensor moved to ``device``."""
+        moved: dict[str, Any] = {}
+        for name, value in self._fields().items():
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif name == "extra":
+                value = {k: v.to(device) for k, v in value.items()}
+            moved[name] = value
+        return AttackResult(**moved)
+
+    def summary(self) -> dict[str, float]:
+        """Mean figures over the batch (distortions averaged over all samples)."""
+        return {
+            "samples": float(len(self)),
+            "success_rate": self.success_rate,
+            "l0": float(self.l0.mean()),
+            "l0_fraction": float(self.l0_fraction.mean()),
+            "l2": float(self.l2.mean()),
+            "linf": float(self.linf.mean()),
+            "iterations": float(self.iterations.float().mean()),
+            "seconds": self.seconds,
+        }
+
+    @staticmethod
+    def concat(results: list[AttackResult]) -> AttackResult:
+        """Join the results of several batches into one."""
+        if not results:
+            raise ValueError("results must hold at least one AttackResult, got an empty list")
+        joined: dict[str, Any] = {}
+        parts = [r._fields() for r in results]
+        for name in _FIELDS:
+            values = [p[name] for p in parts]
+            if name == "extra":
+                joined[name] = {k: torch.cat([v[k] for v in values]) for k in values[0]}
+            elif name == "seconds":
+                joined[name] = float(sum(values))
+            elif name == "targeted":
+                joined[name] = values[0]
+            else:
+                joined[name] = torch.cat(values)
+        return AttackResult(**joined)
+
+
+_FIELDS = ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after", "labels",
+           "targeted", "seconds", "extra")

@@ -1,0 +1,62 @@
+"""Arithmetic precision and convolution settings for the forward passes of explainers and attacks.
+
+``precision="fp32"`` (every default) computes in the input's dtype. ``"bf16"`` and ``"fp16"``
+run the model under :func:`torch.autocast` with bfloat16 or float16 (matrix products and
+convolutions in 16 bits, reductions and softmax kept in float32 by autocast): about twice the
+throughput of TF32 on a recent GPU. bfloat16 has float32's range and 8 bits of mantissa
+(scores good to two or three significant digits); float16 has 11 bits (about eight times
+more precise) but overflows above 65504, which activations of eval-mode classifiers rarely
+reach. Both are opt-in. CPU autocast supports both (fast on CPUs with AMX, slow elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from salmap._validate import check_choice
+
+#: The values of every ``precision`` parameter.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(value: str) -> str:
+    """``value`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming ``precision``."""
+    return check_choice("precision", value, PRECISIONS)
+
+
+@contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the block in ``precision`` on ``device`` (``"fp32"``: unchanged)."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+        yield
+
+
+@contextmanager
+def tuned_convolutions(device: torch.device) -> Iterator[None]:
+    """On CUDA, let cuDNN time its convolution algorithms for each new shape (``cudnn.benchmark``)
+    for the block, then restore the caller's setting. Worth it when one shape repeats many times."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def conv_layout(x: Tensor) -> Tensor:
+    """``x`` in the channels-last layout on CUDA (4-D batches; cuDNN's fastest convolutions then
+    take it without transposing), else unchanged. Values and shape are the same either way."""
+    if x.is_cuda and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -1,0 +1,103 @@
+"""What a call costs: forward passes counted, the deferred adversarial prediction, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_cnn
+from torch import nn
+
+from salmap.attacks import BIM, FGSM, JSMA, PGD
+from salmap.cli import main
+from salmap.devices import describe_device, resolve_device
+
+
+class Counting(nn.Module):
+    """Wraps a model and counts its forward passes (and the samples they saw)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls, self.samples = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.samples += x.shape[0]
+        return self.model(x)
+
+
+@pytest.fixture()
+def counted():
+    model = small_cnn()
+    x = torch.rand(6, 1, 8, 8)
+    model(x)  # materialise the lazy layer
+    return Counting(model.eval()), x, torch.arange(6) % 10
+
+
+def test_fgsm_costs_one_forward_and_one_backward(counted):
+    model, x, y = counted
+    result = FGSM(model, eps=0.1)(x, y=y)
+    assert model.calls == 1  # the clean prediction is the gradient step's forward pass
+    success = result.success  # the adversarial prediction: one more pass, on first access only
+    assert model.calls == 2
+    assert torch.equal(result.success, success) and model.calls == 2
+    with torch.no_grad():
+        after = model.model(result.x_adv).argmax(1)
+        clean = model.model(x).argmax(1)
+    assert torch.equal(result.pred_after, after)
+    assert torch.equal(result.pred_before, clean)
+    assert torch.equal(success, after != y)
+
+
+@pytest.mark.parametrize("attack, passes", [
+    (lambda m: PGD(m, eps=0.1, steps=5), 1 + 5),  # clean prediction + one forward per step
+    (lambda m: PGD(m, eps=0.1, steps=5, random_start=False), 5),  # the first step is at the clean input
+    (lambda m: BIM(m, eps=0.1, steps=4), 4),
+])
+def test_iterative_attacks_spend_one_forward_per_step(counted, attack, passes):
+    model, x, y = counted
+    result = attack(model)(x, y=y)
+    assert model.calls == passes
+    result.summary()
+    assert model.calls == passes + 1
+
+
+def test_reading_success_after_the_model_changed_is_an_error(counted):
+    model, x, y = counted
+    result = FGSM(model, eps=0.1)(x, y=y)
+    kept = FGSM(model, eps=0.1)(x, y=y)
+    expected = kept.success.clone()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # what an optimiser step does
+    with pytest.raises(RuntimeError, match="changed after FGSM ran"):
+        result.success  # noqa: B018
+    assert torch.equal(kept.success, expected)  # measured before the change: kept
+
+
+def test_deferred_results_concatenate_and_move(counted):
+    model, x, y = counted
+    attack = JSMA(model, theta=1.0, gamma=0.2, strict_targets=False)
+    parts = [attack(x[i : i + 3], target=(y[i : i + 3] + 1) % 10) for i in (0, 3)]
+    whole = attack(x, target=(y + 1) % 10)
+    joined = type(whole).concat(parts).to("cpu")
+    assert torch.equal(joined.x_adv, whole.x_adv)
+    assert torch.equal(joined.success, whole.success)
+    assert torch.equal(joined.pred_after, whole.pred_after)
+    assert len(joined) == 6 and "6 samples" in repr(joined)
+
+
+def test_resolve_device():
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    assert describe_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device must be auto .* got 'gpu'"):
+        resolve_device("gpu")
+
+
+def test_cli_device_defaults_to_auto_and_is_printed(tmp_path, capsys):
+    assert main(["attack", "fgsm", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"device: {describe_device(resolve_device('auto'))}"
+    with pytest.raises(SystemExit):
+        main(["train", "--device", "gpu", "--out", str(tmp_path / "n")])
+    assert "argument --device: device must be auto" in capsys.readouterr().err
