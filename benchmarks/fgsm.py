@@ -1,7 +1,7 @@
 """FGSM on the trained lenet: adversarial accuracy per eps, and the cost of one FGSM batch
 relative to one forward+backward pass of the same batch (the physical limit is about 1.0).
 
-    python benchmarks/fgsm.py [--model DIR] [--n 1000] [--repeats 5]
+    python benchmarks/fgsm.py [--model DIR] [--n 1000] [--repeats 5] [--device auto]
 
 Without --model, the demo's cached lenet (salmap-demo/lenet) is used or trained.
 """
@@ -10,27 +10,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from _timing import seconds
 
 from salmap import data, models
 from salmap.attacks import FGSM
 from salmap.cli.demo import cached_lenet
+from salmap.devices import describe_device, resolve_device
 from salmap.gradients import frozen, loss_grad, predict
 
 EPS = (0.1, 0.2, 0.25, 0.3)
+DEVICE = ["cpu"]
 
 
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(fn, DEVICE[0]) for _ in range(repeats))
 
 
 def main() -> None:
@@ -38,13 +35,18 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint folder of a trained lenet")
     parser.add_argument("--n", type=int, default=1000, help="test images (default 1000)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    DEVICE[0] = device
 
     model = models.load(args.model) if args.model else cached_lenet(Path("salmap-demo/lenet"), 12)[0]
+    model = model.to(device)
     x, y = data.load("mnist-sample", "test")
-    x, y = x[: args.n], y[: args.n]
+    x, y = x[: args.n].to(device), y[: args.n].to(device)
     clean = float((predict(model, x).argmax(1) == y).float().mean())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {x.shape[0]} images")
+    print(f"device {describe_device(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{x.shape[0]} images")
     print(f"{'eps':>5}  {'clean acc':>9}  {'adv acc':>7}  {'success':>7}  {'mean L2':>7}  {'seconds':>7}")
     for eps in EPS:
         r = FGSM(model, eps=eps)(x, y=y)

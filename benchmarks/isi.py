@@ -37,6 +37,7 @@ from salmap import data, models
 from salmap.attacks import ISI, JSMA, Attack, AttackResult
 from salmap.cli.attack import run_batches
 from salmap.cli.common import print_table
+from salmap.devices import resolve_device
 from salmap.gradients import Model, output_vjps
 from salmap.metrics import distortion
 
@@ -129,13 +130,15 @@ def main() -> None:
                         help="images the two reference JSMAs run on, spread over the set (default 200)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=10, help="training epochs when no model is cached")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     args = parser.parse_args()
-    model = load_model(args.model, args.epochs).eval()
+    device = resolve_device(args.device)
+    model = load_model(args.model, args.epochs).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     x, y = data.load("mnist-sample", "test")
     num = 100 if args.quick else args.num
-    x, y = x[:num], y[:num]
+    x, y = x[:num].to(device), y[:num].to(device)
     with torch.no_grad():
         correct = model(x).argmax(1) == y
     x, y = x[correct], y[correct]

@@ -101,3 +101,16 @@ def test_cli_device_defaults_to_auto_and_is_printed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--device", "gpu", "--out", str(tmp_path / "n")])
     assert "argument --device: device must be auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_attacks_move_like_float32(counted, precision):
+    model, x, y = counted
+    full = FGSM(model, eps=0.1)(x, y=y)
+    half = FGSM(model, eps=0.1, precision=precision)(x, y=y)
+    assert half.x_adv.dtype == x.dtype and float(half.linf.max()) <= 0.1 + 1e-6
+    assert (half.x_adv == full.x_adv).float().mean() > 0.8  # the same signs but where the gradient is small
+    pgd = PGD(model, eps=0.1, steps=3, precision=precision)(x, y=y)
+    assert float(pgd.linf.max()) <= 0.1 + 1e-6 and model.calls == 2 + 1 + 3  # two FGSM calls, then a clean pass and three steps
+    with pytest.raises(ValueError, match="precision must be one of"):
+        BIM(model, precision="int8")

@@ -201,3 +201,21 @@ def test_bad_input(setup):
         Occlusion(model, patch=(2, 2, 2)).attribute(x, target=classes)
     with pytest.raises(ValueError, match="target must have shape"):
         Occlusion(model, patch=2).attribute(x, target=[0, 1])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_maps_correlate_with_float32(digits_model, precision):
+    model, x, y = digits_model
+    x, y = x[:8], y[:8]
+    full = Occlusion(model, patch=2, stride=1).attribute(x, target=y)
+    half = Occlusion(model, patch=2, stride=1, precision=precision).attribute(x, target=y)
+    assert half.dtype == full.dtype and half.shape == full.shape
+    for a, b in zip(half, full, strict=True):
+        a, b = a.flatten().double() - a.mean(), b.flatten().double() - b.mean()
+        assert float((a * b).sum() / (a.norm() * b.norm())) >= 0.999
+    assert not torch.equal(half, full)  # the forward passes did run in 16 bits
+
+
+def test_precision_is_checked():
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16', 'fp16'\], got 'fp8'"):
+        Occlusion(TinyCNN(), precision="fp8")

@@ -22,6 +22,7 @@ from salmap._validate import BoundsLike, check_bounds, check_input, check_labels
 from salmap.attacks.result import AttackResult
 from salmap.gradients import Model, frozen, predict, record_forward
 from salmap.metrics import distortion
+from salmap.precision import autocast
 from salmap.targets import all_other_targets, random_targets
 
 __all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]
@@ -44,6 +45,9 @@ class Attack(ABC):
     #: whether the attack accepts ``target=`` (targeted) and ``y=`` (untargeted) calls.
     supports_targeted: bool = True
     supports_untargeted: bool = True
+    #: arithmetic of the clean pass and of :meth:`_run` (:mod:`salmap.precision`); an attack that
+    #: offers a ``precision`` parameter sets it. The adversarial prediction is always float32.
+    precision: str = "fp32"
 
     def __init__(self, model: Model, bounds: BoundsLike = (0.0, 1.0)) -> None:
         if not callable(model):
@@ -76,23 +80,24 @@ class Attack(ABC):
             # The clean prediction is computed once: given by the caller, else by the first gradient
             # step's forward pass when the attack starts with a gradient at the clean input, else by
             # one forward pass.
-            # (an EOT model computes its own expected loss: its gradient does not start from this pass)
-            reuse = self._gradient_at_clean_input() and not callable(getattr(self.model, "expected_loss", None))
-            first = record_forward(self.model, x0) if reuse else None
-            if clean is None:
-                clean = first.output.detach() if first is not None else first_forward(self.model, x0)
-            elif clean.shape[0] != x0.shape[0]:
-                raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
-            else:
-                clean = clean.detach().to(x0.device)
-                check_finite_outputs(clean, "clean")
-            labels = self._check_labels(x0, target if targeted else y, targeted, clean)
-            if first is None:
-                x_adv, iterations = self._run(x0, labels, targeted, clean)
-            else:
-                # An attack that asks for the clean pass takes it (_gradient_at_clean_input).
-                x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
-            del first
+            with autocast(self.precision, x0.device):
+                # (an EOT model computes its own expected loss: its gradient does not start from this pass)
+                reuse = self._gradient_at_clean_input() and not callable(getattr(self.model, "expected_loss", None))
+                first = record_forward(self.model, x0) if reuse else None
+                if clean is None:
+                    clean = first.output.detach() if first is not None else first_forward(self.model, x0)
+                elif clean.shape[0] != x0.shape[0]:
+                    raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
+                else:
+                    clean = clean.detach().to(x0.device)
+                    check_finite_outputs(clean, "clean")
+                labels = self._check_labels(x0, target if targeted else y, targeted, clean)
+                if first is None:
+                    x_adv, iterations = self._run(x0, labels, targeted, clean)
+                else:
+                    # An attack that asks for the clean pass takes it (_gradient_at_clean_input).
+                    x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
+                del first
             x_adv = self.bounds.clamp(x_adv.detach())
         l0, l2, linf = distortion(x0, x_adv)
         return AttackResult(

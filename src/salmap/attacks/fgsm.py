@@ -11,19 +11,32 @@ from torch import Tensor
 from salmap._validate import BoundsLike, _short, check_number, check_seed
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, RecordedPass, active_set_loop, forward, loss_grad
+from salmap.precision import PRECISIONS, check_precision
 from salmap.randomness import sample_uniform
 from salmap.registry import register_attack
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-@register_attack("fgsm", ranges={"eps": "[0, inf)"}, budget={"linf": "eps"})
+@register_attack("fgsm", ranges={"eps": "[0, inf)"}, choices={"precision": PRECISIONS}, budget={"linf": "eps"})
 class FGSM(Attack):
     """Fast Gradient Sign Method: one step of size ``eps`` along the sign of the loss gradient.
 
     Goodfellow, Shlens and Szegedy, "Explaining and Harnessing Adversarial Examples", 2014.
     Untargeted (``y``): ``x + eps * sign(grad loss(x, y))``. Targeted (``target``):
-    ``x - eps * sign(grad loss(x, target))``. The result is clipped to ``bounds``.
+    ``x - eps * sign(grad loss(x, target))``. The result is clipped to ``bounds``. The call
+    costs one forward and one backward pass (the forward pass is also the clean prediction).
+
+    Zero gradients: ``sign(0) = 0`` (``torch.sign``, as in torchattacks), so a feature whose
+    loss gradient is exactly zero is not moved. Where the gradient is within rounding error of
+    zero its sign depends on the order of the floating-point sums: a GPU's convolution
+    algorithms (cuDNN; TF32 by default on Ampere and later), its non-deterministic reductions,
+    and the scale of the loss (torchattacks differentiates the batch mean, salmap the sum of the
+    per-sample losses, so every intermediate value is rounded at another scale) can give such a
+    feature opposite signs, that is results ``2 * eps`` apart, on a GPU against the CPU or
+    against torchattacks. On the CPU salmap and torchattacks agree element for element.
+    ``torch.backends.cudnn.allow_tf32 = False`` and ``torch.backends.cudnn.deterministic = True``
+    narrow the disagreement to those near-zero features (``benchmarks/gpu.py`` counts them).
 
     Parameters
     ----------
@@ -31,6 +44,9 @@ class FGSM(Attack):
     eps: step size (Linf budget), ``>= 0``.
     loss_fn: per-sample loss ``loss_fn(logits, labels) -> (B,)``; cross-entropy by default.
     bounds: valid input range ``(low, high)``. Default ``(0.0, 1.0)``.
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward and backward passes
+        under autocast (see :mod:`salmap.precision`): faster on a GPU for large models, with
+        gradient signs that differ from float32's where the gradient is small.
 
     Examples
     --------
@@ -39,11 +55,13 @@ class FGSM(Attack):
     """
 
     def __init__(
-        self, model: Model, eps: float = 0.1, loss_fn: LossFn | None = None, bounds: BoundsLike = (0.0, 1.0)
+        self, model: Model, eps: float = 0.1, loss_fn: LossFn | None = None, bounds: BoundsLike = (0.0, 1.0),
+        precision: str = "fp32",
     ) -> None:
         super().__init__(model, bounds)
         self.eps = float(check_number("eps", eps, low=0.0))
         self.loss_fn = loss_fn
+        self.precision = check_precision(precision)
 
     def _gradient_at_clean_input(self) -> bool:
         return True
@@ -59,6 +77,7 @@ class FGSM(Attack):
 
 @register_attack(
     "pgd", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)", "restarts": "[1, inf)"},
+    choices={"precision": PRECISIONS},
     budget={"linf": "eps"},
 )
 class PGD(Attack):
@@ -96,6 +115,7 @@ class PGD(Attack):
     early_stop: stop samples as soon as they succeed (and do not restart them).
     restarts: random starts per sample, ``>= 1``; the per-sample worst case is kept.
     bounds: valid input range.
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` forward and backward passes (see :class:`FGSM`).
 
     Examples
     --------
@@ -115,8 +135,10 @@ class PGD(Attack):
         early_stop: bool = False,
         restarts: int = 1,
         bounds: BoundsLike = (0.0, 1.0),
+        precision: str = "fp32",
     ) -> None:
         super().__init__(model, bounds)
+        self.precision = check_precision(precision)
         self.eps = _check_eps(eps)
         largest = float(self.eps.max()) if isinstance(self.eps, Tensor) else self.eps
         if step is None:
@@ -256,7 +278,8 @@ def _check_eps(eps: float | Tensor) -> float | Tensor:
     return eps.detach().clone()
 
 
-@register_attack("bim", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"}, budget={"linf": "eps"})
+@register_attack("bim", ranges={"eps": "[0, inf)", "step": "(0, inf)", "steps": "[1, inf)"},
+                 choices={"precision": PRECISIONS}, budget={"linf": "eps"})
 class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2016): PGD without the random start.
 
@@ -273,6 +296,7 @@ class BIM(PGD):
     loss_fn: per-sample loss; cross-entropy by default.
     early_stop: stop samples as soon as they succeed.
     bounds: valid input range.
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"`` forward and backward passes (see :class:`FGSM`).
     """
 
     def __init__(
@@ -284,8 +308,9 @@ class BIM(PGD):
         loss_fn: LossFn | None = None,
         early_stop: bool = False,
         bounds: BoundsLike = (0.0, 1.0),
+        precision: str = "fp32",
     ) -> None:
         super().__init__(
             model, eps=eps, step=step, steps=steps, random_start=False, loss_fn=loss_fn,
-            early_stop=early_stop, bounds=bounds,
+            early_stop=early_stop, bounds=bounds, precision=precision,
         )

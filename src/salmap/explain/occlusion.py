@@ -13,6 +13,7 @@ from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, forward, predict
+from salmap.precision import PRECISIONS, autocast, check_precision, conv_layout, tuned_convolutions
 from salmap.progress import bar as progress_bar
 from salmap.registry import register_explainer
 
@@ -20,7 +21,7 @@ FILLS = ("zero", "mean", "grey", "random")
 
 
 @register_explainer(
-    "occlusion", choices={"fill": ("zero", "mean", "grey", "random")},
+    "occlusion", choices={"fill": ("zero", "mean", "grey", "random"), "precision": PRECISIONS},
     ranges={"patch": "[1, inf)", "stride": "[1, inf)", "batch_size": "[1, inf)"},
 )
 class Occlusion(Explainer):
@@ -65,6 +66,16 @@ class Occlusion(Explainer):
     probabilities: score with softmax probabilities (sigmoid for a one-channel
         segmenter) instead of logits; Zeiler and Fergus plot the correct class's probability.
     progress: show a progress bar over the batches of copies.
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward passes under
+        bfloat16 or float16 autocast (see :mod:`salmap.precision`), about twice the speed on a
+        GPU. The maps are differences of scores, so their error is the scores' (about 0.4% of
+        a logit in bfloat16, 0.05% in float16): close to float32's where occlusion moves the
+        scores by more than that (trained models), noisier on models whose scores barely move.
+
+    On CUDA every forward pass has the same batch shape (the last batch of copies is padded
+    with repeats), the copies are built in the channels-last layout and cuDNN picks its
+    fastest algorithms for that shape (``cudnn.benchmark`` for the call, then restored): the
+    maps are the float32 maps (up to the last bits of the convolution sums).
 
     Returns
     -------
@@ -87,6 +98,7 @@ class Occlusion(Explainer):
         seed: int = 0,
         probabilities: bool = False,
         progress: bool = False,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(model)
         self.patch = _sizes("patch", patch)
@@ -102,6 +114,7 @@ class Occlusion(Explainer):
         self.seed = check_seed(seed)
         self.probabilities = bool(probabilities)
         self.progress = bool(progress)
+        self.precision = check_precision(precision)
 
     def _attribute(self, x: Tensor, target: Target) -> Tensor:
         return self._explain(x, lambda out: target)
@@ -119,7 +132,13 @@ class Occlusion(Explainer):
         windows = [_windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
         grid = tuple(w.shape[0] for w in windows)
 
-        out = predict(self.model, x, self.batch_size)
+        with tuned_convolutions(x.device):
+            return self._occlude(x, resolve, windows, grid)
+
+    def _occlude(self, x: Tensor, resolve: Resolver, windows: list[Tensor], grid: tuple[int, ...]) -> Tensor:
+        # The clean scores come from the same arithmetic as the occluded ones (precision, layout).
+        with autocast(self.precision, x.device):
+            out = predict(self.model, conv_layout(x), self.batch_size).to(x.dtype)
         target = resolve(out)
         clean = target.score(self._transform(out))
         fill = self._fill_values(x)
@@ -131,12 +150,20 @@ class Occlusion(Explainer):
         pairs = changed.flatten(1).nonzero()
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
         chunks = range(0, pairs.shape[0], self.batch_size)
+        # On CUDA one batch shape for every pass: cuDNN tunes it once (the last batch is padded).
+        fixed = x.is_cuda and pairs.shape[0] > self.batch_size
         for lo in progress_bar(chunks, desc="occlusion", unit="batch", enabled=self.progress):
-            image, pos = pairs[lo : lo + self.batch_size].unbind(1)
+            chunk = pairs[lo : lo + self.batch_size]
+            real = chunk.shape[0]
+            if fixed and real < self.batch_size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch_size - real, -1)])
+            image, pos = chunk.unbind(1)
             mask = _patch_masks(pos, windows, grid)
             copies = torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image])
-            with torch.inference_mode():
-                out = self._transform(forward(self.model, copies))
+            with torch.inference_mode(), autocast(self.precision, x.device):
+                out = forward(self.model, conv_layout(copies))
+            out = self._transform(out.to(x.dtype))
+            image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
 
         total = _through_windows(drops.view(-1, *grid), windows, transpose=False)

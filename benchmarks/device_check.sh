@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The device check of issue 16, for a machine with CUDA and no network. From the repository root:
+#   bash benchmarks/device_check.sh        (writes $OUT/tests.txt, $OUT/gpu.txt, $OUT/jsma_profile.txt, $OUT/demo.txt)
+# .whl/ may hold wheels of packages the machine lacks (mlxtend, torchattacks, captum); they are
+# installed into /tmp/site, so packages already present are never touched. About 6 minutes.
+set -u
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || echo "device_check: wheel install failed; going on with what is installed"
+fi
+export PYTHONPATH=/tmp/site:$PWD/src
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+python3 -m pip list 2>/dev/null | grep -i -E "^(torch|torchvision|numpy|scipy|matplotlib|safetensors|scikit-learn|pyyaml|pillow|tqdm) " | tr '\n' ' '; echo
+
+echo "== GPU tests (pytest -m gpu)"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/tests.txt" | tail -25
+
+echo "== benchmarks/gpu.py"
+timeout 420 python3 benchmarks/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu.txt" | grep -v "it/s\]\|batch/s\]"
+
+if [ "$SECONDS" -lt 420 ]; then
+  echo "== salmap demo --device auto (small)"
+  timeout $((500 - SECONDS)) python3 -m salmap demo --out /tmp/salmap-demo -n 20 --epochs 3 --seg-epochs 1 \
+    > "$OUT/demo.txt" 2>&1
+  echo "demo exit $?"; grep -v "it/s\]\|batch/s\]" "$OUT/demo.txt" | tail -15
+else
+  echo "== demo skipped (${SECONDS} s used)"
+fi
+echo "device_check: ${SECONDS} s"
