@@ -14,7 +14,7 @@ from torch import Tensor
 
 from salmap.pair_search import pair_bound, select_features
 
-__all__ = ["PairPool"]
+__all__ = ["PairMatrix", "PairPool"]
 
 
 class PairPool:
@@ -89,3 +89,64 @@ class PairPool:
         alpha = self.alpha if rows is None else self.alpha[rows]
         beta = self.beta if rows is None else self.beta[rows]
         return select_features(alpha, beta, domain, self.increase, self.pairs, self.chunk, self.candidates)
+
+
+class PairMatrix:
+    """Every pair score of a pool of features, for greedy selections that never wait on the host.
+
+    The alternative to :class:`PairPool` for an accelerator: the pool (the same ``pool``
+    features of highest :func:`pair_bound` as :class:`PairPool`, or all features when there
+    are no more) is scored once as a ``(rows, pool, pool)`` matrix, each selection is one
+    arg-max over it, and a chosen feature leaves by masking its row and column. No step reads
+    a value back to the host. :meth:`best` gives the exact best pair of the pool's remaining
+    domain, with :func:`select_features`' tie-breaking (lowest pair), and whether that is
+    *settled*, the exact best over the whole remaining domain by :class:`PairPool`'s proof
+    (its score beats every bound left out of the pool). Memory: ``rows * pool**2`` scores.
+
+    Parameters
+    ----------
+    alpha, beta, domain, increase: as for :func:`select_features` (``domain`` is the largest
+        domain the selections use).
+    pool: features in the pool.
+    """
+
+    def __init__(self, alpha: Tensor, beta: Tensor, domain: Tensor, increase: bool, pool: int) -> None:
+        rows, n = alpha.shape
+        a, nb = (alpha, -beta) if increase else (-alpha, beta)
+        neg_inf = torch.tensor(-math.inf, dtype=a.dtype, device=a.device)
+        if pool >= n:
+            self.index = torch.arange(n, device=a.device).expand(rows, n)
+            usable = domain
+            self.left_out = neg_inf.expand(rows)
+        else:
+            bound = pair_bound(a, nb, domain)
+            top = bound.topk(pool + 1, dim=1, sorted=True)
+            # Ascending feature order keeps select_features' tie-breaking (lowest pair first).
+            self.index = top.indices[:, :pool].sort(dim=1).values
+            usable = torch.gather(bound, 1, self.index) > neg_inf
+            self.left_out = top.values[:, pool]
+        size = self.index.shape[1]
+        sub_a, sub_nb = torch.gather(a, 1, self.index), torch.gather(nb, 1, self.index)
+        # The arithmetic of select_features' exhaustive search: (a_p + a_q) * (nb_p + nb_q), p < q.
+        s_a = sub_a[:, :, None] + sub_a[:, None, :]
+        s_b = sub_nb[:, :, None] + sub_nb[:, None, :]
+        ok = (s_a > 0) & (s_b > 0) & usable[:, :, None] & usable[:, None, :]
+        ok &= torch.ones(size, size, dtype=torch.bool, device=a.device).triu(1)
+        self.scores = s_a.mul_(s_b).masked_fill_(~ok, -math.inf)
+        self.size = size
+
+    def best(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(features (rows, 2), score, found, settled)`` of the best remaining pair per row
+        (features and score 0 where none is found)."""
+        rows = self.scores.shape[0]
+        value, flat = self.scores.view(rows, -1).max(dim=1)  # first maximum: the lowest pair
+        found = value > -math.inf
+        at = torch.stack([flat // self.size, flat % self.size], dim=1)
+        features = torch.where(found[:, None], torch.gather(self.index, 1, at), 0)
+        settled = torch.where(found, value > self.left_out, self.left_out == -math.inf)
+        return features, torch.where(found, value, 0.0), found, settled
+
+    def remove(self, features: Tensor) -> None:
+        """Take ``features`` ``(rows, m)`` out of every pair of their row."""
+        gone = (self.index[:, :, None] == features[:, None, :]).any(dim=2)
+        self.scores.masked_fill_(gone[:, :, None] | gone[:, None, :], -math.inf)

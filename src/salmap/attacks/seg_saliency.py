@@ -48,8 +48,8 @@ from torch import Tensor
 
 from salmap.attacks.seg_goals import resize_mask
 from salmap.gradients import Model, forward, output_vjps, softmax_classes
-from salmap.pair_pool import PairPool
-from salmap.pair_search import auto_chunk_size
+from salmap.pair_pool import PairMatrix, PairPool
+from salmap.pair_search import AUTO_BLOCK_ELEMENTS, auto_chunk_size
 
 __all__ = ["choose", "derivatives", "output_mask"]
 
@@ -116,6 +116,7 @@ def derivatives(
 def choose(
     alpha: Tensor, beta: Tensor | None, flat: Tensor, domain: Tensor, allowed: Tensor, *, theta: float,
     bounds: tuple[Any, Any], k: int, pairs: bool, chunk_size: int | None, candidates: int | None, pool: int,
+    batched: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Up to ``allowed`` (at most ``k``) selections per row from one gradient.
 
@@ -125,6 +126,15 @@ def choose(
     Returns feature indices ``(R, m)``, the sign of each change ``(R, m)`` and which entries
     are real selections ``(R, m)`` (a pair counts as two entries). ``bounds`` are floats or the
     features' ``(1, n)`` bounds (:meth:`salmap._validate.Bounds.features`).
+
+    Two ways to the same pairs: on CUDA (``batched=None``) the ``k`` pair selections run as
+    arg-maxes over one pair-score matrix of the pool per direction (:func:`choose_on_device`,
+    no host sync per selection) when it fits in ``4 * 2**24`` scores and ``chunk_size`` is
+    None; elsewhere, or where the pool cannot prove a selection exact, one
+    :class:`~salmap.pair_search.PairPool` search per selection. The exact search
+    (``candidates=None``) picks the same pairs either way; with ``candidates`` the matrix
+    searches the whole pool (``pool >= 2 * candidates`` features), the pool search only the
+    ``candidates`` most promising of them.
     """
     low, high = bounds
     up = domain & (flat < high)
@@ -141,20 +151,33 @@ def choose(
     step_up = torch.clamp(flat + theta, max=high) - flat
     step_dn = flat - torch.clamp(flat - theta, min=low)
     a_up, b_up, a_dn, b_dn = alpha * step_up, beta * step_up, alpha * step_dn, beta * step_dn
+    size = min(pool, alpha.shape[1])
+    on_device = alpha.is_cuda if batched is None else batched
+    if on_device and pairs and chunk_size is None and alpha.shape[0] * size * size <= 4 * AUTO_BLOCK_ELEMENTS:
+        chosen, sign, valid, redo = choose_on_device(a_up, b_up, up, a_dn, b_dn, down, allowed, k, size)
+        again = redo.nonzero().flatten()  # the one host sync of the iteration
+        if again.numel():  # rows where the pool's proof failed: the sequential searches below
+            sub = choose(alpha[again], beta[again], flat[again], domain[again], allowed[again], theta=theta,
+                         bounds=bounds, k=k, pairs=pairs, chunk_size=auto_chunk_size(*alpha.shape),
+                         candidates=candidates, pool=pool)
+            width = sub[0].shape[1]
+            chosen[again, :width], sign[again, :width], valid[again] = sub[0], sub[1], False
+            valid[again, :width] = sub[2]
+        return chosen, sign, valid
     chunk = chunk_size or auto_chunk_size(*alpha.shape)
     search_up = PairPool(a_up, b_up, up, True, pairs, chunk, candidates, pool)
     search_dn = PairPool(a_dn, b_dn, down, False, pairs, chunk, candidates, pool)
     picks, signs, valids = [], [], []
     live = torch.ones(alpha.shape[0], dtype=torch.bool, device=alpha.device)
     for j in range(k):
-        live &= allowed > j
+        live = live & (allowed > j)  # a new tensor: the valid masks of earlier selections are views of live
         if not live.any():
             break
         i_up, s_up, f_up = search_up.best(up & live[:, None])
         i_dn, s_dn, f_dn = search_dn.best(down & live[:, None])
         use_up = f_up & (~f_dn | (s_up >= s_dn))
         index = torch.where(use_up[:, None], i_up, i_dn)
-        live &= f_up | f_dn
+        live = live & (f_up | f_dn)
         valid = live[:, None].expand_as(index)
         picks.append(index)
         signs.append(torch.where(use_up, 1.0, -1.0)[:, None].expand_as(index).to(alpha.dtype))
@@ -167,3 +190,37 @@ def choose(
         empty = torch.zeros(alpha.shape[0], 0, dtype=torch.long, device=alpha.device)
         return empty, empty.to(alpha.dtype), empty.bool()
     return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1)
+
+
+def choose_on_device(
+    a_up: Tensor, b_up: Tensor, up: Tensor, a_dn: Tensor, b_dn: Tensor, down: Tensor, allowed: Tensor, k: int,
+    pool: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``k`` greedy pair selections of :func:`choose` with no host sync: one
+    :class:`~salmap.pair_search.PairMatrix` per direction, ``k`` arg-maxes.
+
+    Returns ``(features, signs, valid)`` shaped ``(R, 2 k)`` and ``redo`` ``(R,)``: the rows where
+    some selection could not be proven the best over the whole domain (the pool's bound); only
+    there may :func:`choose`'s sequential searches differ, and they must be run instead.
+    """
+    rows = a_up.shape[0]
+    search_up, search_dn = PairMatrix(a_up, b_up, up, True, pool), PairMatrix(a_dn, b_dn, down, False, pool)
+    live = torch.ones(rows, dtype=torch.bool, device=a_up.device)
+    redo = torch.zeros_like(live)
+    picks, signs, valids = [], [], []
+    for j in range(k):
+        live = live & (allowed > j)
+        i_up, s_up, f_up, ok_up = search_up.best()
+        i_dn, s_dn, f_dn, ok_dn = search_dn.best()
+        redo |= live & ~(ok_up & ok_dn)
+        use_up = f_up & (~f_dn | (s_up >= s_dn))
+        index = torch.where(use_up[:, None], i_up, i_dn)
+        live = live & (f_up | f_dn)
+        picks.append(index)
+        signs.append(torch.where(use_up, 1.0, -1.0)[:, None].expand_as(index).to(a_up.dtype))
+        valids.append(live[:, None].expand_as(index))
+        # A row that stopped never selects again, so removing its (meaningless) pick is harmless.
+        search_up.remove(index)
+        search_dn.remove(index)
+    return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1), redo
+
