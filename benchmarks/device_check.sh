@@ -15,8 +15,9 @@ export PYTHONPATH=/tmp/site:$PWD/src
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 python3 -m pip list 2>/dev/null | grep -i -E "^(torch|torchvision|numpy|scipy|matplotlib|safetensors|scikit-learn|pyyaml|pillow|tqdm) " | tr '\n' ' '; echo
 
-echo "== GPU tests (pytest -m gpu)"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/tests.txt" | tail -25
+echo "== GPU tests (pytest -m gpu, and the property suite's cuda cases)"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/tests.txt" | tail -25
+timeout 90 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_properties.py 2>&1 | tee -a "$OUT/tests.txt" | tail -8
 
 echo "== benchmarks/gpu.py"
 timeout 420 python3 benchmarks/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu.txt" | grep -v "it/s\]\|batch/s\]"

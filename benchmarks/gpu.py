@@ -242,7 +242,7 @@ def jsma_lenet(b: Bench) -> None:
     try:
         import torchattacks
 
-        m = 4 if b.quick else 8
+        m = 1 if b.quick else 8
         ta = torchattacks.JSMA(model, theta=1.0, gamma=0.145)  # its default target: (label + 1) mod 10
         took = seconds(lambda: ta(x[:m], y[:m]), b.device)
         rows.append({"attack": "torchattacks JSMA", "images": m, "seconds": took, "images/s": m / took})
