@@ -79,7 +79,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--model", default=None, help="trained lenet checkpoint (default: random weights)")
-    p.add_argument("-n", "--num", type=int, default=1000, help="mnist-sample test images (default 1000)")
+    p.add_argument("-n", "--num", type=int, default=1000, help="mnist-sample test images (default 1000; 0: skip)")
     p.add_argument("--batch224", type=int, default=64, help="3x224x224 images for the resnet18 (0: skip)")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--steps224", type=int, default=None, help="PGD steps at 224 (default --steps)")
@@ -92,9 +92,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {describe_device(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    model, x, y = lenet_setting(device, args.num, args.model)
     print(f"times: {args.clock} clock, medians of {args.repeats} turns")
-    rows = cost_rows(model, x, y, device, f"lenet {x.shape[0]}x1x28x28", args.steps, args.repeats, clock=args.clock)
+    rows = []
+    if args.num:
+        model, x, y = lenet_setting(device, args.num, args.model)
+        rows += cost_rows(model, x, y, device, f"lenet {x.shape[0]}x1x28x28", args.steps, args.repeats,
+                          clock=args.clock)
     if args.batch224:
         model, x, y = resnet_setting(device, args.batch224)
         rows += cost_rows(model, x, y, device, f"resnet18 {x.shape[0]}x3x224x224", args.steps224 or args.steps,

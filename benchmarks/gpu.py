@@ -209,8 +209,12 @@ def fgsm_agreement(b: Bench) -> None:
         try:
             rows.append(row("... cuDNN/matmul TF32 off", ours(model, x, y), theirs(model, x, y), grad))
             rows.append(row("... TF32 off, mean loss", ours(model, x, y, loss_fn=mean_ce), theirs(model, x, y), grad))
-            with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+            saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            try:
                 rows.append(row("... TF32 off, deterministic", ours(model, x, y), theirs(model, x, y), grad))
+            finally:
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
             rows.append(row("salmap GPU (TF32 off) vs salmap CPU", ours(model, x, y), ours(cpu_model, xc, yc), grad_cpu))
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
