@@ -403,6 +403,7 @@ def jsma_seg(b: Bench) -> None:
             rows.append({"selections": name, "candidates": search, "input": f"{batch}x3x{size}x{size}", "k": k,
                          "iterations": steps, "s/iteration": took / max(steps, 1),
                          "pixel acc": float(result.extra["pixel_accuracy"].mean())})
+            say(f"  {rows[-1]}")
             if b.left() < 0:
                 break
     with frozen(model):
