@@ -114,3 +114,11 @@ def test_half_precision_attacks_move_like_float32(counted, precision):
     assert float(pgd.linf.max()) <= 0.1 + 1e-6 and model.calls == 2 + 1 + 3  # two FGSM calls, then a clean pass and three steps
     with pytest.raises(ValueError, match="precision must be one of"):
         BIM(model, precision="int8")
+
+
+def test_measure_now_keeps_the_length_when_inputs_are_dropped(counted):
+    model, x, y = counted
+    result = FGSM(model, eps=0.1)(x, y=y).measure()
+    calls = model.calls
+    result.x_adv = result.x_adv[:2].clone()  # a streaming caller keeps a few adversarial inputs only
+    assert len(result) == 6 and result.success.shape == (6,) and model.calls == calls

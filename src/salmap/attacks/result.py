@@ -66,6 +66,11 @@ class AttackResult:
             measure, self._measure = self._measure, None
             self._pred_after, self._success, self._extra = measure()
 
+    def measure(self) -> AttackResult:
+        """Evaluate the deferred adversarial prediction now (and release the inputs it keeps); returns self."""
+        self._settle()
+        return self
+
     @property
     def success(self) -> Tensor:
         self._settle()
@@ -84,7 +89,7 @@ class AttackResult:
         return self._extra
 
     def __len__(self) -> int:
-        return int(self.x_adv.shape[0])
+        return int(self.l0.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
 
     def __repr__(self) -> str:
         state = "measured" if self._measure is None else "adversarial prediction not evaluated yet"

@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             preds.append(forward(model, xb).argmax(dim=1))
         if attack is not None:
-            res = attack(xb, y=y[sl])
+            res = attack(xb, y=y[sl]).measure()  # the adversarial prediction while the whole batch is at hand
             adv_target = tb if tb is not None else res.pred_before
             for name, explainer in explainers.items():
                 after = explainer.attribute(res.x_adv, target=adv_target, mask=mb)
