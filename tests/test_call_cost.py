@@ -100,7 +100,7 @@ def test_cli_device_defaults_to_auto_and_is_printed(tmp_path, capsys):
     assert first == f"device: {describe_device(resolve_device('auto'))}"
     with pytest.raises(SystemExit):
         main(["train", "--device", "gpu", "--out", str(tmp_path / "n")])
-    assert "argument --device: device must be auto" in capsys.readouterr().err
+    assert "argument --device: --device must be cpu, cuda, cuda:N, mps or auto, got 'gpu'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
