@@ -113,8 +113,10 @@ def test_segmenter_region_end_to_end(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["region"] == "4:9,4:9" and len(summary["methods"]["gradcam"]["samples"]) == 3
     assert (out / "explain.png").is_file()
-    rc = main(["explain", "--model", str(tmp_path / "unet"), "--out", str(out), "--target", "label"])
-    assert rc == 0
+    # other arguments: a different run, refused in the same folder unless --overwrite
+    again = ["explain", "--model", str(tmp_path / "unet"), "--out", str(out), "--target", "label"]
+    assert main(again) == 2
+    assert main([*again, "--overwrite"]) == 0
 
 
 def test_segmentation_label_target_and_region_parsing():
@@ -132,3 +134,43 @@ def test_segmentation_label_target_and_region_parsing():
     for bad in ("1:3", "3:1,0:2", "0:5,0:1", "a:b,c:d"):
         with pytest.raises(ValueError, match="--region must"):
             parse_region(bad, (4, 4))
+
+
+def test_explain_resumes_and_recomputes_nothing(files, tmp_path, capsys, monkeypatch):
+    """A second run with the same arguments and --out reads every unit back: no explainer or
+    attack call, unit files untouched, the same summary; a lost unit is recomputed alone."""
+    from salmap.explain import Explainer
+
+    out = tmp_path / "out"
+    args = ["-n", "5", "--batch-size", "2", "--method", "gradient,occlusion", "--patch", "7", "--stride", "7",
+            "--attack", "fgsm", "--eps", "0.2", "--rows", "3"]
+    assert explain(files, out, *args) == 0
+    first = json.loads((out / "summary.json").read_text())
+    units = sorted((out / "batches").glob("*.jsonl"))
+    assert len(units) == 3 * 3  # 3 batches x (2 methods + the attack)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "batches").iterdir()}
+    calls = []
+    original = Explainer.attribute
+
+    def counted(self, *a, **k):
+        calls.append(type(self).__name__)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(Explainer, "attribute", counted)
+    capsys.readouterr()
+    assert explain(files, out, *args) == 0
+    assert calls == []
+    assert {p: p.stat().st_mtime_ns for p in (out / "batches").iterdir()} == stamps
+    second = json.loads((out / "summary.json").read_text())
+    for key in ("methods", "attack"):
+        for part in (first, second):
+            part[key] = json.loads(json.dumps(part[key]).replace("NaN", "null"))
+    assert second["attack"]["summary"] == first["attack"]["summary"]
+    assert second["attack"]["pred_after"] == first["attack"]["pred_after"]
+    for name in ("gradient", "occlusion"):
+        assert second["methods"][name]["samples"] == first["methods"][name]["samples"]
+        assert second["attack"]["methods"][name] == first["attack"]["methods"][name]
+    assert "9 units resumed" in capsys.readouterr().out
+    (out / "batches" / "m000-e001-b000001.jsonl").unlink()  # occlusion, second batch
+    assert explain(files, out, *args) == 0
+    assert len(calls) == 2  # that batch before and after the attack

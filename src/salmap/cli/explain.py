@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog="methods:\n" + listing(entries),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_data_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different salmap run in the output folder (only salmap's files are removed); "
+                        "the same arguments and --out resume an earlier run")
     p.add_argument("--method", action="append", default=None, metavar="NAME",
                    help=f"explanation method(s), repeatable or comma-separated: {', '.join(entries)} "
                         "(default gradient)")
@@ -118,20 +121,6 @@ def choose_target(mode: str, y: Tensor, segmentation: bool) -> tuple[Any, Tensor
         return int(mode), None
     except ValueError:
         raise ValueError(f"--target must be pred, label or a class index, got {mode!r}") from None
-
-
-def explain_batches(explainer: Explainer, x: Tensor, target: Any, mask: Tensor | None,
-                    batch_size: int, desc: str) -> Tensor:
-    """``explainer.attribute`` over ``x`` in batches, with a progress bar."""
-    if batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}")
-    parts = []
-    for i in progress_bar(range(0, x.shape[0], batch_size), desc=desc, unit="batch"):
-        sl = slice(i, i + batch_size)
-        t = target[sl] if isinstance(target, Tensor) else target
-        m = mask[sl] if mask is not None and mask.dim() == 3 else mask
-        parts.append(explainer.attribute(x[sl], target=t, mask=m))
-    return torch.cat(parts)
 
 
 def map_summary(maps: Tensor) -> list[dict[str, Any]]:
@@ -215,7 +204,12 @@ def run(args: argparse.Namespace) -> int:
         attack = build_attack(args, model, bounds)
 
     # One batch at a time (a folder: set is decoded per batch): per-sample figures are kept for
-    # every image, inputs and maps only for the --rows drawn.
+    # every image, inputs and maps only for the --rows drawn. Each batch of each method (and of
+    # the attack) is a unit of the run folder: a rerun with the same arguments resumes.
+    from salmap.cli.explain_units import attack_batch, fingerprint, method_batch
+    from salmap.evaluation.store import RunStore
+
+    summarize = {"map": map_summary, "compare": compare_maps}
     seconds = dict.fromkeys(explainers, 0.0)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in explainers}
     shown_x: list[Tensor] = []
@@ -226,34 +220,48 @@ def run(args: argparse.Namespace) -> int:
     after_maps: dict[str, list[Tensor]] = {name: [] for name in explainers}
     after_samples: dict[str, list[dict[str, Any]]] = {name: [] for name in explainers}
     compared: dict[str, list[dict[str, float]]] = {name: [] for name in explainers}
-    for lo in progress_bar(range(0, len(ds), args.batch_size), desc="explain", unit="batch"):
-        sl = slice(lo, lo + args.batch_size)
-        xb = ds.x[sl].to(args.device)
-        tb = target[sl] if isinstance(target, Tensor) else target
-        mb = mask[sl] if mask is not None and mask.dim() == 3 else mask
-        room = max(args.rows - lo, 0)
-        shown_x.append(xb[:room].clone())
-        maps_b = {}
-        for name, explainer in explainers.items():
-            t0 = time.perf_counter()
-            maps_b[name] = explainer.attribute(xb, target=tb, mask=mb)
-            seconds[name] += time.perf_counter() - t0
-            samples[name] += map_summary(maps_b[name])
-            shown_maps[name].append(maps_b[name][:room].clone())
-        with torch.no_grad():
-            preds.append(forward(model, xb).argmax(dim=1))
-        if attack is not None:
-            res = attack(xb, y=y[sl]).measure()  # the adversarial prediction while the whole batch is at hand
-            adv_target = tb if tb is not None else res.pred_before
-            for name, explainer in explainers.items():
-                after = explainer.attribute(res.x_adv, target=adv_target, mask=mb)
-                after_samples[name] += map_summary(after)
-                compared[name] += compare_maps(maps_b[name], after)
-                after_maps[name].append(after[:room].clone())
-            shown_adv.append(res.x_adv[:room].clone())
-            # only the drawn rows are kept (one at least: the result's feature count reads it)
-            res.x_adv = res.x_adv[: room if lo else max(room, 1)].clone()
-            results.append(res)
+    store = RunStore(args.out, "explain")
+    store.lock()
+    try:
+        key, settings = fingerprint(args, ds.digest())
+        store.claim(key, settings, bool(getattr(args, "overwrite", False)))
+        computed = resumed = 0
+        for b, lo in enumerate(progress_bar(range(0, len(ds), args.batch_size), desc="explain",
+                                            unit="batch")):
+            sl = slice(lo, lo + args.batch_size)
+            xb = ds.x[sl].to(args.device)
+            tb = target[sl] if isinstance(target, Tensor) else target
+            mb = mask[sl] if mask is not None and mask.dim() == 3 else mask
+            room = max(args.rows - lo, 0)
+            shown_x.append(xb[:room].clone())
+            with torch.no_grad():
+                clean = forward(model, xb)
+            preds.append(clean.argmax(dim=1))
+            adv, adv_target = None, None
+            if attack is not None:
+                res, fresh = attack_batch(store, b, attack, xb, y[sl], clean)
+                computed, resumed = computed + fresh, resumed + (not fresh)
+                adv, adv_target = res.x_adv, tb if tb is not None else res.pred_before
+                shown_adv.append(res.x_adv[:room].clone())
+                # only the drawn rows are kept (one at least: the result's feature count reads it)
+                res.x_adv = res.x_adv[: room if lo else max(room, 1)].clone()
+                results.append(res)
+            for i, (name, explainer) in enumerate(explainers.items()):
+                rows_b, kept, fresh = method_batch(store, i, b, explainer, xb, tb, mb, adv, adv_target, room,
+                                                   summarize)
+                computed, resumed = computed + fresh, resumed + (not fresh)
+                for row in rows_b:
+                    seconds[name] += row.pop("seconds")
+                    if adv is not None:
+                        after_samples[name].append(row.pop("after"))
+                        compared[name].append(row.pop("before_vs_after"))
+                    samples[name].append(row)
+                if "maps" in kept:
+                    shown_maps[name].append(kept["maps"].to(args.device))
+                if "after" in kept:
+                    after_maps[name].append(kept["after"].to(args.device))
+    finally:
+        store.unlock()
 
     n = len(ds)
     rows = [{"method": name, "images": n, "seconds": seconds[name],
@@ -292,5 +300,6 @@ def run(args: argparse.Namespace) -> int:
     payload["seconds"] = time.perf_counter() - start
     write_json(out_dir / "summary.json", payload)
     print_table(rows, ["method", "images", "seconds", "images_per_s"])
-    print(f"summary written to {out_dir / 'summary.json'}; pictures: {', '.join(str(p) for p in pictures)}")
+    again = f" ({resumed} units resumed from an earlier run, {computed} computed)" if resumed else ""
+    print(f"summary written{again} to {out_dir / 'summary.json'}; pictures: {', '.join(str(p) for p in pictures)}")
     return 0

@@ -216,19 +216,29 @@ def _rounding(output: UnitOutput, attack: Any, result: AttackResult, model: Load
         output.pngs.append((f"{unit.key}-{int(index[i])}{suffix}.png", levels[i]))
 
 
+def attribute(explainer: Any, x: Tensor, target: Any = None, mask: Tensor | None = None) -> tuple[Tensor, float]:
+    """One batch of attribution maps (``explainer.attribute``) and the seconds it took.
+
+    The one call through which explanations run: ``salmap evaluate``'s explanation units
+    and ``salmap explain``'s batches (:mod:`salmap.cli.explain_units`).
+    """
+    start = time.perf_counter()
+    heat = explainer.attribute(x, target=target, mask=mask) if mask is not None else \
+        explainer.attribute(x, target=target)
+    return heat, time.perf_counter() - start
+
+
 def _explain(plan: Plan, unit: Unit, explainer: Any, model: LoadedModel, device: str) -> UnitOutput:
     """An explanation unit: attribution maps of its samples (the figure samples)."""
     ds, spec = plan.dataset, plan.cfg.explanations[unit.attack]
     pos = unit.positions
     x, y = ds.x[pos].to(device), ds.y[pos].to(device)
-    start = time.perf_counter()
     # a segmenter is explained for its own predicted mask; a classifier for the true class
-    heat = explainer.attribute(x, target=y if ds.task == "classification" else None)
-    seconds = time.perf_counter() - start
+    heat, seconds = attribute(explainer, x, y if ds.task == "classification" else None)
     row = {"model": plan.cfg.models[unit.model].name, "explainer": spec.name, "samples": len(pos),
            "seconds": seconds}
     return UnitOutput([row], examples={"heat": heat.detach().cpu().float(), "position": pos})
 
 
-__all__ = ["ROW_FIELDS", "UnitOutput", "adversarial_record", "attack_rows", "build", "execute", "quantize",
+__all__ = ["ROW_FIELDS", "UnitOutput", "adversarial_record", "attack_rows", "attribute", "build", "execute", "quantize",
            "run_attack"]
