@@ -83,9 +83,15 @@ class Attack(ABC):
             with autocast(self.precision, x0.device):
                 # (an EOT model computes its own expected loss: its gradient does not start from this pass)
                 reuse = self._gradient_at_clean_input() and not callable(getattr(self.model, "expected_loss", None))
-                first = record_forward(self.model, x0) if reuse else None
+                try:
+                    first = record_forward(self.model, x0) if reuse else None
+                except (RuntimeError, ValueError, TypeError, IndexError):
+                    first_forward(self.model, x0)  # names what went wrong (the input's shape)
+                    raise
                 if clean is None:
                     clean = first.output.detach() if first is not None else first_forward(self.model, x0)
+                    if first is not None:
+                        check_finite_outputs(clean, "clean")
                 elif clean.shape[0] != x0.shape[0]:
                     raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
                 else:

@@ -105,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     progress.configure(quiet=args.quiet)
     prefix = f"salmap {args.command}: error:"
-    announce_device(getattr(args, "device", None))  # resolved by --device's type (cli.common)
     try:
         return _run(args, prefix)
     finally:  # main() may be called again in the same process (tests, notebooks)
@@ -145,6 +144,7 @@ def _check_before_work(args: argparse.Namespace) -> None:
 
     if getattr(args, "device", None) is not None:
         args.device = resolve_device(args.device)
+        announce_device(args.device)
     if isinstance(getattr(args, "out", None), str):
         check_output_path(args.out)
 

@@ -24,7 +24,7 @@ from salmap.models.inputs import check_fits, model_channels
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """``--device``: ``auto`` (the default) is CUDA when available, else the CPU; the parsed value is
     the resolved device (``cpu``, ``cuda``, ``cuda:1``), which :func:`announce_device` prints."""
-    p.add_argument("--device", default=default, type=device_arg,
+    p.add_argument("--device", default=default,
                    help=f"torch device: {DEVICE_HELP} (default {default or 'from the run file, else auto'})")
 
 
