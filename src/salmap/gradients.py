@@ -64,7 +64,8 @@ def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
         yield model
         return
     modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # a lazy module's parameters are created by its first forward pass: they are left as they are
+    flags = [(p, p.requires_grad) for p in model.parameters() if not _uninitialized(p)]
     try:
         if eval_mode:
             set_eval(model)
@@ -76,6 +77,10 @@ def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def _uninitialized(p: Tensor) -> bool:
+    return isinstance(p, nn.parameter.UninitializedParameter)
 
 
 def output_vjps(

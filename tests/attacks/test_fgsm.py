@@ -272,3 +272,15 @@ def test_cli_offers_restarts_and_early_stop(capsys):
         main(["attack", "pgd", "--help"])
     text = capsys.readouterr().out
     assert "--restarts N" in text and "--early-stop" in text
+
+
+def test_a_lazy_module_is_attacked_and_its_parameters_restored():
+    """A model with a LazyLinear (parameters created by the first forward pass) runs as is."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    x = torch.rand(4, 1, 8, 8)
+    result = FGSM(model, eps=0.1)(x, y=torch.arange(4))
+    assert result.x_adv.shape == x.shape
+    assert all(p.requires_grad for p in model.parameters())
