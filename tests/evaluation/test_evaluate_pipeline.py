@@ -155,3 +155,22 @@ def test_save_png_counts_the_examples_rounding_undoes(tmp_path: Path, lenet: Pat
         lost += r["success"] and pred == r["label"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["results"][0]["png_lost"] == lost
+
+
+def test_least_likely_targets_are_the_lowest_clean_logit(tmp_path: Path, lenet: Path) -> None:
+    out = tmp_path / "ll"
+    assert main(["evaluate", "--model", str(lenet), "--attack", "fgsm:eps=0.1", "--targets", "least-likely",
+                 "-n", "4", "--out", str(out), "--no-progress", "--no-report"]) == 0
+    rows = read_results(out)
+    model = models.load(lenet)
+    from salmap import data
+
+    x, _ = data.load("mnist-sample", split="test")
+    with torch.no_grad():
+        expected = model(x[[r["index"] for r in rows]]).argmin(dim=1)
+    assert [r["target"] for r in rows] == expected.tolist()
+    attack_out = tmp_path / "attack"
+    assert main(["attack", "fgsm", "--model", str(lenet), "--targeted", "least-likely", "-n", "4",
+                 "--out", str(attack_out)]) == 0
+    samples = json.loads((attack_out / "results.json").read_text())["samples"]
+    assert [s["target"] for s in samples] == expected.tolist()

@@ -192,9 +192,9 @@ def test_cli_refuses_code_from_the_working_directory(tmp_path, lenet):
 def test_targeting_modes_are_those_the_attack_declares_and_evaluate_runs(tmp_path, lenet):
     with pytest.raises(ConfigError) as info:
         parse_config(run(lenet, tmp_path / "out", attacks=[
-            {"attack": "jsma", "targets": "hide"}, {"attack": "pgd", "targets": "least-likely"}]))
+            {"attack": "jsma", "targets": "hide"}, {"attack": "pgd", "targets": "add"}]))
     assert [p for p, _ in info.value.problems] == ["attacks[0].targets", "attacks[1].targets"]
-    assert "must be one of none, random, next, all, got 'hide'" in info.value.problems[0][1]
+    assert "must be one of none, random, next, least-likely, all, got 'hide'" in info.value.problems[0][1]
     cfg = parse_config(run(lenet, tmp_path / "out", attacks=[{"attack": "jsma"}, {"attack": "fgsm"}]))
     assert [a.targets for a in cfg.attacks] == ["random", "none"]
 

@@ -30,7 +30,7 @@ from salmap.cli.pipeline import add_run_flags
 from salmap.progress import bar as progress_bar
 
 #: classifier targeting modes this command runs (see :func:`attack_rows`)
-TARGETING = ("none", "random", "next", "all")
+TARGETING = ("none", "random", "next", "least-likely", "all")
 #: parameters the command sets itself: the seed from --seed; strict_targets off, so that a
 #: misclassified sample whose random target is its prediction is returned unchanged
 RESERVED = frozenset({"seed", "strict_targets"})
@@ -66,7 +66,8 @@ def add_targeting_flags(p: argparse.ArgumentParser, entry: registry.Entry) -> No
     default = "none" if "none" in modes else entry.default_targeting if entry.default_targeting in modes else modes[0]
     p.add_argument(
         "--targeted", choices=modes, default=default,
-        help="untargeted (none), a random other class, the next class (y+1 mod classes), or every "
+        help="untargeted (none), a random other class, the next class (y+1 mod classes), the class of "
+             "the lowest clean logit (least-likely, Kurakin et al. 2016), or every "
              f"other class in turn (all: the source-target grid of Papernot et al., K-1 attacks per image) "
              f"(default {default})",
     )

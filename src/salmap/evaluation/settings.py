@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from salmap.evaluation.resources import Resources
 
 #: the targeting modes and segmentation goals ``salmap evaluate`` runs (an attack offers those of
-#: its registry entry that are here); ``least-likely`` needs targets per model, not yet planned
-RUN_TARGETING = ("none", "random", "next", "all", "hide", "relabel", "add")
+#: its registry entry that are here); ``least-likely`` is drawn per unit from the model's clean outputs
+RUN_TARGETING = ("none", "random", "next", "least-likely", "all", "hide", "relabel", "add")
 
 
 class ConfigError(ValueError):
