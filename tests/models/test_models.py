@@ -55,6 +55,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "ck" / "weights.safetensors").is_file()
     loaded, meta = models.load_with_meta(tmp_path / "ck")
     assert meta["class_names"] == ["a", "b", "c"] and meta["arch"]["name"] == "resnet18"
+    assert meta["schema_version"] == 1  # like every JSON salmap writes
     assert torch.equal(m(x), loaded(x))
     assert not loaded.training
 

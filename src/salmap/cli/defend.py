@@ -227,7 +227,7 @@ def _finish(args: argparse.Namespace, kind: str, defended: nn.Module, model: nn.
     start = time.perf_counter()
     out = output_folder(args.out)
     accuracy = classifier_accuracy(defended, test.x.to(args.device), test.y.to(args.device))
-    saved = {k: v for k, v in meta.items() if k not in ("arch", "metrics", "training", "format_version")}
+    saved = {k: v for k, v in meta.items() if k not in ("arch", "metrics", "training", "format_version", "schema_version")}
     saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
     saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
                         "seed": args.seed, **settings}

@@ -55,6 +55,7 @@ def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = Non
         )
     meta["arch"] = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
     meta["format_version"] = FORMAT_VERSION
+    meta["schema_version"] = FORMAT_VERSION  # the key every JSON salmap writes carries
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
