@@ -25,8 +25,8 @@ from salmap.evaluation.store import RunStore
 
 #: the tensor fields of an AttackResult kept in an attack unit
 RESULT_FIELDS = ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after", "labels")
-#: flags that do not change the results (where and how the run is written or shown)
-NEUTRAL = frozenset({"out", "overwrite", "device", "debug", "func", "rows"})
+#: flags that do not change the results (--rows does: the units keep the maps of the drawn rows)
+NEUTRAL = frozenset({"out", "overwrite", "device", "debug", "func"})
 
 
 def fingerprint(args: argparse.Namespace, data_digest: str) -> tuple[str, dict[str, Any]]:
