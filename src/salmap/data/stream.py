@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +41,22 @@ def decode_image(path: str | Path, channels: int | None = None) -> Tensor:
     keeps the image's own (1 for grey, 3 otherwise). Alpha is dropped. Raises
     ``ValueError`` naming the file when it cannot be decoded.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    try:
-        with Image.open(path) as im:
-            _check_pixels(im, path)
-            im.load()
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(im, dtype=np.float32) / 65535.0
-            elif mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
-            elif mode in GREY_MODES:
-                arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            else:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except _TooLarge:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"image file {path} is refused as a decompression bomb: {err}") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise ValueError(f"image file {path} could not be decoded: {err}") from None
+    with _decoding(path), Image.open(path) as im:
+        _check_pixels(im, path)
+        im.load()
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        elif mode == "F":
+            arr = np.asarray(im, dtype=np.float32)
+        elif mode in GREY_MODES:
+            arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        else:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
         raise ValueError(f"image file {path} holds values outside [0, 1] after decoding (mode {mode})")
     x = torch.from_numpy(np.ascontiguousarray(arr))
@@ -98,12 +92,20 @@ def _check_pixels(im: Any, path: str | Path) -> None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with _decoding(path), Image.open(path) as im:
+        _check_pixels(im, path)
+        return im.size[1], im.size[0]
+
+
+@contextmanager
+def _decoding(path: str | Path) -> Iterator[None]:
+    """Turn PIL's failures on ``path`` into one ``ValueError`` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            _check_pixels(im, path)
-            return im.size[1], im.size[0]
+        yield
     except _TooLarge:
         raise
     except Image.DecompressionBombError as err:
