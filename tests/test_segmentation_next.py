@@ -12,7 +12,7 @@ from torch import nn
 
 from salmap.cli import main
 from salmap.data import Dataset
-from salmap.data.base import register_builtin
+from salmap.data.registry import register_builtin
 from salmap.evaluation.store import read_results
 from salmap.targets import segmentation_goal
 

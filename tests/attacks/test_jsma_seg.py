@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from salmap import models
 from salmap.attacks import SegmentationJSMA
 from salmap.attacks.jsma_seg import add_mask_of, hide_object, outside, predict_masks, relabel_class
-from salmap.data.base import Dataset, register_builtin
+from salmap.data.base import Dataset
+from salmap.data.registry import register_builtin
 from salmap.metrics import mask_from_output
 
 torch.set_num_threads(1)

@@ -5,6 +5,7 @@ and segmentation sets derived from real digits.
 with class names.
 """
 
-from salmap.data.base import Dataset, available, load, load_dataset
+from salmap.data.base import Dataset
+from salmap.data.loading import available, load, load_dataset
 
 __all__ = ["Dataset", "available", "load", "load_dataset"]

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from salmap.data import limits
-from salmap.data.base import Dataset, register_prefix, split_per_class, take_split
+from salmap.data.base import Dataset, split_per_class, take_split
 from salmap.data.limits import check_class_labels, check_npz_members, image_array
+from salmap.data.registry import register_prefix
 
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),

@@ -17,8 +17,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from salmap.data.base import Dataset, register_builtin
+from salmap.data.base import Dataset
 from salmap.data.packaged import DIGIT_NAMES, mnist_sample
+from salmap.data.registry import register_builtin
 
 CANVAS = 64
 DIGIT = 28

@@ -8,7 +8,8 @@ import gzip
 import numpy as np
 import torch
 
-from salmap.data.base import Dataset, register_builtin, split_per_class, take_split
+from salmap.data.base import Dataset, split_per_class, take_split
+from salmap.data.registry import register_builtin
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 
