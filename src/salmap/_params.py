@@ -105,35 +105,28 @@ def _convert(name: str, value: Any, kind: type) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ValueError(f"{name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is int or kind is float:
+        return _convert_number(name, value, kind)
     if kind is str:
         if isinstance(value, str):
             return value
         raise ValueError(f"{name} must be a string, got {value!r}")
     return value
+
+
+def _convert_number(name: str, value: Any, kind: type) -> Any:
+    """``value`` as an int (an integral float or a numeral string too) or a float; never a bool."""
+    if not isinstance(value, bool):
+        if isinstance(value, int):
+            return value if kind is int else float(value)
+        if isinstance(value, float) and (kind is float or value.is_integer()):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
 
 
 def _convert_union(name: str, value: Any, types: tuple[type, ...]) -> Any:

@@ -22,7 +22,7 @@ import difflib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from importlib import import_module, metadata
 from typing import Any, TypeVar
 
@@ -53,12 +53,7 @@ def register_attack(
     tasks: Iterable[str] = ("classification",),
     targeting: Iterable[str] | None = None,
     default_targeting: str = "none",
-    needs_module: bool | Mapping[str, Any] = False,
-    choices: Mapping[str, Iterable[Any]] | None = None,
-    ranges: Mapping[str, str] | None = None,
-    named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None,
-    flags: Mapping[str, str | tuple[str, Any]] | None = None,
-    **extra: Any,
+    **options: Any,
 ) -> Callable[[T], T]:
     """Class decorator registering an :class:`~salmap.attacks.base.Attack` under ``name``.
 
@@ -80,15 +75,17 @@ def register_attack(
     flags: extra command-line flags kept for compatibility: ``{"single": ("pairs", False)}``
         adds the switch ``--single`` setting ``pairs=False``; ``{"alias": "param"}`` adds
         ``--alias VALUE`` for ``param``.
-    extra: anything else a front end may read; ``hooks=True`` says it registers hooks on the
+    other keywords: anything else a front end may read; ``hooks=True`` says it registers hooks on the
         model's layers (so TorchScript models are refused at validation); ``model_check=fn``
         is a salmap function raising ValueError for a module it cannot handle (LRP's layer
         check), called at validation when a module is needed; ``budget={"linf": "eps"}`` names the parameter
         that bounds a distortion metric of :class:`~salmap.attacks.base.AttackResult` (``l0``,
         ``l0_fraction``, ``l2``, ``linf``); the property tests check it.
+
+    The keywords from ``needs_module`` on are ``**options``: :func:`register_explainer`
+    takes them too.
     """
-    return _register("attack", name, help, tasks, targeting, default_targeting, needs_module,
-                     _Extras(choices, ranges, named, flags, extra))
+    return _register("attack", name, help, tasks, targeting, default_targeting, _Options.of(options))
 
 
 def register_explainer(
@@ -96,19 +93,14 @@ def register_explainer(
     *,
     help: str | None = None,
     tasks: Iterable[str] = ("classification", "segmentation"),
-    needs_module: bool | Mapping[str, Any] = False,
-    choices: Mapping[str, Iterable[Any]] | None = None,
-    ranges: Mapping[str, str] | None = None,
-    named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None,
-    flags: Mapping[str, str | tuple[str, Any]] | None = None,
-    **extra: Any,
+    **options: Any,
 ) -> Callable[[T], T]:
     """Class decorator registering an :class:`~salmap.explain.base.Explainer` under ``name``.
 
-    The keywords mean what they mean for :func:`register_attack`.
+    The keywords (``needs_module``, ``choices``, ``ranges``, ``named``, ``flags`` and any
+    other) mean what they mean for :func:`register_attack`.
     """
-    return _register("explainer", name, help, tasks, ("none",), "none", needs_module,
-                     _Extras(choices, ranges, named, flags, extra))
+    return _register("explainer", name, help, tasks, ("none",), "none", _Options.of(options))
 
 
 def _register(
@@ -118,10 +110,9 @@ def _register(
     tasks: Iterable[str],
     targeting: Iterable[str] | None,
     default_targeting: str,
-    needs_module: bool | Mapping[str, Any],
-    more: _Extras | None = None,
+    more: _Options,
 ) -> Callable[[T], T]:
-    more = more or _Extras()
+    needs_module = more.needs_module
     if not re.fullmatch(r"[a-z][a-z0-9_+-]*", name):
         raise ValueError(f"name must be lower-case letters, digits, '-', '_' or '+', got {name!r}")
 
@@ -153,7 +144,7 @@ def _register(
             needs_module=needs_module if isinstance(needs_module, bool) else dict(needs_module),
             source=source.split(".")[0],
             flags=aliases,
-            extra=dict(more.extra or {}),
+            extra=dict(more.extra),
         )
         existing = _ENTRIES[kind].get(name)
         if existing is not None and existing.cls is not cls and _qualname(existing.cls) != _qualname(cls):
@@ -166,12 +157,22 @@ def _register(
 
 
 @dataclass(frozen=True)
-class _Extras:
+class _Options:
+    """The keywords :func:`register_attack` and :func:`register_explainer` share (see the former)."""
+
+    needs_module: bool | Mapping[str, Any] = False
     choices: Mapping[str, Iterable[Any]] | None = None
     ranges: Mapping[str, str] | None = None
     named: Mapping[str, Mapping[str, Callable[[], Any]]] | None = None
     flags: Mapping[str, str | tuple[str, Any]] | None = None
-    extra: Mapping[str, Any] | None = None
+    #: any other keyword, for front ends to read (``hooks``, ``model_check``, ``budget``)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> _Options:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in options.items() if k in known},
+                   extra={k: v for k, v in options.items() if k not in known})
 
 
 def _default_modes(cls: type, tasks: tuple[str, ...]) -> tuple[str, ...]:
@@ -206,10 +207,7 @@ def _load(kind: str) -> None:
             logger.warning("salmap: %s plugin %r names %r, not a class", kind, ep.name, obj)
             continue
         if vars(obj).get("registry_name") not in _ENTRIES[kind]:  # its own decorator, not a base class's
-            if kind == "attack":
-                _register(kind, ep.name, None, ("classification",), None, "none", False)(obj)
-            else:
-                _register(kind, ep.name, None, ("classification", "segmentation"), ("none",), "none", False)(obj)
+            (register_attack if kind == "attack" else register_explainer)(ep.name)(obj)
 
 
 def _entry_points(group: str) -> list[Any]:
