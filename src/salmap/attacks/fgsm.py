@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from salmap._validate import BoundsLike, _short, check_number, check_seed
+from salmap._repr import short as _short
+from salmap._validate import BoundsLike, check_number, check_seed
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, RecordedPass, active_set_loop, forward, loss_grad
 from salmap.precision import PRECISIONS, check_precision

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import Bounds, _short, check_bounds
+from salmap._repr import short as _short
+from salmap._validate import Bounds, check_bounds
 
 
 def parse_normalization(mean: Any, std: Any, channels: int | None = None) -> tuple[list[float], list[float]]:
