@@ -1,23 +1,24 @@
 """The shared gradient machinery every attack and explainer calls.
 
 One forward pass, then as many vector-Jacobian products (VJPs) as the caller asks
-for, over the whole batch at once. The model is put in eval mode with frozen
-parameters while it runs and restored afterwards (see :func:`frozen`). Every forward
-pass goes through :func:`forward`, which reduces tuples, dicts and ``ModelOutput``s to
-their logits (:func:`salmap.logits.logits_of`).
-Iterative attacks run their steps through :func:`active_set_loop`, which drops finished
-samples.
+for, over the whole batch at once. Every forward pass goes through :func:`forward`, which
+reduces tuples, dicts and ``ModelOutput``s to their logits (:func:`salmap.logits.logits_of`).
+The model is put in eval mode with frozen parameters while it runs and restored afterwards
+(:func:`salmap.frozen.frozen`); iterative attacks run their steps through
+:func:`salmap.active_set.active_set_loop`, which drops finished samples. Both are
+re-exported here, where the algorithms import the machinery from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from salmap.active_set import ActiveStep, active_set_loop
+from salmap.frozen import frozen, mode_is_fixed, set_eval
 from salmap.logits import logits_of
 
 Model = Callable[[Tensor], Tensor]
@@ -27,60 +28,6 @@ def forward(model: Model, x: Tensor) -> Tensor:
     """``model(x)`` reduced to its logits: a tuple's first element, a dict's or ``ModelOutput``'s
     ``logits`` (see :func:`salmap.logits.logits_of`)."""
     return logits_of(model(x))
-
-
-def mode_is_fixed(module: nn.Module) -> bool:
-    """Whether ``module``'s train/eval mode cannot be changed: a ``torch.export`` module
-    (``ExportedProgram.module()``), whose mode was fixed when it was exported and whose
-    ``train()``/``eval()`` raise."""
-    return "train" in vars(module)
-
-
-def set_eval(model: nn.Module) -> nn.Module:
-    """``model.eval()``, except for exported submodules, which keep the mode they were exported in.
-
-    Returns ``model``.
-    """
-    if mode_is_fixed(model):
-        return model
-    if not any(mode_is_fixed(m) for m in model.modules()):
-        return model.eval()
-    model.training = False
-    for child in model.children():
-        set_eval(child)
-    return model
-
-
-@contextmanager
-def frozen(model: Model, eval_mode: bool = True) -> Iterator[Model]:
-    """Run a block with ``model`` in eval mode and its parameters not requiring grad.
-
-    The model's ``training`` flag (of every submodule) and every parameter's
-    ``requires_grad`` are restored on exit, even when the block raises. Plain
-    callables pass through unchanged. Exported (``torch.export``) modules keep their
-    fixed mode (see :func:`set_eval`).
-    """
-    if not isinstance(model, nn.Module):
-        yield model
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    # a lazy module's parameters are created by its first forward pass: they are left as they are
-    flags = [(p, p.requires_grad) for p in model.parameters() if not _uninitialized(p)]
-    try:
-        if eval_mode:
-            set_eval(model)
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _uninitialized(p: Tensor) -> bool:
-    return isinstance(p, nn.parameter.UninitializedParameter)
 
 
 def output_vjps(
@@ -230,85 +177,7 @@ def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
     return torch.cat(outs)
 
 
-#: ``step(rows) -> (stepped, updates)`` of :func:`active_set_loop`.
-ActiveStep = Callable[[dict[str, Tensor]], tuple[Tensor | None, dict[str, Tensor]]]
-
-
-def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int | None = None) -> Tensor:
-    """Iterate ``step`` over the samples still running, dropping each sample when it finishes.
-
-    The loop every iterative attack shares (auto-attack's "re-attack only what is still
-    robust"): each iteration hands ``step`` the rows of the active samples of every tensor of
-    ``state``, writes the updated rows of the samples that took a step back into ``state``
-    and keeps only those samples. It stops when no sample is left or after ``max_steps``
-    iterations. A sample's computation never depends on which other samples are still
-    running (batched equals one by one), and finished samples cost nothing. While every
-    sample is still running nothing is gathered (``step`` gets the state's own tensors), and
-    a step that reports ``stepped=None`` costs the loop no host synchronisation.
-
-    Parameters
-    ----------
-    state:
-        Per-sample tensors sharing their first dimension ``B`` (inputs being changed, labels,
-        masks, ...). Updated in place: the returned rows of each step are written back.
-    step:
-        ``step(rows) -> (stepped, updates)``. ``rows`` maps every name of ``state`` to the rows
-        of the active samples ``(A, ...)``, in ascending sample order: the state's own tensors
-        while all ``B`` samples are active, copies afterwards, so a step may change in place
-        only the rows of the samples it reports as stepped. ``stepped`` is a bool ``(A,)``:
-        the samples that took a step (they stay active); the others are finished and keep
-        their state from before this call; ``None`` means every active sample took a step.
-        ``updates`` maps names of ``state`` to new rows ``(A, ...)``; only the rows of
-        stepped samples are written back.
-    max_steps:
-        Iteration budget; ``None`` runs until every sample has finished.
-
-    Returns
-    -------
-    Tensor
-        Long ``(B,)``: the steps each sample took.
-
-    Examples
-    --------
-    >>> state = {"x": torch.tensor([0.0, 5.0, 2.0])}
-    >>> def step(rows):
-    ...     going = rows["x"] < 3
-    ...     return going, {"x": rows["x"] + 1}
-    >>> active_set_loop(state, step, max_steps=10), state["x"]
-    (tensor([3, 0, 1]), tensor([3., 5., 3.]))
-    """
-    if not state:
-        raise ValueError("state must hold at least one per-sample tensor, got an empty dict")
-    first = next(iter(state.values()))
-    batch = first.shape[0]
-    for name, value in state.items():
-        if value.shape[0] != batch:
-            raise ValueError(
-                f"state tensors must share their first dimension {batch}, got {name!r} of shape {tuple(value.shape)}"
-            )
-    if max_steps is not None and max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0 or None, got {max_steps}")
-    iterations = torch.zeros(batch, dtype=torch.long, device=first.device)
-    active = torch.arange(batch, device=first.device)
-    everyone = True  # no sample has finished: the state's own tensors are the rows
-    taken = 0
-    while active.numel() and (max_steps is None or taken < max_steps):
-        rows = dict(state) if everyone else {name: value[active] for name, value in state.items()}
-        stepped, updates = step(rows)
-        taken += 1
-        if stepped is None:
-            for name, new in updates.items():
-                if everyone and new is not state[name]:
-                    state[name].copy_(new)
-                elif not everyone:
-                    state[name][active] = new
-            iterations[active] += 1
-            continue
-        moved = active[stepped]
-        for name, new in updates.items():
-            if not (everyone and new is state[name]):  # the state's own rows were changed in place
-                state[name][moved] = new[stepped]
-        iterations[moved] += 1
-        active = moved
-        everyone = everyone and moved.numel() == batch
-    return iterations
+__all__ = [
+    "ActiveStep", "Model", "RecordedPass", "active_set_loop", "class_score_grads", "forward", "frozen", "loss_grad",
+    "mode_is_fixed", "output_vjps", "predict", "record_forward", "set_eval", "softmax_classes",
+]

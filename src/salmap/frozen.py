@@ -1,0 +1,69 @@
+"""A model held still while salmap runs it: eval mode and parameters that need no gradient.
+
+:func:`frozen` is the one place that changes a caller's model, and it puts every flag back
+on exit; exported (``torch.export``) modules keep the mode they were exported in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from torch import Tensor, nn
+
+M = TypeVar("M")
+
+
+def mode_is_fixed(module: nn.Module) -> bool:
+    """Whether ``module``'s train/eval mode cannot be changed: a ``torch.export`` module
+    (``ExportedProgram.module()``), whose mode was fixed when it was exported and whose
+    ``train()``/``eval()`` raise."""
+    return "train" in vars(module)
+
+
+def set_eval(model: nn.Module) -> nn.Module:
+    """``model.eval()``, except for exported submodules, which keep the mode they were exported in.
+
+    Returns ``model``.
+    """
+    if mode_is_fixed(model):
+        return model
+    if not any(mode_is_fixed(m) for m in model.modules()):
+        return model.eval()
+    model.training = False
+    for child in model.children():
+        set_eval(child)
+    return model
+
+
+@contextmanager
+def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
+    """Run a block with ``model`` in eval mode and its parameters not requiring grad.
+
+    The model's ``training`` flag (of every submodule) and every parameter's
+    ``requires_grad`` are restored on exit, even when the block raises. Plain
+    callables pass through unchanged. Exported (``torch.export``) modules keep their
+    fixed mode (see :func:`set_eval`).
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    # a lazy module's parameters are created by its first forward pass: they are left as they are
+    flags = [(p, p.requires_grad) for p in model.parameters() if not _uninitialized(p)]
+    try:
+        if eval_mode:
+            set_eval(model)
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _uninitialized(p: Tensor) -> bool:
+    return isinstance(p, nn.parameter.UninitializedParameter)
