@@ -22,6 +22,8 @@ from salmap.frozen import frozen, mode_is_fixed, set_eval
 from salmap.logits import logits_of
 
 Model = Callable[[Tensor], Tensor]
+#: ``loss_fn(logits, labels) -> (B,)``: a per-sample loss (``reduction='none'``), as :func:`loss_grad` takes it.
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def forward(model: Model, x: Tensor) -> Tensor:
@@ -140,7 +142,7 @@ def loss_grad(
     model: Model,
     x: Tensor,
     labels: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    loss_fn: LossFn | None = None,
     recorded: RecordedPass | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample loss gradient: returns ``(logits, d loss / d x)``.
@@ -178,6 +180,6 @@ def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
 
 
 __all__ = [
-    "ActiveStep", "Model", "RecordedPass", "active_set_loop", "class_score_grads", "forward", "frozen", "loss_grad",
+    "ActiveStep", "LossFn", "Model", "RecordedPass", "active_set_loop", "class_score_grads", "forward", "frozen", "loss_grad",
     "mode_is_fixed", "output_vjps", "predict", "record_forward", "set_eval", "softmax_classes",
 ]
