@@ -348,14 +348,20 @@ def test_cli_rejects_an_untrained_checkpoint(tmp_path, capsys) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_targets_avoid_true_class_and_prediction(trained, digits) -> None:
-    from salmap.defenses.evaluation import _targets
-
+def test_targets_avoid_true_class_and_prediction(trained, digits, tmp_path) -> None:
+    # A targeted attack aims at seeded random classes other than the true one; a sample the
+    # undefended model already predicts as its target is not attacked (no perturbation).
     model, _ = trained
     x, y = digits[1].x[:100], digits[1].y[:100]
-    targets = _targets(model, x, y, seed=0, batch_size=50)
+    specs = [AttackSpec("jsma", "jsma", {"theta": 1.0, "gamma": 0.05}, targeted=True)]
+    evaluate_defense(model, model, x, y, specs, batch_size=50, progress=False, out=tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     pred = model(x).argmax(dim=1)
-    assert bool((targets >= 0).all()) and not bool((targets == y).any()) and not bool((targets == pred).any())
+    assert len(rows) == 100 and all(r["target"] is not None and r["target"] != r["label"] for r in rows)
+    for r in rows:
+        assert r["pred_before"] == int(pred[r["index"]])
+        if r["pred_before"] == r["target"]:
+            assert r["success"] and r["l0"] == 0 and r["iterations"] == 0
 
 
 def test_default_attacks_run_on_every_defended_model(trained, dae, digits, switched) -> None:

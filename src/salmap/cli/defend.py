@@ -2,14 +2,21 @@
 model as a checkpoint folder, and evaluate it honestly (transfer and adaptive attacks).
 
 The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors``, loadable with
-``salmap.models.load``) and holds ``evaluation.json``.
+``salmap.models.load``) and holds ``evaluation.json``. The evaluation runs through the same
+plan -> execute -> store steps as ``salmap attack`` and ``salmap evaluate`` (rows in
+``results.jsonl``, ``summary.json``): a rerun with the same arguments resumes, reusing the
+defense an interrupted run trained.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import json
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -23,11 +30,11 @@ from salmap.cli.common import (
     check_model_input,
     load_model,
     model_options,
-    output_folder,
     print_table,
     write_json,
 )
 from salmap.cli.flags import parse_spec
+from salmap.cli.pipeline import add_run_flags
 from salmap.defenses.adversarial import MODES, adversarial_training, recipe
 from salmap.defenses.block_switch import train_block_switch
 from salmap.defenses.combined import train_dae_block_switch
@@ -36,39 +43,44 @@ from salmap.defenses.evaluation import (
     AttackSpec,
     check_trained,
     default_attacks,
-    evaluate_defense,
+    plan_defense,
+    run_defense,
     table_rows,
 )
+from salmap.evaluation.store import RunStore
 from salmap.training import classifier_accuracy
+
+#: in the output folder: the trained defense's accuracy and seconds, written once its checkpoint is saved
+TRAINING = "training.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("defend", help="train a defense, save it, evaluate it (transfer and adaptive)",
                        description=__doc__)
     kinds = p.add_subparsers(dest="defense", metavar="DEFENSE", required=True)
+    for name, (text, flags, func) in _kinds().items():
+        q = kinds.add_parser(name, help=text, description=text)
+        _common_args(q)
+        for add in flags:
+            add(q)
+        q.set_defaults(func=func)
 
-    text = "denoising autoencoder purifier in front of the model"
-    q = kinds.add_parser("dae", help=text, description=text)
-    _common_args(q)
-    _dae_args(q)
-    q.set_defaults(func=run_dae)
 
-    text = "block switching (Wang et al. 2019), K random channels"
-    q = kinds.add_parser("block-switch", help=text, description=text)
-    _common_args(q)
-    _block_switch_args(q)
-    q.set_defaults(func=run_block_switch)
+def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], None], ...],
+                              Callable[[argparse.Namespace], int]]]:
+    """Per defense: its help, its own flags and the function that trains it."""
+    return {
+        "dae": ("denoising autoencoder purifier in front of the model", (_dae_args,), run_dae),
+        "block-switch": ("block switching (Wang et al. 2019), K random channels", (_block_switch_args,),
+                         run_block_switch),
+        "dae+block-switch": ("denoising autoencoder in front of block switching (the seed repository's defense)",
+                             (_block_switch_args, _dae_args), run_dae_block_switch),
+        "adv-train": ("adversarial training: goodfellow (FGSM, mixed loss), madry (PGD only) or trades "
+                      "(Zhang et al. 2019)", (_adv_train_args,), run_adv_train),
+    }
 
-    text = "denoising autoencoder in front of block switching (the seed repository's defense)"
-    q = kinds.add_parser("dae+block-switch", help=text, description=text)
-    _common_args(q)
-    _block_switch_args(q)
-    _dae_args(q)
-    q.set_defaults(func=run_dae_block_switch)
 
-    text = "adversarial training: goodfellow (FGSM, mixed loss), madry (PGD only) or trades (Zhang et al. 2019)"
-    q = kinds.add_parser("adv-train", help=text, description=text)
-    _common_args(q)
+def _adv_train_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--mode", choices=list(MODES), default="goodfellow",
                    help="the paper whose training to follow (default goodfellow)")
     q.add_argument("--eps", type=float, default=None,
@@ -77,7 +89,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--step", type=float, default=None, help="attack step size (default 0.01 for madry and trades)")
     q.add_argument("--alpha", type=float, default=None, help="goodfellow: weight of the clean loss (default 0.5)")
     q.add_argument("--beta", type=float, default=None, help="trades: weight of the KL term (default 6)")
-    q.set_defaults(func=run_adv_train)
 
 
 def _block_switch_args(q: argparse.ArgumentParser) -> None:
@@ -115,6 +126,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eot-samples", type=int, default=None,
                    help="EOT passes for randomised models (default: exact expectation over channels)")
     p.add_argument("--no-eval", action="store_true", help="train and save only")
+    add_run_flags(p)
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_model_options(p)
@@ -162,90 +174,124 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets
     return model, meta, train, test
 
 
+#: trains the defense on ``(undefended model, its metadata, training set)``: ``(defended, seconds)``
+Trainer = Callable[[nn.Module, dict[str, Any], datasets.Dataset], tuple[nn.Module, float]]
+
+
 def run_dae(args: argparse.Namespace) -> int:
-    model, meta, train, test = _load(args)
-    bounds = bounds_of(meta)
-    denoiser = models.build("dae", in_channels=int(train.x.shape[1]), width=args.width, bounds=bounds.tolist())
-    denoiser = denoiser.to(args.device)
-    adversarial = args.adversarial != "none"
-    report = train_denoiser(
-        denoiser, train.x.to(args.device), noise_std=args.noise_std,
-        model=model if adversarial else None, y=train.y if adversarial else None,
-        attack="fgsm" if not adversarial else args.adversarial, eps=args.eps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, bounds=bounds,
-    )
-    defended = Purified(model, denoiser, tuple(train.x.shape[1:]))
+    def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
+        bounds = bounds_of(meta)
+        denoiser = models.build("dae", in_channels=int(data.x.shape[1]), width=args.width, bounds=bounds.tolist())
+        denoiser = denoiser.to(args.device)
+        adversarial = args.adversarial != "none"
+        report = train_denoiser(
+            denoiser, data.x.to(args.device), noise_std=args.noise_std,
+            model=model if adversarial else None, y=data.y if adversarial else None,
+            attack="fgsm" if not adversarial else args.adversarial, eps=args.eps, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, bounds=bounds,
+        )
+        return Purified(model, denoiser, tuple(data.x.shape[1:])), report.seconds
+
     settings = {"noise_std": args.noise_std, "adversarial": args.adversarial, "eps": args.eps}
-    return _finish(args, "dae", defended, model, meta, test, report.seconds, settings)
+    return defend(args, "dae", settings, train)
 
 
 def run_block_switch(args: argparse.Namespace) -> int:
-    model, meta, train, test = _load(args)
-    defended, report = train_block_switch(
-        meta["arch"], train.x.to(args.device), train.y.to(args.device), channels=args.channels,
-        split=args.split, epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, freeze_channels=args.freeze_channels,
-    )
+    def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
+        defended, report = train_block_switch(
+            meta["arch"], data.x.to(args.device), data.y.to(args.device), channels=args.channels,
+            split=args.split, epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size,
+            lr=args.lr, seed=args.seed, freeze_channels=args.freeze_channels,
+        )
+        return defended, report.seconds
+
     settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs,
                 "freeze_channels": args.freeze_channels}
-    return _finish(args, "block-switch", defended, model, meta, test, report.seconds, settings)
+    return defend(args, "block-switch", settings, train)
 
 
 def run_dae_block_switch(args: argparse.Namespace) -> int:
-    model, meta, train, test = _load(args)
-    adversarial = args.adversarial != "none"
-    defended, report = train_dae_block_switch(
-        meta["arch"], train.x.to(args.device), train.y.to(args.device), protected=model if adversarial else None,
-        channels=args.channels, split=args.split, freeze_channels=args.freeze_channels, width=args.width,
-        noise_std=args.noise_std, attack=args.adversarial if adversarial else "fgsm", eps=args.eps,
-        epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, bounds=bounds_of(meta),
-    )
+    def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
+        adversarial = args.adversarial != "none"
+        defended, report = train_dae_block_switch(
+            meta["arch"], data.x.to(args.device), data.y.to(args.device), protected=model if adversarial else None,
+            channels=args.channels, split=args.split, freeze_channels=args.freeze_channels, width=args.width,
+            noise_std=args.noise_std, attack=args.adversarial if adversarial else "fgsm", eps=args.eps,
+            epochs=args.epochs, upper_epochs=args.upper_epochs, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, bounds=bounds_of(meta),
+        )
+        return defended, report.seconds
+
     settings = {"channels": args.channels, "split": args.split, "upper_epochs": args.upper_epochs,
                 "freeze_channels": args.freeze_channels, "noise_std": args.noise_std,
                 "adversarial": args.adversarial, "eps": args.eps}
-    return _finish(args, "dae+block-switch", defended, model, meta, test, report.seconds, settings)
+    return defend(args, "dae+block-switch", settings, train)
 
 
 def run_adv_train(args: argparse.Namespace) -> int:
-    model, meta, train, test = _load(args)
-    arch = meta["arch"]
-    defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
     r = recipe(args.mode, args.eps, args.steps, args.step, args.alpha, args.beta)
-    report = adversarial_training(
-        defended, train.x.to(args.device), train.y.to(args.device), mode=args.mode, eps=r.eps, steps=r.steps,
-        step=r.step, alpha=r.alpha, beta=r.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, bounds=bounds_of(meta),
-    )
+
+    def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
+        arch = meta["arch"]
+        defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
+        report = adversarial_training(
+            defended, data.x.to(args.device), data.y.to(args.device), mode=args.mode, eps=r.eps, steps=r.steps,
+            step=r.step, alpha=r.alpha, beta=r.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, bounds=bounds_of(meta),
+        )
+        return defended, report.seconds
+
     settings = {"mode": args.mode, "eps": r.eps, "steps": r.steps, "step": r.step, "alpha": r.alpha, "beta": r.beta}
-    return _finish(args, "adv-train", defended, model, meta, test, report.seconds, settings)
+    return defend(args, "adv-train", settings, train)
 
 
-def _finish(args: argparse.Namespace, kind: str, defended: nn.Module, model: nn.Module, meta: dict[str, Any],
-            test: datasets.Dataset, train_seconds: float, settings: dict[str, Any]) -> int:
-    """Save the defended checkpoint, evaluate it, write evaluation.json and print the table."""
+def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train: Trainer) -> int:
+    """Claim the output folder, train the defense (or reuse the checkpoint an interrupted run
+    saved), then evaluate it through the evaluation pipeline and write evaluation.json.
+
+    The folder is claimed before training: the same arguments and ``--out`` resume (a finished
+    training is not repeated, finished attack units are not recomputed); a folder holding
+    another run is refused unless ``--overwrite``.
+    """
     start = time.perf_counter()
-    out = output_folder(args.out)
-    accuracy = classifier_accuracy(defended, test.x.to(args.device), test.y.to(args.device))
-    saved = {k: v for k, v in meta.items() if k not in ("arch", "metrics", "training", "format_version", "schema_version")}
-    saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
-    saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
-                        "seed": args.seed, **settings}
-    models.save(defended.cpu(), out, saved)
-    defended.to(args.device)
-    print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")
-    if args.no_eval:
-        return 0
+    model, meta, train_set, test = _load(args)
     specs = attack_specs(args.attacks, args.pgd_steps)
-    ds = test.subset(min(args.num, len(test)))
-    report = evaluate_defense(
-        defended, model, ds.x.to(args.device), ds.y.to(args.device), specs, bounds_of(meta),
-        seed=args.seed, samples=args.eot_samples,
-    )
-    report.update(defense=kind, settings=settings, train_seconds=train_seconds, checkpoint=str(out),
-                  eval_seconds=time.perf_counter() - start)
-    path = write_json(out / "evaluation.json", report)
+    description = {"defense": kind, "settings": settings, "data": args.data, "epochs": args.epochs,
+                   "batch_size": args.batch_size, "lr": args.lr, "eot_samples": args.eot_samples,
+                   "options": {k: getattr(args, k, None) for k in ("mean", "std", "output_key", "model_arg")}}
+    the_plan = plan_defense(specs, test, output=args.out, source=args.model, defense=kind, seed=args.seed,
+                            device=args.device, num=min(args.num, len(test)), description=description,
+                            save_adversarial=args.save_adv, save_png=args.save_png)
+    out = Path(args.out)
+    with RunStore(out, "defend") as store:
+        resumed = store.claim(the_plan.fingerprint, {**the_plan.cfg.to_dict(), "defense": description},
+                              args.overwrite)
+        if resumed and (out / TRAINING).is_file():
+            defended = models.load(out).to(args.device)
+            trained = json.loads((out / TRAINING).read_text())
+            accuracy, train_seconds = float(trained["test_accuracy"]), float(trained["train_seconds"])
+            print(f"{kind}: reusing the defended checkpoint an earlier run trained in {out}")
+        else:
+            defended, train_seconds = train(model, meta, train_set)
+            accuracy = classifier_accuracy(defended, test.x.to(args.device), test.y.to(args.device))
+            saved = {k: v for k, v in meta.items()
+                     if k not in ("arch", "metrics", "training", "format_version", "schema_version")}
+            saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
+            saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
+                                "seed": args.seed, **settings}
+            models.save(defended.cpu(), out, saved)
+            defended.to(args.device)
+            store.write_json(TRAINING, {"test_accuracy": accuracy, "train_seconds": train_seconds})
+        print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")
+        if args.no_eval:
+            return 0
+        report = run_defense(the_plan, store, defended, model, bounds_of(meta), args.eot_samples,
+                             progress=sys.stderr.isatty(), resumed=resumed)
+        report.update(defense=kind, settings=settings, train_seconds=train_seconds, checkpoint=str(out),
+                      eval_seconds=time.perf_counter() - start)
+        path = write_json(out / "evaluation.json", report)
     rows = table_rows(kind, report, train_seconds)
     print_table(rows, ["defense", "attacks", "clean", *(s.name for s in specs), "train_s"])
-    print(f"evaluation written to {path}")
+    again = f" ({report['units_resumed']} units resumed from an earlier run)" if report["units_resumed"] else ""
+    print(f"evaluation written{again} to {path}")
     return 0

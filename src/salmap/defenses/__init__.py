@@ -21,7 +21,6 @@ from salmap.defenses.denoiser import (
 )
 from salmap.defenses.evaluation import (
     check_trained,
-    craft_transfer,
     default_attacks,
     evaluate_defense,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "adversarial_hook",
     "adversarial_training",
     "check_trained",
-    "craft_transfer",
     "dae_block_switch",
     "default_attacks",
     "evaluate_defense",

@@ -6,19 +6,29 @@ transferred (the setting of the papers that propose these defenses) *and* under
 adaptive attacks that see the defense (gradients through the denoiser, EOT over
 block switching's random channels, BPDA where gradients vanish). The ``worst`` figure
 counts a sample as robust only if it survives both.
+
+The evaluation is a run of the evaluation pipeline (:mod:`salmap.evaluation`: plan ->
+execute -> store -> summary), like ``salmap attack`` and ``salmap evaluate``: two models,
+``transfer`` (the undefended model) and ``adaptive`` (:func:`~salmap.defenses.adaptive.adaptive_model`
+of the defended one), each judged by the defended model (the rows' ``judge_before`` and
+``judge_after``), every attack a list of units with their seeds, samples and targets. So it
+resumes after a crash, shows progress and reports the same metrics (``l2_mean``,
+``l2_mean_success``, ...) as the other commands.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from salmap import registry
+from salmap import data as datasets
 from salmap._validate import (
     Bounds,
     BoundsLike,
@@ -27,73 +37,23 @@ from salmap._validate import (
     check_labels,
     check_number,
 )
-from salmap.attacks import Attack, random_targets
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
+from salmap.defenses.specs import AttackSpec, check_accuracy, check_trained, default_attacks
+from salmap.devices import resolve_device
+from salmap.evaluation.loaded import LoadedModel, Resources
+from salmap.evaluation.plan import Plan, plan
+from salmap.evaluation.runner import run_claimed
+from salmap.evaluation.settings import (
+    DataConfig,
+    FigureConfig,
+    ModelConfig,
+    RunConfig,
+)
+from salmap.evaluation.store import RunStore, read_results
 from salmap.gradients import Model, frozen, predict
-from salmap.progress import bar as progress_bar
 
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack of the evaluation: a label, a registered attack (:mod:`salmap.registry`) with
-    its parameters, and whether it is targeted (then at random other classes, seeded).
-
-    The parameters are checked against the attack's declarations when the spec is made.
-    """
-
-    name: str
-    attack: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    targeted: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "params", registry.get_attack(self.attack).check(self.params))
-
-    def build(self, model: Model, bounds: Bounds, seed: int) -> Attack:
-        """The attack on ``model``; ``seed`` seeds it when it takes one and the spec sets none."""
-        entry = registry.get_attack(self.attack)
-        params = dict(self.params)
-        if "seed" in entry.param_map and "seed" not in params:
-            params["seed"] = seed
-        attack: Attack = entry.build(model, bounds=bounds, **params)
-        return attack
-
-
-def default_attacks(pgd_steps: int = 40, isi_iterations: int = 30) -> list[AttackSpec]:
-    """The issue's attack set: FGSM eps 0.1/0.2/0.3; PGD eps 0.3 (``pgd_steps`` steps of 0.01, or of
-    ``0.75 / pgd_steps`` when fewer than 40, from a random start); JSMA theta 1, gamma 0.145, targeted at random other classes (Papernot et al.'s
-    setting); ISI with the LRP-relevance indicator under L0, ``isi_iterations`` features at most."""
-    specs = [AttackSpec(f"fgsm-{eps}", "fgsm", {"eps": eps}) for eps in (0.1, 0.2, 0.3)]
-    # Madry et al.'s MNIST setting is 40 steps of 0.01; fewer steps get 2.5 * eps / steps so they still cover the ball.
-    step = 0.01 if pgd_steps >= 40 else 2.5 * 0.3 / pgd_steps
-    specs.append(AttackSpec("pgd-0.3", "pgd", {"eps": 0.3, "step": step, "steps": pgd_steps}))
-    specs.append(AttackSpec("jsma-0.145", "jsma", {"theta": 1.0, "gamma": 0.145}, targeted=True))
-    specs.append(AttackSpec("isi-l0", "isi", {"indicator": "relevance", "norm": "l0", "max_iter": isi_iterations}))
-    return specs
-
-
-def check_trained(meta: dict[str, Any], num_classes: int | None = None, name: str = "model") -> float:
-    """The test accuracy recorded in a checkpoint's ``model.json``; ``ValueError`` when it is
-    missing or near chance (an untrained checkpoint passed as trained)."""
-    metrics = meta.get("metrics") or {}
-    acc = metrics.get("test_accuracy", metrics.get("accuracy")) if isinstance(metrics, dict) else None
-    if not isinstance(acc, (int, float)):
-        raise ValueError(
-            f"{name} has no test accuracy in its model.json metrics (got {metrics!r}): "
-            "pass a trained checkpoint (salmap train writes one)"
-        )
-    check_accuracy(float(acc), num_classes or len(meta.get("class_names") or []) or 10, name)
-    return float(acc)
-
-
-def check_accuracy(accuracy: float, num_classes: int, name: str = "model") -> None:
-    """``ValueError`` when ``accuracy`` is within 10 points of chance ``1 / num_classes``."""
-    chance = 1.0 / num_classes
-    if accuracy <= chance + 0.1:
-        raise ValueError(
-            f"{name} accuracy {accuracy:.3f} is near chance ({chance:.3f} for {num_classes} classes): "
-            "it looks untrained; defend and evaluate a trained model"
-        )
+#: the models of a defense's run: examples crafted on the undefended model, and by the adaptive attack
+TRANSFER, ADAPTIVE = "transfer", "adaptive"
 
 
 @torch.no_grad()
@@ -103,49 +63,112 @@ def correct(model: Model, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
         return predict(model, x, batch_size).argmax(dim=1) == y
 
 
-def craft(
-    spec: AttackSpec, model: Model, x: Tensor, y: Tensor, bounds: Bounds, batch_size: int, seed: int,
-    progress: bool = False, desc: str = "",
-) -> Tensor:
-    """Adversarial examples of ``spec`` crafted on ``model`` for ``(x, y)``, batch by batch."""
-    attack = spec.build(model, bounds, seed)
-    targets = _targets(model, x, y, seed, batch_size) if spec.targeted else None
-    out = x.clone()
-    for i in progress_bar(range(0, x.shape[0], batch_size), desc=desc or spec.name, enabled=progress):
-        rows = torch.arange(i, min(i + batch_size, x.shape[0]), device=x.device)
-        if targets is None:
-            out[rows] = attack(x[rows], y=y[rows]).x_adv
+def module_digest(module: nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (a different model is a different run)."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def plan_defense(
+    specs: list[AttackSpec], dataset: datasets.Dataset, *, output: str | Path, source: str, defense: str,
+    seed: int = 0, batch_size: int = 100, device: str = "cpu", adaptive: bool = True, num: int | None = None,
+    description: Mapping[str, Any] | None = None, save_adversarial: bool = False, save_png: bool = False,
+) -> Plan:
+    """The plan of a defense's evaluation on the first ``num`` samples of ``dataset`` (all when None).
+
+    Made before the defense is trained (it runs no model), so that the output folder can be
+    claimed first and a training finished by an interrupted run reused. ``source`` names the
+    undefended model (a checkpoint path is hashed into the fingerprint), ``description``
+    everything else the results depend on (the defense's settings, its training).
+    """
+    models = [ModelConfig(name=TRANSFER, path=source, defense=defense)]
+    if adaptive:
+        models.append(ModelConfig(name=ADAPTIVE, path=f"the adaptive attack on {defense}", defense=defense))
+    cfg = RunConfig(
+        output=str(output), models=models, attacks=[s.config() for s in specs],
+        data=DataConfig(name=dataset.name, split=str(dataset.info.get("split", "test")), num=num, select="first"),
+        name=f"salmap defend {defense} " + repr(sorted((description or {}).items())), seed=seed,
+        batch_size=batch_size, device=device, figures=FigureConfig(samples=0, enabled=False), report=False,
+        save_adversarial=save_adversarial, save_png=save_png,
+    )
+    cfg.resources = Resources(dataset, [None] * len(models), device)
+    return plan(cfg, cfg.resources)
+
+
+def run_defense(
+    the_plan: Plan, store: RunStore, defended: nn.Module, undefended: nn.Module, bounds: Bounds,
+    samples: int | None = None, progress: bool = True, resumed: bool = False, adaptive: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a planned defense evaluation (:func:`plan_defense`) into a claimed ``store``;
+    returns the report (see :func:`evaluate_defense`)."""
+    start = time.perf_counter()
+    cfg, ds = the_plan.cfg, the_plan.dataset
+    device = resolve_device(cfg.device)
+    x, y = ds.x.to(device), ds.y.to(device)
+    num_classes = ds.num_classes
+    _reseed(defended, cfg.seed)
+    base_ok = correct(undefended, x, y, cfg.batch_size)
+    check_accuracy(float(base_ok.float().mean()), num_classes, "undefended model")
+    clean_ok = correct(defended, x, y, cfg.batch_size)
+    check_accuracy(float(clean_ok.float().mean()), num_classes, "defended model")
+    pair = (bounds.low, bounds.high)
+    loaded = [LoadedModel(cfg.models[0].path, undefended, {}, pair, "classification", judge=defended)]
+    report: dict[str, Any] = {"samples": len(ds), "clean_accuracy": float(clean_ok.float().mean()),
+                              "undefended_clean_accuracy": float(base_ok.float().mean())}
+    if len(cfg.models) > 1:
+        attack_model = adaptive_model(defended, x[: cfg.batch_size], y[: cfg.batch_size], samples=samples)
+        warn_if_unaccounted(attack_model, defended)
+        report["attack_model"] = type(attack_model).__name__
+        loaded.append(LoadedModel(cfg.models[1].path, attack_model, {}, pair, "classification", judge=defended))
+    elif adaptive:
+        report["attack_model"] = "undefended (transfer is white-box)"
+    cfg.resources = Resources(ds, list(loaded), device)
+    outcome = run_claimed(the_plan, store, progress=progress, resumed=resumed)
+    summary = outcome.summary or {}
+    report.update(defense_figures(read_results(store.out), [a.name for a in cfg.attacks],
+                                  adaptive=adaptive))
+    report["results"] = summary.get("results", [])
+    report["units_resumed"] = outcome.resumed
+    _reseed(defended, cfg.seed)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def defense_figures(rows: list[dict[str, Any]], attacks: list[str], adaptive: bool = True) -> dict[str, Any]:
+    """Accuracies of the defended model (the judge) from a defense run's rows.
+
+    Per attack: ``transfer`` and ``adaptive`` (the defended model's accuracy on the examples
+    crafted on the undefended model and by the adaptive attack), ``worst`` (a sample counts
+    only if it is classified correctly under both); ``robust_accuracy``: a sample counts only
+    if the defended model classifies it correctly clean and under every attack in both
+    settings (the per-sample worst case). Without an adaptive model (the defended model is the
+    undefended one) the transfer attack is white-box and counts as adaptive too.
+    """
+    out: dict[str, Any] = {TRANSFER: {}, ADAPTIVE: {}, "worst": {}}
+    every: dict[int, bool] = {}
+    for name in attacks:
+        robust: dict[int, bool] = {}
+        for setting in (TRANSFER, ADAPTIVE):
+            mine = [r for r in rows if r["attack"] == name and r["model"] == setting]
+            if not mine:
+                continue
+            ok = [r["judge_after"] == r["label"] for r in mine]
+            out[setting][name] = sum(ok) / len(ok)
+            for r, good in zip(mine, ok, strict=True):
+                robust[r["index"]] = robust.get(r["index"], True) and good
+                every[r["index"]] = every.get(r["index"], r["judge_before"] == r["label"]) and good
+        if not adaptive:
             continue
-        rows = rows[targets[rows] >= 0]
-        if rows.numel():
-            out[rows] = attack(x[rows], target=targets[rows]).x_adv
+        if name not in out[ADAPTIVE] and name in out[TRANSFER]:
+            out[ADAPTIVE][name] = out[TRANSFER][name]
+        out["worst"][name] = sum(robust.values()) / len(robust) if robust else float("nan")
+    if not adaptive:
+        out[ADAPTIVE], out["worst"] = {}, {}
+    out["robust_accuracy"] = sum(every.values()) / len(every) if every else float("nan")
     return out
-
-
-def _targets(model: Model, x: Tensor, y: Tensor, seed: int, batch_size: int) -> Tensor:
-    """Random targets other than the true class and the model's current prediction (a targeted
-    attack has nothing to do on a sample already predicted as its target); ``-1`` where no class
-    is left (two classes, sample misclassified): such samples are not attacked."""
-    with frozen(model):
-        pred = predict(model, x, batch_size).argmax(dim=1)
-    num_classes = int(predict(model, x[:1]).shape[1])
-    targets = random_targets(y, num_classes, seed=seed).to(y.device)
-    for _ in range(2):
-        clash = targets == pred
-        targets = torch.where(clash, (targets + 1) % num_classes, targets)
-        targets = torch.where(targets == y, (targets + 1) % num_classes, targets)
-    return torch.where((targets == pred) | (targets == y), torch.full_like(targets, -1), targets)
-
-
-def craft_transfer(
-    undefended: Model, x: Tensor, y: Tensor, attacks: list[AttackSpec] | None = None,
-    bounds: BoundsLike = (0.0, 1.0), batch_size: int = 100, seed: int = 0, progress: bool = True,
-) -> dict[str, Tensor]:
-    """Adversarial examples crafted on the undefended model, one batch per attack (reusable
-    across defenses, since they do not depend on the defense)."""
-    specs = default_attacks() if attacks is None else attacks
-    return {s.name: craft(s, undefended, x, y, check_bounds(bounds), batch_size, seed, progress, f"transfer {s.name}")
-            for s in specs}
 
 
 def evaluate_defense(
@@ -159,8 +182,9 @@ def evaluate_defense(
     seed: int = 0,
     adaptive: bool = True,
     samples: int | None = None,
-    transfer_examples: dict[str, Tensor] | None = None,
     progress: bool = True,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Clean accuracy and accuracy under transfer and adaptive attacks of a defended classifier.
 
@@ -171,71 +195,47 @@ def evaluate_defense(
     x, y: test images and true labels.
     attacks: the attacks (default :func:`default_attacks`).
     bounds: valid input range.
-    batch_size: samples per attack call.
-    seed: seeds targets, PGD starts and (via ``reseed``) a randomised model's choices.
+    batch_size: samples per attack call (one unit of the run).
+    seed: seeds targets, attacks and (via ``reseed``) a randomised model's choices.
     adaptive: also run the adaptive white-box attacks (:func:`~salmap.defenses.adaptive.adaptive_model`).
     samples: EOT passes for randomised models (``None``: exact expectation over channels).
-    transfer_examples: precomputed :func:`craft_transfer` output, to share between defenses.
     progress: show progress bars.
+    out: the run folder (rows, summary; a rerun with the same models and settings resumes);
+        None: a temporary folder, removed afterwards.
+    overwrite: replace a different run in ``out`` (only salmap's files are removed).
 
     Returns
     -------
     dict with ``clean_accuracy``, ``undefended_clean_accuracy``, ``samples``, and per attack
     name the accuracies under ``transfer``, ``adaptive`` and ``worst`` (a sample counts only
-    if it resists both), plus ``attack_model`` (what the adaptive attack differentiated)
-    and ``seconds``.
+    if it resists both), ``robust_accuracy`` (the per-sample worst case over every attack),
+    ``attack_model`` (what the adaptive attack differentiated), ``results`` (per setting and
+    attack the summary of :mod:`salmap.evaluation.summary`: ``success_rate``, ``l2_mean``,
+    ``l2_mean_success``, ..., ``judge_accuracy``) and ``seconds``.
 
     Examples
     --------
     >>> report = evaluate_defense(Purified(lenet, dae), lenet, x_test[:200], y_test[:200])  # doctest: +SKIP
     >>> report["adaptive"]["pgd-0.3"]                                                      # doctest: +SKIP
     """
-    start = time.perf_counter()
     bounds = check_bounds(bounds)
     x = check_input(x, bounds)
     check_number("batch_size", batch_size, low=1, integer=True)
     specs = default_attacks() if attacks is None else attacks
-    num_classes = int(predict(undefended, x[:1]).shape[1])
+    with frozen(undefended):
+        num_classes = int(predict(undefended, x[:1]).shape[1])
     y = check_labels(y, x.shape[0], num_classes, "y", x.device)
-    _reseed(defended, seed)
-    base_ok = correct(undefended, x, y, batch_size)
-    check_accuracy(float(base_ok.float().mean()), num_classes, "undefended model")
-    clean_ok = correct(defended, x, y, batch_size)
-    check_accuracy(float(clean_ok.float().mean()), num_classes, "defended model")
-    report: dict[str, Any] = {
-        "samples": int(x.shape[0]),
-        "clean_accuracy": float(clean_ok.float().mean()),
-        "undefended_clean_accuracy": float(base_ok.float().mean()),
-        "transfer": {}, "adaptive": {}, "worst": {},
-    }
-    if transfer_examples is None:
-        transfer_examples = craft_transfer(undefended, x, y, specs, bounds, batch_size, seed, progress)
-    attack_model: nn.Module | None = None
-    if adaptive and defended is not undefended:
-        attack_model = adaptive_model(defended, x[:batch_size], y[:batch_size])
-        warn_if_unaccounted(attack_model, defended)
-        report["attack_model"] = type(attack_model).__name__
-    elif adaptive:
-        report["attack_model"] = "undefended (transfer is white-box)"
-    for spec in specs:
-        if spec.name not in transfer_examples:
-            raise ValueError(f"transfer_examples has no examples for attack {spec.name!r}, got {sorted(transfer_examples)}")
-        _reseed(defended, seed)
-        ok = correct(defended, transfer_examples[spec.name], y, batch_size)
-        report["transfer"][spec.name] = float(ok.float().mean())
-        if not adaptive:
-            continue
-        if attack_model is not None:
-            x_adv = craft(spec, attack_model, x, y, bounds, batch_size, seed, progress, f"adaptive {spec.name}")
-            _reseed(defended, seed + 1)
-            ok_adaptive = correct(defended, x_adv, y, batch_size)
-        else:
-            ok_adaptive = ok
-        report["adaptive"][spec.name] = float(ok_adaptive.float().mean())
-        report["worst"][spec.name] = float((ok & ok_adaptive).float().mean())
-    _reseed(defended, seed)
-    report["seconds"] = time.perf_counter() - start
-    return report
+    ds = datasets.Dataset(x.detach().cpu(), y.cpu(), [str(c) for c in range(num_classes)], "tensors")
+    description = {"undefended": module_digest(undefended), "defended": module_digest(defended),
+                   "bounds": repr(bounds), "samples": samples}
+    with tempfile.TemporaryDirectory(prefix="salmap-defend-") as scratch:
+        folder = Path(out) if out is not None else Path(scratch)
+        the_plan = plan_defense(specs, ds, output=folder, source="undefended", defense=type(defended).__name__,
+                                seed=seed, batch_size=batch_size, device=str(x.device),
+                                adaptive=adaptive and defended is not undefended, description=description)
+        with RunStore(folder, "defend") as store:
+            resumed = store.claim(the_plan.fingerprint, the_plan.cfg.to_dict(), overwrite)
+            return run_defense(the_plan, store, defended, undefended, bounds, samples, progress, resumed, adaptive)
 
 
 def _reseed(model: nn.Module, seed: int) -> None:
@@ -258,3 +258,9 @@ def table_rows(defense: str, report: dict[str, Any], train_seconds: float | None
             row["train_s"] = train_seconds
         rows.append(row)
     return rows
+
+
+__all__ = [
+    "ADAPTIVE", "TRANSFER", "AttackSpec", "check_accuracy", "check_trained", "correct", "default_attacks",
+    "defense_figures", "evaluate_defense", "module_digest", "plan_defense", "run_defense", "table_rows",
+]

@@ -11,7 +11,10 @@ Row schema (``results.jsonl``, one JSON object a line): :data:`ROW_FIELDS` --
 in the dataset split), ``label`` (true class), ``target`` (target class, null when
 untargeted), ``success``, ``l0``, ``l2``, ``linf``, ``iterations``, ``seconds`` (the
 unit's attack time divided by its rows), ``pred_before``, ``pred_after``; with
-``save_png`` also ``success_png`` (still adversarial once rounded to 8 bits).
+``save_png`` also ``success_png`` (still adversarial once rounded to 8 bits). A model with a
+judge (:class:`~salmap.evaluation.loaded.LoadedModel`, ``salmap defend``: the defended model)
+adds :data:`JUDGE_FIELDS`: ``judge_before`` and ``judge_after``, the judge's predictions on the
+clean and on the adversarial input.
 Segmentation rows carry ``label``, ``pred_before``, ``pred_after`` as null, ``target``
 as the goal (``hide``, ``relabel``, ``add``) and the attack's per-sample extras
 (``pixel_accuracy``, ``pixel_accuracy_before``, ...).
@@ -36,6 +39,8 @@ from salmap.targets import already_reached, expand, next_positions, segmentation
 
 ROW_FIELDS = ("model", "defense", "attack", "index", "label", "target", "success", "l0", "l2", "linf",
               "iterations", "seconds", "pred_before", "pred_after")
+#: the row fields of a model with a judge (see the module docstring)
+JUDGE_FIELDS = ("judge_before", "judge_after")
 
 
 @dataclass
@@ -74,6 +79,7 @@ def execute(plan: Plan, unit: Unit, runnable: Any, model: LoadedModel, device: s
     pos = unit.positions
     x, y = ds.x[pos].to(device), ds.y[pos].to(device)
     target: Tensor | None
+    judged = None
     if plan.task(unit.attack) == "segmentation":
         batch = x
         if spec.targets == "add":  # the next selected sample of the last one may lie outside the unit
@@ -95,10 +101,12 @@ def execute(plan: Plan, unit: Unit, runnable: Any, model: LoadedModel, device: s
         source = rows.source
         result = run_attack(runnable, rows.x, rows.y, target, clean[source])
         rows_y = rows.y
+        if model.judge is not None:
+            judged = judge(model.judge, rows.x, result.x_adv, unit.seed)
     result = result.to("cpu")
     source = source.cpu()
     index = plan.indices[pos][source]
-    output = UnitOutput(attack_rows(result, plan, unit, index, rows_y, target))
+    output = UnitOutput(attack_rows(result, plan, unit, index, rows_y, target, judged))
     if save_png:
         _rounding(output, runnable, result, model, unit, index, device)
     keep = torch.isin(pos[source], torch.tensor(plan.figure_indices, dtype=torch.long))
@@ -151,9 +159,26 @@ def run_attack(attack: Any, x: Tensor, y: Tensor | None, target: Tensor | None, 
     return base
 
 
+def judge(model: Any, x: Tensor, x_adv: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """The judge's predicted classes ``(on x, on x_adv)``, on the CPU.
+
+    A randomised judge (block switching: it has ``reseed``) draws from the unit's seed, the
+    same draws for both inputs, so a unit is judged alike in any process, order or resume.
+    """
+    preds = []
+    for inputs in (x, x_adv):
+        reseed = getattr(model, "reseed", None)
+        if callable(reseed):
+            reseed(derive_seed(seed, "judge") % (2**31))
+        with frozen(model):
+            preds.append(predict(model, inputs).argmax(dim=1).cpu())
+    return preds[0], preds[1]
+
+
 def attack_rows(result: AttackResult, plan: Plan, unit: Unit, index: Tensor, y: Tensor | None,
-                target: Tensor | None) -> list[dict[str, Any]]:
-    """The rows of a unit from its :class:`AttackResult` (the one place rows are built)."""
+                target: Tensor | None, judged: tuple[Tensor, Tensor] | None = None) -> list[dict[str, Any]]:
+    """The rows of a unit from its :class:`AttackResult` (the one place rows are built);
+    ``judged``: the judge's predictions (:func:`judge`) when the model has one."""
     spec, model_cfg = plan.cfg.attacks[unit.attack], plan.cfg.models[unit.model]
     per_row = result.seconds / max(len(result), 1)
     segmentation = target is not None and target.dim() > 1
@@ -169,6 +194,8 @@ def attack_rows(result: AttackResult, plan: Plan, unit: Unit, index: Tensor, y: 
             "pred_before": None if segmentation else int(result.pred_before[i]),
             "pred_after": None if segmentation else int(result.pred_after[i]),
         }
+        if judged is not None:
+            row.update(judge_before=int(judged[0][i]), judge_after=int(judged[1][i]))
         row.update({k: float(v[i]) for k, v in sorted(result.extra.items()) if v.dim() == 1})
         rows.append(row)
     return rows
@@ -240,5 +267,5 @@ def _explain(plan: Plan, unit: Unit, explainer: Any, model: LoadedModel, device:
     return UnitOutput([row], examples={"heat": heat.detach().cpu().float(), "position": pos})
 
 
-__all__ = ["ROW_FIELDS", "UnitOutput", "adversarial_record", "attack_rows", "attribute", "build", "execute", "quantize",
-           "run_attack"]
+__all__ = ["JUDGE_FIELDS", "ROW_FIELDS", "UnitOutput", "adversarial_record", "attack_rows", "attribute", "build",
+           "execute", "judge", "quantize", "run_attack"]

@@ -13,7 +13,6 @@ only when the command line allowed code.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,7 +22,8 @@ from salmap import data as datasets
 from salmap import models as zoo
 from salmap import registry
 from salmap.evaluation.checker import Checker
-from salmap.evaluation.sections import is_factory
+from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
+from salmap.evaluation.sources import is_factory
 from salmap.gradients import set_eval
 from salmap.models.outputs import logits_of
 
@@ -48,32 +48,6 @@ def load_split(name: str, split: str, image_size: int | None = None, channels: i
     if key not in _BUILTIN_CACHE:
         _BUILTIN_CACHE[key] = datasets.load_dataset(name, split)
     return _BUILTIN_CACHE[key]  # type: ignore[no-any-return]
-
-
-def bounds_from_meta(meta: dict[str, Any]) -> tuple[Any, Any]:
-    """The valid input range recorded in a checkpoint's metadata (default ``(0, 1)``).
-
-    Scalars come back as floats; per-channel bounds (lists) are kept as they are.
-    """
-    b = meta.get("bounds") or (0.0, 1.0)
-    low, high = b[0], b[1]
-    return (float(low) if isinstance(low, (int, float)) else low,
-            float(high) if isinstance(high, (int, float)) else high)
-
-
-@dataclass
-class LoadedModel:
-    """One opened model: its module (in eval mode), metadata, bounds and task.
-
-    ``task`` is ``"classification"`` (``(B, K)`` outputs) or ``"segmentation"``
-    (``(B, K, H, W)``), read from one sample of the run's data; ``None`` when not known.
-    """
-
-    path: str
-    module: nn.Module
-    meta: dict[str, Any]
-    bounds: tuple[Any, Any]
-    task: str | None = None
 
 
 def load_model(model: str | ModelConfig, device: str = "cpu", allow_code: bool = False, trust: bool = False,
@@ -111,27 +85,6 @@ def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"must return (B, classes) logits or (B, classes, H, W) scores, got {shape}")
     return "classification" if out.dim() == 2 else "segmentation"
-
-
-@dataclass
-class Resources:
-    """What a run works on: the dataset split and one :class:`LoadedModel` per ``cfg.models`` entry.
-
-    A model that names code (``module:factory``) is ``None`` until :func:`open_resources`.
-    """
-
-    dataset: datasets.Dataset
-    models: list[LoadedModel | None] = field(default_factory=list)
-    device: str = "cpu"
-
-    def to(self, device: str) -> Resources:
-        """The same resources with the models on ``device`` (moved in place)."""
-        if device != self.device:
-            for m in self.models:
-                if m is not None:
-                    m.module = m.module.to(device)
-            self.device = device
-        return self
 
 
 def open_resources(cfg: RunConfig, device: str = "cpu") -> Resources:

@@ -122,6 +122,14 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
         store.unlock()
 
 
+def run_claimed(the_plan: Plan, store: RunStore, progress: bool = True, resumed: bool = False) -> Outcome:
+    """Run (or resume) the pending units of ``the_plan`` in one process into ``store``, which the
+    caller has locked and claimed (``salmap defend`` claims its folder before it trains the
+    defense), then merge them and write ``summary.json`` (figures and report as ``cfg`` says)."""
+    device = resolve_device(the_plan.cfg.device)
+    return _run(the_plan, store, World(), device, time.perf_counter(), progress, resumed)
+
+
 def _run(the_plan: Plan, store: RunStore, world: World, device: str, start: float, progress: bool,
          resumed: bool) -> Outcome:
     cfg = the_plan.cfg
@@ -238,5 +246,5 @@ def finalize(the_plan: Plan, store: RunStore, start: float, resumed: int, proces
 
 __all__ = [
     "OWNED", "ROW_FIELDS", "SCHEMA_VERSION", "Outcome", "Prepared", "Unit", "compute", "derive_seed", "evaluate",
-    "finalize", "merge", "plan", "prepare", "read_results", "summarize", "versions",
+    "finalize", "merge", "plan", "prepare", "read_results", "run_claimed", "summarize", "versions",
 ]

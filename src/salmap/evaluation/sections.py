@@ -17,21 +17,7 @@ from typing import Any
 from salmap import registry
 from salmap.evaluation.checker import Checker, items, join, labels_unique
 from salmap.evaluation.settings import RUN_TARGETING, AttackConfig, ExplainConfig, ModelConfig
-
-
-def resolve(base: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
-
-
-def is_factory(path: str, base: Path | None = None) -> bool:
-    """Whether a model path names Python code (``package.module:factory``) rather than a file."""
-    if ":" not in path or path.startswith((".", "/", "~")):
-        return False
-    if Path(path).exists() or (base is not None and resolve(base, path).exists()):
-        return False
-    module, _, attr = path.partition(":")
-    return all(part.isidentifier() for part in module.split(".")) and attr.isidentifier()
+from salmap.evaluation.sources import is_factory, resolve
 
 
 def normalization(check: Checker, path: str, raw: Any) -> dict[str, list[float]] | None:

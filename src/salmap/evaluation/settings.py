@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from salmap.evaluation.resources import Resources
+    from salmap.evaluation.loaded import Resources
 
 #: the targeting modes and segmentation goals ``salmap evaluate`` runs (an attack offers those of
 #: its registry entry that are here); ``least-likely`` is drawn per unit from the model's clean outputs

@@ -23,20 +23,24 @@ Layout
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from salmap.evaluation.files import (
+    SCHEMA_VERSION,
+    atomic_write,
+    clean_json,
+    save_tensors,
+    write_json,
+)
 from salmap.evaluation.lock import FolderLock
 
-#: version of every JSON document salmap writes (see docs/schema.md); 2: metrics name what they average
-SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
 BATCHES = "batches"
 ADVERSARIAL = "adversarial"
@@ -48,73 +52,14 @@ PNG = "png"
 #: the names salmap writes at the top of a run folder, and the patterns of the files inside its folders
 OWNED_FILES = (RUN_FILE, RESULTS, SUMMARY, REPORT, "results.json", "grid.png", "pairs.png", "source-target.png",
                "explain.png", "attack.png", "rounding.json")
+#: the files a command writes at the top of its run folder besides those (``salmap defend``: the checkpoint)
+COMMAND_FILES = {"defend": ("model.json", "weights.safetensors", "evaluation.json", "training.json")}
 OWNED_PATTERNS = {
     BATCHES: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}(\.jsonl|\.examples\.safetensors)(\.tmp-\d+)?$"),
     ADVERSARIAL: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}\.safetensors(\.tmp-\d+)?$"),
     FIGURES: re.compile(r"^\.?m\d{2}-[\w.-]+\.png(\.tmp-\d+)?$"),
     PNG: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}-\d+(-t\d+)?\.png(\.tmp-\d+)?$"),
 }
-
-
-def clean_json(value: Any) -> Any:
-    """``value`` with NaN/inf as None, tuples as lists and tensors as lists (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if isinstance(value, Tensor):
-        return clean_json(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _sync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that ``path`` holds either nothing or all of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_dir(path.parent)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Write a JSON document (with ``schema_version`` first) atomically; NaN written as null."""
-    document = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in payload.items() if k != "schema_version"}}
-    atomic_write(path, (json.dumps(clean_json(document), indent=2, allow_nan=False) + "\n").encode())
-    return path
-
-
-def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    """Write safetensors atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def recognised(out: Path) -> dict[str, Any] | None:
@@ -141,6 +86,7 @@ class RunStore:
         self.out = Path(out)
         self.command = command
         self._lock = FolderLock(self.out)
+        self.owned_files = OWNED_FILES + COMMAND_FILES.get(command, ())
 
     @property
     def batches(self) -> Path:
@@ -174,6 +120,9 @@ class RunStore:
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
         previous = recognised(out)
+        if previous is not None:  # the files of the command that wrote the run are salmap's too
+            self.owned_files += tuple(f for f in COMMAND_FILES.get(str(previous.get("command")), ())
+                                      if f not in self.owned_files)
         if previous is not None and previous.get("fingerprint") == fingerprint and not overwrite:
             for folder in (self.batches, out / ADVERSARIAL):
                 for stale in folder.glob(".*.tmp-*"):
@@ -192,7 +141,7 @@ class RunStore:
                     f"output folder {str(out)!r} is not empty and holds no salmap run ({', '.join(present[:5])}); "
                     "choose another folder or pass --overwrite to write the run beside those files"
                 )
-            clash = [name for name in present if name in OWNED_FILES or name in OWNED_PATTERNS]
+            clash = [name for name in present if name in self.owned_files or name in OWNED_PATTERNS]
             if clash:
                 raise ValueError(
                     f"output folder {str(out)!r} holds no salmap run but has files where salmap writes "
@@ -211,7 +160,7 @@ class RunStore:
         for p in sorted(self.out.iterdir()):
             if p.name.startswith("."):
                 continue
-            if p.is_file() and p.name in OWNED_FILES:
+            if p.is_file() and p.name in self.owned_files:
                 continue
             if p.is_dir() and p.name in OWNED_PATTERNS:
                 pattern = OWNED_PATTERNS[p.name]
@@ -222,7 +171,7 @@ class RunStore:
 
     def remove_owned(self) -> None:
         """Remove the files salmap writes (by name and pattern); folders only once empty."""
-        for name in OWNED_FILES:
+        for name in self.owned_files:
             target = self.out / name
             if target.is_file():
                 target.unlink()

@@ -17,7 +17,9 @@ clean_accuracy, robust_accuracy}``), ``results`` (per model and attack: ``model`
 ``clean_accuracy``, ``adversarial_accuracy``, ``success_rate``, ``l0_mean``,
 ``l0_median``, ``l0_mean_success``, ``l0_median_success``, ``l0_fraction_mean``,
 ``l0_fraction_mean_success``, the same four for ``l2`` and ``linf``,
-``iterations_mean``, ``seconds``, ``throughput``, ``<extra>_mean`` for each
+``iterations_mean``, ``seconds``, with a judge (``salmap defend``: the defended model judges
+the examples) ``judge_clean_accuracy`` and ``judge_accuracy`` (its accuracy on the clean and the
+adversarial inputs), ``throughput``, ``<extra>_mean`` for each
 attack-specific row field, and with ``save_png`` ``png_success_rate`` and
 ``png_lost`` (successful rows no longer adversarial once rounded to 8 bits)),
 ``explanations`` (``{model, explainer, samples, seconds, figure}``), ``figures``
@@ -32,12 +34,12 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from salmap.evaluation.execute import ROW_FIELDS
+from salmap.evaluation.execute import JUDGE_FIELDS, ROW_FIELDS
 from salmap.evaluation.plan import Plan
 from salmap.evaluation.store import SCHEMA_VERSION
 
 #: per-row fields that are not attack-specific extras
-COMMON = frozenset(ROW_FIELDS) | {"success_png"}
+COMMON = frozenset(ROW_FIELDS) | frozenset(JUDGE_FIELDS) | {"success_png"}
 
 
 def _mean(values: list[float]) -> float:
@@ -76,6 +78,11 @@ def entry(plan: Plan, model: int, attack: int, rows: list[dict[str, Any]]) -> di
     }
     found.update(distortion_stats(rows, int(plan.dataset.x[0].numel())))
     found["iterations_mean"] = _mean([r["iterations"] for r in rows])
+    judged = [r for r in rows if "judge_after" in r and r["label"] is not None]
+    if judged:  # a judged model (salmap defend): the defended model's accuracy, clean and attacked
+        found["judge_clean_accuracy"] = _mean([r["judge_before"] == r["label"]
+                                               for r in {r["index"]: r for r in judged}.values()])
+        found["judge_accuracy"] = _mean([r["judge_after"] == r["label"] for r in judged])
     for key in sorted({k for r in rows for k in r} - COMMON):  # attack-specific (pixel accuracy)
         found[f"{key}_mean"] = _mean([r[key] for r in rows])
     if any("success_png" in r for r in rows):
