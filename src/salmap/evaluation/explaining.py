@@ -49,7 +49,7 @@ def explain_samples(explainer: Any, model: Any, x: Tensor, y: Tensor, positions:
     if region is not None:
         mask = parse_region(region, (int(clean.shape[-2]), int(clean.shape[-1]))).to(x.device)
     maps, seconds = attribute(explainer, x, target, mask)
-    found = [{"map": figures} for figures in map_summary(maps)]
+    found: list[dict[str, Any]] = [{"map": figures} for figures in map_summary(maps)]
     show = positions < rows
     kept = {"heat": maps[show].detach().cpu().float(), "pred": clean.argmax(dim=1)[show].cpu(),
             "position": positions[show].cpu()}
