@@ -19,10 +19,10 @@ _MASK = 0xFFFFFFFF
 
 
 def _mul32(a: Tensor, c: int) -> Tensor:
-    """``(a * c) mod 2**32`` for ``a`` in ``[0, 2**32)`` without int64 overflow (16-bit halves)."""
-    low = (a & 0xFFFF) * c
-    high = (((a >> 16) * c) & 0xFFFF) << 16
-    return (low + high) & _MASK
+    """``(a * c) mod 2**32`` for ``a`` in ``[0, 2**32)``, exact in int64: a multiplier of
+    ``2**31`` or more is replaced by ``c - 2**32`` (the same residue), so the product's
+    magnitude stays below ``2**63`` and its low 32 bits (two's complement) are the answer."""
+    return (a * (c - (1 << 32) if c >= 1 << 31 else c)) & _MASK
 
 
 def mix32(a: Tensor) -> Tensor:
@@ -34,10 +34,19 @@ def mix32(a: Tensor) -> Tensor:
     return a ^ (a >> 16)
 
 
-def _constant(value: int, device: torch.device) -> Tensor:
+def _mix32_int(a: int) -> int:
+    """:func:`mix32` on a Python integer (host arithmetic: no device work for constants)."""
+    a ^= a >> 16
+    a = (a * 0x7FEB352D) & _MASK
+    a ^= a >> 15
+    a = (a * 0x846CA68B) & _MASK
+    return a ^ (a >> 16)
+
+
+def _constant(value: int) -> int:
+    """A 32-bit hash of a 64-bit integer (the seed, the stream), computed on the host."""
     value &= (1 << 64) - 1
-    low = mix32(torch.tensor(value & _MASK, dtype=torch.int64, device=device))
-    return mix32(low ^ torch.tensor(value >> 32, dtype=torch.int64, device=device))
+    return _mix32_int(_mix32_int(value & _MASK) ^ (value >> 32))
 
 
 def sample_keys(x: Tensor, seed: int, stream: int = 0) -> Tensor:
@@ -48,8 +57,8 @@ def sample_keys(x: Tensor, seed: int, stream: int = 0) -> Tensor:
     # Each feature's bits hashed with its position, then summed: < 2**32 * D fits int64 for D < 2**31.
     total = mix32(bits ^ mix32(index + 0x9E3779B9 & _MASK)).sum(dim=1)
     folded = mix32((total & _MASK) ^ mix32(total >> 32))
-    key = mix32(folded ^ _constant(seed, x.device))
-    return mix32(key ^ _constant(stream + 0x51ED27, x.device))
+    key = mix32(folded ^ _constant(seed))
+    return mix32(key ^ _constant(stream + 0x51ED27))
 
 
 def sample_uniform(x: Tensor, seed: int, stream: int = 0) -> Tensor:
