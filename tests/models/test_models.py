@@ -121,7 +121,7 @@ def test_a_saved_defended_model_loads_in_a_fresh_process_without_importing_defen
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["salmap.defenses.block_switch", "BlockSwitch"]
+    assert done.stdout.split() == ["salmap.defenses.switching", "BlockSwitch"]
 
 
 def test_a_provider_runs_once_and_again_after_it_failed(monkeypatch):

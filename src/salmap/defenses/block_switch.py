@@ -11,176 +11,26 @@ switched at random for every sample, so that "only weights parameters in the act
 channel will be updated" together with the upper part. Defaults follow the paper's
 experiments (§4.1.3): the channels hold every convolutional layer and the first fully
 connected layer, K = 5 (the seed's repository used 4: ``channels=4``).
+
+The module itself is :class:`~salmap.defenses.switching.BlockSwitch` and the cut into lower
+and upper parts :mod:`salmap.defenses.layer_split`; both are importable from here. This
+module builds block-switching classifiers from models and trains them.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import check_input, check_number, check_seed
-from salmap.defenses.adaptive import DefenseWarning
+from salmap._validate import check_input, check_number
+from salmap.defenses.layer_split import default_split, sequential_layers, split_model
+from salmap.defenses.switching import BlockSwitch
 from salmap.models.registry import build, register
 from salmap.progress import bar as progress_bar
 from salmap.training import TrainReport, train_classifier
-
-
-class BlockSwitch(nn.Module):
-    """A classifier whose lower part is one of K channels, picked at random for every sample.
-
-    The choice is drawn per sample on every forward pass, in training and in eval mode
-    alike (the randomness *is* the defense), from a ``torch.Generator`` held by the module
-    and seeded with ``seed``: the same seed and the same inputs give the same choices.
-    :meth:`reseed` restarts the sequence. ``last_choice`` holds the channels of the last pass.
-
-    Parameters
-    ----------
-    channels: K >= 2 modules with the same output shape (the switching block).
-    upper: the shared upper part, fed with a channel's output.
-    seed: seed of the channel choices.
-
-    Examples
-    --------
-    >>> switched = BlockSwitch([lower_a, lower_b, lower_c, lower_d], upper, seed=0)  # doctest: +SKIP
-    >>> switched(x).shape        # (B, classes), a different channel mix every call  # doctest: +SKIP
-    """
-
-    #: marks the module as randomised for :mod:`salmap.defenses.adaptive`.
-    randomized = True
-    #: the zoo architecture, when the channels are copies of one zoo model.
-    salmap_arch: dict[str, Any]
-
-    def __init__(self, channels: list[nn.Module] | nn.ModuleList, upper: nn.Module, seed: int = 0) -> None:
-        super().__init__()
-        channels = list(channels)
-        if len(channels) < 2:
-            raise ValueError(f"channels must hold K >= 2 sub-networks for block switching, got K={len(channels)}")
-        for i, ch in enumerate(channels):
-            if not isinstance(ch, nn.Module):
-                raise ValueError(f"channels[{i}] must be a torch.nn.Module, got {type(ch).__name__}")
-        if not isinstance(upper, nn.Module):
-            raise ValueError(f"upper must be a torch.nn.Module, got {type(upper).__name__}")
-        self.channels = nn.ModuleList(channels)
-        self.upper = upper
-        self.seed = check_seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.last_choice: Tensor | None = None
-        self._frozen_channels = False
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channels)
-
-    def reseed(self, seed: int) -> BlockSwitch:
-        """Restart the channel choices from ``seed``; returns the module."""
-        self.seed = check_seed(seed)
-        self.generator.manual_seed(seed)
-        return self
-
-    def choose(self, batch: int) -> Tensor:
-        """Draw one channel index per sample (CPU generator, so the draw is device-independent)."""
-        return torch.randint(self.num_channels, (batch,), generator=self.generator)
-
-    def forward(self, x: Tensor, choice: Tensor | None = None) -> Tensor:
-        """Classify ``x`` with a random channel per sample, or the channels given by ``choice`` ``(B,)``."""
-        if choice is None:
-            choice = self.choose(x.shape[0])
-        elif choice.shape != (x.shape[0],) or int(choice.min()) < 0 or int(choice.max()) >= self.num_channels:
-            raise ValueError(
-                f"choice must be {x.shape[0]} channel indices in [0, {self.num_channels - 1}], got {choice.tolist()}"
-            )
-        if x.requires_grad and torch.is_grad_enabled() and not any(p.requires_grad for p in self.parameters()):
-            # A frozen model differentiated with respect to its input through one random draw:
-            # a gradient attack that ignores the switching (training, with parameters that
-            # require grad, and plain forward passes behind a denoiser are not warned about).
-            warnings.warn(
-                "gradient taken through a single random channel draw of BlockSwitch: the attack does not "
-                "account for the randomness; wrap the model in salmap.defenses.adaptive.EOT",
-                DefenseWarning,
-                stacklevel=2,
-            )
-        choice = choice.to(x.device)
-        self.last_choice = choice.detach().cpu()
-        # Run each channel once on the samples that drew it, then undo the grouping.
-        order = torch.argsort(choice, stable=True)
-        parts = [ch(x[choice == k]) for k, ch in enumerate(self.channels) if bool((choice == k).any())]
-        grouped = torch.cat(parts)
-        features = torch.empty_like(grouped)
-        features = features.index_copy(0, order, grouped)
-        return self.upper(features)
-
-    def channel_forward(self, x: Tensor, k: int) -> Tensor:
-        """The network with channel ``k`` for every sample (deterministic)."""
-        check_number("k", k, low=0, high=self.num_channels - 1, integer=True)
-        return self.upper(self.channels[k](x))
-
-    def train(self, mode: bool = True) -> BlockSwitch:
-        super().train(mode)
-        if self._frozen_channels:
-            self.channels.eval()
-        return self
-
-    @contextmanager
-    def frozen_channels(self) -> Iterator[BlockSwitch]:
-        """Keep the channels fixed (eval mode, no gradients) while the upper part trains."""
-        flags = [(p, p.requires_grad) for p in self.channels.parameters()]
-        self._frozen_channels = True
-        try:
-            for p, _ in flags:
-                p.requires_grad_(False)
-            self.channels.eval()
-            yield self
-        finally:
-            self._frozen_channels = False
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-
-def sequential_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers of a feed-forward model, in order: an ``nn.Sequential`` (nested ones flattened)
-    or a model with ``features`` and ``classifier`` sequentials (the zoo's lenet)."""
-    if isinstance(model, nn.Sequential):
-        layers: list[nn.Module] = []
-        for child in model:
-            layers.extend(sequential_layers(child) if isinstance(child, nn.Sequential) else [child])
-        return layers
-    features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-    if isinstance(features, nn.Sequential) and isinstance(classifier, nn.Sequential):
-        return sequential_layers(features) + sequential_layers(classifier)
-    raise ValueError(
-        "model must be an nn.Sequential or have nn.Sequential 'features' and 'classifier' to be split into "
-        f"lower and upper parts for block switching, got {type(model).__name__}"
-    )
-
-
-def default_split(layers: list[nn.Module]) -> int:
-    """Where the switching block ends by default: after the first ``Linear`` layer and the
-    parameter-free layers right after it (its activation, dropout), so that a channel holds
-    the convolutional layers and the first fully connected layer (Wang et al. 2019, §4.1.3);
-    after half of the layers when no ``Linear`` layer leaves a non-empty upper part."""
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.Linear):
-            end = i + 1
-            while end < len(layers) and not any(True for _ in layers[end].parameters()):
-                end += 1
-            if end < len(layers):
-                return end
-            break
-    return max(1, len(layers) // 2)
-
-
-def split_model(model: nn.Module, split: int | None = None) -> tuple[nn.Sequential, nn.Sequential]:
-    """``(lower, upper)``: the first ``split`` layers of ``model`` and the rest (sharing parameters)."""
-    layers = sequential_layers(model)
-    at = default_split(layers) if split is None else split
-    check_number("split", at, low=1, high=len(layers) - 1, integer=True)
-    return nn.Sequential(*layers[:at]), nn.Sequential(*layers[at:])
 
 
 def from_models(models: list[nn.Module], split: int | None = None, seed: int = 0,
@@ -308,3 +158,9 @@ def assemble_block_switch(
     model.eval().reseed(seed)
     report.seconds += seconds
     return model, report
+
+
+__all__ = [
+    "BlockSwitch", "assemble_block_switch", "block_switch", "default_split", "from_models", "sequential_layers",
+    "split_model", "train_block_switch", "train_sub_models",
+]
