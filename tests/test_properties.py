@@ -15,7 +15,9 @@ the model state is restored and the map lives on the input's device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -73,6 +75,36 @@ def task_of(entry: registry.Entry) -> str:
     return "classification" if "classification" in entry.tasks else entry.tasks[0]
 
 
+@dataclass
+class Run:
+    """An algorithm called on a batch (``output``) and on each of its samples alone (``singles``),
+    with the input, a copy of it from before, and the model's state before and after."""
+
+    x: torch.Tensor
+    x_copy: torch.Tensor
+    output: Any
+    singles: list[Any]
+    state_before: list[tuple[bool, ...]]
+    state_after: list[tuple[bool, ...]]
+    entry: registry.Entry | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def part(t: torch.Tensor, rows: slice | None) -> torch.Tensor:
+    """The rows ``rows`` of ``t``; all of ``t`` itself (not a view) for ``None``."""
+    return t if rows is None else t[rows]
+
+
+def on_batch_and_alone(model: nn.Module, x: torch.Tensor, call: Callable[[slice | None], Any]) -> Run:
+    """``call(rows)`` runs the algorithm on ``part(x, rows)``: once on the whole batch, then sample by sample."""
+    x_copy = x.clone()
+    before = model_state(model)
+    output = call(None)
+    after = model_state(model)
+    singles = [call(slice(i, i + 1)) for i in range(BATCH)]
+    return Run(x, x_copy, output, singles, before, after)
+
+
 # -- attacks --------------------------------------------------------------------------
 def attack_cases() -> list[Any]:
     cases = []
@@ -86,26 +118,9 @@ def attack_cases() -> list[Any]:
     return cases
 
 
-@dataclass
-class AttackRun:
-    entry: registry.Entry
-    params: dict[str, Any]
-    x: torch.Tensor
-    x_copy: torch.Tensor
-    result: Any
-    singles: list[Any]
-    state_before: list[tuple[bool, ...]]
-    state_after: list[tuple[bool, ...]]
-
-
-_RUNS: dict[tuple[str, str, str], AttackRun] = {}
-
-
-def attack_run(name: str, mode: str, device: str = "cpu") -> AttackRun:
+@functools.cache
+def attack_run(name: str, mode: str, device: str = "cpu") -> Run:
     """The attack on a batch and on each sample alone (computed once per case)."""
-    key = (name, mode, device)
-    if key in _RUNS:
-        return _RUNS[key]
     entry = registry.get_attack(name)
     model = prepare(segmenter() if task_of(entry) == "segmentation" else classifier()).to(device)
     params = SMALL.get(name, {})
@@ -120,25 +135,21 @@ def attack_run(name: str, mode: str, device: str = "cpu") -> AttackRun:
         labels = {"target": (pred + 1) % CLASSES}
     else:
         labels = {"y": pred}
-    x_copy = x.clone()
-    before = model_state(model)
-    result = attack(x, **labels)
-    after = model_state(model)
-    singles = [attack(x[i : i + 1], **{k: v[i : i + 1] for k, v in labels.items()}) for i in range(BATCH)]
-    _RUNS[key] = AttackRun(entry, params, x, x_copy, result, singles, before, after)
-    return _RUNS[key]
+    run = on_batch_and_alone(model, x, lambda rows: attack(part(x, rows), **{k: part(v, rows) for k, v in labels.items()}))
+    run.entry, run.params = entry, params
+    return run
 
 
 @pytest.mark.parametrize("name, mode", attack_cases())
 def test_attack_leaves_the_input_unchanged(name, mode):
     run = attack_run(name, mode)
     assert torch.equal(run.x, run.x_copy)
-    assert run.result.x_adv.data_ptr() != run.x.data_ptr()
+    assert run.output.x_adv.data_ptr() != run.x.data_ptr()
 
 
 @pytest.mark.parametrize("name, mode", attack_cases())
 def test_attack_output_is_within_the_bounds(name, mode):
-    x_adv = attack_run(name, mode).result.x_adv
+    x_adv = attack_run(name, mode).output.x_adv
     assert x_adv.shape == (BATCH, 1, 8, 8) and torch.isfinite(x_adv).all()
     assert x_adv.min() >= BOUNDS[0] and x_adv.max() <= BOUNDS[1]
 
@@ -151,35 +162,29 @@ def test_attack_respects_its_budget(name, mode):
         pytest.skip(f"{name} declares no budget")
     features = run.x[0].numel()
     for metric, limit in budget.items():
-        value = getattr(run.result, metric)
+        value = getattr(run.output, metric)
         if metric == "l0_fraction":  # a whole number of features: floor(gamma * n)
-            value, limit = run.result.l0, int(limit * features)
+            value, limit = run.output.l0, int(limit * features)
         assert (value <= limit + 1e-6).all(), (metric, value.tolist(), limit)
     if "linf" in budget:  # the reported distortion is the real one
-        real = (run.result.x_adv - run.x).flatten(1).abs().amax(dim=1)
-        torch.testing.assert_close(run.result.linf, real)
+        real = (run.output.x_adv - run.x).flatten(1).abs().amax(dim=1)
+        torch.testing.assert_close(run.output.linf, real)
 
 
 @pytest.mark.parametrize("name, mode", attack_cases())
 def test_attack_batched_equals_one_by_one(name, mode):
     run = attack_run(name, mode)
     one_by_one = torch.cat([s.x_adv for s in run.singles])
-    torch.testing.assert_close(run.result.x_adv, one_by_one, atol=1e-5, rtol=0)
-    assert torch.equal(run.result.success, torch.cat([s.success for s in run.singles]))
-
-
-@pytest.mark.parametrize("name, mode", attack_cases())
-def test_attack_restores_the_model_state(name, mode):
-    run = attack_run(name, mode)
-    assert run.state_after == run.state_before
+    torch.testing.assert_close(run.output.x_adv, one_by_one, atol=1e-5, rtol=0)
+    assert torch.equal(run.output.success, torch.cat([s.success for s in run.singles]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, mode", attack_cases())
 def test_attack_result_follows_the_input_device(name, mode, device):
-    result = attack_run(name, mode, device).result
-    for field in ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after"):
-        assert getattr(result, field).device.type == device, field
+    result = attack_run(name, mode, device).output
+    for attr in ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after"):
+        assert getattr(result, attr).device.type == device, attr
     assert result.x_adv.dtype == torch.float32
 
 
@@ -189,35 +194,15 @@ def explainer_cases() -> list[Any]:
             for name, entry in registry.explainers().items() for task in entry.tasks]
 
 
-@dataclass
-class ExplainRun:
-    x: torch.Tensor
-    x_copy: torch.Tensor
-    maps: torch.Tensor
-    singles: list[torch.Tensor]
-    state_before: list[tuple[bool, ...]]
-    state_after: list[tuple[bool, ...]]
-
-
-_MAPS: dict[tuple[str, str, str], ExplainRun] = {}
-
-
-def explain_run(name: str, task: str, device: str = "cpu") -> ExplainRun:
-    key = (name, task, device)
-    if key in _MAPS:
-        return _MAPS[key]
+@functools.cache
+def explain_run(name: str, task: str, device: str = "cpu") -> Run:
+    """The explainer's maps of a batch and of each sample alone (computed once per case)."""
     entry = registry.get_explainer(name)
     model = prepare(segmenter() if task == "segmentation" else classifier()).to(device)
     explainer = entry.build(model, bounds=BOUNDS, **SMALL.get(name, {}))
     x = inputs(device)
     target = torch.tensor([0, 1, 2, 1], device=device) % (2 if task == "segmentation" else CLASSES)
-    x_copy = x.clone()
-    before = model_state(model)
-    maps = explainer.attribute(x, target=target)
-    after = model_state(model)
-    singles = [explainer.attribute(x[i : i + 1], target=target[i : i + 1]) for i in range(BATCH)]
-    _MAPS[key] = ExplainRun(x, x_copy, maps, singles, before, after)
-    return _MAPS[key]
+    return on_batch_and_alone(model, x, lambda rows: explainer.attribute(part(x, rows), target=part(target, rows)))
 
 
 @pytest.mark.parametrize("name, task", explainer_cases())
@@ -228,7 +213,7 @@ def test_explainer_leaves_the_input_unchanged(name, task):
 
 @pytest.mark.parametrize("name, task", explainer_cases())
 def test_explainer_map_has_the_batch_and_the_input_size(name, task):
-    maps = explain_run(name, task).maps
+    maps = explain_run(name, task).output
     assert maps.shape[0] == BATCH and maps.shape[-2:] == (8, 8) and maps.dim() == 4
     assert maps.shape[1] == 1  # one input channel: one map channel
     assert torch.isfinite(maps).all() and not maps.requires_grad
@@ -237,20 +222,26 @@ def test_explainer_map_has_the_batch_and_the_input_size(name, task):
 @pytest.mark.parametrize("name, task", explainer_cases())
 def test_explainer_batched_equals_one_by_one(name, task):
     run = explain_run(name, task)
-    torch.testing.assert_close(run.maps, torch.cat(run.singles), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("name, task", explainer_cases())
-def test_explainer_restores_the_model_state(name, task):
-    run = explain_run(name, task)
-    assert run.state_after == run.state_before
+    torch.testing.assert_close(run.output, torch.cat(run.singles), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, task", explainer_cases())
 def test_explainer_map_follows_the_input_device(name, task, device):
-    maps = explain_run(name, task, device).maps
+    maps = explain_run(name, task, device).output
     assert maps.device.type == device and maps.dtype == torch.float32
+
+
+# -- both ------------------------------------------------------------------------------
+def every_case() -> list[Any]:
+    return ([pytest.param(attack_run, *case.values, id=f"attack-{case.id}") for case in attack_cases()]
+            + [pytest.param(explain_run, *case.values, id=f"explainer-{case.id}") for case in explainer_cases()])
+
+
+@pytest.mark.parametrize("run_of, name, case", every_case())
+def test_the_model_state_is_restored(run_of, name, case):
+    run = run_of(name, case)
+    assert run.state_after == run.state_before
 
 
 def test_a_newly_registered_attack_is_picked_up(monkeypatch):
@@ -263,6 +254,5 @@ def test_a_newly_registered_attack_is_picked_up(monkeypatch):
     registry.register_attack("twice", ranges={"eps": "[0, inf)"}, budget={"linf": "eps"})(Twice)
     ids = [case.id for case in attack_cases()]
     assert "twice-untargeted" in ids and "twice-targeted" in ids
-    run = attack_run("twice", "untargeted")
-    assert run.entry.budget() == {"linf": 0.1} and (run.result.linf <= 0.1 + 1e-6).all()
-    _RUNS.pop(("twice", "untargeted", "cpu"))
+    run = attack_run.__wrapped__("twice", "untargeted")  # not cached: the entry goes with the test
+    assert run.entry.budget() == {"linf": 0.1} and (run.output.linf <= 0.1 + 1e-6).all()

@@ -15,6 +15,7 @@ import os
 
 import pytest
 import torch
+from _faults import full_disk
 from torch import nn
 
 from salmap import models, progress, registry
@@ -119,30 +120,11 @@ def test_cli_ctrl_c(tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
 
 
-def test_cli_full_disk_leaves_no_temporary_files(tmp_path, monkeypatch):
+def test_cli_full_disk_leaves_no_temporary_files(tmp_path):
     from salmap.cli.common import write_json
 
-    real_open = open
-
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(data[:5])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
-                        if "w" in mode else real_open(p, mode, *a, **k))
-    with pytest.raises(OSError):
+    with full_disk(), pytest.raises(OSError):
         write_json(tmp_path / "results.json", {"a": list(range(100))})
-    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,13 +3,13 @@ named and recomputed; a full disk leaves no hidden temporary files."""
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from pathlib import Path
 
 import pytest
 from _evaluate_support import rows_without_timing, save_lenet, write_run
+from _faults import full_disk
 
 from salmap.evaluation import store as store_module
 from salmap.evaluation.config import load_config
@@ -63,26 +63,7 @@ def test_faults_corrupt_units_are_named_and_recomputed(tmp_path, lenet):
     assert rows_without_timing(again.output) == expected
 
 
-def test_faults_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
-    real_open = open
-
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(data[:5])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
-                        if "w" in mode else real_open(p, mode, *a, **k))
-    with pytest.raises(OSError):
+def test_faults_full_disk_leaves_no_temporary_file(tmp_path):
+    with full_disk(), pytest.raises(OSError):
         store_module.atomic_write(tmp_path / "results.jsonl", b"x" * 100)
-    monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
