@@ -10,7 +10,10 @@
   runner (every batch committed to its own file, fsync'd and renamed) and once as a plain
   loop of the same attack calls that writes nothing; the difference is what resumability costs.
 
-Run: ``python benchmarks/evaluate.py [--quick] [--model /work/cache/lenet] [-n 1000]``
+Everything runs on ``--device`` (default ``auto``: CUDA when available, else the CPU): the run
+files' ``device``, ``salmap demo --device`` and the plain loop's model and batches.
+
+Run: ``python benchmarks/evaluate.py [--quick] [--model /work/cache/lenet] [-n 1000] [--device auto]``
 (``--quick``: 100 images, 20 for JSMA, no demo; ``--jsma-num`` sets JSMA's count alone).
 """
 
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from _device import add_device_flag, announce
+from _timing import synchronize
 
 from salmap import models
 from salmap.cli.common import print_table
@@ -60,8 +65,9 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_file(folder: Path, model: Path, attack: str, num: int, batch: int) -> Path:
-    settings = {"output": str(folder / "out"), "batch_size": batch, "data": {"name": "mnist-sample", "num": num},
+def run_file(folder: Path, model: Path, attack: str, num: int, batch: int, device: str) -> Path:
+    settings = {"output": str(folder / "out"), "batch_size": batch, "device": device,
+                "data": {"name": "mnist-sample", "num": num},
                 "models": [{"name": "lenet", "path": str(model)}], "attacks": [ATTACKS[attack]],
                 "figures": False, "report": False}
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,8 +76,8 @@ def run_file(folder: Path, model: Path, attack: str, num: int, batch: int) -> Pa
     return path
 
 
-def throughput(model: Path, attack: str, num: int, processes: int, work: Path) -> dict[str, float]:
-    run = run_file(work / f"{attack}-{processes}", model, attack, num, 100 if attack == "fgsm" else 10)
+def throughput(model: Path, attack: str, num: int, processes: int, work: Path, device: str) -> dict[str, float]:
+    run = run_file(work / f"{attack}-{processes}", model, attack, num, 100 if attack == "fgsm" else 10, device)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] \
         if processes > 1 else [sys.executable]
     start = time.perf_counter()
@@ -85,17 +91,19 @@ def throughput(model: Path, attack: str, num: int, processes: int, work: Path) -
             "images_per_s": num / wall, "success_rate": result["success_rate"]}
 
 
-def overhead(model: Path, num: int, batch: int, work: Path) -> dict[str, float]:
+def overhead(model: Path, num: int, batch: int, work: Path, device: str) -> dict[str, float]:
     torch.set_num_threads(1)
-    raw = yaml.safe_load(run_file(work / f"overhead-{batch}", model, "fgsm", num, batch).read_text())
+    raw = yaml.safe_load(run_file(work / f"overhead-{batch}", model, "fgsm", num, batch, device).read_text())
     cfg = parse_config(raw)
     prep = prepare(cfg)
-    loaded = load_model(str(model), "cpu")
+    loaded = load_model(str(model), device)
     attack = build(prep, prep.attack_units()[0], loaded)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(0, num, batch):
-        x = prep.dataset.x[i : i + batch]
-        run_attack(attack, x, prep.dataset.y[i : i + batch], None, loaded.module(x).detach())
+        x, y = prep.dataset.x[i : i + batch].to(device), prep.dataset.y[i : i + batch].to(device)
+        run_attack(attack, x, y, None, loaded.module(x).detach())
+    synchronize(device)
     plain = time.perf_counter() - start
     start = time.perf_counter()
     evaluate(cfg, progress=False)
@@ -104,7 +112,7 @@ def overhead(model: Path, num: int, batch: int, work: Path) -> dict[str, float]:
             "overhead_s": runner - plain, "overhead_pct": 100 * (runner - plain) / plain}
 
 
-def demo_time(model: Path, work: Path) -> float:
+def demo_time(model: Path, work: Path, device: str) -> float:
     out = work / "demo"
     out.mkdir(parents=True, exist_ok=True)
     target = out / "lenet"
@@ -112,7 +120,7 @@ def demo_time(model: Path, work: Path) -> float:
         net, meta = models.load_with_meta(model)
         models.save(net, target, meta)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "salmap", "demo", "--out", str(out)], env=env(), check=True,
+    subprocess.run([sys.executable, "-m", "salmap", "demo", "--out", str(out), "--device", device], env=env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -125,7 +133,9 @@ def main() -> None:
     parser.add_argument("--jsma-num", type=int, default=None,
                         help="images for JSMA (default: as -n; 20 with --quick): exact JSMA costs ~0.1-1 s an image")
     parser.add_argument("--no-demo", action="store_true", help="skip the demo timing")
+    add_device_flag(parser)
     args = parser.parse_args()
+    device = announce(args.device)
     num = args.num or (100 if args.quick else 1000)
     jsma_num = args.jsma_num or (20 if args.quick else num)
     with tempfile.TemporaryDirectory(prefix="salmap-bench-evaluate-") as tmp:
@@ -133,19 +143,25 @@ def main() -> None:
         model = model_path(args.model, work)
         print(f"model {model}; {num} images of mnist-sample (test); one thread per process; torch {torch.__version__}")
         if not (args.quick or args.no_demo):
-            print(f"\ndemo wall time (lenet cached): {demo_time(model, work):.1f} s")
+            print(f"\ndemo wall time (lenet cached): {demo_time(model, work, device):.1f} s")
+        # two ranks on CUDA take a GPU each (cuda:LOCAL_RANK): with one GPU, one process only
+        two_ranks = not device.startswith("cuda") or torch.cuda.device_count() >= 2
+        if not two_ranks:
+            print("one GPU: the two-process runs are skipped (each rank takes a GPU of its own)")
         rows = []
         for attack in ATTACKS:
             n = jsma_num if attack == "jsma" else num
-            one = throughput(model, attack, n, 1, work)
-            two = throughput(model, attack, n, 2, work)
-            two["scaling"] = two["images_per_s"] / one["images_per_s"]
-            rows += [one, two]
+            one = throughput(model, attack, n, 1, work, device)
+            rows.append(one)
+            if two_ranks:
+                two = throughput(model, attack, n, 2, work, device)
+                two["scaling"] = two["images_per_s"] / one["images_per_s"]
+                rows.append(two)
         print("\nthroughput (salmap evaluate, figures and report off)")
         print_table(rows, ["attack", "processes", "images", "wall_s", "command_s", "images_per_s", "scaling",
                            "success_rate"])
         print("\nresumable writing overhead (FGSM)")
-        print_table([overhead(model, num, b, work) for b in (100, 10)],
+        print_table([overhead(model, num, b, work, device) for b in (100, 10)],
                     ["batch_size", "batches", "plain_s", "runner_s", "overhead_s", "overhead_pct"])
 
 

@@ -12,9 +12,12 @@
    ``candidates=1024``: seconds per iteration and peak memory. Each configuration runs in
    a fresh process; peak memory is that process's peak resident set (``VmHWM``, which
    covers torch's allocations, unlike tracemalloc), beside the peak just before the attack
-   (model and input already built).
+   (model and input already built); on a GPU also the peak of CUDA memory allocated.
 
-    python benchmarks/jsma.py [--quick] [--model PATH] [--threads 2] [--no-peers]
+Everything runs on ``--device`` (default ``auto``: CUDA when available, else the CPU; ART's
+NumPy interface gets and returns CPU arrays).
+
+    python benchmarks/jsma.py [--quick] [--model PATH] [--threads 2] [--no-peers] [--no-large] [--device auto]
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _device import add_device_flag, announce
 from _memory import peak_rss_kib
+from _timing import synchronize
 from torch import Tensor, nn
 
 from salmap import data, models
@@ -43,16 +48,18 @@ from salmap.metrics import distortion
 GAMMA, THETA = 0.145, 1.0
 
 
-def load_lenet(path: str | None) -> nn.Module:
+def load_lenet(path: str | None, device: str) -> nn.Module:
     if path:
-        return models.load(path).eval()
+        return models.load(path).eval().to(device)
     model, _, _ = cached_lenet(Path(__file__).resolve().parent / ".cache" / "lenet", epochs=10)
-    return model.eval()
+    return model.eval().to(device)
 
 
 def correct_images(model: nn.Module, per_class: int | None, total: int | None) -> tuple[Tensor, Tensor]:
     """Correctly classified mnist-sample test images: the first ``total``, or ``per_class`` of each class."""
     x, y = data.load("mnist-sample", "test")
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]
@@ -110,13 +117,14 @@ def peer_attacks(model: nn.Module) -> dict[str, Callable[[Tensor, Tensor], Tenso
         from art.attacks.evasion import SaliencyMapMethod
         from art.estimators.classification import PyTorchClassifier
 
+        gpu = next(model.parameters()).device.type == "cuda"
         clf = PyTorchClassifier(model, nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
-                                clip_values=(0.0, 1.0))
+                                clip_values=(0.0, 1.0), device_type="gpu" if gpu else "cpu")
         art = SaliencyMapMethod(clf, theta=THETA, gamma=GAMMA, batch_size=100, verbose=False)
 
         def run_art(x: Tensor, t: Tensor) -> Tensor:
-            onehot = np.eye(10, dtype=np.float32)[t.numpy()]
-            return torch.from_numpy(art.generate(x.numpy(), y=onehot))
+            onehot = np.eye(10, dtype=np.float32)[t.cpu().numpy()]
+            return torch.from_numpy(art.generate(x.cpu().numpy(), y=onehot)).to(x.device)
 
         peers["ART SaliencyMapMethod (single, target gradient)"] = run_art
     except ImportError as err:
@@ -146,8 +154,10 @@ def compare(model: nn.Module, x: Tensor, y: Tensor, peers: bool, peer_num: int) 
                             result.l0[part].mean() / n, float("nan")))
     x, target = x[:peer_num], target[:peer_num]
     for name, run in (peer_attacks(model) if peers else {}).items():
+        synchronize(x.device)
         start = time.perf_counter()
         x_adv = run(x, target).float().clamp(0, 1)
+        synchronize(x.device)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             success = (model(x_adv).argmax(1) == target).float().mean()
@@ -175,30 +185,34 @@ def grid(model: nn.Module, per_class: int) -> tuple[Tensor, Tensor, float, int]:
         for t in range(10):
             pick = (ys == s) & (targets == t)
             if pick.any():
-                success[s, t] = 100 * result.success[pick].float().mean()
-                l0[s, t] = 100 * result.l0_fraction[pick].mean()
+                success[s, t] = 100 * float(result.success[pick].float().mean())
+                l0[s, t] = 100 * float(result.l0_fraction[pick].mean())
     return success, l0, result.seconds, len(xs)
 
 
 # -- 3. large inputs (run in a fresh process each) -------------------------------------------------
 
 
-def large(size: int, candidates: int | None, iterations: int) -> dict[str, float]:
+def large(size: int, candidates: int | None, iterations: int, device: str) -> dict[str, float]:
     torch.manual_seed(0)
     stem = "small" if size <= 64 else "standard"
-    model = models.build("resnet18", num_classes=10, stem=stem).eval()
-    x = torch.rand(8, 3, size, size)
+    model = models.build("resnet18", num_classes=10, stem=stem).eval().to(device)
+    x = torch.rand(8, 3, size, size).to(device)
     with torch.no_grad():
         target = (model(x).argmax(1) + 1) % 10
     n = x[0].numel()
     before = peak_rss_kib()
     # gamma fixed so that every sample runs exactly `iterations` pair steps unless it succeeds first
     attack = JSMA(model, theta=THETA, gamma=(2 * iterations + 1) / n, candidates=candidates)
+    gpu = torch.device(device).type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     result = attack(x, target=target)
     peak = peak_rss_kib()
     steps = int(result.iterations.max())
     return {"iterations": steps, "seconds_per_iteration": result.seconds / max(steps, 1),
-            "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20}
+            "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20,
+            "peak_cuda_gib": torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None}
 
 
 def main() -> int:
@@ -211,15 +225,18 @@ def main() -> int:
     p.add_argument("--peer-num", type=int, default=None,
                    help="the first this many images for the (slow) peers (default: all of -n)")
     p.add_argument("--no-peers", action="store_true", help="skip advertorch, torchattacks and ART")
+    p.add_argument("--no-large", action="store_true", help="skip the resnet18 measurements (3.)")
+    add_device_flag(p)
     p.add_argument("--large-only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.large_only:
         size, candidates, iterations = json.loads(args.large_only)
-        print(json.dumps(large(size, candidates, iterations)))
+        print(json.dumps(large(size, candidates, iterations, args.device)))
         return 0
 
-    model = load_lenet(args.model)
+    device = announce(args.device)
+    model = load_lenet(args.model, device)
     num = args.num or (10 if args.quick else 100)
     x, y = correct_images(model, None, num)
     print(f"\n1. lenet on mnist-sample: {len(x)} correctly classified test images, target (y+1) mod 10, "
@@ -239,13 +256,15 @@ def main() -> int:
     off = ~torch.eye(10, dtype=torch.bool)
     print(f"grid mean: success {success[off].mean():.1f} %, L0 {l0[off].mean():.2f} %")
 
+    if args.no_large:
+        return 0
     iterations = 2 if args.quick else 5
     print(f"\n3. resnet18, batch 8, {iterations} pair iterations, fresh process each; peak = the process's VmHWM")
     rows = []
     for size in (32, 224):
         for candidates in (None, 1024):
             done = subprocess.run(
-                [sys.executable, __file__, "--threads", str(args.threads), "--large-only",
+                [sys.executable, __file__, "--threads", str(args.threads), "--device", device, "--large-only",
                  json.dumps([size, candidates, iterations])],
                 capture_output=True, text=True, check=True,
             )
@@ -253,7 +272,8 @@ def main() -> int:
             rows.append({"input": f"3x{size}x{size}", "stem": "small" if size <= 64 else "standard",
                          "search": "exact" if candidates is None else f"candidates={candidates}",
                          "iterations": fig["iterations"], "s/iteration": fig["seconds_per_iteration"],
-                         "peak GiB": fig["peak_rss_gib"], "before attack GiB": fig["rss_before_gib"]})
+                         "peak GiB": fig["peak_rss_gib"], "before attack GiB": fig["rss_before_gib"],
+                         **({"peak CUDA GiB": fig["peak_cuda_gib"]} if torch.device(device).type == "cuda" else {})})
     print_table(rows, list(rows[0]))
     return 0
 

@@ -6,9 +6,11 @@ On ``-n`` mnist-seg test images with the trained unets: hide-the-digit and add-a
 fraction of images that spent the whole budget (the others stopped at success or with no
 admissible change left). The unets are trained and cached on first use (see
 :data:`RECIPES`). Then a 3x256x256 input through a unet: seconds per iteration and peak
-memory (measured in a fresh process, so that the figure is that of the attack alone).
+memory (measured in a fresh process, so that the figure is that of the attack alone; on a
+GPU also the peak of CUDA memory allocated). Everything runs on ``--device`` (default
+``auto``: CUDA when available, else the CPU); the unets are trained there too.
 
-    python benchmarks/jsma_seg.py [--quick] [--model PATH] [--model-multi PATH]
+    python benchmarks/jsma_seg.py [--quick] [--model PATH] [--model-multi PATH] [--device auto]
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _device import add_device_flag, announce
 from _memory import peak_rss_kib
+from _timing import synchronize
 
 from salmap import data, models
 from salmap.attacks.jsma_seg import SegmentationJSMA, predict_masks
@@ -39,7 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def cached_unet(folder: Path, dataset: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+def cached_unet(folder: Path, dataset: str, device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The unet trained on ``dataset`` by its recipe in :data:`RECIPES`, cached in ``folder``."""
     recipe = RECIPES[dataset]
     if (folder / "model.json").is_file():
@@ -48,11 +52,12 @@ def cached_unet(folder: Path, dataset: str) -> tuple[torch.nn.Module, dict[str, 
         if (training.get("data") == dataset and arch.get("base") == recipe["base"]
                 and arch.get("depth") == recipe["depth"] and training.get("epochs") == recipe["epochs"]
                 and bool(training.get("cosine", False)) == recipe["cosine"] and not training.get("init")):
-            return model, meta
+            return model.to(device), meta
         print(f"{folder}: trained with another recipe, training again ({recipe})", flush=True)
     train, test = data.load_dataset(dataset, "train"), data.load_dataset(dataset, "test")
     torch.manual_seed(0)
     model, meta = build_segmenter("unet", train, base=recipe["base"], depth=recipe["depth"])
+    model = model.to(device)
     report = train_segmenter(model, train, test, epochs=recipe["epochs"], seed=0, progress=False,
                              cosine=recipe["cosine"])
     meta["metrics"] = {**report.test_metrics, "seconds": report.seconds}
@@ -63,7 +68,7 @@ def cached_unet(folder: Path, dataset: str) -> tuple[torch.nn.Module, dict[str, 
     return model.eval(), meta
 
 
-def large(k: int, candidates: int, iterations: int, local: bool) -> dict[str, float]:
+def large(k: int, candidates: int, iterations: int, local: bool, device: str) -> dict[str, float | None]:
     """Seconds per iteration and peak RSS of the attack on one 3x256x256 image (run in a fresh process).
 
     Also the seconds of the forward pass and two VJPs alone (the rest of an iteration is the
@@ -71,26 +76,35 @@ def large(k: int, candidates: int, iterations: int, local: bool) -> dict[str, fl
     wrong pixels.
     """
     torch.manual_seed(0)
-    model = models.build("unet", in_channels=3, num_classes=2, base=16, depth=4).eval()
-    x = torch.rand(1, 3, 256, 256)
+    model = models.build("unet", in_channels=3, num_classes=2, base=16, depth=4).eval().to(device)
+    x = torch.rand(1, 3, 256, 256).to(device)
     pred = predict_masks(model, x)
     target = pred.clone()
     target[:, 96:160, 96:160] = 1 - pred[:, 96:160, 96:160]  # flip a 64x64 square: never reached in a few steps
     before = peak_rss_kib()
+    gpu = torch.device(device).type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     attack = SegmentationJSMA(model, gamma=0.1, k=k, candidates=candidates, max_iterations=iterations, local=local)
+    synchronize(device)
     start, cpu = time.perf_counter(), time.process_time()
     result = attack(x, target=target)
+    synchronize(device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = peak_rss_kib()
+    peak_cuda = torch.cuda.max_memory_allocated(device) / 2**30 if gpu else None
     with frozen(model):
+        synchronize(device)
         start_vjps = time.perf_counter()
         attack.derivatives(x, target, 2)
+        synchronize(device)
         vjps = time.perf_counter() - start_vjps
     return {
         "forward_vjps_seconds": vjps,
         "iterations": int(result.iterations[0]), "seconds_per_iteration": seconds / max(int(result.iterations[0]), 1),
         "cpu_seconds_per_iteration": cpu / max(int(result.iterations[0]), 1),
         "features_per_iteration": 2 * k, "peak_rss_gib": peak / 2**20, "rss_before_gib": before / 2**20,
+        "peak_cuda_gib": peak_cuda,
     }
 
 
@@ -115,28 +129,32 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--goals", default="hide,add,relabel", help="comma-separated goals (default hide,add,relabel)")
     p.add_argument("--no-large", action="store_true", help="skip the 3x256x256 measurement")
+    add_device_flag(p)
     p.add_argument("--large-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--large-global", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     large_iterations = 1 if args.quick else 3
     if args.large_only:
-        print(json.dumps(large(k=64, candidates=1024, iterations=large_iterations, local=not args.large_global)))
+        print(json.dumps(large(k=64, candidates=1024, iterations=large_iterations, local=not args.large_global,
+                               device=args.device)))
         return 0
+    device = announce(args.device)
     n = 10 if args.quick else args.num
     rows = []
     for goal, folder, dataset in (("hide", args.model, "mnist-seg"), ("add", args.model, "mnist-seg"),
                                   ("relabel", args.model_multi, "mnist-seg-multi")):
         if goal not in args.goals.split(","):
             continue
-        model, meta = cached_unet(Path(folder), dataset)
+        model, meta = cached_unet(Path(folder), dataset, device)
         test = data.load_dataset(dataset, "test").subset(n)
-        quality = segmentation_metrics(model, test.x, test.y, test.num_classes)
-        pred = predict_masks(model, test.x)
+        x = test.x.to(device)
+        quality = segmentation_metrics(model, x, test.y, test.num_classes)
+        pred = predict_masks(model, x)
         target = goal_targets(goal, pred, test.num_classes)
         for label, settings in (("masked", {"map": "masked"}), ("jsma", {"map": "jsma"}), *VARIANTS.get(goal, ())):
             attack = SegmentationJSMA(model, gamma=args.gamma, required=args.required, k=args.k, **settings)
-            result = attack(test.x, target=target)
+            result = attack(x, target=target)
             rows.append({
                 "goal": goal, "map": label, "images": n, "unet_mIoU": quality["mean_iou"],
                 "success": result.success_rate, "L0_%": 100 * float(result.l0_fraction.mean()),
@@ -160,13 +178,16 @@ def main() -> int:
     print("3x256x256 unet (base 16, depth 4), pairs, k=64 (128 features/iteration), candidates=1024, "
           "a 64x64 square to flip:")
     for domain, flag in (("local (default)", []), ("all features", ["--large-global"])):
-        done = subprocess.run([sys.executable, __file__, "--large-only", "--threads", str(args.threads), *flag]
+        done = subprocess.run([sys.executable, __file__, "--large-only", "--threads", str(args.threads),
+                               "--device", device, *flag]
                               + (["--quick"] if args.quick else []), capture_output=True, text=True, check=True)
         big = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"  domain {domain}: {big['seconds_per_iteration']:.2f} s/iteration "
               f"({big['cpu_seconds_per_iteration']:.2f} CPU s; forward + 2 VJPs {big['forward_vjps_seconds']:.2f} s) "
               f"over {big['iterations']} iterations, peak memory {big['peak_rss_gib']:.2f} GiB "
-              f"(process peak RSS; {big['rss_before_gib']:.2f} GiB before the attack)")
+              f"(process peak RSS; {big['rss_before_gib']:.2f} GiB before the attack"
+              + (f"; peak CUDA memory allocated {big['peak_cuda_gib']:.2f} GiB)" if big["peak_cuda_gib"] is not None
+                 else ")"))
     return 0
 
 
