@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from salmap._validate import check_number
+from salmap.data.base import Dataset
 from salmap.gradients import predict
 from salmap.progress import bar as progress_bar
 
@@ -163,3 +165,11 @@ def classifier_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
     finally:
         model.train(was_training)
     return float((pred == y.cpu()).float().mean())
+
+
+def trained_meta(train: Dataset, task: str) -> dict[str, Any]:
+    """The ``model.json`` fields of a model salmap trains on ``train``: its input shape, bounds
+    ``[0, 1]`` without normalisation, the class names and the task."""
+    c, h, w = train.x.shape[1:]
+    return {"input_shape": [int(c), int(h), int(w)], "bounds": [0.0, 1.0], "normalization": None,
+            "class_names": train.class_names, "task": task}

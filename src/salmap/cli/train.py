@@ -11,7 +11,7 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models
 from salmap.cli.common import add_device_arg, output_folder
-from salmap.training import train_classifier
+from salmap.training import train_classifier, trained_meta
 
 #: Default epochs per task: the lenet reaches about 97.5% on mnist-sample in 12; the unet
 #: reaches a test mean IoU above 0.9 on mnist-seg in SEGMENTATION_EPOCHS (README).
@@ -73,11 +73,4 @@ def build_classifier(
     elif name.startswith("resnet"):
         kwargs["stem"] = stem or ("small" if max(h, w) <= 64 else "standard")
     model = models.build(name, **kwargs)
-    meta = {
-        "input_shape": [int(c), int(h), int(w)],
-        "bounds": [0.0, 1.0],
-        "normalization": None,
-        "class_names": train.class_names,
-        "task": "classification",
-    }
-    return model, meta
+    return model, trained_meta(train, "classification")

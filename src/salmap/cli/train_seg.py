@@ -15,7 +15,7 @@ from salmap import models
 from salmap.cli.common import output_folder
 from salmap.gradients import predict
 from salmap.metrics import iou_per_class, mask_from_output
-from salmap.training import TrainReport, fit
+from salmap.training import TrainReport, fit, trained_meta
 
 
 def segmentation_loss(binary: bool, weight: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -40,19 +40,11 @@ def build_segmenter(name: str, train: datasets.Dataset, base: int = 8, depth: in
         raise ValueError(f"model must be 'unet' for --task segmentation, got {name!r}")
     if train.task != "segmentation":
         raise ValueError(f"data must be a segmentation dataset (e.g. mnist-seg), got {train.name!r} ({train.task})")
-    c, h, w = train.x.shape[1:]
+    c = train.x.shape[1]
     binary = train.num_classes == 2
     model = models.build("unet", in_channels=int(c), num_classes=1 if binary else train.num_classes,
                          base=base, depth=depth)
-    meta = {
-        "input_shape": [int(c), int(h), int(w)],
-        "bounds": [0.0, 1.0],
-        "normalization": None,
-        "class_names": train.class_names,
-        "task": "segmentation",
-        "output": "sigmoid" if binary else "softmax",
-    }
-    return model, meta
+    return model, {**trained_meta(train, "segmentation"), "output": "sigmoid" if binary else "softmax"}
 
 
 def segmentation_metrics(model: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Any]:
