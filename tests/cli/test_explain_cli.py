@@ -174,3 +174,31 @@ def test_explain_resumes_and_recomputes_nothing(files, tmp_path, capsys, monkeyp
     (out / "batches" / "m000-e001-b000001.jsonl").unlink()  # occlusion, second batch
     assert explain(files, out, *args) == 0
     assert len(calls) == 2  # that batch before and after the attack
+
+
+def test_explain_attack_runs_through_the_pipeline_with_the_metric_names_of_attack(files, tmp_path):
+    """The attack of ``salmap explain --attack`` is a unit of the same execute step as ``salmap
+    attack``: the same rows, and its summary carries the names of attack and evaluate."""
+    common = ["--model", str(files / "lenet"), "--data", f"npz:{files / 'd.npz'}", "-n", "5", "--batch-size", "2",
+              "--eps", "0.2", "--device", "cpu"]
+    assert main(["attack", "fgsm", *common, "--out", str(tmp_path / "attack")]) == 0
+    assert main(["explain", *common, "--attack", "fgsm", "--out", str(tmp_path / "explain")]) == 0
+    attack = json.loads((tmp_path / "attack" / "results.json").read_text())["summary"]
+    explained = json.loads((tmp_path / "explain" / "summary.json").read_text())
+    summary = explained["attack"]["summary"]
+    assert {"l0_mean", "l0_mean_success", "l2_mean", "l2_mean_success", "linf_mean", "success_rate"} <= set(summary)
+    assert set(summary) == set(attack)
+    for key in ("success_rate", "l0_mean", "l2_mean", "l2_mean_success", "l2", "clean_accuracy"):
+        assert summary[key] == pytest.approx(attack[key], nan_ok=True)
+
+    def rows(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "results.jsonl").read_text().splitlines()]
+
+    assert rows(tmp_path / "explain") == rows(tmp_path / "attack")
+    assert explained["attack"]["pred_after"] == [r["pred_after"] for r in rows(tmp_path / "attack")]
+    # the explanation rows: one a sample, with the map figures before and after the attack
+    units = sorted((tmp_path / "explain" / "batches").glob("m000-e000-*.jsonl"))
+    per_sample = [json.loads(line) for u in units for line in u.read_text().splitlines()]
+    assert [r["index"] for r in per_sample] == list(range(5))
+    assert all({"map", "after", "before_vs_after", "seconds"} <= set(r) for r in per_sample)

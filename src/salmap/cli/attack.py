@@ -129,7 +129,7 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
     params = params_from_args(args.entry, args, base={"seed": args.seed, "strict_targets": False})
     ran = run_attack(args, model, meta, bounds_of(meta), ds, args.data, args.targeted, params)
     out = Path(args.out)
-    summary = legacy_summary(ran)
+    summary = legacy_summary(ran.entry, ran.rows)
     keys = ("index", "label", "target", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after")
     rows = [{k: r[k] for k in keys} | ({"success_png": r["success_png"]} if "success_png" in r else {})
             for r in ran.rows]

@@ -86,10 +86,10 @@ def run_attack(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any],
                outcome.resumed)
 
 
-def legacy_summary(ran: Ran) -> dict[str, Any]:
-    """The ``summary`` of results.json: the earlier keys (``l0``, ``l2``, ``linf``: means over all
+def legacy_summary(e: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The attack summary of ``salmap attack``'s results.json and ``salmap explain``'s summary.json
+    from a summary entry and its rows: the earlier keys (``l0``, ``l2``, ``linf``: means over all
     samples) beside the names ``salmap evaluate`` uses (``l2_mean``, ``l2_mean_success``, ...)."""
-    e, rows = ran.entry, ran.rows
     old = {"samples": float(len(rows)), "success_rate": e["success_rate"], "l0": e["l0_mean"],
            "l0_fraction": e["l0_fraction_mean"], "l2": e["l2_mean"], "linf": e["linf_mean"],
            "iterations": e["iterations_mean"], "seconds": e["seconds"]}

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from salmap import registry
 from salmap.attacks.base import Attack, AttackResult
+from salmap.evaluation.explaining import attribute, explain_samples
 from salmap.evaluation.plan import Plan, Unit, derive_seed
 from salmap.evaluation.resources import LoadedModel
 from salmap.gradients import frozen, predict
@@ -70,11 +71,12 @@ def build(plan: Plan, unit: Unit, model: LoadedModel) -> Any:
 
 
 def execute(plan: Plan, unit: Unit, runnable: Any, model: LoadedModel, device: str,
-            save_adversarial: bool = False, save_png: bool = False) -> UnitOutput:
-    """Run ``runnable`` (an attack or explainer built by :func:`build`) on ``unit``."""
+            save_adversarial: bool = False, save_png: bool = False, attacked: Tensor | None = None) -> UnitOutput:
+    """Run ``runnable`` (an attack or explainer built by :func:`build`) on ``unit``; ``attacked``:
+    the adversarial examples of the unit's samples an explanation unit explains too (:meth:`Plan.paired`)."""
     torch.manual_seed(unit.seed)  # for algorithms drawing from the global generator
     if unit.kind == "explain":
-        return _explain(plan, unit, runnable, model, device)
+        return _explain(plan, unit, runnable, model, device, attacked)
     ds, spec = plan.dataset, plan.cfg.attacks[unit.attack]
     pos = unit.positions
     x, y = ds.x[pos].to(device), ds.y[pos].to(device)
@@ -243,23 +245,21 @@ def _rounding(output: UnitOutput, attack: Any, result: AttackResult, model: Load
         output.pngs.append((f"{unit.key}-{int(index[i])}{suffix}.png", levels[i]))
 
 
-def attribute(explainer: Any, x: Tensor, target: Any = None, mask: Tensor | None = None) -> tuple[Tensor, float]:
-    """One batch of attribution maps (``explainer.attribute``) and the seconds it took.
-
-    The one call through which explanations run: ``salmap evaluate``'s explanation units
-    and ``salmap explain``'s batches (:mod:`salmap.cli.explain_units`).
-    """
-    start = time.perf_counter()
-    heat = explainer.attribute(x, target=target, mask=mask) if mask is not None else \
-        explainer.attribute(x, target=target)
-    return heat, time.perf_counter() - start
-
-
-def _explain(plan: Plan, unit: Unit, explainer: Any, model: LoadedModel, device: str) -> UnitOutput:
-    """An explanation unit: attribution maps of its samples (the figure samples)."""
-    ds, spec = plan.dataset, plan.cfg.explanations[unit.attack]
+def _explain(plan: Plan, unit: Unit, explainer: Any, model: LoadedModel, device: str,
+             attacked: Tensor | None = None) -> UnitOutput:
+    """An explanation unit: attribution maps of its samples (the figure samples; with
+    ``salmap explain``'s settings a batch of every sample, :func:`~salmap.evaluation.explaining.explain_samples`)."""
+    ds, spec, settings = plan.dataset, plan.cfg.explanations[unit.attack], plan.cfg.explain
     pos = unit.positions
     x, y = ds.x[pos].to(device), ds.y[pos].to(device)
+    if settings is not None:
+        found, kept = explain_samples(explainer, model.module, x, y, pos, ds.task == "segmentation", settings.target,
+                                      settings.region, settings.rows,
+                                      None if attacked is None else attacked.to(device))
+        name = plan.cfg.models[unit.model].name
+        rows = [{"model": name, "explainer": spec.name, "index": int(i), **r}
+                for i, r in zip(plan.indices[pos], found, strict=True)]
+        return UnitOutput(rows, examples=kept if kept["position"].numel() else {})
     # a segmenter is explained for its own predicted mask; a classifier for the true class
     heat, seconds = attribute(explainer, x, y if ds.task == "classification" else None)
     row = {"model": plan.cfg.models[unit.model].name, "explainer": spec.name, "samples": len(pos),

@@ -7,7 +7,10 @@ before it), its samples and, for targeted attacks, its targets. So a unit comput
 same rows in any process, in any order, after any crash: resume and ``torchrun``
 sharding give the rows of an uninterrupted single-process run.
 
-Explanations are units too: one per model and explainer, over the samples the figures show.
+Explanations are units too: one per model and explainer, over the samples the figures show;
+with ``salmap explain``'s settings (:class:`~salmap.evaluation.settings.ExplainRun`) one per
+model, explainer and batch, over every sample, and with an attack each explains the
+adversarial examples of its batch's attack unit too (:meth:`Plan.paired`).
 """
 
 from __future__ import annotations
@@ -84,6 +87,14 @@ class Plan:
     def attack_units(self) -> list[Unit]:
         return [u for u in self.units if u.kind == "attack"]
 
+    def paired(self, unit: Unit) -> Unit | None:
+        """The attack unit whose adversarial examples an explanation unit of ``salmap explain``
+        also explains (its model and batch, the run's first attack), or None."""
+        if unit.kind != "explain" or self.cfg.explain is None or not self.cfg.attacks:
+            return None
+        return next(u for u in self.units if u.kind == "attack" and u.model == unit.model and u.attack == 0
+                    and u.batch == unit.batch)
+
 
 def _file_hash(path: Path) -> str:
     digest = hashlib.sha256()
@@ -125,6 +136,13 @@ def units_of(cfg: RunConfig, samples: int) -> list[Unit]:
             for b, start in enumerate(range(0, samples, cfg.batch_size)):
                 unit = Unit(m, a, b, start, min(start + cfg.batch_size, samples))
                 units.append(_seeded(unit, cfg.seed))
+    if cfg.explain is not None:  # salmap explain: every sample, batch by batch
+        for m in range(len(cfg.models)):
+            for e in range(len(cfg.explanations)):
+                for b, start in enumerate(range(0, samples, cfg.batch_size)):
+                    units.append(_seeded(Unit(m, e, b, start, min(start + cfg.batch_size, samples), kind="explain"),
+                                         cfg.seed))
+        return units
     shown = min(cfg.figures.samples, samples)
     if shown:
         for m in range(len(cfg.models)):
@@ -156,6 +174,8 @@ def plan(cfg: RunConfig, resources: Resources | None = None) -> Plan:
         else:
             targets.append(None)
     shown = list(range(min(cfg.figures.samples, len(ds))))
+    if cfg.explain is not None:  # the explanation units explain every attacked sample: keep them all
+        shown = list(range(len(ds)))
     if any(a.targets == "all" for a in cfg.attacks):
         # The source-target grid shows the first sample of every class.
         for c in range(ds.num_classes):

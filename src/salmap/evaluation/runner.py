@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from salmap.devices import resolve_device
 from salmap.evaluation.distributed import World, from_environment
@@ -173,11 +174,37 @@ def compute(the_plan: Plan, units: list[Unit], store: RunStore, resources: Resou
                 job = cfg.attacks[unit.attack] if unit.kind == "attack" else cfg.explanations[unit.attack]
                 bar.set_postfix_str(f"{cfg.models[m].name} / {job.name}", refresh=False)
                 out = execute(the_plan, unit, built[(unit.kind, unit.attack)], loaded, device,
-                              save_adversarial=cfg.save_adversarial, save_png=cfg.save_png)
+                              save_adversarial=cfg.save_adversarial, save_png=cfg.save_png,
+                              attacked=attacked(the_plan, unit, store))
                 store.write_unit(unit.key, out.rows, out.examples, out.adversarial, out.pngs)
                 bar.update(unit.stop - unit.start)
     finally:
         bar.close()
+
+
+def attacked(the_plan: Plan, unit: Unit, store: RunStore) -> Tensor | None:
+    """The adversarial examples an explanation unit of ``salmap explain`` explains too: those its
+    paired attack unit (:meth:`Plan.paired`, computed before it) kept in the store; else None."""
+    pair = the_plan.paired(unit)
+    if pair is None:
+        return None
+    kept = store.examples(pair.key)
+    if not kept or not torch.equal(kept["position"], unit.positions):
+        raise RuntimeError(f"unit {pair.key} holds no adversarial examples for the samples of unit {unit.key}")
+    return kept["x_adv"]
+
+
+def explanations(the_plan: Plan, store: RunStore) -> list[tuple[int, int, dict[str, Any]]]:
+    """Per model and explainer ``(model, explainer, {model, explainer, samples, seconds, figure})``,
+    from the rows of its explanation units."""
+    found: dict[tuple[int, int], dict[str, Any]] = {}
+    for u in (u for u in the_plan.units if u.kind == "explain"):
+        for row in store.read_unit(u.key):
+            entry = found.setdefault((u.model, u.attack), {"model": row["model"], "explainer": row["explainer"],
+                                                           "samples": 0, "seconds": 0.0, "figure": None})
+            entry["samples"] += row.get("samples", 1)
+            entry["seconds"] += row["seconds"]
+    return [(m, e, entry) for (m, e), entry in found.items()]
 
 
 def expected_rows(the_plan: Plan, unit: Unit) -> int:
@@ -222,8 +249,7 @@ def finalize(the_plan: Plan, store: RunStore, start: float, resumed: int, proces
     cfg = the_plan.cfg
     rows = merge(the_plan, store)
     summary = summarize(the_plan, rows)
-    explained = [(u.model, u.attack, {**store.read_unit(u.key)[0], "figure": None})
-                 for u in the_plan.units if u.kind == "explain"]
+    explained = explanations(the_plan, store)
     summary["figures"] = []
     if cfg.figures.enabled:
         from salmap.evaluation.figures import draw

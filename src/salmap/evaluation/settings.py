@@ -71,6 +71,19 @@ class ExplainConfig:
 
 
 @dataclass
+class ExplainRun:
+    """``salmap explain``'s explanation units (None in ``salmap evaluate``, whose explanation
+    units cover the figure samples only): every sample is explained, batch by batch."""
+
+    #: the class explained: ``pred`` (predicted), ``label`` (true label) or a class index
+    target: str = "pred"
+    #: segmenters: ``Y0:Y1,X0:X1``, explain the summed score over this pixel box
+    region: str | None = None
+    #: the maps of the first ``rows`` samples are kept for the pictures
+    rows: int = 8
+
+
+@dataclass
 class FigureConfig:
     #: samples shown in the adversarial grids and explanation overlays
     samples: int = 8
@@ -102,6 +115,8 @@ class RunConfig:
     #: the command line trusts the run's .pt2 model files (``--trust-model``: torch unpickles
     #: them); a run file cannot set it, and it is not part of the description
     trust_model: bool = field(default=False, compare=False)
+    #: ``salmap explain``'s settings (see :class:`ExplainRun`); a run file cannot set them
+    explain: ExplainRun | None = None
     #: the models and dataset opened during validation, handed to the plan (not part of the description)
     resources: Resources | None = field(default=None, repr=False, compare=False)
 
@@ -121,7 +136,7 @@ class RunConfig:
         payload.pop("output")
         payload.pop("device")
         payload.pop("report")
-        for key in ("save_adversarial", "save_png"):  # off: the fingerprint of a run file that predates them
+        for key in ("save_adversarial", "save_png", "explain"):  # off: the fingerprint of a run file that predates them
             if not payload[key]:
                 payload.pop(key)
         for attack in payload["attacks"]:
@@ -133,5 +148,6 @@ class RunConfig:
 
 
 __all__ = [
-    "RUN_TARGETING", "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "FigureConfig", "ModelConfig", "RunConfig",
+    "RUN_TARGETING", "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "ExplainRun", "FigureConfig", "ModelConfig",
+    "RunConfig",
 ]
