@@ -3,7 +3,7 @@
 A folder holds one sub-folder of images per class (PNG, JPEG, BMP, GIF, WebP), or ``train``
 and ``test`` folders of those. Listing it reads no pixels; images are decoded when a batch
 asks for them (``dataset.x[positions]``), so a run over thousands of photographs keeps one
-batch in memory. Each image is decoded to float in ``[0, 1]`` by its real bit depth (8- or
+batch in memory (the memory freed by the previous batch is given back first: :mod:`salmap.data.heap`). Each image is decoded to float in ``[0, 1]`` by its real bit depth (8- or
 16-bit), turned into RGB or grey as asked (``channels``: the model's), and with
 ``image_size=N`` resized so that its shorter side is ``N`` (antialiased bilinear) and
 centre-cropped to ``N x N`` -- the usual ImageNet evaluation transform.
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from salmap.data import limits
 from salmap.data.base import Dataset, split_per_class
+from salmap.data.heap import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,13 @@ class LazyImages:
         if isinstance(key, (int, np.integer)):
             return self._one(int(key))
         positions = self._positions(key)
-        if not positions:
-            return torch.zeros((0, *self.sample_shape))
-        return torch.stack([self._one(i) for i in positions])
+        # the previous batch's tensors are freed by now: give their pages back before decoding
+        # this one, so that peak memory stays that of one batch (salmap.data.heap)
+        release_freed_memory()
+        batch = torch.empty((len(positions), *self.sample_shape), dtype=self.dtype)
+        for row, i in enumerate(positions):  # each image straight into its row: no list of copies
+            batch[row] = self._one(i)
+        return batch
 
     def select(self, key: Any) -> LazyImages:
         """The images at ``key`` (a slice or positions), still undecoded."""
