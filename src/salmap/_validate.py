@@ -127,10 +127,13 @@ def check_labels(
     num_classes: int,
     name: str = "y",
     device: torch.device | None = None,
+    known_range: tuple[int, int] | None = None,
 ) -> Tensor:
     """Return ``labels`` as a long tensor ``(batch,)`` of class indices in ``[0, num_classes)``.
 
-    Accepts an int (used for every sample), a sequence, or a tensor.
+    Accepts an int (used for every sample), a sequence, or a tensor. ``known_range``: the
+    labels' ``(min, max)`` when the caller has read it already (:func:`label_range`), so
+    that checking costs no transfer from the device here.
     """
     if isinstance(labels, bool):
         raise ValueError(f"{name} must be class indices, got {labels!r}")
@@ -141,12 +144,22 @@ def check_labels(
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
     if labels.numel():
-        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one transfer of two numbers
+        low, high = known_range if known_range is not None else label_range(labels)  # type: ignore[misc]
         if low < 0 or high >= num_classes:
             raise ValueError(
                 f"{name} must be class indices in [0, {num_classes - 1}], got values in [{low}, {high}]"
             )
     return labels.to(device=device, dtype=torch.long)
+
+
+def label_range(labels: Any) -> tuple[int, int] | None:
+    """``(min, max)`` of an integer label tensor in one transfer of two numbers; ``None`` for
+    anything else (ints, sequences, empty or non-integer tensors: :func:`check_labels` decides)."""
+    if not isinstance(labels, Tensor) or labels.numel() == 0 or labels.is_floating_point() \
+            or labels.is_complex() or labels.dtype == torch.bool:
+        return None
+    low, high = torch.stack(torch.aminmax(labels.detach())).tolist()
+    return int(low), int(high)
 
 
 def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
@@ -160,5 +173,5 @@ def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
 
 __all__ = [
     "MAX_SEED", "Bounds", "BoundsLike", "as_index_tensor", "check_bounds", "check_choice", "check_input",
-    "check_labels", "check_number", "check_seed", "check_shape", "clip_features",
+    "check_labels", "check_number", "label_range", "check_seed", "check_shape", "clip_features",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import BoundsLike, check_bounds, check_input, check_labels
+from salmap._validate import BoundsLike, check_bounds, check_input, check_labels, label_range
 from salmap.attacks.result import AttackResult
 from salmap.gradients import Model, frozen, predict, record_forward
 from salmap.metrics import distortion
@@ -74,6 +74,13 @@ class Attack(ABC):
         if not targeted and not self.supports_untargeted:
             raise ValueError(f"{type(self).__name__} is targeted only: pass target, not y")
         x = check_input(x, self.bounds)
+        raw = target if targeted else y
+        # Read before the clean pass, while the device is idle: checking the labels after it
+        # needs no transfer (a transfer there would stall the device between the passes).
+        known = self._label_range(raw)
+        # A sync-free attack checks the clean outputs once its work is queued (one transfer at
+        # the end); the others check them at once (they synchronise while running anyway).
+        check_now = not self._checks_outputs_after_run()
         start = time.perf_counter()
         with frozen(self.model):
             x0 = x.detach().clone()
@@ -89,15 +96,16 @@ class Attack(ABC):
                     first_forward(self.model, x0)  # names what went wrong (the input's shape)
                     raise
                 if clean is None:
-                    clean = first.output.detach() if first is not None else first_forward(self.model, x0)
-                    if first is not None:
+                    clean = first.output.detach() if first is not None else first_forward(self.model, x0, check_now)
+                    if first is not None and check_now:
                         check_finite_outputs(clean, "clean")
                 elif clean.shape[0] != x0.shape[0]:
                     raise ValueError(f"clean must hold one output per sample ({x0.shape[0]}), got shape {tuple(clean.shape)}")
                 else:
                     clean = clean.detach().to(x0.device)
-                    check_finite_outputs(clean, "clean")
-                labels = self._check_labels(x0, target if targeted else y, targeted, clean)
+                    if check_now:
+                        check_finite_outputs(clean, "clean")
+                labels = self._check_labels(x0, raw, targeted, clean, known)
                 if first is None:
                     x_adv, iterations = self._run(x0, labels, targeted, clean)
                 else:
@@ -106,6 +114,8 @@ class Attack(ABC):
                 del first
             x_adv = self.bounds.clamp(x_adv.detach())
         l0, l2, linf = distortion(x0, x_adv)
+        if not check_now:
+            check_finite_outputs(clean, "clean")
         return AttackResult(
             x_adv=x_adv,
             success=None,
@@ -156,14 +166,27 @@ class Attack(ABC):
         """Whether the first step of :meth:`_run` is a gradient at the clean input ``x``."""
         return False
 
-    def _check_labels(self, x: Tensor, labels: Any, targeted: bool, clean: Tensor) -> Tensor:
-        """Validate and return the labels (class indices ``(B,)`` for classifiers)."""
+    def _checks_outputs_after_run(self) -> bool:
+        """Whether :meth:`_run` never synchronises with the device, so the clean outputs' finiteness
+        is checked after it (NaN outputs still raise, once the work is queued) rather than between
+        the clean pass and the first gradient."""
+        return False
+
+    def _label_range(self, labels: Any) -> tuple[int, int] | None:
+        """The raw labels' ``(min, max)``, read before the clean pass (``None``: checked later)."""
+        return label_range(labels)
+
+    def _check_labels(
+        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
+    ) -> Tensor:
+        """Validate and return the labels (class indices ``(B,)`` for classifiers); ``known_range``
+        is :meth:`_label_range`'s answer."""
         if clean.dim() != 2:
             raise ValueError(
                 f"model must return (B, classes) logits for {type(self).__name__}, "
                 f"got output of shape {tuple(clean.shape)}"
             )
-        return check_labels(labels, x.shape[0], clean.shape[1], "target" if targeted else "y", x.device)
+        return check_labels(labels, x.shape[0], clean.shape[1], "target" if targeted else "y", x.device, known_range)
 
     def _predictions(self, out: Tensor) -> Tensor:
         """The predicted labels stored in the result (arg-max class; masks for segmenters)."""
@@ -182,7 +205,7 @@ class Attack(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def first_forward(model: Model, x: Tensor) -> Tensor:
+def first_forward(model: Model, x: Tensor, check: bool = True) -> Tensor:
     """The model's outputs on the clean batch, or a ``ValueError`` that says what went wrong:
     a model that cannot take ``x`` (3-D input, wrong image size) is named with ``x``'s shape,
     and non-finite outputs are refused (an attack's success cannot be judged on NaN logits)."""
@@ -196,7 +219,8 @@ def first_forward(model: Model, x: Tensor) -> Tensor:
             f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
             "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
         ) from err
-    check_finite_outputs(out, "clean")
+    if check:
+        check_finite_outputs(out, "clean")
     return out
 
 

@@ -117,8 +117,10 @@ class JSMA(Attack):
         self.chunk_size = None if chunk_size is None else check_number("chunk_size", chunk_size, low=1, integer=True)
         self.saturation = float(check_number("saturation", saturation, low=0.0, high=1.0, high_open=True))
 
-    def _check_labels(self, x: Tensor, labels: object, targeted: bool, clean: Tensor) -> Tensor:
-        checked = super()._check_labels(x, labels, targeted, clean)
+    def _check_labels(
+        self, x: Tensor, labels: object, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
+    ) -> Tensor:
+        checked = super()._check_labels(x, labels, targeted, clean, known_range)
         if targeted and self.strict_targets:
             same = (checked == clean.argmax(dim=1)).nonzero().flatten()
             if same.numel():

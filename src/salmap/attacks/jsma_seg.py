@@ -146,7 +146,12 @@ class SegmentationJSMA(Attack):
         self.progress = bool(progress)
 
     # -- what the base class asks ----------------------------------------------
-    def _check_labels(self, x: Tensor, labels: Any, targeted: bool, clean: Tensor) -> Tensor:
+    def _label_range(self, labels: Any) -> tuple[int, int] | None:
+        return None  # masks are checked against the model's classes below
+
+    def _check_labels(
+        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
+    ) -> Tensor:
         if clean.dim() != 4:
             raise ValueError(
                 f"model must return (B, classes, H, W) outputs for {type(self).__name__}, "

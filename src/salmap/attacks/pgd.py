@@ -111,6 +111,9 @@ class PGD(Attack):
         # then the first step's forward pass is the clean prediction (early_stop: the shared active-set loop)
         return not self.random_start and not self.early_stop
 
+    def _checks_outputs_after_run(self) -> bool:
+        return not self.early_stop  # without early stopping the steps never synchronise
+
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
     ) -> tuple[Tensor, Tensor]:
