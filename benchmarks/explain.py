@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _device import add_device_flag, announce
 from torch import Tensor
 
 from salmap import data, models
@@ -133,7 +134,7 @@ def main() -> None:
                    "(default: salmap's batch size / images)")
     p.add_argument("--no-captum", action="store_true", help="skip captum")
     p.add_argument("--settings", default="mnist,224", help="which settings to run (default mnist,224)")
-    p.add_argument("--device", default="cpu")
+    add_device_flag(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     args = p.parse_args()
     if args.threads:
@@ -142,7 +143,7 @@ def main() -> None:
     n224 = args.n224 or (2 if args.quick else 16)
     n224_occ = args.n224_occlusion or (1 if args.quick else n224)
     repeat = args.repeat or (1 if args.quick else 2)
-    device = torch.device(args.device)
+    device = torch.device(announce(args.device))
     try:
         from salmap.explain import LRP
     except ImportError:

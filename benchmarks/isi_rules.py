@@ -9,7 +9,7 @@ the lenet of ``--model`` (default: trained once like ``salmap demo``'s and cache
 - L0: salmap's ranking ``(x - b) g~`` against ranking by the relevance ``R`` itself (the
   authors' ranking) with the same moves, and how many adversarial images are identical.
 
-Run: ``python benchmarks/isi_rules.py [--model runs/lenet] [-n 100]``
+Run: ``python benchmarks/isi_rules.py [--model runs/lenet] [-n 100] [--device auto]``
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from _device import add_device_flag, announce
 from torch import Tensor
 
 from salmap import data, models
@@ -57,6 +58,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="trained lenet checkpoint (default: train and cache one)")
     p.add_argument("-n", "--num", type=int, default=100, help="test images (default 100)")
     p.add_argument("--threads", type=int, default=2)
+    add_device_flag(p)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "salmap-bench" / "lenet"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,9 +68,10 @@ def main() -> None:
         from salmap.cli.demo import cached_lenet
 
         model, _, _ = cached_lenet(Path(args.cache), epochs=12)
-    model.eval()
+    device = announce(args.device)
+    model = model.to(device).eval()
     x, y = data.load("mnist-sample", split="test")
-    x, y = x[: args.num], y[: args.num]
+    x, y = x[: args.num].to(device), y[: args.num].to(device)
     print(f"{args.num} mnist-sample test images, untargeted, relevance, 30 iterations")
     l2 = {"norm": "l2", "eps": 0.1, "n_features": 10}
     print(line("L2 authors' rule (default)", ISI(model, **l2)(x, y=y)))
