@@ -144,3 +144,20 @@ def test_defend_reports_the_metric_names_of_attack(tmp_path: Path, checkpoint: s
     transfer = [r for r in rows_of(tmp_path / "defend") if r["model"] == "transfer"]
     keys = ("index", "label", "success", "l0", "l2", "linf", "pred_before", "pred_after")
     assert [{k: r[k] for k in keys} for r in transfer] == [{k: r[k] for k in keys} for r in attack_rows]
+
+
+def test_a_run_that_died_while_training_trains_again(tmp_path: Path, checkpoint: str, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed while training")
+
+    monkeypatch.setattr("salmap.cli.defend.train_block_switch", dies)
+    assert main(defend_args(checkpoint, out)) != 0
+    assert (out / "run.json").is_file() and not (out / "training.json").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(defend_args(checkpoint, out)) == 0  # the same run: claimed again, the defense trained now
+    printed = capsys.readouterr().out
+    assert "reusing" not in printed and "block-switch: test accuracy" in printed
+    assert json.loads((out / "evaluation.json").read_text())["units_resumed"] == 0
