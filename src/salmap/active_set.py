@@ -35,6 +35,8 @@ def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int |
         only the rows of the samples it reports as stepped. ``stepped`` is a bool ``(A,)``:
         the samples that took a step (they stay active); the others are finished and keep
         their state from before this call; ``None`` means every active sample took a step.
+        ``stepped`` may also be a long tensor of the stepped rows' positions in ascending
+        order (a step that has them already saves the loop its one host read per step).
         ``updates`` maps names of ``state`` to new rows ``(A, ...)``; only the rows of
         stepped samples are written back.
     max_steps:
@@ -81,10 +83,12 @@ def active_set_loop(state: dict[str, Tensor], step: ActiveStep, max_steps: int |
                     state[name][active] = new
             iterations[active] += 1
             continue
-        moved = active[stepped]
+        # positions of the stepped rows: the loop's one read from the device per step, unless given
+        kept = stepped if stepped.dtype == torch.long else stepped.nonzero().flatten()
+        moved = active[kept]
         for name, new in updates.items():
             if not (everyone and new is state[name]):  # the state's own rows were changed in place
-                state[name][moved] = new[stepped]
+                state[name][moved] = new[kept]
         iterations[moved] += 1
         active = moved
         everyone = everyone and moved.numel() == batch

@@ -110,7 +110,8 @@ def class_score_grads(
     """
 
     def target_onehot(out: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(classes, out.shape[1]).to(out.dtype)
+        # (scatter, not one_hot: one_hot reads the classes' range back from the device)
+        return torch.zeros_like(out).scatter_(1, classes.reshape(-1, 1), 1.0)
 
     scores, (alpha, total) = output_vjps(
         model,

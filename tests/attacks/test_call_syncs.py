@@ -21,7 +21,10 @@ class _Recorder(TorchDispatchMode):
         self.ops: list[str] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops.append(str(func.overloadpacket))
+        name = str(func.overloadpacket)
+        if name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+            name = "aten.index[bool]"  # a boolean mask's selection reads the number of its rows
+        self.ops.append(name)
         return func(*args, **(kwargs or {}))
 
 
@@ -62,3 +65,21 @@ def test_nan_outputs_still_raise_after_a_sync_free_run() -> None:
             attack(x, y=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"class indices in \[0, 2\], got values in \[0, 3\]"):
         FGSM(_model(), eps=0.1)(x, y=torch.tensor([0, 3]))
+
+
+def test_jsma_reads_the_device_at_most_three_times_per_iteration() -> None:
+    """One read for the rows that stepped and at most two inside the exact pair search
+    (the Pareto layers' size, the rows not yet proved optimal); the active-set loop and the
+    class-score gradients read nothing (scatter, not one_hot, which checks its classes)."""
+    from salmap.attacks import JSMA
+
+    reads = {"aten._local_scalar_dense", "aten.nonzero", "aten.index[bool]"}
+    model = _model()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    recorder = _Recorder()
+    with recorder:
+        result = JSMA(model, theta=1.0, gamma=0.5, strict_targets=False)(x, target=torch.tensor([0, 1, 2, 0, 1, 2]))
+    count = sum(op in reads for op in recorder.ops)
+    iterations = int(result.iterations.max())
+    assert iterations >= 2
+    assert count <= 3 * iterations + 3, (count, iterations)
