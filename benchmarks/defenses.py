@@ -21,13 +21,17 @@ variants, plus its own round two). Then EOT's expected loss gradient against the
 the averaged logits on block switching (mean cosine, PGD accuracy with each), and PGD-40 at eps 0.3 on the undefended lenet over
 ``--restart-n`` images with 1 and 10 restarts.
 
-CPU budget: ``--epochs`` applies to every training run (each round-one copy, each round two,
-the autoencoder and each adversarial training); Madry and TRADES cost about 41 forward and
-backward passes per batch. A mode whose model stays near chance after that budget is
-reported with its clean accuracy only. Every figure is over a small sample: one image is
-1 point at n=100.
+Budget: ``--epochs`` and ``--train-n`` apply to every training run (each round-one copy, each
+round two, the autoencoder and each adversarial training) unless ``--budget NAME=N:E`` gives
+the defense ``NAME`` (dae, block-switch, goodfellow, madry, trades) its own N training images
+and E epochs; Madry and TRADES cost about 41 forward and backward passes per image.
+``--eps-warmup MODE=E`` grows that adversarial-training mode's radius linearly over its first
+E epochs (a deviation from the papers, off by default; the row's name then says so). A mode
+whose model stays near chance after its budget is reported with its clean accuracy only.
+Every figure is over a small sample: one image is 1 point at n=100.
 
-Run: ``python benchmarks/defenses.py [--quick] [--model runs/lenet] [-n 100] [--epochs 2] [--restarts 5]``
+Run: ``python benchmarks/defenses.py [--quick] [--model runs/lenet] [-n 100] [--epochs 2] [--restarts 5]
+[--budget madry=4000:6 --eps-warmup madry=2] [--device auto]``
 """
 
 from __future__ import annotations
@@ -54,7 +58,11 @@ from salmap.defenses import (
 )
 from salmap.defenses.block_switch import assemble_block_switch, train_sub_models
 from salmap.defenses.evaluation import AttackSpec, table_rows
+from salmap.devices import DEVICE_HELP, describe_device, resolve_device
 from salmap.gradients import loss_grad
+
+#: the defenses whose training budget ``--budget`` may set.
+TRAINED = ("dae", "block-switch", "goodfellow", "madry", "trades")
 
 
 def lenet(path: str | None, cache: Path) -> tuple[nn.Module, dict, str]:
@@ -80,6 +88,29 @@ def attack_set(restarts: int, pgd_steps: int, isi_iterations: int) -> list[Attac
     ]
 
 
+def keyed(values: list[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` pairs of a repeated flag, names checked against :data:`TRAINED`."""
+    pairs = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or name not in TRAINED:
+            raise SystemExit(f"{flag}: expected NAME=VALUE with NAME one of {', '.join(TRAINED)}, got {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+def budgets(values: list[str], train_n: int, epochs: int) -> dict[str, tuple[int, int]]:
+    """Training images and epochs of every trained defense: ``--budget NAME=N:E`` or the defaults."""
+    out = dict.fromkeys(TRAINED, (train_n, epochs))
+    for name, value in keyed(values, "--budget").items():
+        try:
+            n, e = (int(v) for v in value.split(":"))
+        except ValueError:
+            raise SystemExit(f"--budget: expected NAME=IMAGES:EPOCHS, got {name}={value!r}") from None
+        out[name] = (n, e)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="40 images, 1 epoch, fewer attack iterations")
@@ -89,7 +120,12 @@ def main() -> None:
     p.add_argument("--train-n", type=int, default=None, help="training images (default all 4,000)")
     p.add_argument("--restarts", type=int, default=5, help="PGD restarts in the table (default 5)")
     p.add_argument("--restart-n", type=int, default=500, help="images for the 1 vs 10 restarts line (default 500)")
+    p.add_argument("--budget", action="append", default=[], metavar="NAME=N:E",
+                   help="training images and epochs of one defense (dae, block-switch, goodfellow, madry, trades)")
+    p.add_argument("--eps-warmup", action="append", default=[], metavar="MODE=E",
+                   help="grow an adversarial-training mode's eps over its first E epochs (not in the papers)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP} (default auto)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "salmap-bench" / "lenet"))
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
@@ -98,32 +134,46 @@ def main() -> None:
     epochs = args.epochs or (1 if args.quick else 2)
     pgd_steps, isi_iterations = (10, 10) if args.quick else (40, 30)
 
+    device = resolve_device(args.device)
     model, meta, source = lenet(args.model, Path(args.cache))
+    model = model.to(device)
     arch = meta["arch"]
-    train = data.load_dataset("mnist-sample", "train")
-    if args.train_n:
-        train = train.subset(args.train_n)
+    full = data.load_dataset("mnist-sample", "train")
+    budget = budgets(args.budget, args.train_n or len(full), epochs)
+    try:
+        warmups = {k: float(v) for k, v in keyed(args.eps_warmup, "--eps-warmup").items()}
+    except ValueError:
+        raise SystemExit(f"--eps-warmup: expected MODE=EPOCHS, got {args.eps_warmup}") from None
+
+    def train_set(name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        subset = full.subset(budget[name][0])
+        return subset.x.to(device), subset.y.to(device), budget[name][1]
+
     test = data.load_dataset("mnist-sample", "test")
-    x, y = test.x[:n], test.y[:n]
+    x, y = test.x[:n].to(device), test.y[:n].to(device)
     specs = attack_set(args.restarts, pgd_steps, isi_iterations)
-    print(f"lenet from {source}; {n} test images; {train.x.shape[0]} training images, "
-          f"{epochs} epoch(s) per training run; PGD {pgd_steps} steps "
-          f"(restarts {args.restarts}), ISI {isi_iterations} iterations; {args.threads} thread(s)", flush=True)
+    print(f"lenet from {source}; device {describe_device(device)}; {n} test images; training images and epochs: "
+          + ", ".join(f"{k} {v[0]} x {v[1]}" for k, v in budget.items())
+          + "".join(f"; {k} eps warm-up {v:g} epoch(s)" for k, v in warmups.items())
+          + f"; PGD {pgd_steps} steps (restarts {args.restarts}), ISI {isi_iterations} iterations; "
+          f"{args.threads} thread(s)", flush=True)
 
     start = time.perf_counter()
 
     defenses: list[tuple[str, nn.Module, float]] = [("none", model, 0.0)]
     torch.manual_seed(0)
-    denoiser = DenoisingAutoencoder(in_channels=1, width=32)
-    dae_s = train_denoiser(denoiser, train.x, noise_std=0.3, model=model, y=train.y, attack="fgsm", eps=0.3,
-                           epochs=epochs, seed=0, progress=False).seconds
+    denoiser = DenoisingAutoencoder(in_channels=1, width=32).to(device)
+    xt, yt, e = train_set("dae")
+    dae_s = train_denoiser(denoiser, xt, noise_std=0.3, model=model, y=yt, attack="fgsm", eps=0.3,
+                           epochs=e, seed=0, progress=False).seconds
     defenses.append(("dae", Purified(model, denoiser), dae_s))
     print(f"dae trained in {dae_s:.0f} s", flush=True)
-    copies, round_one = train_sub_models(arch, train.x, train.y, channels=5, epochs=epochs, seed=0, progress=False)
-    paper, report = assemble_block_switch(arch, copies, train.x, train.y, epochs=epochs, seed=0, progress=False,
+    xt, yt, e = train_set("block-switch")
+    copies, round_one = train_sub_models(arch, xt, yt, channels=5, epochs=e, seed=0, progress=False)
+    paper, report = assemble_block_switch(arch, copies, xt, yt, epochs=e, seed=0, progress=False,
                                           seconds=round_one)
     defenses.append(("block-switch", paper, report.seconds))
-    frozen, report_frozen = assemble_block_switch(arch, copies, train.x, train.y, epochs=epochs, seed=0,
+    frozen, report_frozen = assemble_block_switch(arch, copies, xt, yt, epochs=e, seed=0,
                                                   progress=False, freeze_channels=True, seconds=round_one)
     defenses.append(("block-switch frozen", frozen, report_frozen.seconds))
     defenses.append(("dae+block-switch", dae_block_switch(paper, denoiser), dae_s + report.seconds))
@@ -131,11 +181,14 @@ def main() -> None:
           f"round one {round_one:.0f} s of each)", flush=True)
     for mode in ("goodfellow", "madry", "trades"):
         torch.manual_seed(0)
-        robust = models.build(arch["name"], **arch.get("kwargs", {}))
-        seconds = adversarial_training(robust, train.x, train.y, mode=mode, epochs=epochs, seed=0,
-                                       progress=False).seconds
-        defenses.append((f"adv-{mode}", robust, seconds))
-        print(f"adv-{mode} trained in {seconds:.0f} s", flush=True)
+        robust = models.build(arch["name"], **arch.get("kwargs", {})).to(device)
+        xt, yt, e = train_set(mode)
+        warmup = warmups.get(mode, 0.0)
+        seconds = adversarial_training(robust, xt, yt, mode=mode, epochs=e, seed=0, progress=False,
+                                       eps_warmup=warmup).seconds
+        name = f"adv-{mode}" + (f" (eps warm-up {warmup:g} ep)" if warmup else "")
+        defenses.append((name, robust, seconds))
+        print(f"{name} trained in {seconds:.0f} s", flush=True)
     print(f"defenses trained in {time.perf_counter() - start:.0f} s so far", flush=True)
 
     rows, results = [], {}
@@ -174,7 +227,7 @@ def main() -> None:
           f"{accuracies['logits']:.1%} (averaged logits)")
     results["eot"] = {"cosine": cosine, "accuracy": accuracies}
 
-    xr, yr = test.x[: args.restart_n], test.y[: args.restart_n]
+    xr, yr = test.x[: args.restart_n].to(device), test.y[: args.restart_n].to(device)
     line = []
     for restarts in (1, 10):
         t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from salmap.defenses import (
     train_block_switch,
     train_dae_block_switch,
 )
-from salmap.defenses.adversarial import adversarial_loss, kl_perturbation, recipe
+from salmap.defenses.adversarial import adversarial_loss, kl_perturbation, recipe, warmup_eps
 from salmap.defenses.block_switch import (
     assemble_block_switch,
     block_switch,
@@ -259,6 +259,21 @@ def test_madry_trains_on_pgd_examples_only() -> None:
     torch.testing.assert_close(xb, PGD(model, eps=0.2, step=0.05, steps=3, seed=4)(x, y=y).x_adv)
     logits = model(xb)
     torch.testing.assert_close(adversarial_loss("madry")(logits, yb), nn.functional.cross_entropy(logits, y))
+
+
+def test_eps_warmup_is_off_by_default_and_grows_the_radius_linearly() -> None:
+    assert [warmup_eps(0.3, b, 0) for b in range(3)] == [0.3, 0.3, 0.3]
+    assert [round(warmup_eps(0.3, b, 3), 6) for b in range(5)] == [0.1, 0.2, 0.3, 0.3, 0.3]
+    model = _net()
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6)
+    hook = adversarial_hook("madry", eps=0.2, steps=3, step=0.05, seed=4, warmup=2)
+    for batch, (radius, size) in enumerate([(0.1, 0.025), (0.2, 0.05), (0.2, 0.05)]):
+        expected = PGD(model, eps=radius, step=size, steps=3, seed=4 + batch)(x, y=y).x_adv
+        torch.testing.assert_close(hook(model, x, y)[0], expected)
+    fgsm = adversarial_hook("goodfellow", eps=0.2, warmup=4)
+    torch.testing.assert_close(fgsm(model, x, y)[0][6:], FGSM(model, eps=0.05)(x, y=y).x_adv)
+    with pytest.raises(ValueError, match="eps_warmup"):
+        adversarial_training(_net(), x, y, mode="madry", eps_warmup=-1.0, progress=False)
 
 
 def test_trades_loss_and_inner_maximisation_as_in_the_authors_code() -> None:
