@@ -17,9 +17,11 @@
 All three papers attack at the full ``eps`` from the first batch. ``eps_warmup`` (off by
 default) is a deviation from them: the radius grows linearly from ``eps / warmup`` to ``eps``
 over the first batches (the step size with it), a curriculum of the kind Gowal et al. 2018
-(IBP) use. It is for short training budgets: with a few hundred batches instead of Madry et
-al.'s 100,000 iterations, PGD training at ``eps = 0.3`` from a fresh lenet on MNIST stays at the
-uniform prediction (loss 2.30, chance accuracy) for as long as we trained it.
+(IBP) use. It is for short training budgets (Madry et al. train for 100,000 batches of 50):
+measured on 1,000 MNIST-sample images, batch 64, Adam 1e-3, a fresh lenet in mode ``"madry"``
+still predicted one class for every image (loss 2.30, 8% clean accuracy) after 80 batches at
+``eps = 0.3``; with the radius grown over the first 64 batches it reached 88.5% clean accuracy
+and 47% under PGD-40 at ``eps = 0.3`` after those 64, and 89% / 50% after 96.
 """
 
 from __future__ import annotations
