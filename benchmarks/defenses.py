@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from _device import add_device_flag, announce
 from torch import nn
 
 from salmap import data, models
@@ -58,7 +59,6 @@ from salmap.defenses import (
 )
 from salmap.defenses.block_switch import assemble_block_switch, train_sub_models
 from salmap.defenses.evaluation import AttackSpec, table_rows
-from salmap.devices import DEVICE_HELP, describe_device, resolve_device
 from salmap.gradients import loss_grad
 
 #: the defenses whose training budget ``--budget`` may set.
@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--eps-warmup", action="append", default=[], metavar="MODE=E",
                    help="grow an adversarial-training mode's eps over its first E epochs (not in the papers)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP} (default auto)")
+    add_device_flag(p)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "salmap-bench" / "lenet"))
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
@@ -134,16 +134,16 @@ def main() -> None:
     epochs = args.epochs or (1 if args.quick else 2)
     pgd_steps, isi_iterations = (10, 10) if args.quick else (40, 30)
 
-    device = resolve_device(args.device)
-    model, meta, source = lenet(args.model, Path(args.cache))
-    model = model.to(device)
-    arch = meta["arch"]
     full = data.load_dataset("mnist-sample", "train")
     budget = budgets(args.budget, args.train_n or len(full), epochs)
     try:
         warmups = {k: float(v) for k, v in keyed(args.eps_warmup, "--eps-warmup").items()}
     except ValueError:
         raise SystemExit(f"--eps-warmup: expected MODE=EPOCHS, got {args.eps_warmup}") from None
+    device = announce(args.device)
+    model, meta, source = lenet(args.model, Path(args.cache))
+    model = model.to(device)
+    arch = meta["arch"]
 
     def train_set(name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         subset = full.subset(budget[name][0])
@@ -152,7 +152,7 @@ def main() -> None:
     test = data.load_dataset("mnist-sample", "test")
     x, y = test.x[:n].to(device), test.y[:n].to(device)
     specs = attack_set(args.restarts, pgd_steps, isi_iterations)
-    print(f"lenet from {source}; device {describe_device(device)}; {n} test images; training images and epochs: "
+    print(f"lenet from {source}; {n} test images; training images and epochs: "
           + ", ".join(f"{k} {v[0]} x {v[1]}" for k, v in budget.items())
           + "".join(f"; {k} eps warm-up {v:g} epoch(s)" for k, v in warmups.items())
           + f"; PGD {pgd_steps} steps (restarts {args.restarts}), ISI {isi_iterations} iterations; "
