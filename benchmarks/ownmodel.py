@@ -10,7 +10,9 @@ The resnet18 has random weights (the cost does not depend on them) and is wrappe
 ``Normalized`` with the ImageNet mean/std; inputs are uniform random pixels in [0, 1].
 JSMA searches pairs among the 64 most promising features (``candidates=64``; the exact
 search over 150,528 features is quadratic) with ``gamma`` small enough for a benchmark.
-Each method runs once untimed on 2 images (warm-up), then once timed on the batch. Peak memory
+Each method runs once untimed on 2 images (warm-up), then once timed on the batch: wall time
+(``images_per_s``) and the process's CPU time (``images_per_cpu_s``: with ``--threads 1`` on a
+shared, loaded CPU it is the figure that does not depend on the other jobs). Peak memory
 is the process's ``VmHWM`` (RSS; for CUDA also ``torch.cuda.max_memory_allocated`` of the timed run).
 
 The streamed runs use a folder of mixed-size crops (80 to 300 px, PNG and JPEG) of scikit-learn's
@@ -68,13 +70,15 @@ def one_method(method: str, device: str, batch: int, jsma_gamma: float) -> dict[
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = run()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    # on a shared CPU the wall time depends on the load; the process's CPU time much less so
     figures = {"method": method, "device": device, "batch": batch, "seconds": round(seconds, 3),
-               "images_per_s": round(batch / seconds, 3), "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
+               "images_per_s": round(batch / seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+               "images_per_cpu_s": round(batch / cpu_seconds, 3), "peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
     if device.startswith("cuda"):
         figures["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if method != "gradcam":
