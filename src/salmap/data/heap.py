@@ -8,8 +8,9 @@ batches stay resident as holes that new batches do not always fit: the process's
 grows with the number of batches although the live memory does not (measured with ``salmap
 explain``'s earlier loop on 224 x 224 images, batch 32: +470 MB from 200 to 1,000 images, the
 same live memory at the end). ``malloc_trim(0)`` returns the free pages of every arena to the
-system, so the resident memory left between batches is the live memory. Elsewhere than glibc
-(macOS, Windows, musl) this is a no-op.
+system, so the resident memory left between batches is the live memory. A run's own reuse
+(a few batches' worth of free heap from one batch to the next) is left alone through an
+allowance. Elsewhere than glibc (macOS, Windows, musl) this is a no-op.
 """
 
 from __future__ import annotations
