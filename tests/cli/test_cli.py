@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from salmap.cli import main
 
@@ -50,3 +51,23 @@ def test_help_lists_commands(capsys):
     text = capsys.readouterr().out
     for cmd in ("demo", "train", "attack"):
         assert cmd in text
+
+
+def test_train_is_reproducible_from_its_seed(tmp_path):
+    """The initial weights come from --seed too: two runs give the same checkpoint."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "small.npz"
+    np.savez(data, x=rng.random((96, 1, 28, 28), dtype=np.float32), y=np.arange(96) % 10,
+             x_test=rng.random((20, 1, 28, 28), dtype=np.float32), y_test=np.arange(20) % 10)
+    folders = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        torch.manual_seed(run)  # whatever the global generator holds before the run
+        assert main(["train", "--data", f"npz:{data}", "--model", "lenet", "--epochs", "1", "--seed", "3",
+                     "--out", str(folder), "--device", "cpu"]) == 0
+        folders.append(load_file(str(folder / "weights.safetensors")))
+    assert folders[0].keys() == folders[1].keys()
+    assert all(bool((folders[0][k] == folders[1][k]).all()) for k in folders[0])

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from salmap import data as datasets
@@ -181,6 +182,7 @@ Trainer = Callable[[nn.Module, dict[str, Any], datasets.Dataset], tuple[nn.Modul
 def run_dae(args: argparse.Namespace) -> int:
     def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
         bounds = bounds_of(meta)
+        torch.manual_seed(args.seed)  # the denoiser's initial weights come from --seed
         denoiser = models.build("dae", in_channels=int(data.x.shape[1]), width=args.width, bounds=bounds.tolist())
         denoiser = denoiser.to(args.device)
         adversarial = args.adversarial != "none"

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from salmap import data as datasets
@@ -51,6 +52,7 @@ def cached_lenet(
         print(f"reusing the trained lenet in {folder}")
         return model.to(device), meta, test
     print(f"training lenet on mnist-sample ({len(train)} images, {epochs} epochs)")
+    torch.manual_seed(0)  # the initial weights are seeded like the training
     model, meta = build_classifier("lenet", train)
     model = model.to(device)
     report = train_classifier(model, train.x, train.y, test.x, test.y, epochs=epochs, seed=0)
@@ -91,6 +93,7 @@ def cached_unet(folder: Path, epochs: int, retrain: bool = False, device: str = 
     train = datasets.load_dataset("mnist-seg", "train").subset(1000)
     test = datasets.load_dataset("mnist-seg", "test").subset(300)
     print(f"training a unet on mnist-seg ({len(train)} images, {epochs} epochs)")
+    torch.manual_seed(0)
     model, meta = build_segmenter("unet", train, base=8, depth=2)
     model = model.to(device)
     report = train_segmenter(model, train, test, epochs=epochs, seed=0)

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+import torch
 from torch import nn
 
 from salmap import data as datasets
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return run_segmentation(args)
     train = datasets.load_dataset(args.data, "train")
     test = datasets.load_dataset(args.data, "test")
+    torch.manual_seed(args.seed)  # the initial weights come from --seed too
     model, meta = build_classifier(args.model, train, args.stem)
     model = model.to(args.device)
     report = train_classifier(
