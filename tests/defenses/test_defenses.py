@@ -320,6 +320,7 @@ def checkpoint(tmp_path_factory, trained) -> str:
     ("dae+block-switch", ["--channels", "2", "--width", "8", "--freeze-channels"]),
     ("adv-train", ["--mode", "goodfellow", "--eps", "0.2"]),
     ("adv-train", ["--mode", "trades", "--steps", "3", "--step", "0.1"]),
+    ("adv-train", ["--mode", "madry", "--steps", "3", "--step", "0.1", "--eps-warmup", "1"]),
 ])
 def test_cli_defend_end_to_end(tmp_path, checkpoint, kind, extra, capsys) -> None:
     out = tmp_path / kind
@@ -330,6 +331,7 @@ def test_cli_defend_end_to_end(tmp_path, checkpoint, kind, extra, capsys) -> Non
     assert report["defense"] == kind and report["samples"] == 30
     if "--mode" in extra:
         assert report["settings"]["mode"] == extra[1]
+        assert report["settings"].get("eps_warmup", 0) == (1.0 if "--eps-warmup" in extra else 0)
     assert set(report["transfer"]) == set(report["adaptive"]) == {"fgsm-0.1", "pgd-0.3"}
     defended, meta = models.load_with_meta(out)
     assert meta["defense"]["kind"] == kind and meta["metrics"]["test_accuracy"] > 0.3

@@ -90,6 +90,9 @@ def _adv_train_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--step", type=float, default=None, help="attack step size (default 0.01 for madry and trades)")
     q.add_argument("--alpha", type=float, default=None, help="goodfellow: weight of the clean loss (default 0.5)")
     q.add_argument("--beta", type=float, default=None, help="trades: weight of the KL term (default 6)")
+    q.add_argument("--eps-warmup", type=float, default=0.0, metavar="EPOCHS",
+                   help="grow the radius linearly over this many epochs (default 0, as in the papers; a "
+                        "deviation from them for short budgets, see salmap.defenses.adversarial)")
 
 
 def _block_switch_args(q: argparse.ArgumentParser) -> None:
@@ -235,15 +238,18 @@ def run_adv_train(args: argparse.Namespace) -> int:
 
     def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
         arch = meta["arch"]
+        torch.manual_seed(args.seed)  # the initial weights come from --seed
         defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
         report = adversarial_training(
             defended, data.x.to(args.device), data.y.to(args.device), mode=args.mode, eps=r.eps, steps=r.steps,
             step=r.step, alpha=r.alpha, beta=r.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed, bounds=bounds_of(meta),
+            seed=args.seed, bounds=bounds_of(meta), eps_warmup=args.eps_warmup,
         )
         return defended, report.seconds
 
     settings = {"mode": args.mode, "eps": r.eps, "steps": r.steps, "step": r.step, "alpha": r.alpha, "beta": r.beta}
+    if args.eps_warmup:  # (absent when off, so earlier runs' settings still match)
+        settings["eps_warmup"] = args.eps_warmup
     return defend(args, "adv-train", settings, train)
 
 
