@@ -8,9 +8,10 @@ import warnings
 
 import pytest
 import torch
+from _tiny_defense import ARCH, TINY
 from torch import nn
 
-from salmap import data, models
+from salmap import models
 from salmap.attacks import FGSM, PGD
 from salmap.defenses import (
     BPDA,
@@ -38,25 +39,6 @@ from salmap.defenses.block_switch import (
 )
 from salmap.defenses.evaluation import AttackSpec
 from salmap.gradients import loss_grad
-
-TINY = "tiny-published-test-cnn"
-
-
-@models.register(TINY)
-def tiny_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 8) -> nn.Module:
-    """conv-ReLU-pool | flatten-fc-ReLU-fc on 8x8 digits."""
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        nn.Sequential(nn.Flatten(), nn.Linear(width * 16, 32), nn.ReLU(), nn.Linear(32, num_classes)),
-    )
-
-
-ARCH = {"name": TINY, "kwargs": {"in_channels": 1, "num_classes": 10}}
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[data.Dataset, data.Dataset]:
-    return data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
 
 
 @pytest.fixture(scope="module")
