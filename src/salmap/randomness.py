@@ -12,21 +12,25 @@ start from unrelated noise.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 
 _MASK = 0xFFFFFFFF
+_Int = TypeVar("_Int", Tensor, int)
 
 
-def _mul32(a: Tensor, c: int) -> Tensor:
+def _mul32(a: _Int, c: int) -> _Int:
     """``(a * c) mod 2**32`` for ``a`` in ``[0, 2**32)``, exact in int64: a multiplier of
     ``2**31`` or more is replaced by ``c - 2**32`` (the same residue), so the product's
     magnitude stays below ``2**63`` and its low 32 bits (two's complement) are the answer."""
     return (a * (c - (1 << 32) if c >= 1 << 31 else c)) & _MASK
 
 
-def mix32(a: Tensor) -> Tensor:
-    """A 32-bit integer hash with good avalanche (Wellons' ``lowbias32``), on int64 tensors in ``[0, 2**32)``."""
+def mix32(a: _Int) -> _Int:
+    """A 32-bit integer hash with good avalanche (Wellons' ``lowbias32``), on int64 tensors in
+    ``[0, 2**32)`` or on Python integers (host arithmetic: no device work for constants)."""
     a = a ^ (a >> 16)
     a = _mul32(a, 0x7FEB352D)
     a = a ^ (a >> 15)
@@ -34,19 +38,10 @@ def mix32(a: Tensor) -> Tensor:
     return a ^ (a >> 16)
 
 
-def _mix32_int(a: int) -> int:
-    """:func:`mix32` on a Python integer (host arithmetic: no device work for constants)."""
-    a ^= a >> 16
-    a = (a * 0x7FEB352D) & _MASK
-    a ^= a >> 15
-    a = (a * 0x846CA68B) & _MASK
-    return a ^ (a >> 16)
-
-
 def _constant(value: int) -> int:
     """A 32-bit hash of a 64-bit integer (the seed, the stream), computed on the host."""
     value &= (1 << 64) - 1
-    return _mix32_int(_mix32_int(value & _MASK) ^ (value >> 32))
+    return mix32(mix32(value & _MASK) ^ (value >> 32))
 
 
 def sample_keys(x: Tensor, seed: int, stream: int = 0) -> Tensor:

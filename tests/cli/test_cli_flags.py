@@ -190,7 +190,7 @@ def test_parse_spec_refuses_malformed_text(text):
 
 
 def test_defend_attack_list_comes_from_the_registry():
-    from salmap.cli.defend import attack_specs
+    from salmap.cli.defend_flags import attack_specs
 
     names = [s.name for s in attack_specs(None)]
     assert names == ["fgsm-0.1", "fgsm-0.2", "fgsm-0.3", "pgd-0.3", "jsma-0.145", "isi-l0"]

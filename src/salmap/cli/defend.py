@@ -11,7 +11,6 @@ defense an interrupted run trained.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 import time
@@ -23,10 +22,8 @@ import torch
 from torch import nn
 
 from salmap import data as datasets
-from salmap import models, registry
+from salmap import models
 from salmap.cli.common import (
-    add_device_arg,
-    add_model_options,
     bounds_of,
     check_model_input,
     load_model,
@@ -34,16 +31,19 @@ from salmap.cli.common import (
     print_table,
     write_json,
 )
-from salmap.cli.flags import parse_spec
-from salmap.cli.pipeline import add_run_flags
-from salmap.defenses.adversarial import MODES, adversarial_training, recipe
+from salmap.cli.defend_flags import (
+    adv_train_args,
+    attack_specs,
+    block_switch_args,
+    common_args,
+    dae_args,
+)
+from salmap.defenses.adversarial import adversarial_training, recipe
 from salmap.defenses.block_switch import train_block_switch
 from salmap.defenses.combined import train_dae_block_switch
 from salmap.defenses.denoiser import Purified, train_denoiser
 from salmap.defenses.evaluation import (
-    AttackSpec,
     check_trained,
-    default_attacks,
     plan_defense,
     run_defense,
     table_rows,
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="defense", metavar="DEFENSE", required=True)
     for name, (text, flags, func) in _kinds().items():
         q = kinds.add_parser(name, help=text, description=text)
-        _common_args(q)
+        common_args(q)
         for add in flags:
             add(q)
         q.set_defaults(func=func)
@@ -71,99 +71,14 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
                               Callable[[argparse.Namespace], int]]]:
     """Per defense: its help, its own flags and the function that trains it."""
     return {
-        "dae": ("denoising autoencoder purifier in front of the model", (_dae_args,), run_dae),
-        "block-switch": ("block switching (Wang et al. 2019), K random channels", (_block_switch_args,),
+        "dae": ("denoising autoencoder purifier in front of the model", (dae_args,), run_dae),
+        "block-switch": ("block switching (Wang et al. 2019), K random channels", (block_switch_args,),
                          run_block_switch),
         "dae+block-switch": ("denoising autoencoder in front of block switching (the seed repository's defense)",
-                             (_block_switch_args, _dae_args), run_dae_block_switch),
+                             (block_switch_args, dae_args), run_dae_block_switch),
         "adv-train": ("adversarial training: goodfellow (FGSM, mixed loss), madry (PGD only) or trades "
-                      "(Zhang et al. 2019)", (_adv_train_args,), run_adv_train),
+                      "(Zhang et al. 2019)", (adv_train_args,), run_adv_train),
     }
-
-
-def _adv_train_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--mode", choices=list(MODES), default="goodfellow",
-                   help="the paper whose training to follow (default goodfellow)")
-    q.add_argument("--eps", type=float, default=None,
-                   help="Linf radius (default: the mode's published MNIST value, 0.25 goodfellow, 0.3 madry/trades)")
-    q.add_argument("--steps", type=int, default=None, help="attack steps (default 40 for madry and trades)")
-    q.add_argument("--step", type=float, default=None, help="attack step size (default 0.01 for madry and trades)")
-    q.add_argument("--alpha", type=float, default=None, help="goodfellow: weight of the clean loss (default 0.5)")
-    q.add_argument("--beta", type=float, default=None, help="trades: weight of the KL term (default 6)")
-    q.add_argument("--eps-warmup", type=float, default=0.0, metavar="EPOCHS",
-                   help="grow the radius linearly over this many epochs (default 0, as in the papers; a "
-                        "deviation from them for short budgets, see salmap.defenses.adversarial)")
-
-
-def _block_switch_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--channels", type=int, default=5, help="K, parallel channels (default 5, as in the paper)")
-    q.add_argument("--split", type=int, default=None,
-                   help="layers in a channel (default: the convolutional layers and the first fully connected one)")
-    q.add_argument("--upper-epochs", type=int, default=None, help="epochs of round two (default --epochs)")
-    q.add_argument("--freeze-channels", action="store_true",
-                   help="round two trains the upper part only (the earlier variant)")
-
-
-def _dae_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--width", type=int, default=32, help="autoencoder width (default 32)")
-    q.add_argument("--noise-std", type=float, default=0.3, help="Gaussian training noise (default 0.3)")
-    q.add_argument("--adversarial", choices=["none", "fgsm", "pgd"], default="fgsm",
-                   help="also train on these adversarial examples of the model (default fgsm)")
-    q.add_argument("--eps", type=float, default=0.3,
-                   help="largest Linf radius of the autoencoder's adversarial examples (default 0.3)")
-
-
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the trained checkpoint folder to defend")
-    p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
-    p.add_argument("--out", required=True, help="output folder: the defended checkpoint and evaluation.json")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("-n", "--num", type=int, default=200, help="test images to evaluate on (default 200)")
-    p.add_argument("--attacks", action="append", default=None, metavar="LIST|NAME:KEY=VALUE,...",
-                   help="evaluation attacks: a comma-separated list of the presets "
-                        f"{', '.join(s.name for s in default_attacks())} or registered attack names "
-                        f"({', '.join(_classifier_attacks())}, with their defaults), or one attack with "
-                        "parameters such as pgd:eps=0.1,steps=20; repeatable (default: all presets)")
-    p.add_argument("--pgd-steps", type=int, default=40, help="PGD iterations in the evaluation (default 40)")
-    p.add_argument("--eot-samples", type=int, default=None,
-                   help="EOT passes for randomised models (default: exact expectation over channels)")
-    p.add_argument("--no-eval", action="store_true", help="train and save only")
-    add_run_flags(p)
-    add_device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    add_model_options(p)
-
-
-def _classifier_attacks() -> list[str]:
-    return [n for n, e in registry.attacks().items() if "classification" in e.tasks]
-
-
-def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSpec]:
-    """The ``--attacks`` values as evaluation specs (presets, registered names, ``NAME:KEY=VALUE,...``)."""
-    presets = {s.name: s for s in default_attacks(pgd_steps=pgd_steps)}
-    if not values:
-        return list(presets.values())
-    names = _classifier_attacks()
-    specs: list[AttackSpec] = []
-    for value in values:
-        items = [value] if ":" in value else [v.strip() for v in value.split(",") if v.strip()]
-        for item in items:
-            name, params = parse_spec(item, "--attacks")
-            if name in presets and not params:
-                specs.append(presets[name])
-                continue
-            if name not in names:
-                close = difflib.get_close_matches(name, [*presets, *names], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"--attacks must name presets {list(presets)} or classifier attacks {names}, "
-                                 f"got {name!r}{hint}")
-            entry = registry.get_attack(name)
-            label = item if params else name
-            specs.append(AttackSpec(label, name, params, targeted=not entry.untargeted or
-                                    entry.default_targeting != "none"))
-    return specs
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
