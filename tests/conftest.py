@@ -46,3 +46,11 @@ def digits_model():
     )
     train_classifier(model, xtr, ytr, epochs=8, batch_size=64, lr=3e-3, progress=False)
     return model.eval(), xte, yte
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's 8x8 digits: (train, test) datasets (the defense tests train on them)."""
+    from salmap import data
+
+    return data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
