@@ -121,3 +121,46 @@ def test_measure_now_keeps_the_length_when_inputs_are_dropped(counted):
     calls = model.calls
     result.x_adv = result.x_adv[:2].clone()  # a streaming caller keeps a few adversarial inputs only
     assert len(result) == 6 and result.success.shape == (6,) and model.calls == calls
+
+
+def test_distortions_are_measured_once_when_first_read(counted):
+    from salmap.metrics import distortion
+
+    model, x, y = counted
+    result = PGD(model, eps=0.1, steps=2)(x, y=y)
+    want = distortion(x, result.x_adv)
+    for got, expected in zip((result.l0, result.l2, result.linf), want, strict=True):
+        assert torch.equal(got, expected)
+    assert result.l0 is result.l0  # computed once
+    summary = result.summary()
+    assert summary["linf"] == pytest.approx(float(want[2].mean()))
+
+
+def test_changing_x_adv_in_place_before_reading_is_an_error(counted):
+    model, x, y = counted
+    result = FGSM(model, eps=0.1)(x, y=y)
+    result.x_adv.add_(0.0)
+    with pytest.raises(RuntimeError, match="x_adv was changed in place"):
+        result.l0  # noqa: B018
+    with pytest.raises(RuntimeError, match="x_adv was changed in place after FGSM ran"):
+        result.success  # noqa: B018
+    kept = FGSM(model, eps=0.1)(x, y=y).measure()  # measured first: a copy may then be changed
+    l0, success = kept.l0.clone(), kept.success.clone()
+    kept.x_adv.add_(0.0)
+    assert torch.equal(kept.l0, l0) and torch.equal(kept.success, success)
+
+
+def test_frozen_puts_back_what_the_block_changed():
+    from salmap.gradients import frozen
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(), nn.Linear(3, 2))
+    model[0].eval()
+    model[2].weight.requires_grad_(False)
+    before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
+    with frozen(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+        model.train()  # something inside changes the flags again
+        for p in model.parameters():
+            p.requires_grad_(True)
+    assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]) == before

@@ -45,24 +45,41 @@ def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
     ``requires_grad`` are restored on exit, even when the block raises. Plain
     callables pass through unchanged. Exported (``torch.export``) modules keep their
     fixed mode (see :func:`set_eval`).
+
+    It runs on every attack call, so it does little: one walk over the modules, no ``eval()``
+    call when every module is in eval mode already (the usual case), and on exit only the
+    flags that differ from the saved ones are written back.
     """
     if not isinstance(model, nn.Module):
         yield model
         return
-    modes = [(m, m.training) for m in model.modules()]
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
     # a lazy module's parameters are created by its first forward pass: they are left as they are
-    flags = [(p, p.requires_grad) for p in model.parameters() if not _uninitialized(p)]
+    params = [p for p in _parameters(modules) if not _uninitialized(p)]
+    flags = [p.requires_grad for p in params]
     try:
-        if eval_mode:
+        if eval_mode and any(modes):
             set_eval(model)
-        for p, _ in flags:
-            p.requires_grad_(False)
+        for p, flag in zip(params, flags, strict=True):
+            if flag:
+                p.requires_grad_(False)
         yield model
     finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for m, mode in zip(modules, modes, strict=True):
+            if m.training != mode:
+                m.training = mode
+        for p, flag in zip(params, flags, strict=True):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+
+
+def _parameters(modules: list[nn.Module]) -> Iterator[Tensor]:
+    """The parameters of ``modules`` (a shared one may come more than once)."""
+    for m in modules:
+        for p in m._parameters.values():
+            if p is not None:
+                yield p
 
 
 def _uninitialized(p: Tensor) -> bool:

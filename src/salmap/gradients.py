@@ -145,12 +145,17 @@ def loss_grad(
     labels: Tensor,
     loss_fn: LossFn | None = None,
     recorded: RecordedPass | None = None,
+    batch_mean: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample loss gradient: returns ``(logits, d loss / d x)``.
 
     ``loss_fn(logits, labels)`` must return one loss per sample (``reduction='none'``);
     the default is cross-entropy. Gradients of the summed loss are per-sample
-    gradients because samples do not interact in eval mode. ``recorded``, the pass of
+    gradients because samples do not interact in eval mode. ``batch_mean``: differentiate
+    the batch mean instead (each gradient divided by the batch size), the reduction of
+    ``nn.CrossEntropyLoss()``: sign methods use it so that their float32 rounding is that of
+    torchattacks and of most training code, which matters only where a gradient is within
+    rounding error of zero. ``recorded``, the pass of
     :func:`record_forward` on ``x``, saves the forward pass (its graph is consumed). A model
     with an ``expected_loss(x, labels, loss_fn) -> (logits, loss)`` method (EOT) computes the
     loss itself (``recorded`` is then not used).
@@ -169,7 +174,7 @@ def loss_grad(
         with torch.enable_grad():
             loss = fn(logits, labels)
     with torch.enable_grad():
-        (g,) = torch.autograd.grad(loss.sum(), xg, allow_unused=True)
+        (g,) = torch.autograd.grad(loss.mean() if batch_mean else loss.sum(), xg, allow_unused=True)
     return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import LinearClassifier
+from torch import nn
 
 from salmap.attacks import BIM, FGSM, PGD, AttackResult
 
@@ -150,11 +151,11 @@ def test_bad_inputs_and_parameters():
 def test_sample_uniform_depends_on_the_sample_only():
     from salmap.randomness import sample_uniform
 
-    x = torch.rand(6, 1, 8, 8)
+    x = torch.rand(6, 1, 32, 32)  # 1,024 features: unrelated noise correlates within 0.031 (one sd)
     u = sample_uniform(x, seed=7)
     assert u.shape == x.shape and u.dtype == x.dtype
     assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
-    assert abs(float(u.mean()) - 0.5) < 0.03
+    assert abs(float(u.mean()) - 0.5) < 0.01
     # The same sample at another position, in another batch: the same noise.
     shuffled = x[[3, 0, 5, 1, 4, 2]]
     torch.testing.assert_close(sample_uniform(shuffled, seed=7)[0], u[3], rtol=0, atol=0)
@@ -162,11 +163,11 @@ def test_sample_uniform_depends_on_the_sample_only():
     # Different samples, seeds and streams: unrelated noise.
     flat = u.flatten(1)
     corr = torch.corrcoef(flat)
-    assert float(corr.fill_diagonal_(0).abs().max()) < 0.3
+    assert float(corr.fill_diagonal_(0).abs().max()) < 0.2
     other_seed = sample_uniform(x, seed=8).flatten(1)
     other_stream = sample_uniform(x, seed=7, stream=1).flatten(1)
     for v in (other_seed, other_stream):
-        assert abs(float(torch.corrcoef(torch.stack([flat[0], v[0]]))[0, 1])) < 0.3
+        assert abs(float(torch.corrcoef(torch.stack([flat[0], v[0]]))[0, 1])) < 0.2
     # A one-ulp change of one pixel changes the whole sample's noise.
     nudged = x.clone()
     nudged[0, 0, 0, 0] = torch.nextafter(nudged[0, 0, 0, 0], torch.tensor(2.0))
@@ -284,3 +285,27 @@ def test_a_lazy_module_is_attacked_and_its_parameters_restored():
     result = FGSM(model, eps=0.1)(x, y=torch.arange(4))
     assert result.x_adv.shape == x.shape
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_sign_steps_round_as_torchattacks_where_the_gradient_is_zero():
+    """Features 0-19 have the same weight for every class, so their loss gradient is zero in exact
+    arithmetic and its float32 sign is rounding noise: salmap differentiates the batch mean, as
+    torchattacks (nn.CrossEntropyLoss()) does, and so moves them exactly as torchattacks does."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Linear(40, 5)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(5, 40, generator=gen))
+        model.weight[:, :20] = torch.randn(1, 20, generator=gen)
+    x, y = torch.rand(7, 40, generator=gen), torch.randint(0, 5, (7,), generator=gen)
+
+    def reference(reduction: str) -> torch.Tensor:  # torchattacks.FGSM's arithmetic
+        xg = x.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(xg), y, reduction=reduction)
+        (grad,) = torch.autograd.grad(loss, xg)
+        return torch.clamp(x + 0.1 * grad.sign(), 0, 1)
+
+    want = reference("mean")
+    assert not torch.equal(reference("sum"), want)  # the sum's rounding moves some of them the other way
+    assert torch.equal(FGSM(model, eps=0.1)(x, y=y).x_adv, want)
+    assert torch.equal(PGD(model, eps=0.1, step=0.1, steps=1, random_start=False)(x, y=y).x_adv, want)
+    assert torch.equal(BIM(model, eps=0.1, step=0.1, steps=1)(x, y=y).x_adv, want)

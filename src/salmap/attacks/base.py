@@ -10,6 +10,7 @@ prediction and success are measured once, when first read (see :class:`AttackRes
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,9 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from salmap._validate import BoundsLike, check_bounds, check_input, check_labels, label_range
-from salmap.attacks.result import AttackResult
+from salmap.attacks.result import AttackResult, _version
 from salmap.gradients import Model, frozen, predict, record_forward
-from salmap.metrics import distortion
 from salmap.precision import autocast
 from salmap.targets import all_other_targets, random_targets
 
@@ -113,15 +113,14 @@ class Attack(ABC):
                     x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
                 del first
             x_adv = self.bounds.clamp(x_adv.detach())
-        l0, l2, linf = distortion(x0, x_adv)
         if not check_now:
             check_finite_outputs(clean, "clean")
         return AttackResult(
             x_adv=x_adv,
             success=None,
-            l0=l0,
-            l2=l2,
-            linf=linf,
+            l0=None,  # with l2 and linf: computed when first read, from x0 and x_adv
+            l2=None,
+            linf=None,
             iterations=iterations.to(device=x.device, dtype=torch.long),
             pred_before=self._predictions(clean),
             pred_after=None,
@@ -129,13 +128,14 @@ class Attack(ABC):
             targeted=targeted,
             seconds=time.perf_counter() - start,
             measure=self._measure(x0, x_adv, labels, targeted, clean),
+            clean_input=x0,
         )
 
     def _measure(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor
     ) -> Callable[[], tuple[Tensor, Tensor, dict[str, Tensor]]]:
         """The adversarial prediction, success and extra figures, evaluated when first read."""
-        model, version = self.model, _state_version(self.model)
+        model, version, adv_version = self.model, _state_version(self.model), _version(x_adv)
 
         def measure() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
             if _state_version(model) != version:
@@ -143,6 +143,12 @@ class Attack(ABC):
                     f"the model's parameters or buffers changed after {type(self).__name__} ran, so its "
                     "adversarial prediction (success, pred_after, extra) can no longer be measured: "
                     "read them before changing the model"
+                )
+            if _version(x_adv) != adv_version:
+                raise RuntimeError(
+                    f"x_adv was changed in place after {type(self).__name__} ran, so its adversarial "
+                    "prediction (success, pred_after, extra) can no longer be measured: read them first, "
+                    "or change a copy"
                 )
             with frozen(model):
                 after = predict(model, x_adv, x_adv.shape[0])
@@ -225,7 +231,10 @@ def first_forward(model: Model, x: Tensor, check: bool = True) -> Tensor:
 
 
 def check_finite_outputs(out: Tensor, which: str) -> None:
-    """Refuse NaN/inf model outputs (one check on the whole batch, one host sync)."""
+    """Refuse NaN/inf model outputs: one sum and one host sync when they are finite (a NaN or
+    an infinity makes the sum non-finite; a sum that overflowed is checked element-wise)."""
+    if math.isfinite(float(out.detach().sum())):
+        return
     if not bool(torch.isfinite(out).all()):
         bad = int((~torch.isfinite(out)).flatten(1).any(dim=1).sum()) if out.dim() > 1 else -1
         raise ValueError(
@@ -241,4 +250,5 @@ def _state_version(model: Model) -> tuple[int, ...] | None:
     """In-place modification counters of the model's parameters and buffers (None for a callable)."""
     if not isinstance(model, nn.Module):
         return None
-    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+    return tuple(t._version for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+                 if t is not None and not t.is_inference())

@@ -30,14 +30,17 @@ class FGSM(Attack):
 
     Zero gradients: ``sign(0) = 0`` (``torch.sign``, as in torchattacks), so a feature whose
     loss gradient is exactly zero is not moved. Where the gradient is within rounding error of
-    zero its sign depends on the order of the floating-point sums: a GPU's convolution
-    algorithms (cuDNN; TF32 by default on Ampere and later), its non-deterministic reductions,
-    and the scale of the loss (torchattacks differentiates the batch mean, salmap the sum of the
-    per-sample losses, so every intermediate value is rounded at another scale) can give such a
-    feature opposite signs, that is results ``2 * eps`` apart, on a GPU against the CPU or
-    against torchattacks. On the CPU salmap and torchattacks agree element for element.
-    ``torch.backends.cudnn.allow_tf32 = False`` and ``torch.backends.cudnn.deterministic = True``
-    narrow the disagreement to those near-zero features (``benchmarks/gpu.py`` counts them).
+    zero its sign depends on how the floating-point sums were rounded, so such a feature can
+    move by ``+eps`` in one computation and ``-eps`` in another (results ``2 * eps`` apart).
+    salmap differentiates the batch mean of the per-sample losses, the reduction torchattacks
+    (``nn.CrossEntropyLoss()``) uses, so both round alike: on an H100 the sum instead of the
+    mean left 40 of 784,000 elements different from torchattacks (4 by ``2 * eps``, at
+    gradients of at most 3e-5), the mean none. Between a GPU and the CPU the rounding differs
+    anyway (cuDNN's algorithms, TF32 convolutions by default on Ampere and later): each
+    library's GPU result differs from its CPU result at the same near-zero features
+    (``torch.backends.cudnn.allow_tf32 = False`` and ``torch.backends.cudnn.deterministic =
+    True`` narrow it; ``benchmarks/gpu.py`` counts them). On the CPU salmap and torchattacks
+    agree element for element.
 
     Parameters
     ----------
@@ -73,7 +76,7 @@ class FGSM(Attack):
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
     ) -> tuple[Tensor, Tensor]:
-        _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first)
+        _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first, batch_mean=True)
         direction = -1.0 if targeted else 1.0
         x_adv = self.bounds.clamp(x + direction * self.eps * grad.sign())
         return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from salmap.metrics import distortion
+
 #: Evaluates the adversarial prediction: ``() -> (pred_after, success, extra)``.
 Measure = Callable[[], tuple[Tensor, Tensor, dict[str, Tensor]]]
 
@@ -20,7 +22,9 @@ class AttackResult:
     x_adv: the adversarial inputs, same shape and device as the input.
     success: bool ``(B,)``: the goal was reached (target predicted, or label changed).
     l0: number of input features changed, float ``(B,)``.
-    l2, linf: L2 and Linf norms of the perturbation ``(B,)``.
+    l2, linf: L2 and Linf norms of the perturbation ``(B,)``. An attack hands the three over
+        unevaluated too (``clean_input`` instead): they are computed together, once, when
+        one of them is first read, from the clean inputs and the ``x_adv`` of the call.
     iterations: long ``(B,)``: iterations the sample took before it stopped.
     pred_before, pred_after: the model's predictions on the clean and adversarial inputs.
     labels: the labels the attack was called with (true labels or targets).
@@ -41,9 +45,9 @@ class AttackResult:
         self,
         x_adv: Tensor,
         success: Tensor | None,
-        l0: Tensor,
-        l2: Tensor,
-        linf: Tensor,
+        l0: Tensor | None,
+        l2: Tensor | None,
+        linf: Tensor | None,
         iterations: Tensor,
         pred_before: Tensor,
         pred_after: Tensor | None,
@@ -52,10 +56,16 @@ class AttackResult:
         seconds: float = 0.0,
         extra: dict[str, Tensor] | None = None,
         measure: Measure | None = None,
+        clean_input: Tensor | None = None,
     ) -> None:
         if measure is None and (success is None or pred_after is None):
             raise ValueError("success and pred_after must be given unless measure is given")
-        self.x_adv, self.l0, self.l2, self.linf = x_adv, l0, l2, linf
+        if clean_input is None and (l0 is None or l2 is None or linf is None):
+            raise ValueError("l0, l2 and linf must be given unless clean_input is given")
+        self.x_adv = x_adv
+        self._norms = None if l0 is None or l2 is None or linf is None else (l0, l2, linf)
+        self._clean_and_adv = None if clean_input is None or self._norms is not None else (clean_input, x_adv)
+        self._adv_version = _version(x_adv)
         self.iterations, self.pred_before, self.labels = iterations, pred_before, labels
         self.targeted, self.seconds = targeted, seconds
         self._success, self._pred_after, self._extra = success, pred_after, extra or {}
@@ -66,9 +76,35 @@ class AttackResult:
             measure, self._measure = self._measure, None
             self._pred_after, self._success, self._extra = measure()
 
+    def _distortion(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._norms is None:
+            assert self._clean_and_adv is not None
+            if _version(self._clean_and_adv[1]) != self._adv_version:
+                raise RuntimeError(
+                    "x_adv was changed in place before l0, l2 or linf were read, so the distortion of the "
+                    "attack's result can no longer be measured: read them first, or change a copy"
+                )
+            self._norms = distortion(*self._clean_and_adv)
+            self._clean_and_adv = None
+        return self._norms
+
+    @property
+    def l0(self) -> Tensor:
+        return self._distortion()[0]
+
+    @property
+    def l2(self) -> Tensor:
+        return self._distortion()[1]
+
+    @property
+    def linf(self) -> Tensor:
+        return self._distortion()[2]
+
     def measure(self) -> AttackResult:
-        """Evaluate the deferred adversarial prediction now (and release the inputs it keeps); returns self."""
+        """Evaluate the deferred adversarial prediction and distortions now (and release the
+        inputs they keep); returns self."""
         self._settle()
+        self._distortion()
         return self
 
     @property
@@ -89,7 +125,7 @@ class AttackResult:
         return self._extra
 
     def __len__(self) -> int:
-        return int(self.l0.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
+        return int(self.iterations.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
 
     def __repr__(self) -> str:
         state = "measured" if self._measure is None else "adversarial prediction not evaluated yet"
@@ -154,6 +190,11 @@ class AttackResult:
             else:
                 joined[name] = torch.cat(values)
         return AttackResult(**joined)
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s in-place modification counter (None for an inference tensor, which has none)."""
+    return None if t.is_inference() else t._version
 
 
 _FIELDS = ("x_adv", "success", "l0", "l2", "linf", "iterations", "pred_before", "pred_after", "labels",
