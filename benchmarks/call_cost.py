@@ -9,6 +9,8 @@ on them) and a random-weight resnet18 on ``--batch224`` random 3x224x224 images.
 
     python benchmarks/call_cost.py [--device auto] [-n 1000] [--batch224 64] [--steps 40] [--repeats 5]
     python benchmarks/call_cost.py --device cpu --threads 1 --clock process   # on a shared CPU machine
+    python benchmarks/call_cost.py --device cpu --threads 1 --clock process -n 1 --batch224 1 --size 32 \
+        --steps 10 --calls 50   # what a call costs besides its arithmetic
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ def lenet_setting(device: str, n: int, path: str | None = None) -> tuple[nn.Modu
     return model.to(device).eval(), x[:n].to(device), y[:n].to(device)
 
 
-def resnet_setting(device: str, batch: int) -> tuple[nn.Module, Tensor, Tensor]:
-    """A random-weight resnet18 (standard stem, 10 classes), random 3x224x224 images, its own predictions."""
+def resnet_setting(device: str, batch: int, size: int = 224) -> tuple[nn.Module, Tensor, Tensor]:
+    """A random-weight resnet18 (standard stem, 10 classes), random 3xSIZExSIZE images, its own predictions."""
     torch.manual_seed(0)
     model = models.build("resnet18", num_classes=10, stem="standard").to(device).eval()
-    x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
@@ -46,9 +48,10 @@ def resnet_setting(device: str, batch: int) -> tuple[nn.Module, Tensor, Tensor]:
 
 def cost_rows(
     model: nn.Module, x: Tensor, y: Tensor, device: str, setting: str, steps: int = 40, repeats: int = 5,
-    budget: float | None = None, eps: float = 0.3, clock: str = "wall",
+    budget: float | None = None, eps: float = 0.3, clock: str = "wall", calls: int = 1,
 ) -> list[dict[str, Any]]:
-    """FGSM and PGD-``steps``: salmap beside torchattacks, interleaved medians in ms and ratios."""
+    """FGSM and PGD-``steps``: salmap beside torchattacks, interleaved medians in ms and ratios
+    (``calls`` calls per timed turn; the times are per call)."""
     import torchattacks
 
     step = eps / 10
@@ -59,12 +62,14 @@ def cost_rows(
     }
     rows = []
     for name, (ours, theirs) in cases.items():
-        fns = {
+        one = {
             "torchattacks": lambda a=theirs: a(x, y),
             "salmap": lambda a=ours: a(x, y=y),
             "salmap+success": lambda a=ours: a(x, y=y).success,
         }
+        fns = {name: (lambda f=f: [f() for _ in range(calls)]) for name, f in one.items()}
         times = interleaved(fns, device, repeats=repeats, budget=budget, clock=clock)
+        times = {name: [t / calls for t in ts] for name, ts in times.items()}
         rows.append({
             "setting": setting, "attack": name, "turns": len(times["salmap"]),
             "salmap ms": 1e3 * median(times["salmap"]), "torchattacks ms": 1e3 * median(times["torchattacks"]),
@@ -81,6 +86,10 @@ def main() -> None:
     p.add_argument("--model", default=None, help="trained lenet checkpoint (default: random weights)")
     p.add_argument("-n", "--num", type=int, default=1000, help="mnist-sample test images (default 1000; 0: skip)")
     p.add_argument("--batch224", type=int, default=64, help="3x224x224 images for the resnet18 (0: skip)")
+    p.add_argument("--size", type=int, default=224, help="the resnet18's image size (default 224)")
+    p.add_argument("--calls", type=int, default=1,
+                   help="calls per timed turn (default 1; many calls of a tiny batch measure what a call costs "
+                        "besides its arithmetic, the regime of a GPU, on a CPU)")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--steps224", type=int, default=None, help="PGD steps at 224 (default --steps)")
     p.add_argument("--repeats", type=int, default=5, help="timed turns (default 5)")
@@ -97,11 +106,11 @@ def main() -> None:
     if args.num:
         model, x, y = lenet_setting(device, args.num, args.model)
         rows += cost_rows(model, x, y, device, f"lenet {x.shape[0]}x1x28x28", args.steps, args.repeats,
-                          clock=args.clock)
+                          clock=args.clock, calls=args.calls)
     if args.batch224:
-        model, x, y = resnet_setting(device, args.batch224)
-        rows += cost_rows(model, x, y, device, f"resnet18 {x.shape[0]}x3x224x224", args.steps224 or args.steps,
-                          args.repeats, eps=8 / 255, clock=args.clock)
+        model, x, y = resnet_setting(device, args.batch224, args.size)
+        rows += cost_rows(model, x, y, device, f"resnet18 {x.shape[0]}x3x{args.size}x{args.size}",
+                          args.steps224 or args.steps, args.repeats, eps=8 / 255, clock=args.clock, calls=args.calls)
     print_table(rows, list(rows[0]))
 
 

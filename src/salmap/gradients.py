@@ -160,22 +160,29 @@ def loss_grad(
     with an ``expected_loss(x, labels, loss_fn) -> (logits, loss)`` method (EOT) computes the
     loss itself (``recorded`` is then not used).
     """
-    fn = loss_fn or (lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))
+    fn = loss_fn or _per_sample_cross_entropy
     # A model averaging over random passes (salmap.defenses.adaptive.EOT) supplies the expected loss.
     expected = getattr(model, "expected_loss", None)
-    if callable(expected):
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits, loss = expected(xg, labels, fn)
-    else:
-        if recorded is None:
-            recorded = record_forward(model, x)
-        xg, logits = recorded.input, recorded.output
-        with torch.enable_grad():
-            loss = fn(logits, labels)
     with torch.enable_grad():
-        (g,) = torch.autograd.grad(loss.mean() if batch_mean else loss.sum(), xg, allow_unused=True)
+        if callable(expected):
+            xg = x.detach().requires_grad_(True)
+            logits, loss = expected(xg, labels, fn)
+            total = loss.mean() if batch_mean else loss.sum()
+        else:
+            if recorded is None:
+                recorded = record_forward(model, x)
+            xg, logits = recorded.input, recorded.output
+            if loss_fn is None:  # one reduced cross-entropy: the arithmetic of nn.CrossEntropyLoss()
+                total = torch.nn.functional.cross_entropy(logits, labels, reduction="mean" if batch_mean else "sum")
+            else:
+                loss = loss_fn(logits, labels)
+                total = loss.mean() if batch_mean else loss.sum()
+        (g,) = torch.autograd.grad(total, xg, allow_unused=True)
     return logits.detach(), torch.zeros_like(xg) if g is None else g.detach()
+
+
+def _per_sample_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
 
 
 @torch.no_grad()
