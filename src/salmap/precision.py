@@ -21,7 +21,8 @@ from salmap._validate import check_choice
 
 #: The values of every ``precision`` parameter.
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The dtype of each 16-bit precision.
+LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def check_precision(value: str) -> str:
@@ -35,7 +36,7 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
     if precision == "fp32":
         yield
         return
-    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+    with torch.autocast(device_type=device.type, dtype=LOW_DTYPES[precision]):
         yield
 
 
@@ -54,9 +55,16 @@ def tuned_convolutions(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
-def conv_layout(x: Tensor) -> Tensor:
-    """``x`` in the channels-last layout on CUDA (4-D batches; cuDNN's fastest convolutions then
-    take it without transposing), else unchanged. Values and shape are the same either way."""
-    if x.is_cuda and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def prefers_channels_last(x: Tensor) -> bool:
+    """Whether convolutions on batches like ``x`` run faster in the channels-last layout: 4-D
+    batches on CUDA (cuDNN's fastest kernels take it without transposing) and 4-D float32,
+    bfloat16 or float16 batches on the CPU (oneDNN's). Values and shape are the same either way;
+    only the order of the sums inside a convolution may differ."""
+    if x.dim() != 4:
+        return False
+    return x.is_cuda or (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def in_layout(x: Tensor, channels_last: bool) -> Tensor:
+    """``x`` in the channels-last layout when ``channels_last``, else unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,184 @@
+"""Occluded outputs in 16 bits as differences from the clean pass: ``f(x') = f(x) + (f(x') - f(x))``.
+
+Occlusion needs ``f(x) - f(x')`` for copies ``x'`` that differ from ``x`` in one patch. Run in
+bfloat16, every activation of ``x'`` is rounded to 8 bits of mantissa, and on models whose
+scores barely move (a random-weight ResNet: a drop of 1% of the logit) that rounding noise
+swamps the drops. Here the model's graph (:func:`salmap.folding.trace`) is run on the
+*differences* ``d = a(x') - a(x)`` of every activation from the clean image's activation
+``a(x)``, which is computed once per image in the input's precision: operations linear in
+their input (convolutions and linear layers without their bias, average pooling, sums,
+reshapes) run on ``d`` in 16 bits, so their rounding is relative to the difference, not to
+the activation; every other operation ``g`` (ReLU, max pooling, anything not listed) gives
+``g(a(x) + d) - g(a(x))`` computed in the input's precision. The arithmetic identity is exact;
+only the rounding differs from float32's, and it is relative to what occlusion measures.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: modules that are linear maps without offset (in eval mode): applied to the difference as they are
+_LINEAR = (nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+           nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_RESHAPES = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze"}
+_FUNCTIONS: set[Any] = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+                        torch.transpose, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                        F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+
+
+class _Delta:
+    """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies)."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: Tensor) -> None:
+        self.d = d
+
+
+class Deltas:
+    """Runs a traced model on occluded copies as differences from their clean images.
+
+    Parameters
+    ----------
+    graph: the traced model (:class:`torch.fx.GraphModule`, its ``forward(x)`` one input).
+    dtype: the low precision (``torch.bfloat16`` or ``torch.float16``).
+    """
+
+    def __init__(self, graph: fx.GraphModule, dtype: torch.dtype) -> None:
+        self.graph = graph
+        self.dtype = dtype
+        self.modules = dict(graph.named_modules())
+        self._weights: dict[int, Tensor] = {}
+        self._clean: tuple[int, dict[fx.Node, Any]] | None = None
+        # only nodes computed from the input carry differences; the rest are constants
+        self.varying: set[fx.Node] = set()
+        for node in graph.graph.nodes:
+            if node.op == "placeholder" or any(a in self.varying for a in node.all_input_nodes):
+                self.varying.add(node)
+
+    def clean(self, image: Tensor, key: int) -> dict[fx.Node, Any]:
+        """Every node's value on the clean ``image`` (``(1, C, ...)``), kept while ``key`` repeats."""
+        if self._clean is None or self._clean[0] != key:
+            values: dict[fx.Node, Any] = {}
+            with torch.autocast(image.device.type, enabled=False):
+                for node in self.graph.graph.nodes:
+                    if node.op == "placeholder":
+                        values[node] = image
+                    elif node.op != "output":
+                        values[node] = self._call(node, lambda n: values[n])
+            self._clean = (key, values)
+        return self._clean[1]
+
+    def __call__(self, image: Tensor, key: int, copies: Tensor) -> Any:
+        """The model's output on ``copies`` of the clean ``image`` (``(1, C, ...)``; ``key`` names it
+        for the cache of its clean values), in the input's dtype."""
+        clean = self.clean(image, key)
+        env: dict[fx.Node, Any] = {}
+
+        def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
+            v = env[node]
+            return clean[node] + v.d.to(clean[node].dtype) if isinstance(v, _Delta) else v
+
+        for node in self.graph.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = _Delta((copies - image).to(self.dtype))
+            elif node.op == "output":
+                return _map(node.args[0], full)
+            elif node not in self.varying:
+                env[node] = clean[node]
+            elif (d := self._linear(node, env)) is not None:
+                env[node] = _Delta(d)
+            else:
+                with torch.autocast(copies.device.type, enabled=False):
+                    out = self._call(node, full)
+                c = clean[node]
+                if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
+                        and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
+                        and c.shape[0] == 1):
+                    env[node] = _Delta((out - c).to(self.dtype))
+                else:
+                    env[node] = out
+        raise AssertionError("graph without output")  # pragma: no cover
+
+    def _linear(self, node: fx.Node, env: dict[fx.Node, Any]) -> Tensor | None:
+        """The difference of a node linear in its varying input, computed from the differences;
+        ``None`` when the node is not one of those (then it is computed in full)."""
+        args: list[Any] = [env[a] if isinstance(a, fx.Node) else a for a in node.args]
+        deltas = [a for a in args if isinstance(a, _Delta)]
+        if not deltas or any(isinstance(a, fx.Node) for a in node.kwargs.values()):
+            return None
+        # every tensor computed from the input must be a difference (sizes computed from it may not)
+        if any(a in self.varying and isinstance(env[a], Tensor) for a in node.all_input_nodes):
+            return None
+        first: Any = args[0] if args else None
+        if node.op == "call_module":
+            mod: Any = self.modules[str(node.target)]
+            if len(args) != 1 or node.kwargs or mod.training:
+                return None
+            d = first.d
+            if type(mod) in _CONVS:
+                return mod._conv_forward(d, self._low(mod.weight), None)  # type: ignore[no-any-return]
+            if type(mod) is nn.Linear:
+                return F.linear(d, self._low(mod.weight))
+            return mod(d) if type(mod) in _LINEAR else None
+        if node.op == "call_method" and node.target in _RESHAPES and isinstance(first, _Delta) and len(deltas) == 1:
+            return getattr(first.d, str(node.target))(*args[1:], **node.kwargs)  # type: ignore[no-any-return]
+        if node.op != "call_function" or node.kwargs:
+            return None
+        fn: Any = node.target
+        if fn in _FUNCTIONS and isinstance(first, _Delta) and len(deltas) == 1:
+            return fn(first.d, *args[1:])  # type: ignore[no-any-return]
+        if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
+            sign = -1 if fn in (operator.sub, torch.sub) else 1
+            p, q = (x.d if isinstance(x, _Delta) else None for x in args)
+            diff: Tensor = p + sign * q if p is not None and q is not None else (p if p is not None else sign * q)  # type: ignore[operator, assignment]
+            other = [x for x in args if isinstance(x, Tensor)]  # a constant tensor may broadcast the result
+            shape = torch.broadcast_shapes(diff.shape, *(o.shape for o in other)) if other else diff.shape
+            return diff.expand(shape) if shape != diff.shape else diff
+        if fn in (operator.neg, torch.neg) and len(args) == 1:
+            return -first.d  # type: ignore[no-any-return]
+        if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2 and len(deltas) == 1:
+            if fn in (operator.truediv, torch.div) and not isinstance(first, _Delta):
+                return None
+            a, b = args[0], args[1]
+            out: Tensor = (a.d * b if isinstance(a, _Delta) else a * b.d) if fn in (operator.mul, torch.mul) else a.d / b
+            return out.to(self.dtype) if out.is_floating_point() else None
+        return None
+
+    def _low(self, weight: Tensor) -> Tensor:
+        key = id(weight)
+        if key not in self._weights:
+            self._weights[key] = weight.to(self.dtype)
+        return self._weights[key]
+
+    def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
+        args = _map(node.args, value)
+        kwargs = _map(node.kwargs, value)
+        if node.op == "call_module":
+            return self.modules[node.target](*args, **kwargs)  # type: ignore[index]
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)  # type: ignore[arg-type]
+        if node.op == "get_attr":
+            return _attr(self.graph, node.target)  # type: ignore[arg-type]
+        raise ValueError(f"unexpected graph node {node.op}")  # pragma: no cover
+
+
+def _attr(module: nn.Module, target: str) -> Any:
+    obj: Any = module
+    for name in target.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _map(value: Any, fn: Callable[[fx.Node], Any]) -> Any:
+    return fx.node.map_aggregate(value, lambda v: fn(v) if isinstance(v, fx.Node) else v)

@@ -1,0 +1,222 @@
+"""Eval-mode batch norm folded into the convolution before it, on a private graph of the model.
+
+In eval mode a batch norm with running statistics is a fixed per-channel affine map,
+``y = (x - mean) / sqrt(var + eps) * weight + bias``; after a convolution it folds into the
+convolution's weight and bias (Ioffe and Szegedy 2015, section 3.2; what TensorRT and
+``torch.fx.experimental.optimization.fuse`` do). The folded model computes the same function
+with one pass over each activation less (the convolution adds its bias in the same kernel on
+the CPU); only the rounding differs (the folded weights are computed in float64 and rounded
+once to the weights' dtype). Used for the many forward passes of occlusion.
+
+:func:`fold_batchnorm` never changes the caller's model: it traces a wrapper around it with
+:mod:`torch.fx` and builds a new module from that graph that calls the caller's own modules,
+except for each folded pair, which becomes one new convolution. It returns ``None`` (use the
+model as it is) when folding could change what the model computes or cannot be done: not an
+``nn.Module``, TorchScript, any hook (forward, pre-forward or backward, on any submodule or
+global: hooks may carry semantics), parametrizations or uninitialized (lazy) parameters, a
+forward that :mod:`torch.fx` cannot trace, or no convolution whose only user is an eval-mode
+batch norm with running statistics. :func:`trace` gives the traced (and folded) graph, also
+without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it); :class:`TracedModels`
+caches it and traces again when the model changes (a parameter or buffer changed in place or
+replaced, a submodule replaced, a train/eval flag or a batch norm's ``eps`` changed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules import module as _module
+from torch.nn.utils import parametrize
+
+logger = logging.getLogger(__name__)
+
+#: Convolution -> the batch norm that folds into it (exact types: a subclass may compute otherwise).
+_PAIRS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d,
+}
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+class _Root(nn.Module):
+    """What gets traced: the caller's model as a child, so that the tracer's bookkeeping (tensor
+    constants it stores as attributes) lands here, never on the caller's model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+
+def fold_batchnorm(model: Any) -> fx.GraphModule | None:
+    """A module computing ``model(x)`` with each eval-mode batch norm folded into the convolution
+    before it, or ``None`` when the model should run as it is (see the module's docstring).
+
+    Parameters
+    ----------
+    model: the model, already in the mode it will run in (eval).
+
+    Returns
+    -------
+    A :class:`torch.fx.GraphModule` sharing every module but the folded convolutions with
+    ``model`` (so it costs the memory of the folded weights only), or ``None``.
+    """
+    traced = trace(model, fold=True)
+    if traced is not None and not traced.folded:
+        logger.debug("batch norm not folded: no convolution followed only by an eval-mode batch norm")
+    return traced.module if traced is not None and traced.folded else None
+
+
+@dataclass
+class Traced:
+    """A traced model: ``module`` computes what the model computes; ``folded`` pairs were folded."""
+
+    module: fx.GraphModule
+    folded: int
+
+
+def trace(model: Any, fold: bool, always: bool = False) -> Traced | None:
+    """``model`` traced by :mod:`torch.fx` (through a private wrapper), with its batch norms
+    folded when ``fold``; ``None`` when it must run as it is (the reasons in the module's
+    docstring), and unless ``always``, when it has no eval-mode batch norm to fold (tracing runs
+    the model's ``forward`` on proxies, so it is only done when it pays)."""
+    reason = _refusal(model)
+    if reason is None and not always and not (fold and any(_foldable(m) for m in model.modules())):
+        reason = "no eval-mode batch norm with running statistics"
+    if reason is None:
+        try:
+            graph = fx.Tracer().trace(root := _Root(model))
+        except Exception as err:  # noqa: BLE001 - any failure to trace means: run the model as it is
+            reason = f"torch.fx cannot trace it ({type(err).__name__}: {err})"
+        else:
+            folded = _fold_pairs(graph, root) if fold else 0
+            logger.debug("model traced; batch norm folded into %d convolutions", folded)
+            return Traced(fx.GraphModule(root, graph), folded)
+    logger.debug("model not traced: %s", reason)
+    return None
+
+
+def _refusal(model: Any) -> str | None:
+    """Why ``model`` must not be folded, or ``None``, checked without tracing."""
+    if not isinstance(model, nn.Module):
+        return "not a torch.nn.Module"
+    if isinstance(model, torch.jit.ScriptModule):
+        return "a TorchScript module"
+    if any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
+        return "global module hooks are registered"
+    modules = list(model.modules())
+    if any(getattr(m, name, None) for m in modules for name in _HOOKS):
+        return "it has hooks"
+    if any(parametrize.is_parametrized(m) for m in modules):
+        return "it has parametrizations"
+    if any(nn.parameter.is_lazy(t) for _, t in _tensors(model)):
+        return "it has uninitialized (lazy) parameters"
+    return None
+
+
+def _foldable(bn: nn.Module) -> bool:
+    return (type(bn) in _PAIRS.values() and not bn.training and bool(getattr(bn, "track_running_stats", False))
+            and getattr(bn, "running_mean", None) is not None and getattr(bn, "running_var", None) is not None)
+
+
+def _fold_pairs(graph: fx.Graph, root: nn.Module) -> int:
+    """Replace each (convolution, batch norm) call pair in ``graph`` by a call to a new folded
+    convolution added to ``root`` (each call site gets its own: modules may be called twice)."""
+    modules = dict(root.named_modules())
+    count = 0
+    for node in list(graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+        if bn is None or not _foldable(bn) or len(node.args) != 1 or node.kwargs:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        conv = modules.get(src.target)  # type: ignore[arg-type]
+        if (conv is None or _PAIRS.get(type(conv)) is not type(bn) or conv.training
+                or len(src.args) != 1 or src.kwargs or conv.out_channels != bn.num_features):
+            continue
+        name = f"_folded_{count}"
+        root.add_module(name, _folded_conv(conv, bn))  # type: ignore[arg-type]
+        with graph.inserting_after(node):
+            new = graph.call_module(name, src.args)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        graph.erase_node(src)
+        count += 1
+    return count
+
+
+@torch.no_grad()
+def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A new convolution computing ``bn(conv(x))`` (eval mode); the arithmetic in float64."""
+    assert bn.running_mean is not None and bn.running_var is not None  # checked by _foldable
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = (conv.bias.double() - mean if conv.bias is not None else -mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))
+    dtype, device = conv.weight.dtype, conv.weight.device
+    folded = nn.utils.skip_init(  # no random initialisation: the caller's random stream stays as it was
+        type(conv), conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+        padding_mode=conv.padding_mode, device=device, dtype=dtype,
+    )
+    if device.type == "cuda" and weight.dim() == 4:  # cuDNN's fastest layout (see salmap.precision.prefers_channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    folded.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    folded.bias = nn.Parameter(shift.to(dtype=dtype), requires_grad=False)
+    return folded.eval()
+
+
+def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
+    return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+
+
+class TracedModels:
+    """:func:`trace`'s result for a model, kept while the model stays the same: its modules
+    (names and objects), train/eval flags, batch-norm ``eps``, and every parameter and buffer
+    (object, storage and in-place version counter). A change of any of them traces it again."""
+
+    def __init__(self) -> None:
+        self._key: list[Any] | None = None
+        self._traced: Traced | None = None
+
+    def get(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
+        """``trace(model, fold, always)``, from the cache when nothing changed since the last call."""
+        key = [fold, always, _state(model)]
+        if key[2] is None or self._key is None or not _same(key, self._key):
+            self._traced = trace(model, fold, always)
+            self._key = key
+        return self._traced
+
+
+def _state(model: Any) -> list[Any] | None:
+    """What the folded module depends on, or ``None`` when it cannot be told (no caching then)."""
+    if not isinstance(model, nn.Module):
+        return None
+    try:
+        tensors = [(name, t, t._version, t.data_ptr()) for name, t in _tensors(model)]
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+    modules = [(name, m, m.training, getattr(m, "eps", None), vars(m).get("forward"))
+               for name, m in model.named_modules(remove_duplicate=False)]
+    return [model, modules, tensors]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with modules and tensors compared by identity."""
+    if isinstance(a, (nn.Module, Tensor)) or isinstance(b, (nn.Module, Tensor)):
+        return a is b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
