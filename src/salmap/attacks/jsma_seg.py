@@ -65,7 +65,9 @@ class SegmentationJSMA(Attack):
     unless a ``region`` is given) the features that may change in an iteration are those
     under the pixels that do not match the target yet (see :mod:`salmap.attacks.seg_saliency`,
     which also defines the step-weighted saliency). The ``k`` pair searches of an iteration share one pool of promising
-    features, and stay exact (see :class:`~salmap.pair_pool.PairPool`).
+    features, and stay exact (see :class:`~salmap.pair_pool.PairPool`); on CUDA they are arg-maxes over the
+    pair scores of a pool of at least 2,048 features, without host synchronisation, and pick the same pairs
+    (see :func:`salmap.attacks.seg_saliency.choose`).
 
     Models: a ``(B, 1, H, W)`` output is one binary logit per pixel (classes 0 and 1,
     class 1 where the logit is positive); ``(B, C, H, W)`` outputs are class scores.
@@ -90,7 +92,11 @@ class SegmentationJSMA(Attack):
         ``None`` (default): local unless a ``region`` is given, since a region such as
         :func:`outside` (only outside the object) is where the caller wants the changes.
     candidates: restrict the pair search to that many features (see
-        :func:`~salmap.pair_search.select_features`); ``None`` is exact.
+        :func:`~salmap.pair_search.select_features`); ``None`` is exact. Approximate either way, and the
+        two ways may pick different pairs: on the CPU each selection searches the ``candidates`` most
+        promising features of a pool of ``max(1024, 4 k, 2 candidates)``; on CUDA each searches all pairs
+        of a pool of ``max(2048, 4 k, 2 candidates)`` features exactly (the pools: the features of highest
+        :func:`~salmap.pair_search.pair_bound`).
     chunk_size: rows of the pair matrix scored at a time; ``None`` sizes blocks to about
         ``2**24`` pair scores.
     max_iterations: optional cap on iterations per image.
@@ -235,46 +241,50 @@ class SegmentationJSMA(Attack):
         bar = progress_bar(desc=f"jsma-seg ({self.map})", unit="it", enabled=self.progress)
 
         def one_step(rows: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            # No read of a device value: rows that stop choose nothing (allowed 0), and the
+            # changes are written to every row (the unchanged values where nothing is valid).
             flat_r, domain_r, touched_r, changed_r, labels_r = (
                 rows[k] for k in ("x", "domain", "touched", "changed", "labels")
             )
             out, alpha, beta = self.derivatives(flat_r.view(-1, *shape), labels_r, clean.shape[1])
             accuracy = pixel_accuracy(self._mask(out), labels_r)
-            going = ((accuracy < self.required) & (changed_r + per <= budget)).nonzero().flatten()
-            stepped = torch.zeros_like(changed_r, dtype=torch.bool)
-            if going.numel() == 0:
-                return stepped, {}
-            allowed = ((budget - changed_r[going]) // per).clamp(max=self.k)
-            a = alpha.reshape(-1, n)[going]
-            b = None if beta is None else beta.reshape(-1, n)[going]
-            where = domain_r[going]
+            going = (accuracy < self.required) & (changed_r + per <= budget)
+            allowed = torch.where(going, ((budget - changed_r) // per).clamp(max=self.k), 0)
+            where = domain_r
             if self._local:
                 # Only the input features under the pixels that do not match yet may change.
-                wrong = self._mask(out[going]) != labels_r[going]
+                wrong = self._mask(out) != labels_r
                 where = where & resize_mask(wrong, shape[-2:]).bool()[:, None].expand(-1, *shape).reshape(-1, n)
-            index, sign, valid = self._choose(a, b, flat_r[going], where, allowed, (low, high))
+            index, sign, valid = self._choose(alpha.reshape(-1, n), None if beta is None else beta.reshape(-1, n),
+                                              flat_r, where, allowed, (low, high))
+            if index.shape[1] == 0:  # nothing chosen in any row
+                return torch.zeros_like(going), {}
             # Only features changed for the first time count against the budget.
-            fresh = valid & ~touched_r[going[:, None], index]
-            valid &= fresh.long().cumsum(dim=1) <= (budget - changed_r[going])[:, None]
-            r = going[:, None].expand_as(index)[valid]
-            i = index[valid]
-            flat_r[r, i] = clip_features(flat_r[r, i] + sign[valid] * self.theta, low, high, i)
-            touched_r[r, i] = True
+            fresh = valid & ~touched_r.gather(1, index)
+            valid &= fresh.long().cumsum(dim=1) <= (budget - changed_r)[:, None]
+            # The valid entries are a prefix of each row: the others repeat the row's first entry
+            # (same feature, same new value), so that one scatter writes each feature once.
+            stepped = valid[:, :1]
+            index = torch.where(valid, index, index[:, :1])
+            current = flat_r.gather(1, index)
+            moved = clip_features(current + torch.where(valid, sign, sign[:, :1]) * self.theta, low, high, index)
+            flat_r.scatter_(1, index, torch.where(stepped, moved, current))
+            touched_r.scatter_(1, index, stepped | touched_r.gather(1, index))
             if self.map == "jsma":
-                domain_r[r, i] = False  # Papernot et al.: a changed feature leaves the search domain
-            changed_r[going] = touched_r[going].sum(dim=1)
-            hit = going[valid.any(dim=1)]
-            stepped[hit] = True
+                # Papernot et al.: a changed feature leaves the search domain
+                domain_r.scatter_(1, index, ~stepped & domain_r.gather(1, index))
+            changed_r.copy_(touched_r.sum(dim=1))
             bar.update(1)
-            bar.set_postfix(active=int(hit.numel()))
-            return stepped, {"x": flat_r, "domain": domain_r, "touched": touched_r, "changed": changed_r}
+            bar.set_postfix(active=flat_r.shape[0])
+            return stepped[:, 0], {"x": flat_r, "domain": domain_r, "touched": touched_r, "changed": changed_r}
 
         state = {"x": flat, "domain": domain, "touched": touched, "changed": changed, "labels": labels}
         try:
             iterations = active_set_loop(state, one_step, self.max_iterations)
         finally:
             bar.close()
-        log.debug("jsma-seg: %d images, %d iterations at most", batch, int(iterations.max()))
+        if log.isEnabledFor(logging.DEBUG):  # a read of the device otherwise spared
+            log.debug("jsma-seg: %d images, %d iterations at most", batch, int(iterations.max()))
         return flat.view_as(x), iterations
 
     @property

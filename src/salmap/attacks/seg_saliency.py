@@ -48,10 +48,17 @@ from torch import Tensor
 
 from salmap.attacks.seg_goals import resize_mask
 from salmap.gradients import Model, forward, output_vjps, softmax_classes
-from salmap.pair_pool import PairMatrix, PairPool
+from salmap.pair_matrix import PairMatrix
+from salmap.pair_pool import PairPool
 from salmap.pair_search import AUTO_BLOCK_ELEMENTS, auto_chunk_size
 
-__all__ = ["choose", "derivatives", "output_mask"]
+__all__ = ["DEVICE_POOL", "choose", "derivatives", "output_mask"]
+
+#: Smallest pool of the batched selections (:func:`choose_on_device`): its cost on a GPU hardly
+#: grows with the pool, and a larger pool proves more selections exact.
+DEVICE_POOL = 2048
+#: Most pair scores per direction of one batched matrix: rows beyond go in groups.
+_DEVICE_SCORES = 4 * AUTO_BLOCK_ELEMENTS
 
 
 def output_mask(out: Tensor, transformed: bool) -> Tensor:
@@ -83,8 +90,8 @@ def derivatives(
     def not_matching(out: Tensor) -> Tensor:
         return (output_mask(out, transformed) != target).to(out.dtype)
 
-    def onehot(out: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(target, out.shape[1]).permute(0, 3, 1, 2).to(out.dtype)
+    def onehot(out: Tensor) -> Tensor:  # scatter, not one_hot, which reads the classes back to check them
+        return torch.zeros_like(out).scatter_(1, target[:, None], 1.0)
 
     if channels is None:
         with torch.no_grad():
@@ -127,14 +134,20 @@ def choose(
     are real selections ``(R, m)`` (a pair counts as two entries). ``bounds`` are floats or the
     features' ``(1, n)`` bounds (:meth:`salmap._validate.Bounds.features`).
 
-    Two ways to the same pairs: on CUDA (``batched=None``) the ``k`` pair selections run as
-    arg-maxes over one pair-score matrix of the pool per direction (:func:`choose_on_device`,
-    no host sync per selection) when it fits in ``4 * 2**24`` scores and ``chunk_size`` is
-    None; elsewhere, or where the pool cannot prove a selection exact, one
-    :class:`~salmap.pair_search.PairPool` search per selection. The exact search
-    (``candidates=None``) picks the same pairs either way; with ``candidates`` the matrix
-    searches the whole pool (``pool >= 2 * candidates`` features), the pool search only the
-    ``candidates`` most promising of them.
+    Two ways to the pairs: on CUDA (``batched=None``; ``batched=True`` forces it, ``False``
+    rules it out) the ``k`` pair selections are arg-maxes over one
+    :class:`~salmap.pair_matrix.PairMatrix` of a pool of at least :data:`DEVICE_POOL` features
+    (:func:`choose_on_device`: no host sync per selection) when ``chunk_size`` is None and one
+    row's matrix fits in ``8 * 2**24`` scores (rows are taken in groups that fit); elsewhere
+    one :class:`~salmap.pair_pool.PairPool` search per selection. The exact search
+    (``candidates=None``) picks the same pairs either way: from the first batched selection
+    that the pool cannot prove exact, a row continues with the pool searches. With
+    ``candidates`` both ways are approximate and may pick different pairs: the matrix
+    searches its whole pool (the ``max(pool, DEVICE_POOL)`` features of highest
+    :func:`~salmap.pair_search.pair_bound`; ``pool >= 2 * candidates``) exactly, the pool
+    searches only the ``candidates`` most promising features of their pool of ``pool``; a
+    row continues with the pool searches only where the matrix's pool ran dry while features
+    were left out of it.
     """
     low, high = bounds
     up = domain & (flat < high)
@@ -151,24 +164,25 @@ def choose(
     step_up = torch.clamp(flat + theta, max=high) - flat
     step_dn = flat - torch.clamp(flat - theta, min=low)
     a_up, b_up, a_dn, b_dn = alpha * step_up, beta * step_up, alpha * step_dn, beta * step_dn
-    size = min(pool, alpha.shape[1])
+    rows, n = alpha.shape
+    size = min(max(pool, DEVICE_POOL), n)
     on_device = alpha.is_cuda if batched is None else batched
-    if on_device and pairs and chunk_size is None and alpha.shape[0] * size * size <= 4 * AUTO_BLOCK_ELEMENTS:
-        chosen, sign, valid, redo = choose_on_device(a_up, b_up, up, a_dn, b_dn, down, allowed, k, size)
-        again = redo.nonzero().flatten()  # the one host sync of the iteration
-        if again.numel():  # rows where the pool's proof failed: the sequential searches below
-            sub = choose(alpha[again], beta[again], flat[again], domain[again], allowed[again], theta=theta,
-                         bounds=bounds, k=k, pairs=pairs, chunk_size=auto_chunk_size(*alpha.shape),
-                         candidates=candidates, pool=pool)
-            width = sub[0].shape[1]
-            chosen[again, :width], sign[again, :width], valid[again] = sub[0], sub[1], False
-            valid[again, :width] = sub[2]
+    if on_device and pairs and chunk_size is None and size * size <= _DEVICE_SCORES:
+        chosen, sign, valid, first = choose_on_device(
+            a_up, b_up, up, a_dn, b_dn, down, allowed, k, size, exact=candidates is None)
+        again = (first < k).nonzero().flatten()  # the one host sync of the selections
+        if again.numel():  # from the first unproven selection on, the pool searches below
+            _continue(again, first[again], (chosen, sign, valid), alpha, beta, flat, domain, allowed, theta=theta,
+                      bounds=bounds, k=k, candidates=candidates, pool=pool)
         return chosen, sign, valid
+    if not bool((allowed > 0).all()):  # rows that choose nothing cost the searches nothing
+        return _rows_choosing(alpha, beta, flat, domain, allowed, theta=theta, bounds=bounds, k=k, pairs=pairs,
+                              chunk_size=chunk_size, candidates=candidates, pool=pool)
     chunk = chunk_size or auto_chunk_size(*alpha.shape)
     search_up = PairPool(a_up, b_up, up, True, pairs, chunk, candidates, pool)
     search_dn = PairPool(a_dn, b_dn, down, False, pairs, chunk, candidates, pool)
     picks, signs, valids = [], [], []
-    live = torch.ones(alpha.shape[0], dtype=torch.bool, device=alpha.device)
+    live = torch.ones(rows, dtype=torch.bool, device=alpha.device)
     for j in range(k):
         live = live & (allowed > j)  # a new tensor: the valid masks of earlier selections are views of live
         if not live.any():
@@ -183,44 +197,71 @@ def choose(
         signs.append(torch.where(use_up, 1.0, -1.0)[:, None].expand_as(index).to(alpha.dtype))
         valids.append(valid)
         # Later selections of this iteration must not reuse the features just chosen.
-        rows = torch.arange(alpha.shape[0], device=alpha.device)[:, None].expand_as(index)[valid]
-        up[rows, index[valid]] = False
-        down[rows, index[valid]] = False
+        at = torch.arange(rows, device=alpha.device)[:, None].expand_as(index)[valid]
+        up[at, index[valid]] = False
+        down[at, index[valid]] = False
     if not picks:
-        empty = torch.zeros(alpha.shape[0], 0, dtype=torch.long, device=alpha.device)
+        empty = torch.zeros(rows, 0, dtype=torch.long, device=alpha.device)
         return empty, empty.to(alpha.dtype), empty.bool()
     return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1)
 
 
 def choose_on_device(
     a_up: Tensor, b_up: Tensor, up: Tensor, a_dn: Tensor, b_dn: Tensor, down: Tensor, allowed: Tensor, k: int,
-    pool: int,
+    pool: int, exact: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The ``k`` greedy pair selections of :func:`choose` with no host sync: one
-    :class:`~salmap.pair_search.PairMatrix` per direction, ``k`` arg-maxes.
+    :class:`~salmap.pair_matrix.PairMatrix` of both directions, ``k`` arg-maxes.
 
-    Returns ``(features, signs, valid)`` shaped ``(R, 2 k)`` and ``redo`` ``(R,)``: the rows where
-    some selection could not be proven the best over the whole domain (the pool's bound); only
-    there may :func:`choose`'s sequential searches differ, and they must be run instead.
+    Returns ``(features, signs, valid)`` shaped ``(R, 2 k)`` and ``first`` ``(R,)``: the first
+    selection of each row that the pool could not prove (:meth:`~salmap.pair_matrix.PairMatrix.select`;
+    ``k`` where none); the selections from there on are not valid, and only there may
+    :func:`choose`'s pool searches differ. Rows go through matrices of at most
+    ``_DEVICE_SCORES`` scores together.
     """
     rows = a_up.shape[0]
-    search_up, search_dn = PairMatrix(a_up, b_up, up, True, pool), PairMatrix(a_dn, b_dn, down, False, pool)
-    live = torch.ones(rows, dtype=torch.bool, device=a_up.device)
-    redo = torch.zeros_like(live)
-    picks, signs, valids = [], [], []
-    for j in range(k):
-        live = live & (allowed > j)
-        i_up, s_up, f_up, ok_up = search_up.best()
-        i_dn, s_dn, f_dn, ok_dn = search_dn.best()
-        redo |= live & ~(ok_up & ok_dn)
-        use_up = f_up & (~f_dn | (s_up >= s_dn))
-        index = torch.where(use_up[:, None], i_up, i_dn)
-        live = live & (f_up | f_dn)
-        picks.append(index)
-        signs.append(torch.where(use_up, 1.0, -1.0)[:, None].expand_as(index).to(a_up.dtype))
-        valids.append(live[:, None].expand_as(index))
-        # A row that stopped never selects again, so removing its (meaningless) pick is harmless.
-        search_up.remove(index)
-        search_dn.remove(index)
-    return torch.cat(picks, 1), torch.cat(signs, 1), torch.cat(valids, 1), redo
+    a, nb, domain = torch.stack([a_up, -a_dn], 1), torch.stack([-b_up, b_dn], 1), torch.stack([up, down], 1)
+    group = max(1, _DEVICE_SCORES // (pool * pool))
+    parts = []
+    for start in range(0, rows, group):
+        part = slice(start, start + group)
+        parts.append(PairMatrix(a[part], nb[part], domain[part], pool, exact).select(k, allowed[part]))
+    features, increase, valid, first = (torch.cat(p, 0) for p in zip(*parts, strict=True))
+    sign = torch.where(increase, 1.0, -1.0).to(a_up.dtype)[:, :, None].expand(rows, k, 2)
+    return features.flatten(1), sign.flatten(1), valid[:, :, None].expand(rows, k, 2).flatten(1), first
 
+
+def _continue(
+    again: Tensor, start: Tensor, out: tuple[Tensor, Tensor, Tensor], alpha: Tensor, beta: Tensor, flat: Tensor,
+    domain: Tensor, allowed: Tensor, **search: Any,
+) -> None:
+    """Selections ``start`` ``(A,)`` onwards of the rows ``again`` by the pool searches, written into ``out``
+    (``choose_on_device``'s selections, valid before ``start``)."""
+    chosen, sign, valid = out
+    n, width = alpha.shape[1], chosen.shape[1]
+    done = torch.zeros(again.numel(), n + 1, dtype=torch.bool, device=alpha.device)
+    done.scatter_(1, torch.where(valid[again], chosen[again], n), True)  # the features chosen before start
+    sub = choose(alpha[again], beta[again], flat[again], domain[again] & ~done[:, :n], allowed[again] - start,
+                 pairs=True, chunk_size=auto_chunk_size(again.numel(), n), **search)
+    # the new selections' columns follow start's; those of invalid entries fall into a spare column
+    column = 2 * start[:, None] + torch.arange(sub[0].shape[1], device=alpha.device)
+    column = torch.where(sub[2], column, width)
+    for tensor, new in zip(out, sub, strict=True):
+        rows = torch.cat([tensor[again], new[:, :1]], dim=1)
+        tensor[again] = rows.scatter_(1, column, new)[:, :width]
+
+
+def _rows_choosing(
+    alpha: Tensor, beta: Tensor, flat: Tensor, domain: Tensor, allowed: Tensor, **search: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`choose`'s pool searches over only the rows with ``allowed > 0``, the others' entries invalid."""
+    some = (allowed > 0).nonzero().flatten()
+    rows = alpha.shape[0]
+    if some.numel() == 0:
+        empty = torch.zeros(rows, 0, dtype=torch.long, device=alpha.device)
+        return empty, empty.to(alpha.dtype), empty.bool()
+    sub = choose(alpha[some], beta[some], flat[some], domain[some], allowed[some], batched=False, **search)
+    out = tuple(torch.zeros((rows, *part.shape[1:]), dtype=part.dtype, device=part.device) for part in sub)
+    for whole, part in zip(out, sub, strict=True):
+        whole[some] = part
+    return out  # type: ignore[return-value]
