@@ -23,6 +23,9 @@ maps must agree: the max abs difference is printed. Captum runs with
 ``perturbations_per_eval`` = 1 (its default) and with as many perturbations per forward
 pass as salmap's batch (``--captum-ppe``); the ratio is salmap's throughput over captum's best.
 
+Salmap's occlusion runs with batch norm folded into the convolutions (its default;
+``--no-fold-batchnorm``: the model's own arithmetic) in ``--occlusion-precision`` (fp32).
+
 Run: ``python benchmarks/explain.py [--quick] [--model /work/cache/lenet] [-n 100] [--n224 16]``.
 ``--quick``: 20 MNIST images, 2 images at 224 (1 for occlusion), one repeat.
 """
@@ -133,6 +136,10 @@ def main() -> None:
     p.add_argument("--captum-ppe", type=int, default=None, help="captum perturbations_per_eval besides 1 "
                    "(default: salmap's batch size / images)")
     p.add_argument("--no-captum", action="store_true", help="skip captum")
+    p.add_argument("--occlusion-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="salmap occlusion's precision (default fp32)")
+    p.add_argument("--no-fold-batchnorm", action="store_true",
+                   help="salmap occlusion without batch norm folded into the convolutions (the model's own arithmetic)")
     p.add_argument("--settings", default="mnist,224", help="which settings to run (default mnist,224)")
     add_device_flag(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
@@ -183,10 +190,12 @@ def main() -> None:
         occ_x, occ_y = (inputs, labels) if name == "mnist" else (inputs[:n224_occ], labels[:n224_occ])
         # occlusion at 224 takes minutes per image on a CPU: one timed run, no warm-up
         heavy_repeat = repeat if name == "mnist" else 1
-        occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=args.batch_size)
+        occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=args.batch_size,
+                        precision=args.occlusion_precision, fold_batchnorm=not args.no_fold_batchnorm)
         ips, peak, ours = measure(lambda i, t, o=occ: o.attribute(i, target=t), occ_x, occ_y, heavy_repeat, device,
                                   warm=name == "mnist")
-        row: dict[str, Any] = {"setting": name, "method": f"occlusion k={patch} s={stride}",
+        label = f"occlusion k={patch} s={stride} {args.occlusion_precision}" + (" unfolded" if args.no_fold_batchnorm else "")
+        row: dict[str, Any] = {"setting": name, "method": label,
                                "images": occ_x.shape[0], "images_per_s": ips, "peak_MiB": peak,
                                "captum_images_per_s": "", "ratio": "", "max_abs_diff": ""}
         emit(rows, row)

@@ -330,16 +330,21 @@ def occlusion(b: Bench) -> None:
     fns: dict[str, Callable[[], Any]] = {}
     maps: dict[str, Tensor] = {}
 
-    def ours(precision: str) -> Callable[[], Any]:
-        occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=batch, precision=precision)
+    def ours(name: str, precision: str, fold: bool = True) -> Callable[[], Any]:
+        occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=batch, precision=precision,
+                        fold_batchnorm=fold)
 
         def run() -> None:
-            maps[f"salmap {precision}"] = occ.attribute(x, target=y)
+            maps[name] = occ.attribute(x, target=y)
 
         return run
 
-    for precision in ("fp32", "bf16", "fp16"):
-        fns[f"salmap {precision}"] = ours(precision)
+    # fp32 with batch norm folded into the convolutions (the default) and unfolded (the model's own
+    # arithmetic); bf16/fp16: differences from the clean pass (the model is traceable)
+    fns["salmap fp32"] = ours("salmap fp32", "fp32")
+    fns["salmap fp32 unfolded"] = ours("salmap fp32 unfolded", "fp32", fold=False)
+    for precision in ("bf16", "fp16"):
+        fns[f"salmap {precision}"] = ours(f"salmap {precision}", precision)
     try:
         from captum.attr import Occlusion as CaptumOcclusion
 
@@ -361,18 +366,22 @@ def occlusion(b: Bench) -> None:
         return float((a * c).sum() / (a.norm() * c.norm()).clamp_min(1e-30))
 
     rows = []
+    unfolded = maps["salmap fp32 unfolded"]
     for name in fns:
         ips = count / median(times[name])
         row: dict[str, Any] = {"method": name, "images": count, "turns": len(times[name]), "images/s": ips}
         if "captum" in fns and name != "captum":
             row["x captum"] = paired_ratio(times, "captum", name)
-            row["max |diff| to captum"] = float((maps[name] - maps["captum"]).abs().max())
-        if name != "salmap fp32":
+            row["max |diff| to captum"] = f"{float((maps[name] - maps['captum']).abs().max()):.2e}"
+        if name != "salmap fp32 unfolded":
+            row["max |diff| to fp32 unfolded"] = f"{float((maps[name] - unfolded).abs().max()):.2e}"
+        if name not in ("salmap fp32", "captum"):
             ref = maps["salmap fp32"][:, 0]
-            row["corr to fp32 (min over images)"] = min(corr(maps[name][i, 0], ref[i]) for i in range(count))
+            row["corr to fp32 (min over images)"] = f"{min(corr(maps[name][i, 0], ref[i]) for i in range(count)):.6f}"
         rows.append(row)
     say(f"resnet18 (random weights) {count}x3x{size}x{size}, patch {patch}, stride {stride}, zero fill, "
-        f"salmap batch {batch}, captum perturbations_per_eval {max(1, batch // count)}")
+        f"salmap batch {batch}, captum perturbations_per_eval {max(1, batch // count)}; max |map| "
+        f"{float(unfolded.abs().max()):.3g}")
     table(rows)
 
 

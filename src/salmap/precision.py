@@ -7,6 +7,8 @@ throughput of TF32 on a recent GPU. bfloat16 has float32's range and 8 bits of m
 (scores good to two or three significant digits); float16 has 11 bits (about eight times
 more precise) but overflows above 65504, which activations of eval-mode classifiers rarely
 reach. Both are opt-in. CPU autocast supports both (fast on CPUs with AMX, slow elsewhere).
+Occlusion runs a traceable model's 16-bit passes on differences from the clean pass instead
+(:mod:`salmap.explain.occlusion_deltas`), which keeps its maps close to float32's.
 """
 
 from __future__ import annotations

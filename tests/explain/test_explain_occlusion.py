@@ -383,10 +383,12 @@ class EveryRule(nn.Module):
         self.conv = nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect")
         self.pool = nn.AvgPool2d(2)
         self.fc = nn.Linear(4 * 5 * 5, 6)
+        self.act = nn.ReLU()
         self.register_buffer("shift", torch.linspace(-1, 1, 6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.conv(x)) + 0.3
+        h = self.act(h - 0.5) + torch.relu(0.4 - h)  # sign changes of the clean activations included
         h = nn.functional.max_pool2d(h, 2, stride=1, padding=1)[:, :, :10, :10]
         h = self.pool(2.0 * h - h / 3.0).permute(0, 1, 3, 2)
         h = torch.sigmoid(-h).reshape(h.size(0), -1)

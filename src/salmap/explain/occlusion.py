@@ -202,12 +202,13 @@ class Occlusion(Explainer):
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
         chunks = _chunks(pairs[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
         # On CUDA one batch shape for every pass: cuDNN tunes it once (short batches are padded).
-        fixed = x.is_cuda and pairs.shape[0] > self.batch_size
+        width = max((hi - lo for lo, hi, _ in chunks), default=0)
+        fixed = x.is_cuda and len(chunks) > 1
         for lo, hi, i in progress_bar(chunks, desc="occlusion", unit="batch", enabled=self.progress):
             chunk = pairs[lo:hi]
             real = chunk.shape[0]
-            if fixed and real < self.batch_size:
-                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch_size - real, -1)])
+            if fixed and real < width:
+                chunk = torch.cat([chunk, chunk[-1:].expand(width - real, -1)])
             image, pos = chunk.unbind(1)
             mask = _patch_masks(pos, windows, grid)
             copies = in_layout(torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image]),
@@ -252,13 +253,15 @@ class Occlusion(Explainer):
 
 def _chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
     """Row ranges ``(lo, hi, image)`` of at most ``size`` of the (image-sorted) pairs; with
-    ``by_image`` none mixes two images and ``image`` says whose they are (else -1)."""
+    ``by_image`` none mixes two images (each image's pairs split evenly, so that the batches
+    padded to one shape waste little) and ``image`` says whose they are (else -1)."""
     total = images.shape[0]
     if not by_image:
         return [(lo, min(lo + size, total), -1) for lo in range(0, total, size)]
     out, start = [], 0
     for i, n in enumerate(torch.bincount(images, minlength=count).tolist()):
-        out += [(lo, min(lo + size, start + n), i) for lo in range(start, start + n, size)]
+        step = -(-n // -(-n // size)) if n else 1  # ceil(n / number of batches)
+        out += [(lo, min(lo + step, start + n), i) for lo in range(start, start + n, step)]
         start += n
     return out
 

@@ -94,7 +94,7 @@ class Deltas:
                 return _map(node.args[0], full)
             elif node not in self.varying:
                 env[node] = clean[node]
-            elif (d := self._linear(node, env)) is not None:
+            elif (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
                 env[node] = _Delta(d)
             else:
                 with torch.autocast(copies.device.type, enabled=False):
@@ -152,6 +152,26 @@ class Deltas:
             out: Tensor = (a.d * b if isinstance(a, _Delta) else a * b.d) if fn in (operator.mul, torch.mul) else a.d / b
             return out.to(self.dtype) if out.is_floating_point() else None
         return None
+
+    def _relu(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Tensor | None:
+        """ReLU's difference in the low dtype: ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``.
+        With ``c`` rounded to the low dtype the error stays relative to ``d``: where the clean
+        activation's sign does not change, the result is ``d`` or exactly 0; where it does,
+        ``|c| < |d|``."""
+        relu = ((node.op == "call_module" and type(self.modules[str(node.target)]) is nn.ReLU)
+                or (node.op == "call_function" and node.target in (torch.relu, F.relu))
+                or (node.op == "call_method" and node.target == "relu"))
+        if not relu or len(node.args) != 1 or any(node.kwargs.values()) or not isinstance(node.args[0], fx.Node):
+            return None
+        value = env[node.args[0]]
+        if not isinstance(value, _Delta):
+            return None
+        key = (node, "relu")
+        if key not in clean:
+            c = clean[node.args[0]]
+            clean[key] = ((-c).to(self.dtype), c.clamp(max=0).to(self.dtype))
+        negative, low = clean[key]
+        return torch.maximum(value.d, negative) + low
 
     def _low(self, weight: Tensor) -> Tensor:
         key = id(weight)
