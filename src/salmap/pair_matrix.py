@@ -38,8 +38,9 @@ class Selections(NamedTuple):
 class PairMatrix:
     """Every pair score of a pool of features in two directions, for greedy selections that never wait on the host.
 
-    The pool holds the ``pool`` features of highest :func:`~salmap.pair_search.pair_bound`
-    (the larger of the two directions'; every feature when ``pool >= n``), in ascending order.
+    The pool holds ``pool`` features, in ascending order: the best of each direction by
+    :func:`~salmap.pair_search.pair_bound`, taken in turn (the first of either direction, then
+    the second, ...; every feature when ``pool >= n``).
     Its pair scores, the arithmetic of :func:`~salmap.pair_search.select_features`'
     exhaustive search, are one ``(B, 2, pool, pool)`` matrix (``-inf`` where a pair is not
     admissible, and below the diagonal). A selection is one arg-max over each row of it,
@@ -71,7 +72,12 @@ class PairMatrix:
             self.index = torch.arange(n, device=a.device).expand(rows, n)
             self.left_out = neg_inf.expand(rows)
         else:
-            self.index, self.left_out = pool_of(bound.amax(dim=1), pool)
+            # each direction's features of highest bound in turn (by rank): the direction of larger
+            # scores must not fill the pool alone, since the greedy selections turn to the other
+            order = bound.argsort(dim=2, descending=True)
+            rank = torch.empty_like(order).scatter_(2, order, torch.arange(n, device=a.device).expand_as(order))
+            self.index, _ = pool_of(-rank.amin(dim=1), pool)
+            self.left_out = bound.amax(dim=1).scatter_(1, self.index, -math.inf).amax(dim=1)
         size = self.index.shape[1]
         at = self.index[:, None, :].expand(rows, 2, size)
         usable = torch.gather(bound, 2, at) > neg_inf

@@ -94,9 +94,9 @@ class SegmentationJSMA(Attack):
     candidates: restrict the pair search to that many features (see
         :func:`~salmap.pair_search.select_features`); ``None`` is exact. Approximate either way, and the
         two ways may pick different pairs: on the CPU each selection searches the ``candidates`` most
-        promising features of a pool of ``max(1024, 4 k, 2 candidates)``; on CUDA each searches all pairs
-        of a pool of ``max(2048, 4 k, 2 candidates)`` features exactly (the pools: the features of highest
-        :func:`~salmap.pair_search.pair_bound`).
+        promising features of a pool of ``max(1024, 4 k, 2 candidates)`` per direction; on CUDA each
+        searches all pairs of a pool of ``max(2048, 4 k, 2 candidates)`` features exactly (the pools: the
+        features of highest :func:`~salmap.pair_search.pair_bound`, on CUDA both directions' in turn).
     chunk_size: rows of the pair matrix scored at a time; ``None`` sizes blocks to about
         ``2**24`` pair scores.
     max_iterations: optional cap on iterations per image.

@@ -143,9 +143,10 @@ def choose(
     (``candidates=None``) picks the same pairs either way: from the first batched selection
     that the pool cannot prove exact, a row continues with the pool searches. With
     ``candidates`` both ways are approximate and may pick different pairs: the matrix
-    searches its whole pool (the ``max(pool, DEVICE_POOL)`` features of highest
-    :func:`~salmap.pair_search.pair_bound`; ``pool >= 2 * candidates``) exactly, the pool
-    searches only the ``candidates`` most promising features of their pool of ``pool``; a
+    searches its whole pool (``max(pool, DEVICE_POOL)`` features, each direction's best by
+    :func:`~salmap.pair_search.pair_bound` in turn; ``pool >= 2 * candidates``) exactly, the
+    pool searches only the ``candidates`` most promising features of their pools (``pool``
+    features per direction of highest :func:`~salmap.pair_search.pair_bound`); a
     row continues with the pool searches only where the matrix's pool ran dry while features
     were left out of it.
     """
