@@ -8,7 +8,7 @@ and the next one starts), output flushed as it comes:
 3. call cost: FGSM and PGD-40 (eps 0.3) at 1,000 MNIST images and a resnet18 at 64x3x224x224
    beside torchattacks (see benchmarks/call_cost.py);
 4. FGSM element-wise beside torchattacks: how many elements differ and the gradient's magnitude
-   there, with cuDNN's TF32 off, with deterministic algorithms, with torchattacks' mean loss,
+   there, with cuDNN's TF32 off, with deterministic algorithms, with the summed loss salmap used before,
    and across devices (CPU copies of the model);
 5. JSMA on the lenet (target y+1, theta 1, gamma 0.145): images/s and peak memory beside
    torchattacks' JSMA, then a torch.profiler summary of one 1,000-image call (``--out``/jsma_profile.txt);
@@ -184,8 +184,8 @@ def fgsm_agreement(b: Bench) -> None:
     with frozen(cpu_model):
         _, grad_cpu = loss_grad(cpu_model, xc, yc)
 
-    def mean_ce(z: Tensor, t: Tensor) -> Tensor:
-        return torch.nn.functional.cross_entropy(z, t, reduction="none") / t.shape[0]
+    def summed_ce(z: Tensor, t: Tensor) -> Tensor:  # FGSM takes the batch mean: this is the sum's scale
+        return torch.nn.functional.cross_entropy(z, t, reduction="none") * t.shape[0]
 
     def row(name: str, a: Tensor, c: Tensor, g: Tensor) -> dict[str, Any]:
         a, c, g = a.cpu(), c.cpu(), g.cpu().abs()
@@ -202,13 +202,14 @@ def fgsm_agreement(b: Bench) -> None:
         }
 
     rows = [row("salmap vs torchattacks (this device)", ours(model, x, y), theirs(model, x, y), grad),
-            row("salmap (mean loss) vs torchattacks", ours(model, x, y, loss_fn=mean_ce), theirs(model, x, y), grad)]
+            row("salmap (summed loss, before) vs torchattacks", ours(model, x, y, loss_fn=summed_ce),
+                theirs(model, x, y), grad)]
     if b.cuda:
         tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         try:
             rows.append(row("... cuDNN/matmul TF32 off", ours(model, x, y), theirs(model, x, y), grad))
-            rows.append(row("... TF32 off, mean loss", ours(model, x, y, loss_fn=mean_ce), theirs(model, x, y), grad))
+            rows.append(row("... TF32 off, summed loss", ours(model, x, y, loss_fn=summed_ce), theirs(model, x, y), grad))
             saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
             try:
