@@ -15,6 +15,7 @@ from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, mode_is_fixed, output_vjps
 from salmap.models.normalized import unwrap
+from salmap.precision import PRECISIONS, autocast, check_precision
 from salmap.registry import register_explainer
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -58,7 +59,7 @@ def default_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
-@register_explainer("gradcam", needs_module=True, hooks=True)
+@register_explainer("gradcam", needs_module=True, hooks=True, choices={"precision": PRECISIONS})
 class GradCAM(Explainer):
     """Gradient-weighted class activation map of one layer, upsampled to the input size.
 
@@ -88,6 +89,9 @@ class GradCAM(Explainer):
         are used as they are, and transformer token outputs ``(B, 1 + h*w, C)`` (a class token,
         then a grid of patches with the input's aspect ratio) or ``(B, h*w, C)`` become
         ``(B, C, h, w)`` with the class token dropped. Anything else is an error naming the shape.
+    precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward and backward passes
+        under autocast (see :mod:`salmap.precision`), faster on a GPU for large models; the map
+        is computed in the input's dtype from the 16-bit activation and gradient.
 
     Returns
     -------
@@ -102,7 +106,7 @@ class GradCAM(Explainer):
 
     def __init__(
         self, model: Model, layer: str | None = None, relu: bool = True,
-        reshape: Callable[[Tensor], Tensor] | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None, precision: str = "fp32",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module for Grad-CAM (layers by name), got {type(model).__name__}")
@@ -127,6 +131,7 @@ class GradCAM(Explainer):
         if reshape is not None and not callable(reshape):
             raise ValueError(f"reshape must be a function of the layer's output, got {type(reshape).__name__}")
         self.reshape = reshape
+        self.precision = check_precision(precision)
 
     def _attribute(self, x: Tensor, target: Target) -> Tensor:
         return self._explain(x, lambda out: target)
@@ -155,12 +160,13 @@ class GradCAM(Explainer):
         assert self._module is not None
         handle = self._module.register_forward_hook(keep)
         try:
-            _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)
+            with autocast(self.precision, x.device):
+                _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)
         finally:
             handle.remove()
         raw = captured[-1]
         raw = raw[0] if isinstance(raw, (tuple, list)) else raw
-        act, grad = self._as_maps(raw.detach(), x), self._as_maps(grad, x)
+        act, grad = self._as_maps(raw.detach().to(x.dtype), x), self._as_maps(grad.to(x.dtype), x)
         weights = grad.mean(dim=tuple(range(2, grad.dim())), keepdim=True)
         cam = (weights * act).sum(dim=1, keepdim=True)
         if self.relu:
