@@ -186,4 +186,4 @@ def test_entry_points_are_read_in_process(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setitem(registry._ENTRIES, "explainer", dict(registry._ENTRIES["explainer"]))
     entry = registry.get_explainer("mine")
     assert entry.cls is Mine and entry.source == Mine.__module__.split(".")[0]
-    assert [p.name for p in entry.params] == ["absolute", "times_input"]
+    assert [p.name for p in entry.params] == ["absolute", "times_input", "precision"]
