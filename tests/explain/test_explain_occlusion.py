@@ -473,3 +473,23 @@ def test_bf16_differences_beat_plain_autocast_where_scores_barely_move():
 class _Untraceable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if x.sum() >= -1e30 else -x
+
+
+def test_normalized_models_are_folded_and_differenced(bn_calls):
+    from salmap.explain.occlusion_deltas import Deltas
+    from salmap.folding import trace
+    from salmap.models import Normalized
+
+    model = Normalized(bn_net(), mean=[0.4, 0.6], std=[0.2, 0.3]).double()
+    x = torch.rand(2, 2, 10, 11, dtype=torch.float64)
+    folded = Occlusion(model, patch=3, stride=2).attribute(x, target=[0, 1])
+    assert not bn_calls
+    torch.testing.assert_close(folded, reference(model, x, [0, 1], (3, 3), (2, 2), 0.0), rtol=0, atol=1e-12)
+    traced = trace(Normalized(EveryRule().double().eval(), mean=[0.4, 0.6], std=[0.2, 0.3]).double(), fold=True, always=True)
+    assert traced is not None
+    x = torch.rand(1, 2, 10, 10, dtype=torch.float64)
+    copies = x.repeat(3, 1, 1, 1)
+    copies[:, :, 2:5, 3:6] = 0.0
+    torch.testing.assert_close(Deltas(traced.module, torch.float64)(x, 0, copies), traced.module(copies), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="Normalized has mean/std for 2 channels"):
+        traced.module(torch.rand(1, 3, 10, 10, dtype=torch.float64))

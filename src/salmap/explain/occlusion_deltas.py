@@ -64,6 +64,7 @@ class Deltas:
             if node.op == "placeholder" or any(a in self.varying for a in node.all_input_nodes):
                 self.varying.add(node)
 
+    @torch.no_grad()
     def clean(self, image: Tensor, key: int) -> dict[fx.Node, Any]:
         """Every node's value on the clean ``image`` (``(1, C, ...)``), kept while ``key`` repeats."""
         if self._clean is None or self._clean[0] != key:
@@ -77,6 +78,7 @@ class Deltas:
             self._clean = (key, values)
         return self._clean[1]
 
+    @torch.no_grad()
     def __call__(self, image: Tensor, key: int, copies: Tensor) -> Any:
         """The model's output on ``copies`` of the clean ``image`` (``(1, C, ...)``; ``key`` names it
         for the cache of its clean values), in the input's dtype."""
@@ -85,7 +87,10 @@ class Deltas:
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = env[node]
-            return clean[node] + v.d.to(clean[node].dtype) if isinstance(v, _Delta) else v
+            if not isinstance(v, _Delta):
+                return v
+            c = clean[node]  # one kernel when the sum promotes to the clean dtype (the cast is exact)
+            return c + v.d if torch.promote_types(c.dtype, v.d.dtype) == c.dtype else c + v.d.to(c.dtype)
 
         for node in self.graph.graph.nodes:
             if node.op == "placeholder":
@@ -103,7 +108,7 @@ class Deltas:
                 if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
                         and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
                         and c.shape[0] == 1):
-                    env[node] = _Delta((out - c).to(self.dtype))
+                    env[node] = _Delta(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
                 else:
                     env[node] = out
         raise AssertionError("graph without output")  # pragma: no cover

@@ -87,14 +87,7 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(s, dtype=torch.float32))
 
     def _view(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.mean.shape[0]
-        if c != 1 and (x.dim() < 2 or x.shape[1] != c):
-            raise ValueError(
-                f"Normalized has mean/std for {c} channels, but the input has shape {tuple(x.shape)} "
-                f"({x.shape[1] if x.dim() >= 2 else 'no'} channels in dimension 1)"
-            )
-        shape = (1, c) + (1,) * max(x.dim() - 2, 0) if c != 1 else (1,)
-        return self.mean.view(shape).to(x.dtype), self.std.view(shape).to(x.dtype)
+        return _channel_view(self.mean, x), _channel_view(self.std, x)
 
     def normalize(self, x: Tensor) -> Tensor:
         """``(x - mean) / std``: what the wrapped model receives."""
@@ -112,6 +105,19 @@ class Normalized(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+@torch.fx.wrap  # one node when torch.fx traces a model (its checks read x's shape)
+def _channel_view(stats: Tensor, x: Tensor) -> Tensor:
+    """Per-channel ``stats`` ``(C,)`` shaped to broadcast over ``x`` ``(B, C, ...)``, in ``x``'s dtype."""
+    c = stats.shape[0]
+    if c != 1 and (x.dim() < 2 or x.shape[1] != c):
+        raise ValueError(
+            f"Normalized has mean/std for {c} channels, but the input has shape {tuple(x.shape)} "
+            f"({x.shape[1] if x.dim() >= 2 else 'no'} channels in dimension 1)"
+        )
+    shape = (1, c) + (1,) * max(x.dim() - 2, 0) if c != 1 else (1,)
+    return stats.view(shape).to(x.dtype)
 
 
 def unwrap(model: Any) -> Any:
