@@ -57,14 +57,23 @@ def tuned_convolutions(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+#: Spatial size (pixels) from which the CPU's convolutions run faster channels-last: measured on
+#: a resnet18 on a 2-core Xeon (oneDNN), 5% slower at 96x96, 6% faster at 128x128, 18% at 224x224.
+CPU_CHANNELS_LAST_PIXELS = 112 * 112
+
+
 def prefers_channels_last(x: Tensor) -> bool:
     """Whether convolutions on batches like ``x`` run faster in the channels-last layout: 4-D
-    batches on CUDA (cuDNN's fastest kernels take it without transposing) and 4-D float32,
-    bfloat16 or float16 batches on the CPU (oneDNN's). Values and shape are the same either way;
-    only the order of the sums inside a convolution may differ."""
+    batches on CUDA (cuDNN's fastest kernels take it without transposing) and, on the CPU,
+    4-D float32, bfloat16 or float16 batches of at least :data:`CPU_CHANNELS_LAST_PIXELS` pixels
+    (oneDNN's; smaller images run faster as they are). Values and shape are the same either
+    way; only the order of the sums inside a convolution may differ."""
     if x.dim() != 4:
         return False
-    return x.is_cuda or (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16))
+    if x.is_cuda:
+        return True
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and x.shape[2] * x.shape[3] >= CPU_CHANNELS_LAST_PIXELS)
 
 
 def in_layout(x: Tensor, channels_last: bool) -> Tensor:

@@ -360,12 +360,26 @@ class Viewing(nn.Module):
         return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
 
 
-def test_a_model_that_needs_the_contiguous_layout():
+def test_a_model_that_needs_the_contiguous_layout(monkeypatch):
+    import salmap.explain.occlusion as occlusion
+
+    monkeypatch.setattr(occlusion, "prefers_channels_last", lambda x: True)  # as on CUDA and large CPU images
     torch.manual_seed(0)
     model = Viewing().eval()
     x = torch.rand(2, 2, 10, 11)
+    with pytest.raises(RuntimeError, match="view"):
+        model(x.contiguous(memory_format=torch.channels_last))
     got = Occlusion(model, patch=3, stride=2).attribute(x, target=[0, 1])
     torch.testing.assert_close(got, reference(model, x, [0, 1], (3, 3), (2, 2), 0.0), rtol=0, atol=1e-5)
+
+
+def test_channels_last_on_the_cpu_from_112_pixels():
+    from salmap.precision import prefers_channels_last
+
+    assert prefers_channels_last(torch.zeros(1, 3, 112, 112))
+    assert not prefers_channels_last(torch.zeros(1, 3, 96, 96))
+    assert not prefers_channels_last(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+    assert not prefers_channels_last(torch.zeros(1, 3, 224))
 
 
 def test_fold_batchnorm_is_a_registered_option():

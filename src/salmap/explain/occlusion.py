@@ -99,9 +99,10 @@ class Occlusion(Explainer):
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
     with repeats) and cuDNN picks its fastest algorithms for that shape (``cudnn.benchmark``
     for the call, then restored). The copies are built in the channels-last layout on CUDA and
-    for float32 and 16-bit batches on the CPU (cuDNN's and oneDNN's fastest convolutions take
-    it; a model that fails on it, e.g. with a ``.view`` after a convolution, runs on the
-    contiguous layout), the folded convolutions' weights are channels-last on CUDA. The float32
+    for float32 and 16-bit images of at least 112x112 pixels on the CPU (cuDNN's and oneDNN's
+    fastest convolutions take it; a model that fails on it, e.g. with a ``.view`` after a
+    convolution, runs on the contiguous layout); the folded convolutions' weights are
+    channels-last on CUDA. The float32
     maps are the model's up to the last bits of the convolution sums.
 
     Returns
