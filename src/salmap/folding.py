@@ -18,7 +18,7 @@ forward that :mod:`torch.fx` cannot trace, or no convolution whose only user is 
 batch norm with running statistics. :func:`trace` gives the traced (and folded) graph, also
 without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it); :class:`TracedModels`
 caches it and traces again when the model changes (a parameter or buffer changed in place or
-replaced, a submodule replaced, a train/eval flag or a batch norm's ``eps`` changed).
+replaced, a submodule replaced, a plain attribute such as a flag, train/eval or ``eps`` changed).
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 class TracedModels:
     """:func:`trace`'s result for a model, kept while the model stays the same: its modules
-    (names and objects), train/eval flags, batch-norm ``eps``, and every parameter and buffer
+    (names and objects), their plain attributes (train/eval flags, ``eps``, any flag a
+    ``forward`` may branch on) and functions set on them, and every parameter and buffer
     (object, storage and in-place version counter). A change of any of them traces it again."""
 
     def __init__(self) -> None:
@@ -208,9 +209,16 @@ def _state(model: Any) -> list[Any] | None:
         tensors = [(name, t, t._version, t.data_ptr()) for name, t in _tensors(model)]
     except RuntimeError:  # inference tensors have no version counter
         return None
-    modules = [(name, m, m.training, getattr(m, "eps", None), vars(m).get("forward"))
-               for name, m in model.named_modules(remove_duplicate=False)]
+    modules = [(name, m, _settings(m)) for name, m in model.named_modules(remove_duplicate=False)]
     return [model, modules, tensors]
+
+
+def _settings(module: nn.Module) -> list[tuple[str, Any]]:
+    """A module's own plain attributes (flags, sizes, ``eps``, ``training``; tracing bakes in the
+    branches they choose) and functions set on the instance (a replaced ``forward``)."""
+    return [(k, v) for k, v in vars(module).items()
+            if isinstance(v, (bool, int, float, str, type(None))) or (isinstance(v, tuple) and all(
+                isinstance(e, (bool, int, float, str, type(None))) for e in v)) or callable(v) and not isinstance(v, nn.Module)]
 
 
 def _same(a: Any, b: Any) -> bool:

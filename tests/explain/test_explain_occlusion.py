@@ -317,6 +317,27 @@ def test_a_changed_model_is_folded_again():
                                rtol=0, atol=1e-12)
 
 
+class Flagged(BNNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.negate = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return -out if self.negate else out  # a branch on a plain attribute: tracing bakes it in
+
+
+def test_a_changed_flag_is_traced_again():
+    model = Flagged().double()
+    model.load_state_dict(bn_net().state_dict())
+    model.eval()
+    x = torch.rand(2, 2, 10, 11, dtype=torch.float64)
+    occ = Occlusion(model, patch=3, stride=2)
+    first = occ.attribute(x, target=[0, 1])
+    model.negate = True
+    torch.testing.assert_close(occ.attribute(x, target=[0, 1]), -first, rtol=0, atol=1e-12)
+
+
 class Branchy(BNNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
