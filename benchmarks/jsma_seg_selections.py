@@ -63,8 +63,8 @@ class Recorder(TorchDispatchMode):
 
 @contextmanager
 def selections(batched: bool, recording: dict[str, Recorder]) -> Iterator[list[Tensor]]:
-    """SegmentationJSMA with the batched selections forced on or off; yields the rows' proof
-    failures of the batched calls (bool per row), and counts the selections' operators into
+    """SegmentationJSMA with the batched selections forced on or off; yields, per batched call,
+    the rows' proof failures and whether they choose anything (bool ``(2, rows)``), and counts the selections' operators into
     ``recording["rec"]`` while it is there."""
     real_choose, real_device = seg_saliency.choose, seg_saliency.choose_on_device
     unproven: list[Tensor] = []
@@ -79,8 +79,9 @@ def selections(batched: bool, recording: dict[str, Recorder]) -> Iterator[list[T
 
     def on_device(*args: Any, **kwargs: Any) -> Any:
         out = real_device(*args, **kwargs)
-        # this version: the first unproven selection per row (< k: unproven); older: a bool per row
-        unproven.append(out[3] if out[3].dtype == torch.bool else out[3] < args[7])
+        # this version: the first unproven selection per row (< k: unproven); older: a bool per row.
+        # Rows that choose nothing (allowed 0) do not count (older versions never passed them).
+        unproven.append(torch.stack([out[3] if out[3].dtype == torch.bool else out[3] < args[7], args[6] > 0]))
         return out
 
     jsma_seg.choose, seg_saliency.choose_on_device = choose, on_device
@@ -91,7 +92,15 @@ def selections(batched: bool, recording: dict[str, Recorder]) -> Iterator[list[T
 
 
 def fraction(unproven: list[Tensor]) -> float:
-    return float(torch.cat(unproven).float().mean()) if unproven else float("nan")
+    """The fraction of the rows choosing something that were not proven to the end."""
+    if not unproven:
+        return float("nan")
+    flags, choosing = torch.cat(unproven, dim=1)
+    return float((flags & choosing).sum() / choosing.sum().clamp(min=1))
+
+
+def choosing_rows(unproven: list[Tensor]) -> int:
+    return int(sum(int(u[1].sum()) for u in unproven))
 
 
 def large(device: str, candidates: int | None, extra: int) -> None:
@@ -143,7 +152,7 @@ def mnist_seg(device: str, folder: str, count: int, max_iterations: int) -> None
             with selections(True, {}) as unproven:
                 result = attack(x, target=target)
             print(f"  {goal:4s} {'local' if local else 'all features':12s}: {fraction(unproven):.3f} of "
-                  f"{sum(u.numel() for u in unproven)} rows over {int(result.iterations.max())} iterations", flush=True)
+                  f"{choosing_rows(unproven)} rows over {int(result.iterations.max())} iterations", flush=True)
 
 
 def main() -> int:

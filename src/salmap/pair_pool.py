@@ -105,8 +105,9 @@ class PairPool:
     of one segmentation-JSMA iteration, each removing the features just chosen) shares a pool
     instead: the ``pool`` features of highest bound :func:`pair_bound`, found once. A pair
     found in the pool is the exact best over the domain when its score exceeds every pair
-    through a feature left out of the pool: the largest bound left out, or the tighter bound of
-    :func:`left_out_bounds`, which follows the domain as the pool's best features leave it.
+    through a feature left out of the pool: the largest bound left out, or, where that fails,
+    the tighter bound of :func:`left_out_bounds` (computed once), which follows the domain as
+    the pool's best features leave it.
     Rows where that proof fails are searched again over all features. With ``candidates`` (an
     approximate search by definition) the pool is searched as :func:`select_features` would
     search the domain, without the proof (rows that find nothing in the pool while features
@@ -137,8 +138,8 @@ class PairPool:
         self.usable = torch.gather(bound, 1, self.index) > neg_inf
         self.sub_alpha = torch.gather(alpha, 1, self.index)
         self.sub_beta = torch.gather(beta, 1, self.index)
-        if candidates is None:
-            self.partner, self.among = left_out_bounds(a, nb, domain, self.index)
+        self.a, self.nb, self.domain = a, nb, domain
+        self.bounds: tuple[Tensor, Tensor] | None = None  # left_out_bounds, once the largest bound left out fails
 
     def best(self, domain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``select_features`` over ``domain`` (a subset of the domain the search started with)."""
@@ -157,9 +158,13 @@ class PairPool:
         if self.candidates is not None:  # no proof to give, but a pool run dry is searched again
             settled = found | (self.left_out == -math.inf)
         else:
-            partner = torch.where(sub_domain, self.partner, 0.0).amax(dim=1)
-            limit = torch.minimum(self.left_out, torch.maximum(partner, self.among))
-            settled = torch.where(found, score > limit, limit <= 0)
+            settled = torch.where(found, score > self.left_out, self.left_out == -math.inf)
+            if not settled.all():  # the tighter bound, computed once, where the cheap one fails
+                if self.bounds is None:
+                    self.bounds = left_out_bounds(self.a, self.nb, self.domain, self.index)
+                partner, among = self.bounds
+                limit = torch.maximum(torch.where(sub_domain, partner, 0.0).amax(dim=1), among)
+                settled |= torch.where(found, score > limit, limit <= 0)
         if not settled.all():
             again = (~settled).nonzero().flatten()
             i, s, f = self._full(domain[again], again)
