@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
+from salmap.explain import occlusion_windows as geometry
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
 from salmap.explain.targets import Target
@@ -130,8 +130,8 @@ class Occlusion(Explainer):
         fold_batchnorm: bool = True,
     ) -> None:
         super().__init__(model)
-        self.patch = _sizes("patch", patch)
-        self.stride = self.patch if stride is None else _sizes("stride", stride)
+        self.patch = geometry.sizes("patch", patch)
+        self.stride = self.patch if stride is None else geometry.sizes("stride", stride)
         if isinstance(fill, str):
             if fill not in FILLS:
                 raise ValueError(f"fill must be one of {list(FILLS)} or a number, got {fill!r}")
@@ -159,13 +159,13 @@ class Occlusion(Explainer):
         if x.dim() < 3:
             raise ValueError(f"x must be (B, C, *spatial) for occlusion, got shape {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
-        patch = _per_dim("patch", self.patch, spatial)
-        stride = _per_dim("stride", self.stride, spatial)
+        patch = geometry.per_dim("patch", self.patch, spatial)
+        stride = geometry.per_dim("stride", self.stride, spatial)
         if any(k > n for k, n in zip(patch, spatial, strict=True)):
             raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
         # One row per patch position and one column per feature, per spatial dimension:
         # a patch is the outer product of one row of each, so sums over patches separate.
-        windows = [_windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
+        windows = [geometry.windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
         grid = tuple(w.shape[0] for w in windows)
 
         traced = self._traced.get(self.model, self.fold_batchnorm, always=self.low)
@@ -198,10 +198,10 @@ class Occlusion(Explainer):
 
         # Only (image, position) pairs whose patch differs from the fill change the input.
         differs = (x != fill).any(dim=1).to(x.dtype)
-        changed = _through_windows(differs, windows, transpose=True) > 0
+        changed = geometry.through_windows(differs, windows, transpose=True) > 0
         pairs = changed.flatten(1).nonzero()
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
-        chunks = _chunks(pairs[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
+        chunks = geometry.chunks(pairs[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
         # On CUDA one batch shape for every pass: cuDNN tunes it once (short batches are padded).
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
@@ -211,7 +211,7 @@ class Occlusion(Explainer):
             if fixed and real < width:
                 chunk = torch.cat([chunk, chunk[-1:].expand(width - real, -1)])
             image, pos = chunk.unbind(1)
-            mask = _patch_masks(pos, windows, grid)
+            mask = geometry.patch_masks(pos, windows, grid)
             copies = in_layout(torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image]),
                                channels_last)
             with torch.inference_mode():
@@ -224,8 +224,8 @@ class Occlusion(Explainer):
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
 
-        total = _through_windows(drops.view(-1, *grid), windows, transpose=False)
-        count = _through_windows(torch.ones(1, *grid, dtype=x.dtype, device=x.device), windows, transpose=False)
+        total = geometry.through_windows(drops.view(-1, *grid), windows, transpose=False)
+        count = geometry.through_windows(torch.ones(1, *grid, dtype=x.dtype, device=x.device), windows, transpose=False)
         heat = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
         return heat.unsqueeze(1).expand_as(x).contiguous()
 
@@ -250,78 +250,3 @@ class Occlusion(Explainer):
         noise = torch.rand((1, *x.shape[1:]), generator=gen, dtype=torch.float64)
         low, high = self.bounds.like(noise)
         return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
-
-
-def _chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
-    """Row ranges ``(lo, hi, image)`` of at most ``size`` of the (image-sorted) pairs; with
-    ``by_image`` none mixes two images (each image's pairs split evenly, so that the batches
-    padded to one shape waste little) and ``image`` says whose they are (else -1)."""
-    total = images.shape[0]
-    if not by_image:
-        return [(lo, min(lo + size, total), -1) for lo in range(0, total, size)]
-    out, start = [], 0
-    for i, n in enumerate(torch.bincount(images, minlength=count).tolist()):
-        step = -(-n // -(-n // size)) if n else 1  # ceil(n / number of batches)
-        out += [(lo, min(lo + step, start + n), i) for lo in range(start, start + n, step)]
-        start += n
-    return out
-
-
-def _sizes(name: str, value: Any) -> tuple[int, ...]:
-    """An int or a sequence of ints, each ``>= 1``, as a tuple."""
-    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        out = tuple(values)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}") from None
-    if not out:
-        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
-    for v in out:
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"{name} must be a positive int or a sequence of them (>= 1), got {value!r}")
-    return out
-
-
-def _per_dim(name: str, sizes: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
-    if len(sizes) == 1:
-        return sizes * len(spatial)
-    if len(sizes) != len(spatial):
-        raise ValueError(f"{name} must have one size per spatial dimension {spatial}, got {sizes}")
-    return sizes
-
-
-def _windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """``(positions, size)`` 0/1 matrix: row ``p`` marks the features patch ``p`` covers."""
-    starts = list(range(0, size - patch + 1, stride))
-    if starts[-1] + patch < size:
-        starts.append(size - patch)  # the last patch covers the border
-    first = torch.tensor(starts, device=device)[:, None]
-    index = torch.arange(size, device=device)[None]
-    return ((index >= first) & (index < first + patch)).to(dtype)
-
-
-def _through_windows(values: Tensor, windows: list[Tensor], transpose: bool) -> Tensor:
-    """Contract every dimension but the first with the window matrices.
-
-    ``transpose=False``: ``(B, P_1, ..., P_n)`` per-position values to ``(B, S_1, ..., S_n)``
-    sums over the patches covering each feature. ``transpose=True``: ``(B, S_1, ...)``
-    feature values to ``(B, P_1, ...)`` sums over each patch's features.
-    """
-    for w in windows:
-        # tensordot removes axis 1 and appends the new axis last: after n steps, the order is restored.
-        values = torch.tensordot(values, w.t() if transpose else w, dims=([1], [0]))
-    return values
-
-
-def _patch_masks(pos: Tensor, windows: list[Tensor], grid: tuple[int, ...]) -> Tensor:
-    """Bool masks ``(n, *spatial)`` of the patches at flat grid positions ``pos``."""
-    index = []
-    for n in reversed(grid):  # unravel the flat (row-major) position
-        index.append(pos % n)
-        pos = pos // n
-    index.reverse()
-    mask = windows[0][index[0]].bool()
-    for d in range(1, len(windows)):
-        rows = windows[d][index[d]].bool()
-        mask = mask.unsqueeze(-1) & rows.view(rows.shape[0], *([1] * d), rows.shape[1])
-    return mask

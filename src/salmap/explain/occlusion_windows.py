@@ -1,0 +1,86 @@
+"""The geometry of occlusion (:class:`salmap.explain.occlusion.Occlusion`): patch sizes per
+dimension, the sliding windows as 0/1 matrices, the patch masks, and the batches of occluded copies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["chunks", "patch_masks", "per_dim", "sizes", "through_windows", "windows"]
+
+
+def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
+    """Row ranges ``(lo, hi, image)`` of at most ``size`` of the (image-sorted) pairs; with
+    ``by_image`` none mixes two images (each image's pairs split evenly, so that the batches
+    padded to one shape waste little) and ``image`` says whose they are (else -1)."""
+    total = images.shape[0]
+    if not by_image:
+        return [(lo, min(lo + size, total), -1) for lo in range(0, total, size)]
+    out, start = [], 0
+    for i, n in enumerate(torch.bincount(images, minlength=count).tolist()):
+        step = -(-n // -(-n // size)) if n else 1  # ceil(n / number of batches)
+        out += [(lo, min(lo + step, start + n), i) for lo in range(start, start + n, step)]
+        start += n
+    return out
+
+
+def sizes(name: str, value: Any) -> tuple[int, ...]:
+    """An int or a sequence of ints, each ``>= 1``, as a tuple."""
+    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}") from None
+    if not out:
+        raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{name} must be a positive int or a sequence of them (>= 1), got {value!r}")
+    return out
+
+
+def per_dim(name: str, sizes: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
+    if len(sizes) == 1:
+        return sizes * len(spatial)
+    if len(sizes) != len(spatial):
+        raise ValueError(f"{name} must have one size per spatial dimension {spatial}, got {sizes}")
+    return sizes
+
+
+def windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(positions, size)`` 0/1 matrix: row ``p`` marks the features patch ``p`` covers."""
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)  # the last patch covers the border
+    first = torch.tensor(starts, device=device)[:, None]
+    index = torch.arange(size, device=device)[None]
+    return ((index >= first) & (index < first + patch)).to(dtype)
+
+
+def through_windows(values: Tensor, windows: list[Tensor], transpose: bool) -> Tensor:
+    """Contract every dimension but the first with the window matrices.
+
+    ``transpose=False``: ``(B, P_1, ..., P_n)`` per-position values to ``(B, S_1, ..., S_n)``
+    sums over the patches covering each feature. ``transpose=True``: ``(B, S_1, ...)``
+    feature values to ``(B, P_1, ...)`` sums over each patch's features.
+    """
+    for w in windows:
+        # tensordot removes axis 1 and appends the new axis last: after n steps, the order is restored.
+        values = torch.tensordot(values, w.t() if transpose else w, dims=([1], [0]))
+    return values
+
+
+def patch_masks(pos: Tensor, windows: list[Tensor], grid: tuple[int, ...]) -> Tensor:
+    """Bool masks ``(n, *spatial)`` of the patches at flat grid positions ``pos``."""
+    index = []
+    for n in reversed(grid):  # unravel the flat (row-major) position
+        index.append(pos % n)
+        pos = pos // n
+    index.reverse()
+    mask = windows[0][index[0]].bool()
+    for d in range(1, len(windows)):
+        rows = windows[d][index[d]].bool()
+        mask = mask.unsqueeze(-1) & rows.view(rows.shape[0], *([1] * d), rows.shape[1])
+    return mask
