@@ -3,7 +3,8 @@
 Rows: salmap's call (which returns the result with the adversarial prediction deferred until
 ``success`` is read), salmap's call followed by reading ``success`` (one more forward pass),
 and torchattacks' call (which returns only the images); ratios are medians of the per-turn
-ratios, the attacks taking turns (A B C A B C ...). Settings: the lenet on ``-n`` mnist-sample
+ratios, the attacks taking turns (A B C A B C ...). The ops columns count the operators one call
+dispatches (on a GPU, each is a kernel launch). Settings: the lenet on ``-n`` mnist-sample
 test images (trained weights from ``--model``, else random weights: the cost does not depend
 on them) and a random-weight resnet18 on ``--batch224`` random 3x224x224 images.
 
@@ -46,6 +47,25 @@ def resnet_setting(device: str, batch: int, size: int = 224) -> tuple[nn.Module,
     return model, x, y
 
 
+def dispatched_ops(fn: Any) -> int:
+    """Operators one call of ``fn`` dispatches (after one warm-up call): on a GPU each is a launch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    fn()
+    with Count() as count:
+        fn()
+    return count.ops
+
+
 def cost_rows(
     model: nn.Module, x: Tensor, y: Tensor, device: str, setting: str, steps: int = 40, repeats: int = 5,
     budget: float | None = None, eps: float = 0.3, clock: str = "wall", calls: int = 1,
@@ -72,6 +92,7 @@ def cost_rows(
         times = {name: [t / calls for t in ts] for name, ts in times.items()}
         rows.append({
             "setting": setting, "attack": name, "turns": len(times["salmap"]),
+            "salmap ops": dispatched_ops(one["salmap"]), "torchattacks ops": dispatched_ops(one["torchattacks"]),
             "salmap ms": 1e3 * median(times["salmap"]), "torchattacks ms": 1e3 * median(times["torchattacks"]),
             "ratio": paired_ratio(times, "salmap", "torchattacks"),
             "+success ms": 1e3 * median(times["salmap+success"]),
