@@ -16,9 +16,10 @@ model as it is) when folding could change what the model computes or cannot be d
 global: hooks may carry semantics), parametrizations or uninitialized (lazy) parameters, a
 forward that :mod:`torch.fx` cannot trace, or no convolution whose only user is an eval-mode
 batch norm with running statistics. :func:`trace` gives the traced (and folded) graph, also
-without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it); :class:`TracedModels`
-caches it and traces again when the model changes (a parameter or buffer changed in place or
-replaced, a submodule replaced, a plain attribute such as a flag, train/eval or ``eps`` changed).
+without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it). Tracing runs the model's
+``forward`` on proxies; whatever it sets on the model's modules is put back, and a model whose
+``forward`` changes them is not traced. The graph is traced again for every explainer call
+(:class:`TracedModels`), so later changes of the model (weights, hooks, flags) always count.
 """
 
 from __future__ import annotations
@@ -91,11 +92,17 @@ def trace(model: Any, fold: bool, always: bool = False) -> Traced | None:
     if reason is None and not always and not (fold and any(_foldable(m) for m in model.modules())):
         reason = "no eval-mode batch norm with running statistics"
     if reason is None:
+        saved = _snapshot(model)
         try:
             graph = fx.Tracer().trace(root := _Root(model))
         except Exception as err:  # noqa: BLE001 - any failure to trace means: run the model as it is
             reason = f"torch.fx cannot trace it ({type(err).__name__}: {err})"
         else:
+            if _restore(saved):
+                reason = "its forward changes the model's attributes (the traced graph would not)"
+        finally:
+            _restore(saved)
+        if reason is None:
             folded = _fold_pairs(graph, root) if fold else 0
             logger.debug("model traced; batch norm folded into %d convolutions", folded)
             return Traced(fx.GraphModule(root, graph), folded)
@@ -183,48 +190,34 @@ def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
 
 
 class TracedModels:
-    """:func:`trace`'s result for a model, kept while the model stays the same: its modules
-    (names and objects), their plain attributes (train/eval flags, ``eps``, any flag a
-    ``forward`` may branch on) and functions set on them, and every parameter and buffer
-    (object, storage and in-place version counter). A change of any of them traces it again."""
-
-    def __init__(self) -> None:
-        self._key: list[Any] | None = None
-        self._traced: Traced | None = None
+    """:func:`trace` for each call of an explainer. Not a cache: anything the traced graph bakes in
+    (weights changed through ``.data``, hooks added since, attributes a ``forward`` branches on)
+    may change between calls without a trace of it, and tracing costs little beside the forward
+    passes of one occlusion call (a resnet18: milliseconds)."""
 
     def get(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
-        """``trace(model, fold, always)``, from the cache when nothing changed since the last call."""
-        key = [fold, always, _state(model)]
-        if key[2] is None or self._key is None or not _same(key, self._key):
-            self._traced = trace(model, fold, always)
-            self._key = key
-        return self._traced
+        """``trace(model, fold, always)``."""
+        return trace(model, fold, always)
 
 
-def _state(model: Any) -> list[Any] | None:
-    """What the folded module depends on, or ``None`` when it cannot be told (no caching then)."""
-    if not isinstance(model, nn.Module):
-        return None
-    try:
-        tensors = [(name, t, t._version, t.data_ptr()) for name, t in _tensors(model)]
-    except RuntimeError:  # inference tensors have no version counter
-        return None
-    modules = [(name, m, _settings(m)) for name, m in model.named_modules(remove_duplicate=False)]
-    return [model, modules, tensors]
+def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:
+    """Every module's attributes and its parameter, buffer and submodule tables (shallow copies)."""
+    return [(m, dict(vars(m)), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
 
 
-def _settings(module: nn.Module) -> list[tuple[str, Any]]:
-    """A module's own plain attributes (flags, sizes, ``eps``, ``training``; tracing bakes in the
-    branches they choose) and functions set on the instance (a replaced ``forward``)."""
-    return [(k, v) for k, v in vars(module).items()
-            if isinstance(v, (bool, int, float, str, type(None))) or (isinstance(v, tuple) and all(
-                isinstance(e, (bool, int, float, str, type(None))) for e in v)) or callable(v) and not isinstance(v, nn.Module)]
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, with modules and tensors compared by identity."""
-    if isinstance(a, (nn.Module, Tensor)) or isinstance(b, (nn.Module, Tensor)):
-        return a is b
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> bool:
+    """Put back what :func:`_snapshot` saw; whether anything had changed."""
+    changed = False
+    for module, attrs, tables in saved:
+        now = vars(module)
+        if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
+            changed = True
+            now.clear()
+            now.update(attrs)
+        current: list[dict[str, Any]] = [module._parameters, module._buffers, module._modules]
+        for table, before in zip(current, tables, strict=True):
+            if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
+                changed = True
+                table.clear()
+                table.update(before)
+    return changed

@@ -86,8 +86,8 @@ def sample_uniform(x: Tensor, seed: int, stream: int = 0) -> Tensor:
     True
     """
     keys = sample_keys(x, seed, stream)[:, None]
-    # Feature i of a sample: mix32(h_i ^ key), h_i = mix32(i + salt); both mixes are bijections,
-    # so the features of one sample never share a number, and lowbias32's avalanche decorrelates
-    # the numbers of different keys.
+    # Feature i of a sample: mix32(h_i ^ key), h_i = mix32(i + salt): both mixes are bijections,
+    # so the 32-bit numbers of one sample's features are distinct (their top 24 bits, the noise,
+    # may repeat), and lowbias32's avalanche decorrelates the numbers of different keys.
     bits = mix32(_feature_hashes(x[0].numel(), x.device, 0x2545F491)[None, :] ^ keys)
     return ((bits >> 8).to(torch.float32) * (1.0 / (1 << 24))).to(x.dtype).reshape(x.shape)

@@ -309,3 +309,15 @@ def test_sign_steps_round_as_torchattacks_where_the_gradient_is_zero():
     assert torch.equal(FGSM(model, eps=0.1)(x, y=y).x_adv, want)
     assert torch.equal(PGD(model, eps=0.1, step=0.1, steps=1, random_start=False)(x, y=y).x_adv, want)
     assert torch.equal(BIM(model, eps=0.1, step=0.1, steps=1)(x, y=y).x_adv, want)
+
+
+def test_fp16_steps_do_not_depend_on_the_batch_size(digits_model):
+    """float16 gradients of the batch mean underflow to zero in large batches: in fp16 the
+    attacks differentiate the sum, so a sample moves as it would alone."""
+    model, x, y = digits_model
+    x, y = x[:300], y[:300]
+    whole = FGSM(model, eps=0.1, precision="fp16")(x, y=y).x_adv
+    alone = torch.cat([FGSM(model, eps=0.1, precision="fp16")(x[i : i + 1], y=y[i : i + 1]).x_adv for i in range(8)])
+    assert torch.equal(whole[:8], alone)
+    unmoved = float((whole == x).float().mean())
+    assert unmoved <= float((FGSM(model, eps=0.1)(x, y=y).x_adv == x).float().mean()) + 0.01

@@ -33,7 +33,8 @@ class FGSM(Attack):
     zero its sign depends on how the floating-point sums were rounded, so such a feature can
     move by ``+eps`` in one computation and ``-eps`` in another (results ``2 * eps`` apart).
     salmap differentiates the batch mean of the per-sample losses, the reduction torchattacks
-    (``nn.CrossEntropyLoss()``) uses, so both round alike: on an H100 the sum instead of the
+    (``nn.CrossEntropyLoss()``) uses, so both round alike (with ``precision="fp16"`` the sum,
+    since float16 gradients divided by the batch size would underflow to zero): on an H100 the sum instead of the
     mean left 40 of 784,000 elements different from torchattacks (4 by ``2 * eps``, at
     gradients of at most 3e-5), the mean none. Between a GPU and the CPU the rounding differs
     anyway (cuDNN's algorithms, TF32 convolutions by default on Ampere and later): each
@@ -76,7 +77,7 @@ class FGSM(Attack):
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
     ) -> tuple[Tensor, Tensor]:
-        _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first, batch_mean=True)
+        _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first, batch_mean=self.precision != "fp16")
         direction = -1.0 if targeted else 1.0
         x_adv = self.bounds.clamp(x + direction * self.eps * grad.sign())
         return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)

@@ -166,7 +166,7 @@ class PGD(Attack):
             state["step"] = step
 
         def one_step(rows: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, Tensor]]:
-            logits, grad = loss_grad(self.model, rows["x_adv"], rows["labels"], self.loss_fn, batch_mean=True)
+            logits, grad = loss_grad(self.model, rows["x_adv"], rows["labels"], self.loss_fn, batch_mean=self.precision != "fp16")
             going = None  # without early stopping every sample steps (and the loop does not sync)
             if self.early_stop:
                 pred = logits.argmax(dim=1)
@@ -192,7 +192,7 @@ class PGD(Attack):
         lower, upper = self.bounds.clamp(x - eps), self.bounds.clamp(x + eps)
         for i in range(self.steps):
             _, grad = loss_grad(self.model, x_adv, labels, self.loss_fn, recorded=first if i == 0 else None,
-                               batch_mean=True)
+                               batch_mean=self.precision != "fp16")
             direction = grad.sign_()
             if isinstance(step, Tensor):
                 x_adv.addcmul_(direction, step)

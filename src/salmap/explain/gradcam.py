@@ -91,7 +91,8 @@ class GradCAM(Explainer):
         ``(B, C, h, w)`` with the class token dropped. Anything else is an error naming the shape.
     precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward and backward passes
         under autocast (see :mod:`salmap.precision`), faster on a GPU for large models; the map
-        is computed in the input's dtype from the 16-bit activation and gradient.
+        is computed in the input's dtype from the 16-bit activation and gradient (float16 also
+        flushes gradients below about 6e-8 to zero; bfloat16 has float32's range).
 
     Returns
     -------

@@ -33,7 +33,8 @@ class GradientSaliency(Explainer):
     times_input: multiply the gradient by the input (default ``False``).
     precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward and backward passes
         under autocast (see :mod:`salmap.precision`), faster on a GPU for large models; the map
-        keeps the input's dtype, its values good to the 16-bit format's precision.
+        keeps the input's dtype, its values good to the 16-bit format's precision (float16 also
+        flushes gradients below about 6e-8 to zero; bfloat16 has float32's range).
 
     Returns
     -------

@@ -171,6 +171,8 @@ class Occlusion(Explainer):
         traced = self._traced.get(self.model, self.fold_batchnorm, always=self.low)
         model = traced.module if traced is not None and traced.folded else self.model
         deltas = Deltas(traced.module, LOW_DTYPES[self.precision]) if traced is not None and self.low else None
+        if deltas is not None and not deltas.exact:
+            deltas = None  # an in-place write the graph hides: plain autocast instead
         with tuned_convolutions(x.device):
             return self._occlude(model, deltas, x, resolve, windows, grid)
 

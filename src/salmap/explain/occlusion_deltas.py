@@ -184,9 +184,28 @@ class Deltas:
             self._weights[key] = weight.to(self.dtype)
         return self._weights[key]
 
+    def _inplace(self, node: fx.Node) -> bool:
+        return _writes_into_input(node, self.modules)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the graph's arithmetic can be replayed on differences: ``False`` when an
+        in-place operation writes into a value that a later node reads under the old name (the
+        mutation is part of what the model computes, and the graph does not show it)."""
+        order = {node: i for i, node in enumerate(self.graph.graph.nodes)}
+        for node in self.graph.graph.nodes:
+            if _writes_into_input(node, self.modules) and node.args and isinstance(node.args[0], fx.Node):
+                if any(order[user] > order[node] for user in node.args[0].users if user is not node):
+                    return False
+        return True
+
     def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
         args = _map(node.args, value)
         kwargs = _map(node.kwargs, value)
+        if self._inplace(node):
+            # an in-place operation would overwrite a value kept for later nodes (the clean pass
+            # keeps every node's value): it works on a copy
+            args, kwargs = _map_tensors(args, torch.clone), _map_tensors(kwargs, torch.clone)
         if node.op == "call_module":
             return self.modules[node.target](*args, **kwargs)  # type: ignore[index]
         if node.op == "call_function":
@@ -196,6 +215,30 @@ class Deltas:
         if node.op == "get_attr":
             return _attr(self.graph, node.target)  # type: ignore[arg-type]
         raise ValueError(f"unexpected graph node {node.op}")  # pragma: no cover
+
+
+def _writes_into_input(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` may write into its first input: a module or function called with
+    ``inplace=True`` (also positionally, as in ``F.relu(x, True)``), a method or function whose
+    name ends in ``_`` (``x.relu_()``, ``torch.relu_``) or an augmented assignment operator."""
+    if node.op == "call_module":
+        return getattr(modules[str(node.target)], "inplace", False) is True
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (node.target in _INPLACE_OPERATORS or name.endswith("_") or node.kwargs.get("inplace") is True
+                or any(a is True for a in node.args[1:]))
+    return False
+
+
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                      operator.ilshift, operator.irshift, operator.imatmul}
+
+
+def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    return fx.node.map_aggregate(value, lambda v: fn(v) if isinstance(v, Tensor) else v)
 
 
 def _attr(module: nn.Module, target: str) -> Any:
