@@ -34,7 +34,8 @@ class FGSM(Attack):
     move by ``+eps`` in one computation and ``-eps`` in another (results ``2 * eps`` apart).
     salmap differentiates the batch mean of the per-sample losses, the reduction torchattacks
     (``nn.CrossEntropyLoss()``) uses, so both round alike (with ``precision="fp16"`` the sum,
-    since float16 gradients divided by the batch size would underflow to zero): on an H100 the sum instead of the
+    since float16 gradients divided by the batch size would underflow to zero): on an H100
+    the sum instead of the
     mean left 40 of 784,000 elements different from torchattacks (4 by ``2 * eps``, at
     gradients of at most 3e-5), the mean none. Between a GPU and the CPU the rounding differs
     anyway (cuDNN's algorithms, TF32 convolutions by default on Ampere and later): each
