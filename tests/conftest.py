@@ -31,21 +31,27 @@ def small_cnn(in_channels: int = 1, classes: int = 10, seed: int = 0) -> nn.Modu
     )
 
 
-@pytest.fixture(scope="session")
-def digits_model():
-    """A small CNN trained for a few seconds on scikit-learn's 8x8 digits, and the test split."""
+def trained_on_digits(build, epochs: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``build()`` (seeded) trained for a few seconds on scikit-learn's 8x8 digits: ``(model in
+    eval mode, test inputs, test labels)``."""
     from salmap import data
     from salmap.training import train_classifier
 
     xtr, ytr = data.load("digits", "train")
     xte, yte = data.load("digits", "test")
     torch.manual_seed(0)
-    model = nn.Sequential(
+    model = build()
+    train_classifier(model, xtr, ytr, epochs=epochs, batch_size=64, lr=3e-3, progress=False)
+    return model.eval(), xte, yte
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """A small CNN trained for a few seconds on scikit-learn's 8x8 digits, and the test split."""
+    return trained_on_digits(lambda: nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
         nn.Flatten(), nn.Linear(16 * 64, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
-    train_classifier(model, xtr, ytr, epochs=8, batch_size=64, lr=3e-3, progress=False)
-    return model.eval(), xte, yte
+    ), epochs=8)
 
 
 @pytest.fixture(scope="module")

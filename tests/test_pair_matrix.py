@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from _dispatch import READS, Recorder
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import salmap.attacks.jsma_seg as jsma_seg
 import salmap.attacks.seg_saliency as seg_saliency
@@ -21,27 +21,6 @@ from salmap.attacks.seg_saliency import choose
 from salmap.pair_matrix import PairMatrix
 from salmap.pair_pool import left_out_bounds, pool_of
 from salmap.pair_search import pair_bound, select_features
-
-READS = {"aten._local_scalar_dense", "aten.nonzero", "aten.index[bool]", "aten.masked_select", "aten.index_put[bool]"}
-
-
-class Recorder(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = str(func.overloadpacket)
-        if name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
-            isinstance(i, Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
-        ):
-            name = "aten.index[bool]" if name == "aten.index" else "aten.index_put[bool]"  # reads the mask's count
-        self.ops.append(name)
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def reads(self) -> int:
-        return sum(op in READS for op in self.ops)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ forward that :mod:`torch.fx` cannot trace, or no convolution whose only user is 
 batch norm with running statistics. :func:`trace` gives the traced (and folded) graph, also
 without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it). Tracing runs the model's
 ``forward`` on proxies; whatever it sets on the model's modules is put back, and a model whose
-``forward`` changes them is not traced. The graph is traced again for every explainer call
-(:class:`TracedModels`), so later changes of the model (weights, hooks, flags) always count.
+``forward`` changes them is not traced. Callers trace again for every explainer call rather
+than keep the graph, so later changes of the model (weights through ``.data``, hooks, flags)
+always count; a resnet18 takes tens of milliseconds, little beside one occlusion call.
 """
 
 from __future__ import annotations
@@ -187,17 +188,6 @@ def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchN
 
 def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-
-
-class TracedModels:
-    """:func:`trace` for each call of an explainer. Not a cache: anything the traced graph bakes in
-    (weights changed through ``.data``, hooks added since, attributes a ``forward`` branches on)
-    may change between calls without a trace of it, and tracing costs little beside the forward
-    passes of one occlusion call (a resnet18: milliseconds)."""
-
-    def get(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
-        """``trace(model, fold, always)``."""
-        return trace(model, fold, always)
 
 
 def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:

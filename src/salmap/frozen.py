@@ -56,7 +56,7 @@ def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
     modules = list(model.modules())
     modes = [m.training for m in modules]
     # a lazy module's parameters are created by its first forward pass: they are left as they are
-    params = [p for p in _parameters(modules) if not _uninitialized(p)]
+    params = [p for p in module_tensors(modules) if not _uninitialized(p)]
     flags = [p.requires_grad for p in params]
     try:
         if eval_mode and any(modes):
@@ -74,12 +74,13 @@ def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
                 p.requires_grad_(flag)
 
 
-def _parameters(modules: list[nn.Module]) -> Iterator[Tensor]:
-    """The parameters of ``modules`` (a shared one may come more than once)."""
+def module_tensors(modules: list[nn.Module], buffers: bool = False) -> Iterator[Tensor]:
+    """The parameters (and with ``buffers`` the buffers) of ``modules``, read from their tables
+    without ``named_parameters()``' de-duplicating walk (a shared one may come more than once)."""
     for m in modules:
-        for p in m._parameters.values():
-            if p is not None:
-                yield p
+        for t in (*m._parameters.values(), *m._buffers.values()) if buffers else m._parameters.values():
+            if t is not None:
+                yield t
 
 
 def _uninitialized(p: Tensor) -> bool:

@@ -9,23 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from _dispatch import Recorder
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from salmap.attacks import BIM, FGSM, PGD
-
-
-class _Recorder(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = str(func.overloadpacket)
-        if name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
-            name = "aten.index[bool]"  # a boolean mask's selection reads the number of its rows
-        self.ops.append(name)
-        return func(*args, **(kwargs or {}))
 
 
 def _model() -> nn.Module:
@@ -44,7 +31,7 @@ def test_no_host_read_between_the_first_forward_and_the_last_gradient(make: Any,
     model = _model()
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 0, 1])
-    recorder = _Recorder()
+    recorder = Recorder()
     with recorder:
         make(model)(x, **({"target": labels} if targeted else {"y": labels}))
     ops = recorder.ops
@@ -76,7 +63,7 @@ def test_jsma_reads_the_device_at_most_three_times_per_iteration() -> None:
     reads = {"aten._local_scalar_dense", "aten.nonzero", "aten.index[bool]"}
     model = _model()
     x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    recorder = _Recorder()
+    recorder = Recorder()
     with recorder:
         result = JSMA(model, theta=1.0, gamma=0.5, strict_targets=False)(x, target=torch.tensor([0, 1, 2, 0, 1, 2]))
     count = sum(op in reads for op in recorder.ops)

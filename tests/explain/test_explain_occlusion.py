@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import trained_on_digits
 from torch import nn
 
 from salmap.explain import Occlusion
@@ -448,19 +449,12 @@ def test_differences_are_exact_in_float64():
 @pytest.fixture(scope="module")
 def digits_bn_model():
     """A CNN with batch norm trained for a few seconds on scikit-learn's 8x8 digits."""
-    from salmap import data
-    from salmap.training import train_classifier
-
-    xtr, ytr = data.load("digits", "train")
-    xte, yte = data.load("digits", "test")
-    torch.manual_seed(0)
-    model = nn.Sequential(
+    model, xte, yte = trained_on_digits(lambda: nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Flatten(), nn.Linear(16 * 64, 10),
-    )
-    train_classifier(model, xtr, ytr, epochs=4, batch_size=64, lr=3e-3, progress=False)
-    return model.eval(), xte[:8], yte[:8]
+    ), epochs=4)
+    return model, xte[:8], yte[:8]
 
 
 def _correlations(a: torch.Tensor, b: torch.Tensor) -> list[float]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from salmap._validate import BoundsLike, check_bounds, check_input, check_labels, label_range
 from salmap.attacks.result import AttackResult, _version
+from salmap.frozen import module_tensors
 from salmap.gradients import Model, frozen, predict, record_forward
 from salmap.precision import autocast
 from salmap.targets import all_other_targets, random_targets
@@ -250,5 +251,4 @@ def _state_version(model: Model) -> tuple[int, ...] | None:
     """In-place modification counters of the model's parameters and buffers (None for a callable)."""
     if not isinstance(model, nn.Module):
         return None
-    return tuple(t._version for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
-                 if t is not None and not t.is_inference())
+    return tuple(t._version for t in module_tensors(list(model.modules()), buffers=True) if not t.is_inference())

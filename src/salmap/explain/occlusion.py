@@ -13,7 +13,7 @@ from salmap.explain import occlusion_windows as geometry
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
 from salmap.explain.targets import Target
-from salmap.folding import TracedModels
+from salmap.folding import trace
 from salmap.gradients import Model, forward, predict
 from salmap.logits import logits_of
 from salmap.precision import (
@@ -150,7 +150,6 @@ class Occlusion(Explainer):
         self.progress = bool(progress)
         self.precision = check_precision(precision)
         self.fold_batchnorm = bool(fold_batchnorm)
-        self._traced = TracedModels()
 
     @property
     def low(self) -> bool:
@@ -173,7 +172,7 @@ class Occlusion(Explainer):
         windows = [geometry.windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
         grid = tuple(w.shape[0] for w in windows)
 
-        traced = self._traced.get(self.model, self.fold_batchnorm, always=self.low)
+        traced = trace(self.model, self.fold_batchnorm, always=self.low)  # every call: see salmap.folding
         model = traced.module if traced is not None and traced.folded else self.model
         deltas = Deltas(traced.module, LOW_DTYPES[self.precision]) if traced is not None and self.low else None
         if deltas is not None and not deltas.exact:
