@@ -5,25 +5,41 @@ The zoo's own architectures (lenet, resnet18/34, unet) register from their modul
 Models built elsewhere register themselves from their own files with :func:`register`;
 ``models/`` never imports the packages above it. So that such a model is known before any
 code of its package has been imported (``models.load`` of a saved defended model, in a
-fresh process), its package names a *provider* with :func:`add_provider`: a function,
-run once the first time the zoo is read (:func:`available`, :func:`build`), that imports
-the modules which register. ``salmap/__init__.py`` adds the provider of
-:mod:`salmap.defenses` (the denoiser, purified and block-switch models), so it is in place
-wherever salmap is used, while importing salmap still imports no defense code. Providers
-are added by code, never named by a checkpoint: a file can only pick among registered names.
+fresh process), its distribution names the modules that register in the entry-point group
+``salmap.models`` (salmap's own ``pyproject.toml`` names :mod:`salmap.defenses`' denoiser
+and block-switch modules); they are imported the first time the zoo is read
+(:func:`available`, :func:`build`), so importing salmap still imports no defense code. Code
+may also add a *provider* with :func:`add_provider`: a function, run once at that moment,
+that imports the modules which register. Entry points come from installed distributions and
+providers from code, never from a checkpoint: a file can only pick among registered names.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 from torch import nn
 
+logger = logging.getLogger(__name__)
+#: the entry-point group naming modules whose import registers more zoo models
+ENTRY_POINT_GROUP = "salmap.models"
+
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+def _entry_point_models() -> None:
+    """Import the modules the ``salmap.models`` entry points name (they register on import)."""
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin must not break the zoo: say so and go on
+            logger.warning("salmap: model plugin %r could not be loaded: %s", ep.name, err)
+
+
 #: functions that register more models, not run yet (see :func:`add_provider`).
-_PROVIDERS: list[Callable[[], None]] = []
+_PROVIDERS: list[Callable[[], None]] = [_entry_point_models]
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
