@@ -264,3 +264,24 @@ def test_segmentation_jsma_reads_the_device_twice_per_batched_iteration(monkeypa
         assert int(result.iterations.max()) == iterations
         reads[iterations] = recorder.reads
     assert reads[5] - reads[1] <= 2 * 4, reads
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_segmentation_jsma_with_batched_selections_runs_with_one_pair_per_iteration(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """k = 1 made the batched selections' validity mask a view whose elements share memory (an
+    expansion flattened), and the attack's in-place update of it failed on CUDA."""
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = Segmenter(3).eval()
+    with torch.no_grad():
+        target = (model(x).argmax(1) + 1) % 3
+
+    def run() -> Any:
+        return SegmentationJSMA(model, gamma=0.2, k=k, max_iterations=3)(x, target=target)
+
+    sequential = run()
+    batched_attack(monkeypatch)
+    batched = run()
+    assert torch.equal(batched.x_adv, sequential.x_adv)
+    assert (batched.l0 > 0).all()

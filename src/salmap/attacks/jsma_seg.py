@@ -261,7 +261,7 @@ class SegmentationJSMA(Attack):
                 return torch.zeros_like(going), {}
             # Only features changed for the first time count against the budget.
             fresh = valid & ~touched_r.gather(1, index)
-            valid &= fresh.long().cumsum(dim=1) <= (budget - changed_r)[:, None]
+            valid = valid & (fresh.long().cumsum(dim=1) <= (budget - changed_r)[:, None])
             # The valid entries are a prefix of each row: the others repeat the row's first entry
             # (same feature, same new value), so that one scatter writes each feature once.
             stepped = valid[:, :1]

@@ -229,7 +229,9 @@ def choose_on_device(
         parts.append(PairMatrix(a[part], nb[part], domain[part], pool, exact).select(k, allowed[part]))
     features, increase, valid, first = (torch.cat(p, 0) for p in zip(*parts, strict=True))
     sign = torch.where(increase, 1.0, -1.0).to(a_up.dtype)[:, :, None].expand(rows, k, 2)
-    return features.flatten(1), sign.flatten(1), valid[:, :, None].expand(rows, k, 2).flatten(1), first
+    # repeat_interleave, not expand + flatten: with k = 1 the flattened expansion is a view whose
+    # elements share memory, and the caller's in-place updates of ``valid`` must not see that
+    return features.flatten(1), sign.flatten(1), valid.repeat_interleave(2, dim=1), first
 
 
 def _continue(
