@@ -11,10 +11,15 @@ reshapes) run on ``d`` in 16 bits, so their rounding is relative to the differen
 the activation; every other operation ``g`` (ReLU, max pooling, anything not listed) gives
 ``g(a(x) + d) - g(a(x))`` computed in the input's precision. The arithmetic identity is exact;
 only the rounding differs from float32's, and it is relative to what occlusion measures.
+
+Given where each copy's patch lies (:meth:`Deltas.on_patches`), the differences of 2-D
+activations are held on the region the patch can reach (:mod:`salmap.explain.occlusion_regions`):
+the convolutions and poolings of the first layers then run on a small part of their input.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+
+from salmap.explain.occlusion_regions import Region, crop, recrop, to_full, window_of
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
@@ -34,13 +41,23 @@ _FUNCTIONS: set[Any] = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqu
                         F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 
 
+#: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
+_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                      nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.BatchNorm2d)
+_POINTWISE_FUNCTIONS: set[Any] = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid,
+                                  F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish}
+_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+
+
 class _Delta:
-    """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies)."""
+    """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies); with a ``region``,
+    ``d`` holds the region of a 2-D activation, and the difference is zero outside it."""
 
-    __slots__ = ("d",)
+    __slots__ = ("d", "region")
 
-    def __init__(self, d: Tensor) -> None:
+    def __init__(self, d: Tensor, region: Region | None = None) -> None:
         self.d = d
+        self.region = region
 
 
 class Deltas:
@@ -58,6 +75,7 @@ class Deltas:
         self.modules = dict(graph.named_modules())
         self._weights: dict[int, Tensor] = {}
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
+        self._held: Tensor | None = None  # all region sums so far kept both regions (device bool)
         # only nodes computed from the input carry differences; the rest are constants
         self.varying: set[fx.Node] = set()
         for node in graph.graph.nodes:
@@ -78,15 +96,33 @@ class Deltas:
             self._clean = (key, values)
         return self._clean[1]
 
-    @torch.no_grad()
     def __call__(self, image: Tensor, key: int, copies: Tensor) -> Any:
         """The model's output on ``copies`` of the clean ``image`` (``(1, C, ...)``; ``key`` names it
         for the cache of its clean values), in the input's dtype."""
+        return self._run(image, key, _Delta((copies - image).to(self.dtype)))
+
+    def on_patches(self, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> Any:
+        """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in
+        one patch each: ``patches`` ``(B, C, h, w)`` are the differences, ``starts`` ``(B, 2)`` where
+        they begin. Read :meth:`regions_held` once the copies are done."""
+        region = Region(starts, (patches.shape[-2], patches.shape[-1]), (image.shape[-2], image.shape[-1]))
+        return self._run(image, key, _Delta(patches.to(self.dtype), region))
+
+    def regions_held(self) -> bool:
+        """Whether every sum of two region-held differences so far had one region inside the other
+        (else the sum lost part of one, and the outputs must be computed again without regions).
+        One read of the device; resets the record."""
+        held = self._held is None or bool(self._held)
+        self._held = None
+        return held
+
+    @torch.no_grad()
+    def _run(self, image: Tensor, key: int, start: _Delta) -> Any:
         clean = self.clean(image, key)
         env: dict[fx.Node, Any] = {}
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
-            v = env[node]
+            v = self._expanded(env, node)
             if not isinstance(v, _Delta):
                 return v
             c = clean[node]  # one kernel when the sum promotes to the clean dtype (the cast is exact)
@@ -94,15 +130,19 @@ class Deltas:
 
         for node in self.graph.graph.nodes:
             if node.op == "placeholder":
-                env[node] = _Delta((copies - image).to(self.dtype))
+                env[node] = start
             elif node.op == "output":
                 return _map(node.args[0], full)
             elif node not in self.varying:
                 env[node] = clean[node]
-            elif (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
-                env[node] = _Delta(d)
+            elif (r := self._regional(node, env, clean)) is not None:
+                env[node] = r
             else:
-                with torch.autocast(copies.device.type, enabled=False):
+                self._expand_inputs(node, env)
+                if (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
+                    env[node] = _Delta(d)
+                    continue
+                with torch.autocast(image.device.type, enabled=False):
                     out = self._call(node, full)
                 c = clean[node]
                 if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
@@ -112,6 +152,148 @@ class Deltas:
                 else:
                     env[node] = out
         raise AssertionError("graph without output")  # pragma: no cover
+
+    # -- differences held on regions (salmap.explain.occlusion_regions) ------------------------------
+
+    def _expanded(self, env: dict[fx.Node, Any], node: fx.Node) -> Any:
+        """``env[node]``, a region-held difference first written out at full size (and kept so)."""
+        v = env[node]
+        if isinstance(v, _Delta) and v.region is not None:
+            assert self._clean is not None
+            v = env[node] = _Delta(to_full(v.d, v.region, self._clean[1][node]))
+        return v
+
+    def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
+        for a in node.all_input_nodes:
+            self._expanded(env, a)
+
+    def _regional(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> _Delta | None:
+        """The node's difference on a region when its varying input is held on one and the node
+        keeps it local (a convolution, a pooling, a pointwise operation, a sum); ``None`` else."""
+        inputs = [env[a] for a in node.all_input_nodes if isinstance(env[a], _Delta)]
+        if not inputs or all(v.region is None for v in inputs) \
+                or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            return None
+        args: Any = node.args
+        if node.op == "call_module":
+            mod: Any = self.modules[str(node.target)]
+            if len(args) != 1 or node.kwargs or mod.training:
+                return None
+            v = env[args[0]]
+            if type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and mod.dilation == (1, 1) \
+                    and not isinstance(mod.padding, str):
+                return self._slide(v, node, mod.kernel_size, mod.stride, mod.padding, clean,
+                                   lambda x: F.conv2d(x, self._low(mod.weight), None, mod.stride, 0, 1, mod.groups))
+            if type(mod) is nn.MaxPool2d and _pair(mod.dilation) == (1, 1) and not mod.ceil_mode \
+                    and not mod.return_indices:
+                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
+                return self._slide(v, node, k, s, _pair(mod.padding), clean,
+                                   lambda x: F.max_pool2d(x, k, s), values=clean[args[0]])
+            if type(mod) is nn.AvgPool2d and not mod.ceil_mode and mod.count_include_pad \
+                    and mod.divisor_override is None:
+                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
+                return self._slide(v, node, k, s, _pair(mod.padding), clean, lambda x: F.avg_pool2d(x, k, s))
+            if type(mod) is nn.AdaptiveAvgPool2d and _pair(mod.output_size) == (1, 1):
+                return self._global_mean(v)
+            if type(mod) in (nn.Identity, nn.Dropout, nn.Dropout2d):
+                return v
+            if type(mod) in _POINTWISE_MODULES:
+                return self._pointwise(node, env, clean, v)
+            return None
+        if node.op == "call_method":
+            if node.target in _POINTWISE_METHODS and len(args) == 1 and not node.kwargs:
+                return self._pointwise(node, env, clean, env[args[0]])
+            if node.target == "mean" and len(inputs) == 1 and isinstance(env[args[0]], _Delta):
+                dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+                keep = node.kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                if isinstance(dims, (tuple, list)) and sorted(int(d) % 4 for d in dims) == [2, 3] \
+                        and set(node.kwargs) <= {"dim", "keepdim"}:
+                    out = self._global_mean(env[args[0]])
+                    return out if keep or out is None else _Delta(out.d.flatten(1))
+            return None
+        if node.op != "call_function":
+            return None
+        fn: Any = node.target
+        if fn in _POINTWISE_FUNCTIONS and isinstance(env[args[0]], _Delta) and \
+                not any(isinstance(a, fx.Node) for a in args[1:]):
+            return self._pointwise(node, env, clean, env[args[0]])
+        if fn is F.adaptive_avg_pool2d and len(args) == 2 and _pair(args[1]) == (1, 1):
+            return self._global_mean(env[args[0]])
+        if node.kwargs:
+            return None
+        if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
+            return self._sum(args, env, -1 if fn in (operator.sub, torch.sub) else 1)
+        if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2:
+            a, b = (env[x] if isinstance(x, fx.Node) else x for x in args)
+            delta, other = (a, b) if isinstance(a, _Delta) else (b, a)
+            if isinstance(other, _Delta) or not _channelwise(other) or (fn in (operator.truediv, torch.div)
+                                                                        and delta is not a):
+                return None
+            out = delta.d * other if fn in (operator.mul, torch.mul) else delta.d / other
+            return _Delta(out.to(self.dtype), delta.region)
+        if fn in (operator.neg, torch.neg) and len(args) == 1:
+            v = env[args[0]]
+            return _Delta(-v.d, v.region)
+        return None
+
+    def _slide(self, v: _Delta, node: fx.Node, kernel: Any, stride: Any, padding: Any, clean: dict[Any, Any],
+               op: Callable[[Tensor], Tensor], values: Tensor | None = None) -> _Delta:
+        """A sliding window (no padding; it is cut out with the input) over a region-held ``v``: the
+        difference for linear ``op``s, ``op(c + d) - op(c)`` when ``values`` (the clean input) is given."""
+        assert v.region is not None
+        out_full = tuple(clean[node].shape[-2:])
+        region, reads, size = window_of(v.region, _pair(kernel), _pair(stride), _pair(padding), out_full)
+        d = crop(v.d, reads - v.region.starts, size, fill=0.0)
+        if values is None:
+            out = op(d)
+        else:  # the padding of a max pooling is -inf
+            whole = crop(values, reads, size, fill=-math.inf) + d.to(values.dtype)
+            out = (op(whole) - crop(clean[node], region.starts, region.size)).to(self.dtype)
+        return _Delta(out, region) if region.worth_keeping() else _Delta(to_full(out, region, clean[node]))
+
+    def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> _Delta | None:
+        """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype)."""
+        if not isinstance(v, _Delta) or v.region is None or len(node.all_input_nodes) != 1:
+            return None
+        region, source = v.region, node.all_input_nodes[0]
+        c = clean[source]
+        if not isinstance(c, Tensor) or c.dim() != 4:
+            return None
+        whole = crop(c, region.starts, region.size) + v.d.to(c.dtype)
+        with torch.autocast(whole.device.type, enabled=False):
+            out = self._call(node, lambda n: whole if n is source else env[n])
+        return _Delta((out - crop(clean[node], region.starts, region.size)).to(self.dtype), region)
+
+    def _global_mean(self, v: Any) -> _Delta | None:
+        """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
+        activation's size."""
+        if not isinstance(v, _Delta):
+            return None
+        if v.region is None:
+            return _Delta(v.d.mean(dim=(2, 3), keepdim=True))
+        h, w = v.region.full
+        return _Delta(v.d.sum(dim=(2, 3), keepdim=True) / (h * w))
+
+    def _sum(self, args: Any, env: dict[fx.Node, Any], sign: int) -> _Delta | None:
+        """``p + sign * q`` of region-held differences (on the larger region, which must hold the
+        other: recorded for :meth:`regions_held`), or of one and a channel-wise constant."""
+        p, q = (env[x] if isinstance(x, fx.Node) else x for x in args)
+        if isinstance(p, _Delta) and isinstance(q, _Delta):
+            if p.region is None or q.region is None:
+                return None
+            big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
+            assert big.region is not None and small.region is not None
+            inside = ((big.region.starts <= small.region.starts)
+                      & (small.region.starts + torch.tensor(small.region.size, device=p.d.device)
+                         <= big.region.starts + torch.tensor(big.region.size, device=p.d.device))).all()
+            self._held = inside if self._held is None else self._held & inside
+            moved = recrop(small.d, small.region, big.region)
+            a, b = (big.d, moved) if big is p else (moved, big.d)
+            return _Delta(a + sign * b, big.region)
+        delta, other = (p, q) if isinstance(p, _Delta) else (q, p)
+        if not isinstance(delta, _Delta) or not _channelwise(other):
+            return None
+        return _Delta(delta.d if delta is p else sign * delta.d, delta.region)
 
     def _linear(self, node: fx.Node, env: dict[fx.Node, Any]) -> Tensor | None:
         """The difference of a node linear in its varying input, computed from the differences;
@@ -215,6 +397,19 @@ class Deltas:
         if node.op == "get_attr":
             return _attr(self.graph, node.target)  # type: ignore[arg-type]
         raise ValueError(f"unexpected graph node {node.op}")  # pragma: no cover
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _channelwise(value: Any) -> bool:
+    """A constant that leaves a region-held difference on its region: a number, or a tensor
+    without spatial extent (one value per channel at most)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    return isinstance(value, Tensor) and (value.dim() == 0 or value.dim() == 4 and value.shape[0] == 1
+                                          and value.shape[2:] == (1, 1))
 
 
 def _writes_into_input(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -1,0 +1,250 @@
+"""Occlusion on the regions a patch can reach (salmap.explain.occlusion_regions): the same maps as
+the model run on every whole occluded copy, on models with every operation the regions know
+(strided and grouped convolutions, poolings with padding, residual sums, a spatial output) and
+with ones they do not; the regions' arithmetic checked against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import salmap.explain.occlusion_deltas as deltas_module
+from salmap.explain import Occlusion
+from salmap.explain.occlusion_regions import Region, crop, to_full, window_of
+
+
+class Block(nn.Module):
+    """A residual block: 3x3 convolutions, batch norm, a strided 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn_a = nn.BatchNorm2d(cout)
+        self.b = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn_b = nn.BatchNorm2d(cout)
+        self.short = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride > 1 or cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn_a(self.a(x)))
+        return torch.relu(self.bn_b(self.b(y)) + self.short(x))
+
+
+class ResNetLike(nn.Module):
+    """Stem (7x7 stride 2, max pooling with padding), two residual stages, global mean, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.one = Block(8, 8, 1)
+        self.two = Block(8, 16, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pool(self.two(self.one(self.stem(x)))).flatten(1))
+
+
+class Assorted(nn.Module):
+    """Grouped, rectangular and asymmetrically padded convolutions, average pooling, a constant
+    scale, GELU, a spatial mean taken as a method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, (5, 3), (1, 2), (2, 0))
+        self.b = nn.Conv2d(4, 4, 3, 1, 1, groups=2)
+        self.pool = nn.AvgPool2d(2)
+        self.c = nn.Conv2d(4, 6, 3, 2, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.gelu(self.b(torch.sigmoid(self.a(x)) * 0.5))
+        y = -self.c(self.pool(y))
+        return self.head(y.mean((2, 3)))
+
+
+class Segmenter(nn.Module):
+    """A spatial output: the regions are written out at full size for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, 1, 1)
+        self.b = nn.Conv2d(6, 3, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+class Crossed(nn.Module):
+    """The sum of a 1x3 and a 3x1 convolution: regions of the same area, neither inside the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 4, (1, 3), 1, (0, 1))
+        self.b = nn.Conv2d(2, 4, (3, 1), 1, (1, 0))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.adaptive_avg_pool2d(torch.relu(self.a(x) + self.b(x)), 1).flatten(1))
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model.double().eval()
+
+
+CASES = [
+    ("resnet", ResNetLike, 3, (37, 29), (5, 5), (3, 4)),
+    ("assorted", Assorted, 2, (24, 26), (3, 5), (2, 3)),
+]
+
+
+def maps(model: nn.Module, x: Tensor, target: object, **kwargs: object) -> Tensor:
+    return Occlusion(model, **kwargs).attribute(x, target=target)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The region sizes of every sliding window the regions ran."""
+    sizes: list[tuple[int, int]] = []
+    original = deltas_module.window_of
+
+    def spy(region: Region, *args: object) -> object:
+        sizes.append(region.size)
+        return original(region, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deltas_module, "window_of", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "random", 0.25])
+@pytest.mark.parametrize("name, build, channels, size, patch, stride", CASES)
+def test_regions_give_the_maps_of_the_whole_copies(name, build, channels, size, patch, stride, fill, spied):
+    model = randomized(build())
+    x = torch.rand(2, channels, *size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    kwargs = dict(patch=patch, stride=stride, fill=fill, batch_size=40)
+    whole = maps(model, x, target, fold_batchnorm=False, **kwargs)  # the model on every occluded copy
+    assert not spied
+    got = maps(model, x, target, **kwargs)
+    assert spied and min(h * w for h, w in spied) <= patch[0] * patch[1]  # the first layer ran on a region
+    torch.testing.assert_close(got, whole, rtol=1e-9, atol=1e-12)
+
+
+def test_regions_on_a_segmenter_with_a_mask(spied):
+    model = randomized(Segmenter())
+    x = torch.rand(2, 3, 20, 18, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = torch.tensor([0, 2])
+    from salmap.explain.targets import Target  # noqa: F401  (the mask form of a target)
+
+    whole = maps(model, x, target, patch=4, stride=3, fold_batchnorm=False)
+    got = maps(model, x, target, patch=4, stride=3)
+    assert spied
+    torch.testing.assert_close(got, whole, rtol=1e-9, atol=1e-12)
+
+
+def test_regions_that_do_not_nest_fall_back_to_the_full_size(monkeypatch: pytest.MonkeyPatch):
+    model = randomized(Crossed())
+    x = torch.rand(2, 2, 12, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    target = torch.tensor([0, 1])
+    held = []
+    original = deltas_module.Deltas.regions_held
+
+    def spy(self: object) -> bool:
+        held.append(original(self))  # type: ignore[arg-type]
+        return held[-1]
+
+    monkeypatch.setattr(deltas_module.Deltas, "regions_held", spy)
+    whole = maps(model, x, target, patch=3, stride=2, fold_batchnorm=False)
+    got = maps(model, x, target, patch=3, stride=2)
+    assert held == [False]
+    torch.testing.assert_close(got, whole, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_sixteen_bit_regions_correlate_with_float32(precision):
+    model = randomized(ResNetLike()).float()
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    whole = maps(model, x, target, patch=6, stride=4, fold_batchnorm=False)
+    got = maps(model, x, target, patch=6, stride=4, precision=precision)
+    for a, b in zip(got[:, 0], whole[:, 0], strict=True):
+        a, b = a.flatten().double() - a.mean(), b.flatten().double() - b.mean()
+        assert float((a * b).sum() / (a.norm() * b.norm())) > 0.999
+
+
+def test_the_caller_s_model_and_input_are_left_as_they_were():
+    model = randomized(ResNetLike())
+    x = torch.rand(1, 3, 21, 21, dtype=torch.float64)
+    before, state = x.clone(), {k: v.clone() for k, v in model.state_dict().items()}
+    maps(model, x, [1], patch=4, stride=4)
+    assert torch.equal(x, before)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+# -- the regions' arithmetic against brute force --------------------------------------------------
+
+
+def test_crop_and_to_full_against_indexing():
+    t = torch.randn(1, 3, 7, 9, dtype=torch.float64)
+    starts = torch.tensor([[0, 0], [-2, 5], [4, -1], [6, 8]])
+    out = crop(t, starts, (3, 4), fill=-1.0)
+    for b, (r, c) in enumerate(starts.tolist()):
+        for i, j in itertools.product(range(3), range(4)):
+            inside = 0 <= r + i < 7 and 0 <= c + j < 9
+            want = t[0, :, r + i, c + j] if inside else torch.full((3,), -1.0, dtype=torch.float64)
+            assert torch.equal(out[b, :, i, j], want)
+    region = Region(torch.tensor([[0, 0], [4, 5]]), (3, 4), (7, 9))
+    d = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    full = to_full(d, region)
+    assert full.shape == (2, 3, 7, 9) and full.abs().sum() == d.abs().sum()
+    assert torch.equal(crop(full, region.starts, region.size), d)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (7, 2, 3), (3, 2, 1), (1, 2, 0), (2, 2, 0), (4, 3, 2)])
+def test_a_sliding_window_on_a_region_equals_the_full_convolution(kernel, stride, padding):
+    height, width = 23, 17
+    weight = torch.randn(2, 3, kernel, kernel, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    out_full = ((height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1)
+    for _ in range(20):
+        h, w = (int(v) for v in torch.randint(1, 8, (2,), generator=gen))
+        starts = torch.stack([torch.randint(0, height - h + 1, (4,), generator=gen),
+                              torch.randint(0, width - w + 1, (4,), generator=gen)], 1)
+        region = Region(starts, (h, w), (height, width))
+        d = torch.randn(4, 3, h, w, dtype=torch.float64, generator=gen)
+        want = F.conv2d(to_full(d, region), weight, None, stride, padding)
+        out_region, reads, size = window_of(region, (kernel, kernel), (stride, stride), (padding, padding), out_full)
+        got = F.conv2d(crop(d, reads - region.starts, size, fill=0.0), weight, None, stride)
+        assert got.shape[-2:] == out_region.size
+        torch.testing.assert_close(to_full(got, out_region), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_regions_on_cuda_give_the_maps_of_the_whole_copies(spied):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        model = randomized(ResNetLike()).float().cuda()
+        x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(5)).cuda()
+        with torch.no_grad():
+            target = model(x).argmax(1)
+        whole = maps(model, x, target, patch=8, stride=4, fold_batchnorm=False, batch_size=64)
+        got = maps(model, x, target, patch=8, stride=4, batch_size=64)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert spied and got.device.type == "cuda"
+    torch.testing.assert_close(got, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
