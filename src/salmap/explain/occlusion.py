@@ -52,7 +52,9 @@ class Occlusion(Explainer):
     ``stride > patch`` the features between patches are never covered; their map is 0.
 
     Occluded copies are evaluated ``batch_size`` at a time (all images and positions
-    mixed), so memory stays bounded by one batch of copies. Copies that equal the input
+    mixed), so memory stays bounded by one batch of copies. Copies held on regions (below) need
+    a fraction of a whole copy's memory: after the first batch, the batches hold as many times
+    more copies as the first batch's largest difference leaves room for (at most 16 times). Copies that equal the input
     (the patch already holds the fill, e.g. zero-filling black background) are not
     evaluated: their drop is 0 by definition.
 
@@ -235,7 +237,12 @@ class Occlusion(Explainer):
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
         firsts = [w.argmax(dim=1) for w in windows]  # each patch position's first feature, per dimension
-        for lo, hi, i in progress_bar(chunks, desc="occlusion", unit="batch", enabled=self.progress):
+        bar = progress_bar(total=len(chunks), desc="occlusion", unit="batch", enabled=self.progress)
+        k = 0
+        while k < len(chunks):
+            lo, hi, i = chunks[k]
+            k += 1
+            bar.update(1)
             chunk = pairs[lo:hi]
             real = chunk.shape[0]
             if fixed and real < width:
@@ -260,6 +267,17 @@ class Occlusion(Explainer):
             out = self._transform(out.to(x.dtype))
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
+            if regions and deltas is not None and k == 1 and len(chunks) > 1:
+                # A copy held on regions needs a fraction of a whole copy's memory: the other
+                # batches hold as many more copies (at most 16 times), bounded as before.
+                factor = min(16, int(deltas.whole_per_copy() // max(1, deltas.peak_per_copy())))
+                if factor >= 2:
+                    rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
+                    chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]
+                    width = max((b - a for a, b, _ in chunks[1:]), default=0)
+                    fixed = x.is_cuda and len(chunks) > 2
+                    bar.total = len(chunks)
+        bar.close()
 
         total = geometry.through_windows(drops.view(-1, *grid), windows, transpose=False)
         count = geometry.through_windows(torch.ones(1, *grid, dtype=x.dtype, device=x.device), windows, transpose=False)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from salmap.explain.occlusion_regions import Region, crop, recrop, to_full, window_of
+from salmap.explain.occlusion_regions import Region, crop, cut, recrop, to_full, window_of
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
@@ -76,6 +76,7 @@ class Deltas:
         self._weights: dict[int, Tensor] = {}
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
         self._held: Tensor | None = None  # all region sums so far kept both regions (device bool)
+        self._peak = 0  # the most elements of one copy's difference at any node so far
         # only nodes computed from the input carry differences; the rest are constants
         self.varying: set[fx.Node] = set()
         for node in graph.graph.nodes:
@@ -108,6 +109,15 @@ class Deltas:
         region = Region(starts, (patches.shape[-2], patches.shape[-1]), (image.shape[-2], image.shape[-1]))
         return self._run(image, key, _Delta(patches.to(self.dtype), region))
 
+    def peak_per_copy(self) -> int:
+        """The most elements a copy's difference had at any node, over the calls so far."""
+        return self._peak
+
+    def whole_per_copy(self) -> int:
+        """The most elements of any activation of the last clean image (what a whole copy needs)."""
+        assert self._clean is not None
+        return max((v.numel() for v in self._clean[1].values() if isinstance(v, Tensor)), default=0)
+
     def regions_held(self) -> bool:
         """Whether every sum of two region-held differences so far had one region inside the other
         (else the sum lost part of one, and the outputs must be computed again without regions).
@@ -133,14 +143,16 @@ class Deltas:
                 env[node] = start
             elif node.op == "output":
                 return _map(node.args[0], full)
-            elif node not in self.varying:
-                env[node] = clean[node]
+            elif node not in self.varying or getattr(node.target, "reads_only_metadata", False) is True:
+                env[node] = clean[node]  # (a function marked so reads only its input's shape and dtype)
             elif (r := self._regional(node, env, clean)) is not None:
                 env[node] = r
+                self._peak = max(self._peak, r.d[0].numel())
             else:
                 self._expand_inputs(node, env)
                 if (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
                     env[node] = _Delta(d)
+                    self._peak = max(self._peak, d[0].numel() if d.dim() else 1)
                     continue
                 with torch.autocast(image.device.type, enabled=False):
                     out = self._call(node, full)
@@ -149,6 +161,7 @@ class Deltas:
                         and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
                         and c.shape[0] == 1):
                     env[node] = _Delta(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
+                    self._peak = max(self._peak, out[0].numel())
                 else:
                     env[node] = out
         raise AssertionError("graph without output")  # pragma: no cover
@@ -161,6 +174,7 @@ class Deltas:
         if isinstance(v, _Delta) and v.region is not None:
             assert self._clean is not None
             v = env[node] = _Delta(to_full(v.d, v.region, self._clean[1][node]))
+            self._peak = max(self._peak, v.d[0].numel())
         return v
 
     def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
@@ -248,7 +262,7 @@ class Deltas:
             out = op(d)
         else:  # the padding of a max pooling is -inf
             whole = crop(values, reads, size, fill=-math.inf) + d.to(values.dtype)
-            out = (op(whole) - crop(clean[node], region.starts, region.size)).to(self.dtype)
+            out = (op(whole) - cut(clean[node], region)).to(self.dtype)
         return _Delta(out, region) if region.worth_keeping() else _Delta(to_full(out, region, clean[node]))
 
     def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> _Delta | None:
@@ -259,10 +273,10 @@ class Deltas:
         c = clean[source]
         if not isinstance(c, Tensor) or c.dim() != 4:
             return None
-        whole = crop(c, region.starts, region.size) + v.d.to(c.dtype)
+        whole = cut(c, region) + v.d.to(c.dtype)
         with torch.autocast(whole.device.type, enabled=False):
             out = self._call(node, lambda n: whole if n is source else env[n])
-        return _Delta((out - crop(clean[node], region.starts, region.size)).to(self.dtype), region)
+        return _Delta((out - cut(clean[node], region)).to(self.dtype), region)
 
     def _global_mean(self, v: Any) -> _Delta | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
@@ -283,9 +297,10 @@ class Deltas:
                 return None
             big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
             assert big.region is not None and small.region is not None
-            inside = ((big.region.starts <= small.region.starts)
-                      & (small.region.starts + torch.tensor(small.region.size, device=p.d.device)
-                         <= big.region.starts + torch.tensor(big.region.size, device=p.d.device))).all()
+            outer, inner = big.region, small.region
+            inside = ((outer.starts <= inner.starts).all()
+                      & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
+                      & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all())
             self._held = inside if self._held is None else self._held & inside
             moved = recrop(small.d, small.region, big.region)
             a, b = (big.d, moved) if big is p else (moved, big.d)

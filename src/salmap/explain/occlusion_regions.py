@@ -18,7 +18,7 @@ padding value there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -35,10 +35,26 @@ class Region:
     starts: Tensor
     size: tuple[int, int]
     full: tuple[int, int]
+    _grid: list[tuple[Tensor, Tensor]] = field(default_factory=list, compare=False, repr=False)
 
     def worth_keeping(self) -> bool:
         h, w = self.size
         return h * w <= FULL_FRACTION * self.full[0] * self.full[1]
+
+    def grid(self) -> tuple[Tensor, Tensor]:
+        """The rows ``(B, h, 1)`` and columns ``(B, 1, w)`` of the region, per copy (computed once)."""
+        if not self._grid:
+            device = self.starts.device
+            rows = self.starts[:, 0, None] + torch.arange(self.size[0], device=device)
+            cols = self.starts[:, 1, None] + torch.arange(self.size[1], device=device)
+            self._grid.append((rows[:, :, None], cols[:, None, :]))
+        return self._grid[0]
+
+
+def cut(t: Tensor, region: Region) -> Tensor:
+    """The ``region`` of the one-image activation ``t`` ``(1, C, H, W)``, per copy: ``(B, C, h, w)``."""
+    rows, cols = region.grid()
+    return t[0].permute(1, 2, 0)[rows, cols].permute(0, 3, 1, 2)
 
 
 def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = None) -> Tensor:
@@ -55,7 +71,7 @@ def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = 
     if fill is None:
         return out
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    return torch.where(inside[:, None], out, torch.tensor(fill, dtype=out.dtype, device=out.device))
+    return out.masked_fill(~inside[:, None], fill)
 
 
 def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
@@ -65,10 +81,8 @@ def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
     b, c = d.shape[:2]
     layout = torch.contiguous_format if like is not None and like.is_contiguous() else torch.channels_last
     out = torch.empty((b, c, *region.full), dtype=d.dtype, device=d.device, memory_format=layout).zero_()
-    rows = region.starts[:, 0, None] + torch.arange(region.size[0], device=d.device)
-    cols = region.starts[:, 1, None] + torch.arange(region.size[1], device=d.device)
-    index = torch.arange(b, device=d.device)[:, None, None]
-    out.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]] = d.permute(0, 2, 3, 1)
+    rows, cols = region.grid()
+    out.permute(0, 2, 3, 1)[torch.arange(b, device=d.device)[:, None, None], rows, cols] = d.permute(0, 2, 3, 1)
     return out
 
 
@@ -92,5 +106,6 @@ def window_of(region: Region, kernel: tuple[int, int], stride: tuple[int, int], 
         first.append(o0)
         reads.append((count - 1) * s + k)
     starts = torch.stack(first, 1)
-    return (Region(starts, (size[0], size[1]), out_full), starts * torch.tensor(stride, device=starts.device)
-            - torch.tensor(padding, device=starts.device), (reads[0], reads[1]))
+    # (Python numbers, not tensors made from them: a tensor from a list is a copy to the device)
+    reading = torch.stack([first[0] * stride[0] - padding[0], first[1] * stride[1] - padding[1]], 1)
+    return Region(starts, (size[0], size[1]), out_full), reading, (reads[0], reads[1])

@@ -27,18 +27,25 @@ class Target:
     def weights(self, out: Tensor) -> Tensor:
         """The cotangent on ``out``: one-hot class (times the pixel mask for segmenters)."""
         if out.dim() == 2:
-            return torch.nn.functional.one_hot(self.classes, out.shape[1]).to(out.dtype)
+            return self._one_hot(out)
         if out.shape[1] == 1:
             # Binary segmenter: one logit channel; class 1 scores +logit, class 0 scores -logit.
             sign = (2 * self.classes - 1).to(out.dtype)
             w = sign[:, None, None] * self._mask(out)
             return w[:, None]
-        onehot = torch.nn.functional.one_hot(self.classes, out.shape[1]).to(out.dtype)
-        return onehot[:, :, None, None] * self._mask(out)[:, None]
+        return self._one_hot(out)[:, :, None, None] * self._mask(out)[:, None]
 
     def score(self, out: Tensor) -> Tensor:
-        """One score per sample: ``(weights(out) * out)`` summed over everything but the batch."""
+        """One score per sample: ``(weights(out) * out)`` summed over everything but the batch (for
+        classifiers, the target class's output itself)."""
+        if out.dim() == 2:
+            return out.gather(1, self.classes[:, None])[:, 0]
         return (self.weights(out) * out).flatten(1).sum(dim=1)
+
+    def _one_hot(self, out: Tensor) -> Tensor:
+        # a scatter, not one_hot, which reads the classes' range back from the device (they were
+        # checked when the target was resolved)
+        return torch.zeros(out.shape[:2], dtype=out.dtype, device=out.device).scatter_(1, self.classes[:, None], 1.0)
 
     def _mask(self, out: Tensor) -> Tensor:
         if self.mask is None:

@@ -120,6 +120,10 @@ def _channel_view(stats: Tensor, x: Tensor) -> Tensor:
     return stats.view(shape).to(x.dtype)
 
 
+#: it reads only ``x``'s shape and dtype: occlusion's differences treat its value as a constant
+_channel_view.reads_only_metadata = True  # type: ignore[attr-defined]
+
+
 def unwrap(model: Any) -> Any:
     """The innermost model under salmap's wrappers (``Normalized``, ``SelectOutput``, ...)."""
     seen = 0
