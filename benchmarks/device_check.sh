@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The device check of issue 16, for a machine with CUDA and no network. From the repository root:
-#   bash benchmarks/device_check.sh        (writes $OUT/tests.txt, $OUT/gpu.txt, $OUT/jsma_profile.txt, $OUT/demo.txt)
+#   bash benchmarks/device_check.sh [--no-demo]
+# writes $OUT/gpu.txt, $OUT/jsma_profile.txt, $OUT/tests.txt and $OUT/demo.txt: benchmarks/gpu.py first
+# (every figure of the table), then the GPU tests, then a small `salmap demo --device auto`.
 # .whl/ may hold wheels of packages the machine lacks (mlxtend, torchattacks, captum); they are
-# installed into /tmp/site, so packages already present are never touched. About 6 minutes.
+# installed into /tmp/site, so packages already present are never touched. About 3 minutes on an H100.
 set -u
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
@@ -15,14 +17,16 @@ export PYTHONPATH=/tmp/site:$PWD/src
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 python3 -m pip list 2>/dev/null | grep -i -E "^(torch|torchvision|numpy|scipy|matplotlib|safetensors|scikit-learn|pyyaml|pillow|tqdm) " | tr '\n' ' '; echo
 
+echo "== benchmarks/gpu.py"
+timeout 300 python3 benchmarks/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu.txt" | grep -v "it/s\]\|batch/s\]"
+
 echo "== GPU tests (pytest -m gpu, and the property suite's cuda cases)"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/tests.txt" | tail -25
 timeout 90 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_properties.py 2>&1 | tee -a "$OUT/tests.txt" | tail -8
 
-echo "== benchmarks/gpu.py"
-timeout 420 python3 benchmarks/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu.txt" | grep -v "it/s\]\|batch/s\]"
-
-if [ "$SECONDS" -lt 420 ]; then
+if [ "${1:-}" = "--no-demo" ]; then
+  echo "== demo skipped (--no-demo)"
+elif [ "$SECONDS" -lt 420 ]; then
   echo "== salmap demo --device auto (small)"
   timeout $((500 - SECONDS)) python3 -m salmap demo --out /tmp/salmap-demo -n 20 --epochs 3 --seg-epochs 1 \
     > "$OUT/demo.txt" 2>&1

@@ -321,7 +321,7 @@ def jsma_resnet(b: Bench) -> None:
 
 
 def occlusion(b: Bench) -> None:
-    count, size, patch, stride = (1, 64, 16, 8) if b.quick else (16, 224, 16, 8)
+    count, size, patch, stride = (1, 64, 16, 8) if b.quick else (b.args.occlusion_images, 224, 16, 8)
     torch.manual_seed(0)
     model = models.build("resnet18", num_classes=10, stem="standard").to(b.device).eval()
     x = torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0)).to(b.device)
@@ -486,6 +486,7 @@ def main() -> int:
     p.add_argument("--cache", default=str(Path(__file__).resolve().parent / ".cache" / "gpu"),
                    help="where the trained lenet is cached")
     p.add_argument("--only", default=None, help="comma-separated section numbers to run (1-based; default all)")
+    p.add_argument("--occlusion-images", type=int, default=16, help="images of the occlusion section (default 16)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every section's time budget")
     args = p.parse_args()
     b = Bench(args)

@@ -72,6 +72,20 @@ def check_input(
     tol: float = 1e-6,
 ) -> Tensor:
     """Check a batch of inputs: a floating tensor ``(B, ...)``, finite, inside ``bounds``."""
+    return check_input_and_labels(x, None, bounds, name, min_dim, tol)[0]
+
+
+def check_input_and_labels(
+    x: Any,
+    labels: Any,
+    bounds: Any = None,
+    name: str = "x",
+    min_dim: int = 2,
+    tol: float = 1e-6,
+) -> tuple[Tensor, tuple[int, int] | None]:
+    """:func:`check_input`, and the integer ``labels``' ``(min, max)`` (:func:`label_range`) read in
+    the same transfer from the device (``None`` when ``labels`` is not a non-empty integer tensor):
+    one host synchronisation instead of two."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -84,7 +98,14 @@ def check_input(
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
     # One reduction and one transfer of two numbers, not a copy of x: NaN propagates into the
     # minimum and maximum, and an infinity is one of them.
-    xmin, xmax = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+    values = [*torch.aminmax(x.detach())]
+    read_labels = _integer_labels(labels) and labels.device == x.device
+    if read_labels:
+        values += [v.to(torch.float64) for v in torch.aminmax(labels.detach())]
+        values[:2] = [v.to(torch.float64) for v in values[:2]]
+    numbers = torch.stack(values).tolist()
+    xmin, xmax = float(numbers[0]), float(numbers[1])
+    known = (int(numbers[2]), int(numbers[3])) if read_labels else label_range(labels)
     if not (math.isfinite(xmin) and math.isfinite(xmax)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} must be finite, got {bad} NaN/inf values")
@@ -99,7 +120,7 @@ def check_input(
             raise ValueError(
                 f"{name} must lie within bounds {_bounds_text(b)}, got values in [{xmin:.6g}, {xmax:.6g}]"
             )
-    return x
+    return x, known
 
 
 def _bounds_text(b: Bounds) -> str:
@@ -155,11 +176,15 @@ def check_labels(
 def label_range(labels: Any) -> tuple[int, int] | None:
     """``(min, max)`` of an integer label tensor in one transfer of two numbers; ``None`` for
     anything else (ints, sequences, empty or non-integer tensors: :func:`check_labels` decides)."""
-    if not isinstance(labels, Tensor) or labels.numel() == 0 or labels.is_floating_point() \
-            or labels.is_complex() or labels.dtype == torch.bool:
+    if not _integer_labels(labels):
         return None
     low, high = torch.stack(torch.aminmax(labels.detach())).tolist()
     return int(low), int(high)
+
+
+def _integer_labels(labels: Any) -> bool:
+    return isinstance(labels, Tensor) and labels.numel() > 0 and not (
+        labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool)
 
 
 def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
@@ -173,5 +198,6 @@ def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
 
 __all__ = [
     "MAX_SEED", "Bounds", "BoundsLike", "as_index_tensor", "check_bounds", "check_choice", "check_input",
+    "check_input_and_labels",
     "check_labels", "check_number", "label_range", "check_seed", "check_shape", "clip_features",
 ]

@@ -321,3 +321,45 @@ def test_fp16_steps_do_not_depend_on_the_batch_size(digits_model):
     assert torch.equal(whole[:8], alone)
     unmoved = float((whole == x).float().mean())
     assert unmoved <= float((FGSM(model, eps=0.1)(x, y=y).x_adv == x).float().mean()) + 0.01
+
+
+def test_one_call_reads_the_device_once_before_its_work_and_once_after(monkeypatch):
+    """The input's and the labels' ranges in one transfer (before the clean pass), the clean
+    outputs' finiteness once the work is queued; no second clamp after FGSM's own."""
+    from _dispatch import Recorder
+
+    import salmap._validate as validate
+
+    transfers = []
+    original = torch.Tensor.tolist
+
+    def counting_tolist(self):
+        transfers.append(tuple(self.shape))
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    torch.manual_seed(0)
+    model = LinearClassifier(torch.randn(4, 12)).eval()
+    x, y = torch.rand(8, 12), torch.randint(0, 4, (8,))
+    attack = FGSM(model, eps=0.1)
+    transfers.clear()
+    recorder = Recorder()
+    with recorder:
+        result = attack(x, y=y)
+    assert transfers == [(4,)]  # min and max of x, then of y
+    assert recorder.reads == 1  # the finiteness check
+    assert recorder.ops.count("aten.clamp") == 1
+    assert torch.equal(result.x_adv, torch.clamp(x + 0.1 * result.x_adv.sub(x).sign(), 0, 1))
+    assert validate.label_range(y) == (int(y.min()), int(y.max()))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([0, 5]), r"y must be class indices in \[0, 3\], got values in \[0, 5\]"),
+    (torch.tensor([-1, 2]), r"y must be class indices in \[0, 3\], got values in \[-1, 2\]"),
+])
+def test_labels_read_with_the_input_are_still_checked(labels, message):
+    model = LinearClassifier(torch.randn(4, 12)).eval()
+    with pytest.raises(ValueError, match=message):
+        FGSM(model, eps=0.1)(torch.rand(2, 12), y=labels)
+    with pytest.raises(ValueError, match="x must lie within bounds"):
+        FGSM(model, eps=0.1)(torch.rand(2, 12) + 2, y=torch.tensor([0, 1]))

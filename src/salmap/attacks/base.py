@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import BoundsLike, check_bounds, check_input, check_labels, label_range
+from salmap._validate import BoundsLike, check_bounds, check_input_and_labels, check_labels
 from salmap.attacks.result import AttackResult, _version
 from salmap.frozen import module_tensors
 from salmap.gradients import Model, frozen, predict, record_forward
@@ -74,11 +74,11 @@ class Attack(ABC):
             raise ValueError(f"{type(self).__name__} is untargeted only: pass y, not target")
         if not targeted and not self.supports_untargeted:
             raise ValueError(f"{type(self).__name__} is targeted only: pass target, not y")
-        x = check_input(x, self.bounds)
         raw = target if targeted else y
-        # Read before the clean pass, while the device is idle: checking the labels after it
-        # needs no transfer (a transfer there would stall the device between the passes).
-        known = self._label_range(raw)
+        # The labels' range is read with the input's, in one transfer before the clean pass, while
+        # the device is idle: checking the labels after it needs no transfer (a transfer there
+        # would stall the device between the passes).
+        x, known = check_input_and_labels(x, self._labels_read_early(raw), self.bounds)
         # A sync-free attack checks the clean outputs once its work is queued (one transfer at
         # the end); the others check them at once (they synchronise while running anyway).
         check_now = not self._checks_outputs_after_run()
@@ -113,7 +113,7 @@ class Attack(ABC):
                     # An attack that asks for the clean pass takes it (_gradient_at_clean_input).
                     x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
                 del first
-            x_adv = self.bounds.clamp(x_adv.detach())
+            x_adv = x_adv.detach() if self._run_clamps() else self.bounds.clamp(x_adv.detach())
         if not check_now:
             check_finite_outputs(clean, "clean")
         return AttackResult(
@@ -179,15 +179,21 @@ class Attack(ABC):
         the clean pass and the first gradient."""
         return False
 
-    def _label_range(self, labels: Any) -> tuple[int, int] | None:
-        """The raw labels' ``(min, max)``, read before the clean pass (``None``: checked later)."""
-        return label_range(labels)
+    def _run_clamps(self) -> bool:
+        """Whether :meth:`_run` returns ``x_adv`` clamped to the bounds already (its last operation),
+        so that the base class need not clamp it again."""
+        return False
+
+    def _labels_read_early(self, labels: Any) -> Any:
+        """The raw labels whose ``(min, max)`` is read with the input's before the clean pass
+        (:func:`salmap._validate.label_range`; ``None``: they are checked later)."""
+        return labels
 
     def _check_labels(
         self, x: Tensor, labels: Any, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
     ) -> Tensor:
         """Validate and return the labels (class indices ``(B,)`` for classifiers); ``known_range``
-        is :meth:`_label_range`'s answer."""
+        is the range :meth:`_labels_read_early` asked for."""
         if clean.dim() != 2:
             raise ValueError(
                 f"model must return (B, classes) logits for {type(self).__name__}, "

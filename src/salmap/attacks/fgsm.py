@@ -75,6 +75,9 @@ class FGSM(Attack):
     def _checks_outputs_after_run(self) -> bool:
         return True  # one forward and one backward pass: nothing to synchronise on
 
+    def _run_clamps(self) -> bool:
+        return True
+
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
     ) -> tuple[Tensor, Tensor]:

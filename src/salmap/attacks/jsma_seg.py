@@ -152,7 +152,7 @@ class SegmentationJSMA(Attack):
         self.progress = bool(progress)
 
     # -- what the base class asks ----------------------------------------------
-    def _label_range(self, labels: Any) -> tuple[int, int] | None:
+    def _labels_read_early(self, labels: Any) -> Any:
         return None  # masks are checked against the model's classes below
 
     def _check_labels(

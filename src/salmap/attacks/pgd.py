@@ -114,6 +114,10 @@ class PGD(Attack):
     def _checks_outputs_after_run(self) -> bool:
         return not self.early_stop  # without early stopping the steps never synchronise
 
+    def _run_clamps(self) -> bool:
+        # every sample takes every step of one attempt, the last clipping to the bounds
+        return not self.early_stop and self.restarts == 1 and self.steps >= 1
+
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
     ) -> tuple[Tensor, Tensor]:
