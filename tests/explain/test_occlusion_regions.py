@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import salmap.explain.occlusion_deltas as deltas_module
+import salmap.explain.occlusion_region_ops as region_ops
 from salmap.explain import Occlusion
 from salmap.explain.occlusion_regions import Region, crop, to_full, window_of
 
@@ -117,13 +118,13 @@ def maps(model: nn.Module, x: Tensor, target: object, **kwargs: object) -> Tenso
 def spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """The region sizes of every sliding window the regions ran."""
     sizes: list[tuple[int, int]] = []
-    original = deltas_module.window_of
+    original = region_ops.window_of
 
     def spy(region: Region, *args: object) -> object:
         sizes.append(region.size)
         return original(region, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(deltas_module, "window_of", spy)
+    monkeypatch.setattr(region_ops, "window_of", spy)
     return sizes
 
 

@@ -19,7 +19,6 @@ the convolutions and poolings of the first layers then run on a small part of th
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from salmap.explain.occlusion_regions import Region, crop, cut, recrop, to_full, window_of
+from salmap.explain.occlusion_region_ops import Difference, RegionOps
+from salmap.explain.occlusion_regions import Region
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
@@ -41,26 +41,7 @@ _FUNCTIONS: set[Any] = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqu
                         F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
 
 
-#: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
-_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                      nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.BatchNorm2d)
-_POINTWISE_FUNCTIONS: set[Any] = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid,
-                                  F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish}
-_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
-
-
-class _Delta:
-    """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies); with a ``region``,
-    ``d`` holds the region of a 2-D activation, and the difference is zero outside it."""
-
-    __slots__ = ("d", "region")
-
-    def __init__(self, d: Tensor, region: Region | None = None) -> None:
-        self.d = d
-        self.region = region
-
-
-class Deltas:
+class Deltas(RegionOps):
     """Runs a traced model on occluded copies as differences from their clean images.
 
     Parameters
@@ -100,14 +81,14 @@ class Deltas:
     def __call__(self, image: Tensor, key: int, copies: Tensor) -> Any:
         """The model's output on ``copies`` of the clean ``image`` (``(1, C, ...)``; ``key`` names it
         for the cache of its clean values), in the input's dtype."""
-        return self._run(image, key, _Delta((copies - image).to(self.dtype)))
+        return self._run(image, key, Difference((copies - image).to(self.dtype)))
 
     def on_patches(self, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> Any:
         """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in
         one patch each: ``patches`` ``(B, C, h, w)`` are the differences, ``starts`` ``(B, 2)`` where
         they begin. Read :meth:`regions_held` once the copies are done."""
         region = Region(starts, (patches.shape[-2], patches.shape[-1]), (image.shape[-2], image.shape[-1]))
-        return self._run(image, key, _Delta(patches.to(self.dtype), region))
+        return self._run(image, key, Difference(patches.to(self.dtype), region))
 
     def peak_per_copy(self) -> int:
         """The most elements a copy's difference had at any node, over the calls so far."""
@@ -127,13 +108,13 @@ class Deltas:
         return held
 
     @torch.no_grad()
-    def _run(self, image: Tensor, key: int, start: _Delta) -> Any:
+    def _run(self, image: Tensor, key: int, start: Difference) -> Any:
         clean = self.clean(image, key)
         env: dict[fx.Node, Any] = {}
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = self._expanded(env, node)
-            if not isinstance(v, _Delta):
+            if not isinstance(v, Difference):
                 return v
             c = clean[node]  # one kernel when the sum promotes to the clean dtype (the cast is exact)
             return c + v.d if torch.promote_types(c.dtype, v.d.dtype) == c.dtype else c + v.d.to(c.dtype)
@@ -151,7 +132,7 @@ class Deltas:
             else:
                 self._expand_inputs(node, env)
                 if (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
-                    env[node] = _Delta(d)
+                    env[node] = Difference(d)
                     self._peak = max(self._peak, d[0].numel() if d.dim() else 1)
                     continue
                 with torch.autocast(image.device.type, enabled=False):
@@ -160,161 +141,17 @@ class Deltas:
                 if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
                         and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
                         and c.shape[0] == 1):
-                    env[node] = _Delta(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
+                    env[node] = Difference(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
                     self._peak = max(self._peak, out[0].numel())
                 else:
                     env[node] = out
         raise AssertionError("graph without output")  # pragma: no cover
 
-    # -- differences held on regions (salmap.explain.occlusion_regions) ------------------------------
-
-    def _expanded(self, env: dict[fx.Node, Any], node: fx.Node) -> Any:
-        """``env[node]``, a region-held difference first written out at full size (and kept so)."""
-        v = env[node]
-        if isinstance(v, _Delta) and v.region is not None:
-            assert self._clean is not None
-            v = env[node] = _Delta(to_full(v.d, v.region, self._clean[1][node]))
-            self._peak = max(self._peak, v.d[0].numel())
-        return v
-
-    def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
-        for a in node.all_input_nodes:
-            self._expanded(env, a)
-
-    def _regional(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> _Delta | None:
-        """The node's difference on a region when its varying input is held on one and the node
-        keeps it local (a convolution, a pooling, a pointwise operation, a sum); ``None`` else."""
-        inputs = [env[a] for a in node.all_input_nodes if isinstance(env[a], _Delta)]
-        if not inputs or all(v.region is None for v in inputs) \
-                or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
-            return None
-        args: Any = node.args
-        if node.op == "call_module":
-            mod: Any = self.modules[str(node.target)]
-            if len(args) != 1 or node.kwargs or mod.training:
-                return None
-            v = env[args[0]]
-            if type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and mod.dilation == (1, 1) \
-                    and not isinstance(mod.padding, str):
-                return self._slide(v, node, mod.kernel_size, mod.stride, mod.padding, clean,
-                                   lambda x: F.conv2d(x, self._low(mod.weight), None, mod.stride, 0, 1, mod.groups))
-            if type(mod) is nn.MaxPool2d and _pair(mod.dilation) == (1, 1) and not mod.ceil_mode \
-                    and not mod.return_indices:
-                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
-                return self._slide(v, node, k, s, _pair(mod.padding), clean,
-                                   lambda x: F.max_pool2d(x, k, s), values=clean[args[0]])
-            if type(mod) is nn.AvgPool2d and not mod.ceil_mode and mod.count_include_pad \
-                    and mod.divisor_override is None:
-                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
-                return self._slide(v, node, k, s, _pair(mod.padding), clean, lambda x: F.avg_pool2d(x, k, s))
-            if type(mod) is nn.AdaptiveAvgPool2d and _pair(mod.output_size) == (1, 1):
-                return self._global_mean(v)
-            if type(mod) in (nn.Identity, nn.Dropout, nn.Dropout2d):
-                return v
-            if type(mod) in _POINTWISE_MODULES:
-                return self._pointwise(node, env, clean, v)
-            return None
-        if node.op == "call_method":
-            if node.target in _POINTWISE_METHODS and len(args) == 1 and not node.kwargs:
-                return self._pointwise(node, env, clean, env[args[0]])
-            if node.target == "mean" and len(inputs) == 1 and isinstance(env[args[0]], _Delta):
-                dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
-                keep = node.kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-                if isinstance(dims, (tuple, list)) and sorted(int(d) % 4 for d in dims) == [2, 3] \
-                        and set(node.kwargs) <= {"dim", "keepdim"}:
-                    out = self._global_mean(env[args[0]])
-                    return out if keep or out is None else _Delta(out.d.flatten(1))
-            return None
-        if node.op != "call_function":
-            return None
-        fn: Any = node.target
-        if fn in _POINTWISE_FUNCTIONS and isinstance(env[args[0]], _Delta) and \
-                not any(isinstance(a, fx.Node) for a in args[1:]):
-            return self._pointwise(node, env, clean, env[args[0]])
-        if fn is F.adaptive_avg_pool2d and len(args) == 2 and _pair(args[1]) == (1, 1):
-            return self._global_mean(env[args[0]])
-        if node.kwargs:
-            return None
-        if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
-            return self._sum(args, env, -1 if fn in (operator.sub, torch.sub) else 1)
-        if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2:
-            a, b = (env[x] if isinstance(x, fx.Node) else x for x in args)
-            delta, other = (a, b) if isinstance(a, _Delta) else (b, a)
-            if isinstance(other, _Delta) or not _channelwise(other) or (fn in (operator.truediv, torch.div)
-                                                                        and delta is not a):
-                return None
-            out = delta.d * other if fn in (operator.mul, torch.mul) else delta.d / other
-            return _Delta(out.to(self.dtype), delta.region)
-        if fn in (operator.neg, torch.neg) and len(args) == 1:
-            v = env[args[0]]
-            return _Delta(-v.d, v.region)
-        return None
-
-    def _slide(self, v: _Delta, node: fx.Node, kernel: Any, stride: Any, padding: Any, clean: dict[Any, Any],
-               op: Callable[[Tensor], Tensor], values: Tensor | None = None) -> _Delta:
-        """A sliding window (no padding; it is cut out with the input) over a region-held ``v``: the
-        difference for linear ``op``s, ``op(c + d) - op(c)`` when ``values`` (the clean input) is given."""
-        assert v.region is not None
-        out_full = tuple(clean[node].shape[-2:])
-        region, reads, size = window_of(v.region, _pair(kernel), _pair(stride), _pair(padding), out_full)
-        d = crop(v.d, reads - v.region.starts, size, fill=0.0)
-        if values is None:
-            out = op(d)
-        else:  # the padding of a max pooling is -inf
-            whole = crop(values, reads, size, fill=-math.inf) + d.to(values.dtype)
-            out = (op(whole) - cut(clean[node], region)).to(self.dtype)
-        return _Delta(out, region) if region.worth_keeping() else _Delta(to_full(out, region, clean[node]))
-
-    def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> _Delta | None:
-        """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype)."""
-        if not isinstance(v, _Delta) or v.region is None or len(node.all_input_nodes) != 1:
-            return None
-        region, source = v.region, node.all_input_nodes[0]
-        c = clean[source]
-        if not isinstance(c, Tensor) or c.dim() != 4:
-            return None
-        whole = cut(c, region) + v.d.to(c.dtype)
-        with torch.autocast(whole.device.type, enabled=False):
-            out = self._call(node, lambda n: whole if n is source else env[n])
-        return _Delta((out - cut(clean[node], region)).to(self.dtype), region)
-
-    def _global_mean(self, v: Any) -> _Delta | None:
-        """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
-        activation's size."""
-        if not isinstance(v, _Delta):
-            return None
-        if v.region is None:
-            return _Delta(v.d.mean(dim=(2, 3), keepdim=True))
-        h, w = v.region.full
-        return _Delta(v.d.sum(dim=(2, 3), keepdim=True) / (h * w))
-
-    def _sum(self, args: Any, env: dict[fx.Node, Any], sign: int) -> _Delta | None:
-        """``p + sign * q`` of region-held differences (on the larger region, which must hold the
-        other: recorded for :meth:`regions_held`), or of one and a channel-wise constant."""
-        p, q = (env[x] if isinstance(x, fx.Node) else x for x in args)
-        if isinstance(p, _Delta) and isinstance(q, _Delta):
-            if p.region is None or q.region is None:
-                return None
-            big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
-            assert big.region is not None and small.region is not None
-            outer, inner = big.region, small.region
-            inside = ((outer.starts <= inner.starts).all()
-                      & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
-                      & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all())
-            self._held = inside if self._held is None else self._held & inside
-            moved = recrop(small.d, small.region, big.region)
-            a, b = (big.d, moved) if big is p else (moved, big.d)
-            return _Delta(a + sign * b, big.region)
-        delta, other = (p, q) if isinstance(p, _Delta) else (q, p)
-        if not isinstance(delta, _Delta) or not _channelwise(other):
-            return None
-        return _Delta(delta.d if delta is p else sign * delta.d, delta.region)
-
     def _linear(self, node: fx.Node, env: dict[fx.Node, Any]) -> Tensor | None:
         """The difference of a node linear in its varying input, computed from the differences;
         ``None`` when the node is not one of those (then it is computed in full)."""
         args: list[Any] = [env[a] if isinstance(a, fx.Node) else a for a in node.args]
-        deltas = [a for a in args if isinstance(a, _Delta)]
+        deltas = [a for a in args if isinstance(a, Difference)]
         if not deltas or any(isinstance(a, fx.Node) for a in node.kwargs.values()):
             return None
         # every tensor computed from the input must be a difference (sizes computed from it may not)
@@ -331,16 +168,16 @@ class Deltas:
             if type(mod) is nn.Linear:
                 return F.linear(d, self._low(mod.weight))
             return mod(d) if type(mod) in _LINEAR else None
-        if node.op == "call_method" and node.target in _RESHAPES and isinstance(first, _Delta) and len(deltas) == 1:
+        if node.op == "call_method" and node.target in _RESHAPES and isinstance(first, Difference) and len(deltas) == 1:
             return getattr(first.d, str(node.target))(*args[1:], **node.kwargs)  # type: ignore[no-any-return]
         if node.op != "call_function" or node.kwargs:
             return None
         fn: Any = node.target
-        if fn in _FUNCTIONS and isinstance(first, _Delta) and len(deltas) == 1:
+        if fn in _FUNCTIONS and isinstance(first, Difference) and len(deltas) == 1:
             return fn(first.d, *args[1:])  # type: ignore[no-any-return]
         if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
             sign = -1 if fn in (operator.sub, torch.sub) else 1
-            p, q = (x.d if isinstance(x, _Delta) else None for x in args)
+            p, q = (x.d if isinstance(x, Difference) else None for x in args)
             diff: Tensor = p + sign * q if p is not None and q is not None else (p if p is not None else sign * q)  # type: ignore[operator, assignment]
             other = [x for x in args if isinstance(x, Tensor)]  # a constant tensor may broadcast the result
             shape = torch.broadcast_shapes(diff.shape, *(o.shape for o in other)) if other else diff.shape
@@ -348,10 +185,10 @@ class Deltas:
         if fn in (operator.neg, torch.neg) and len(args) == 1:
             return -first.d  # type: ignore[no-any-return]
         if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2 and len(deltas) == 1:
-            if fn in (operator.truediv, torch.div) and not isinstance(first, _Delta):
+            if fn in (operator.truediv, torch.div) and not isinstance(first, Difference):
                 return None
             a, b = args[0], args[1]
-            out: Tensor = (a.d * b if isinstance(a, _Delta) else a * b.d) if fn in (operator.mul, torch.mul) else a.d / b
+            out: Tensor = (a.d * b if isinstance(a, Difference) else a * b.d) if fn in (operator.mul, torch.mul) else a.d / b
             return out.to(self.dtype) if out.is_floating_point() else None
         return None
 
@@ -366,7 +203,7 @@ class Deltas:
         if not relu or len(node.args) != 1 or any(node.kwargs.values()) or not isinstance(node.args[0], fx.Node):
             return None
         value = env[node.args[0]]
-        if not isinstance(value, _Delta):
+        if not isinstance(value, Difference):
             return None
         key = (node, "relu")
         if key not in clean:
@@ -412,19 +249,6 @@ class Deltas:
         if node.op == "get_attr":
             return _attr(self.graph, node.target)  # type: ignore[arg-type]
         raise ValueError(f"unexpected graph node {node.op}")  # pragma: no cover
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _channelwise(value: Any) -> bool:
-    """A constant that leaves a region-held difference on its region: a number, or a tensor
-    without spatial extent (one value per channel at most)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return True
-    return isinstance(value, Tensor) and (value.dim() == 0 or value.dim() == 4 and value.shape[0] == 1
-                                          and value.shape[2:] == (1, 1))
 
 
 def _writes_into_input(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

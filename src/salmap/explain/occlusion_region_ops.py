@@ -1,0 +1,212 @@
+"""The operations of :class:`salmap.explain.occlusion_deltas.Deltas` on differences held on regions.
+
+A difference ``d = a(x') - a(x)`` of a 2-D activation that an occluding patch can change only on
+a :class:`~salmap.explain.occlusion_regions.Region` is kept there: a convolution, a pooling, a
+pointwise operation (``g(c + d) - g(c)``, ``c`` cut out of the clean activation), batch norm, a
+sum and a global mean keep it local; anything else first writes it out at full size.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from salmap.explain.occlusion_regions import Region, crop, cut, recrop, to_full, window_of
+
+#: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
+_POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+                      nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.BatchNorm2d)
+_POINTWISE_FUNCTIONS: set[Any] = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid,
+                                  F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish}
+_POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+
+
+class Difference:
+    """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies); with a ``region``,
+    ``d`` holds the region of a 2-D activation, and the difference is zero outside it."""
+
+    __slots__ = ("d", "region")
+
+    def __init__(self, d: Tensor, region: Region | None = None) -> None:
+        self.d = d
+        self.region = region
+
+
+
+class RegionOps:
+    """What :class:`~salmap.explain.occlusion_deltas.Deltas` does to region-held differences (a
+    mixin: it uses the graph's ``modules``, the low ``dtype``, ``_low``, ``_call`` and the clean
+    values)."""
+
+    modules: dict[str, nn.Module]
+    dtype: torch.dtype
+    _clean: tuple[int, dict[fx.Node, Any]] | None
+    _held: Tensor | None
+    _peak: int
+
+    def _low(self, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
+        raise NotImplementedError
+
+    def _expanded(self, env: dict[fx.Node, Any], node: fx.Node) -> Any:
+        """``env[node]``, a region-held difference first written out at full size (and kept so)."""
+        v = env[node]
+        if isinstance(v, Difference) and v.region is not None:
+            assert self._clean is not None
+            v = env[node] = Difference(to_full(v.d, v.region, self._clean[1][node]))
+            self._peak = max(self._peak, v.d[0].numel())
+        return v
+
+    def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
+        for a in node.all_input_nodes:
+            self._expanded(env, a)
+
+    def _regional(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Difference | None:
+        """The node's difference on a region when its varying input is held on one and the node
+        keeps it local (a convolution, a pooling, a pointwise operation, a sum); ``None`` else."""
+        inputs = [env[a] for a in node.all_input_nodes if isinstance(env[a], Difference)]
+        if not inputs or all(v.region is None for v in inputs) \
+                or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            return None
+        args: Any = node.args
+        if node.op == "call_module":
+            mod: Any = self.modules[str(node.target)]
+            if len(args) != 1 or node.kwargs or mod.training:
+                return None
+            v = env[args[0]]
+            if type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and mod.dilation == (1, 1) \
+                    and not isinstance(mod.padding, str):
+                return self._slide(v, node, mod.kernel_size, mod.stride, mod.padding, clean,
+                                   lambda x: F.conv2d(x, self._low(mod.weight), None, mod.stride, 0, 1, mod.groups))
+            if type(mod) is nn.MaxPool2d and _pair(mod.dilation) == (1, 1) and not mod.ceil_mode \
+                    and not mod.return_indices:
+                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
+                return self._slide(v, node, k, s, _pair(mod.padding), clean,
+                                   lambda x: F.max_pool2d(x, k, s), values=clean[args[0]])
+            if type(mod) is nn.AvgPool2d and not mod.ceil_mode and mod.count_include_pad \
+                    and mod.divisor_override is None:
+                k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
+                return self._slide(v, node, k, s, _pair(mod.padding), clean, lambda x: F.avg_pool2d(x, k, s))
+            if type(mod) is nn.AdaptiveAvgPool2d and _pair(mod.output_size) == (1, 1):
+                return self._global_mean(v)
+            if type(mod) in (nn.Identity, nn.Dropout, nn.Dropout2d):
+                return v
+            if type(mod) in _POINTWISE_MODULES:
+                return self._pointwise(node, env, clean, v)
+            return None
+        if node.op == "call_method":
+            if node.target in _POINTWISE_METHODS and len(args) == 1 and not node.kwargs:
+                return self._pointwise(node, env, clean, env[args[0]])
+            if node.target == "mean" and len(inputs) == 1 and isinstance(env[args[0]], Difference):
+                dims = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+                keep = node.kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                if isinstance(dims, (tuple, list)) and sorted(int(d) % 4 for d in dims) == [2, 3] \
+                        and set(node.kwargs) <= {"dim", "keepdim"}:
+                    out = self._global_mean(env[args[0]])
+                    return out if keep or out is None else Difference(out.d.flatten(1))
+            return None
+        if node.op != "call_function":
+            return None
+        fn: Any = node.target
+        if fn in _POINTWISE_FUNCTIONS and isinstance(env[args[0]], Difference) and \
+                not any(isinstance(a, fx.Node) for a in args[1:]):
+            return self._pointwise(node, env, clean, env[args[0]])
+        if fn is F.adaptive_avg_pool2d and len(args) == 2 and _pair(args[1]) == (1, 1):
+            return self._global_mean(env[args[0]])
+        if node.kwargs:
+            return None
+        if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
+            return self._sum(args, env, -1 if fn in (operator.sub, torch.sub) else 1)
+        if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2:
+            a, b = (env[x] if isinstance(x, fx.Node) else x for x in args)
+            delta, other = (a, b) if isinstance(a, Difference) else (b, a)
+            if isinstance(other, Difference) or not _channelwise(other) or (fn in (operator.truediv, torch.div)
+                                                                        and delta is not a):
+                return None
+            out = delta.d * other if fn in (operator.mul, torch.mul) else delta.d / other
+            return Difference(out.to(self.dtype), delta.region)
+        if fn in (operator.neg, torch.neg) and len(args) == 1:
+            v = env[args[0]]
+            return Difference(-v.d, v.region)
+        return None
+
+    def _slide(self, v: Difference, node: fx.Node, kernel: Any, stride: Any, padding: Any, clean: dict[Any, Any],
+               op: Callable[[Tensor], Tensor], values: Tensor | None = None) -> Difference:
+        """A sliding window (no padding; it is cut out with the input) over a region-held ``v``: the
+        difference for linear ``op``s, ``op(c + d) - op(c)`` when ``values`` (the clean input) is given."""
+        assert v.region is not None
+        out_full = tuple(clean[node].shape[-2:])
+        region, reads, size = window_of(v.region, _pair(kernel), _pair(stride), _pair(padding), out_full)
+        d = crop(v.d, reads - v.region.starts, size, fill=0.0)
+        if values is None:
+            out = op(d)
+        else:  # the padding of a max pooling is -inf
+            whole = crop(values, reads, size, fill=-math.inf) + d.to(values.dtype)
+            out = (op(whole) - cut(clean[node], region)).to(self.dtype)
+        return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
+
+    def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> Difference | None:
+        """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype)."""
+        if not isinstance(v, Difference) or v.region is None or len(node.all_input_nodes) != 1:
+            return None
+        region, source = v.region, node.all_input_nodes[0]
+        c = clean[source]
+        if not isinstance(c, Tensor) or c.dim() != 4:
+            return None
+        whole = cut(c, region) + v.d.to(c.dtype)
+        with torch.autocast(whole.device.type, enabled=False):
+            out = self._call(node, lambda n: whole if n is source else env[n])
+        return Difference((out - cut(clean[node], region)).to(self.dtype), region)
+
+    def _global_mean(self, v: Any) -> Difference | None:
+        """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
+        activation's size."""
+        if not isinstance(v, Difference):
+            return None
+        if v.region is None:
+            return Difference(v.d.mean(dim=(2, 3), keepdim=True))
+        h, w = v.region.full
+        return Difference(v.d.sum(dim=(2, 3), keepdim=True) / (h * w))
+
+    def _sum(self, args: Any, env: dict[fx.Node, Any], sign: int) -> Difference | None:
+        """``p + sign * q`` of region-held differences (on the larger region, which must hold the
+        other: recorded for :meth:`regions_held`), or of one and a channel-wise constant."""
+        p, q = (env[x] if isinstance(x, fx.Node) else x for x in args)
+        if isinstance(p, Difference) and isinstance(q, Difference):
+            if p.region is None or q.region is None:
+                return None
+            big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
+            assert big.region is not None and small.region is not None
+            outer, inner = big.region, small.region
+            inside = ((outer.starts <= inner.starts).all()
+                      & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
+                      & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all())
+            self._held = inside if self._held is None else self._held & inside
+            moved = recrop(small.d, small.region, big.region)
+            a, b = (big.d, moved) if big is p else (moved, big.d)
+            return Difference(a + sign * b, big.region)
+        delta, other = (p, q) if isinstance(p, Difference) else (q, p)
+        if not isinstance(delta, Difference) or not _channelwise(other):
+            return None
+        return Difference(delta.d if delta is p else sign * delta.d, delta.region)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _channelwise(value: Any) -> bool:
+    """A constant that leaves a region-held difference on its region: a number, or a tensor
+    without spatial extent (one value per channel at most)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    return isinstance(value, Tensor) and (value.dim() == 0 or value.dim() == 4 and value.shape[0] == 1
+                                          and value.shape[2:] == (1, 1))
