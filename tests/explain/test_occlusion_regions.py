@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import salmap.explain.occlusion_deltas as deltas_module
 import salmap.explain.occlusion_region_ops as region_ops
 from salmap.explain import Occlusion
-from salmap.explain.occlusion_regions import Region, crop, to_full, window_of
+from salmap.explain.occlusion_regions import Region, crop, recrop, to_full, window_input, window_of
 
 
 class Block(nn.Module):
@@ -214,23 +214,40 @@ def test_crop_and_to_full_against_indexing():
     assert torch.equal(crop(full, region.starts, region.size), d)
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (7, 2, 3), (3, 2, 1), (1, 2, 0), (2, 2, 0), (4, 3, 2)])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (7, 2, 3), (3, 2, 1), (1, 2, 0), (2, 2, 0), (4, 3, 2),
+                                                     (5, 1, 0), (3, 3, 0), (1, 1, 0), (6, 2, 1), (5, 3, 3)])
 def test_a_sliding_window_on_a_region_equals_the_full_convolution(kernel, stride, padding):
-    height, width = 23, 17
+    """window_of's region and window_input's zero-framed cut-out (no mask) against the convolution
+    of the whole activation, at random regions of every size, at the borders too."""
     weight = torch.randn(2, 3, kernel, kernel, dtype=torch.float64)
     gen = torch.Generator().manual_seed(kernel * 10 + stride)
-    out_full = ((height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1)
-    for _ in range(20):
-        h, w = (int(v) for v in torch.randint(1, 8, (2,), generator=gen))
-        starts = torch.stack([torch.randint(0, height - h + 1, (4,), generator=gen),
-                              torch.randint(0, width - w + 1, (4,), generator=gen)], 1)
-        region = Region(starts, (h, w), (height, width))
-        d = torch.randn(4, 3, h, w, dtype=torch.float64, generator=gen)
-        want = F.conv2d(to_full(d, region), weight, None, stride, padding)
-        out_region, reads, size = window_of(region, (kernel, kernel), (stride, stride), (padding, padding), out_full)
-        got = F.conv2d(crop(d, reads - region.starts, size, fill=0.0), weight, None, stride)
-        assert got.shape[-2:] == out_region.size
-        torch.testing.assert_close(to_full(got, out_region), want, rtol=1e-12, atol=1e-12)
+    for height, width in ((23, 17), (9, 12)):
+        out_full = ((height + 2 * padding - kernel) // stride + 1, (width + 2 * padding - kernel) // stride + 1)
+        for _ in range(40):
+            h = int(torch.randint(1, height + 1, (1,), generator=gen))
+            w = int(torch.randint(1, width + 1, (1,), generator=gen))
+            starts = torch.stack([torch.randint(0, height - h + 1, (6,), generator=gen),
+                                  torch.randint(0, width - w + 1, (6,), generator=gen)], 1)
+            starts[0] = 0
+            starts[1] = torch.tensor([height - h, width - w])
+            region = Region(starts, (h, w), (height, width))
+            d = torch.randn(6, 3, h, w, dtype=torch.float64, generator=gen)
+            want = F.conv2d(to_full(d, region), weight, None, stride, padding)
+            out_region, reads, size = window_of(region, (kernel, kernel), (stride, stride), (padding, padding),
+                                                out_full)
+            cut_out = window_input(d, region, reads, size, (kernel, kernel), (stride, stride), (padding, padding))
+            assert torch.equal(cut_out, crop(d, reads - region.starts, size, fill=0.0))
+            got = F.conv2d(cut_out, weight, None, stride)
+            assert got.shape[-2:] == out_region.size
+            torch.testing.assert_close(to_full(got, out_region), want, rtol=1e-12, atol=1e-12)
+
+
+def test_recrop_puts_a_region_inside_a_larger_one():
+    gen = torch.Generator().manual_seed(7)
+    small = Region(torch.tensor([[3, 4], [0, 0], [10, 9]]), (3, 2), (13, 11))
+    big = Region(torch.tensor([[1, 2], [0, 0], [8, 6]]), (5, 5), (13, 11))
+    d = torch.randn(3, 2, 3, 2, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(to_full(recrop(d, small, big), big), to_full(d, small), rtol=0, atol=0)
 
 
 @pytest.mark.gpu

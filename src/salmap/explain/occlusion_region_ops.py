@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from salmap.explain.occlusion_regions import Region, crop, cut, recrop, to_full, window_of
+from salmap.explain.occlusion_regions import (
+    Region,
+    crop,
+    cut,
+    recrop,
+    to_full,
+    window_input,
+    window_of,
+)
 
 #: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -144,8 +152,9 @@ class RegionOps:
         difference for linear ``op``s, ``op(c + d) - op(c)`` when ``values`` (the clean input) is given."""
         assert v.region is not None
         out_full = tuple(clean[node].shape[-2:])
-        region, reads, size = window_of(v.region, _pair(kernel), _pair(stride), _pair(padding), out_full)
-        d = crop(v.d, reads - v.region.starts, size, fill=0.0)
+        kernel, stride, padding = _pair(kernel), _pair(stride), _pair(padding)
+        region, reads, size = window_of(v.region, kernel, stride, padding, out_full)
+        d = window_input(v.d, v.region, reads, size, kernel, stride, padding)
         if values is None:
             out = op(d)
         else:  # the padding of a max pooling is -inf
