@@ -98,14 +98,22 @@ def check_input_and_labels(
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
     # One reduction and one transfer of two numbers, not a copy of x: NaN propagates into the
     # minimum and maximum, and an infinity is one of them.
-    values = [*torch.aminmax(x.detach())]
+    values: tuple[Tensor, ...] = tuple(torch.aminmax(x.detach()))
     read_labels = _integer_labels(labels) and labels.device == x.device
     if read_labels:
-        values += [v.to(torch.float64) for v in torch.aminmax(labels.detach())]
-        values[:2] = [v.to(torch.float64) for v in values[:2]]
+        # The labels as float32 (float64 beside a float64 input): one cast of the small label
+        # tensor, and the four numbers stacked in one kernel (no cast of each). Rounding to
+        # nearest keeps the order and every integer below 2**24 (2**53) is exact, so a range
+        # within that is the labels' own; beyond it (never class indices) it is read again exactly.
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        values = (*values, *torch.aminmax(labels.detach().to(wide)))
     numbers = torch.stack(values).tolist()
     xmin, xmax = float(numbers[0]), float(numbers[1])
-    known = (int(numbers[2]), int(numbers[3])) if read_labels else label_range(labels)
+    exact = 2.0**53 if x.dtype == torch.float64 else 2.0**24
+    if read_labels and -exact < numbers[2] <= numbers[3] < exact:
+        known: tuple[int, int] | None = (int(numbers[2]), int(numbers[3]))
+    else:
+        known = label_range(labels)
     if not (math.isfinite(xmin) and math.isfinite(xmax)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} must be finite, got {bad} NaN/inf values")

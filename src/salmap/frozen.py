@@ -38,7 +38,7 @@ def set_eval(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
+def frozen(model: M, eval_mode: bool = True, modules: list[nn.Module] | None = None) -> Iterator[M]:
     """Run a block with ``model`` in eval mode and its parameters not requiring grad.
 
     The model's ``training`` flag (of every submodule) and every parameter's
@@ -48,12 +48,14 @@ def frozen(model: M, eval_mode: bool = True) -> Iterator[M]:
 
     It runs on every attack call, so it does little: one walk over the modules, no ``eval()``
     call when every module is in eval mode already (the usual case), and on exit only the
-    flags that differ from the saved ones are written back.
+    flags that differ from the saved ones are written back. ``modules``: ``list(model.modules())``
+    when the caller has walked them already.
     """
     if not isinstance(model, nn.Module):
         yield model
         return
-    modules = list(model.modules())
+    if modules is None:
+        modules = list(model.modules())
     modes = [m.training for m in modules]
     # a lazy module's parameters are created by its first forward pass: they are left as they are
     params = [p for p in module_tensors(modules) if not _uninitialized(p)]

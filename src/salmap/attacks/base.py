@@ -2,10 +2,11 @@
 
 An :class:`Attack` holds configuration only. Calling it on a batch validates the
 input, runs the subclass's :meth:`Attack._run` with the model frozen (eval mode,
-parameters not requiring grad, both restored afterwards), clips to the bounds,
-and measures distortion once, for every attack alike. The clean prediction is computed
-once (by the attack's first gradient step where it starts with one); the adversarial
-prediction and success are measured once, when first read (see :class:`AttackResult`).
+parameters not requiring grad, both restored afterwards), clips to the bounds (unless
+``_run`` did in its last step), and measures distortion once, for every attack alike. The
+clean prediction is computed once (by the attack's first gradient step where it starts with
+one); the clean and adversarial predictions, success and distortions are evaluated once, when
+first read (see :class:`AttackResult`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class Attack(ABC):
         # the end); the others check them at once (they synchronise while running anyway).
         check_now = not self._checks_outputs_after_run()
         start = time.perf_counter()
-        with frozen(self.model):
+        # The model's modules, walked once for frozen() and for the parameters' version counters.
+        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else None
+        with frozen(self.model, modules=modules):
             x0 = x.detach().clone()
             # The clean prediction is computed once: given by the caller, else by the first gradient
             # step's forward pass when the attack starts with a gradient at the clean input, else by
@@ -96,6 +99,7 @@ class Attack(ABC):
                 except (RuntimeError, ValueError, TypeError, IndexError):
                     first_forward(self.model, x0)  # names what went wrong (the input's shape)
                     raise
+                own_clean = clean is None
                 if clean is None:
                     clean = first.output.detach() if first is not None else first_forward(self.model, x0, check_now)
                     if first is not None and check_now:
@@ -116,27 +120,34 @@ class Attack(ABC):
             x_adv = x_adv.detach() if self._run_clamps() else self.bounds.clamp(x_adv.detach())
         if not check_now:
             check_finite_outputs(clean, "clean")
+        steps: Tensor | Callable[[], Tensor]
+        if isinstance(iterations, int):  # every sample took as many: the tensor is made when read
+            steps = _filled(x.shape[0], iterations, x.device)
+        else:
+            steps = iterations.to(device=x.device, dtype=torch.long)
         return AttackResult(
             x_adv=x_adv,
             success=None,
             l0=None,  # with l2 and linf: computed when first read, from x0 and x_adv
             l2=None,
             linf=None,
-            iterations=iterations.to(device=x.device, dtype=torch.long),
-            pred_before=self._predictions(clean),
+            iterations=steps,
+            pred_before=self._pred_before(clean, own_clean),
             pred_after=None,
             labels=labels,
             targeted=targeted,
             seconds=time.perf_counter() - start,
-            measure=self._measure(x0, x_adv, labels, targeted, clean),
+            measure=self._measure(x0, x_adv, labels, targeted, clean, _state_version(self.model, modules)),
             clean_input=x0,
         )
 
     def _measure(
-        self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor
+        self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor,
+        version: tuple[int, ...] | None,
     ) -> Callable[[], tuple[Tensor, Tensor, dict[str, Tensor]]]:
-        """The adversarial prediction, success and extra figures, evaluated when first read."""
-        model, version, adv_version = self.model, _state_version(self.model), _version(x_adv)
+        """The adversarial prediction, success and extra figures, evaluated when first read
+        (``version``: the model's :func:`_state_version` after the call)."""
+        model, adv_version = self.model, _version(x_adv)
 
         def measure() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
             if _state_version(model) != version:
@@ -159,10 +170,19 @@ class Attack(ABC):
 
         return measure
 
+    def _pred_before(self, clean: Tensor, own: bool) -> Tensor | Callable[[], Tensor]:
+        """The clean prediction: computed when first read from outputs the call computed itself
+        (``own``; no kernel during the call), at once from outputs the caller handed over (the
+        caller may change those afterwards)."""
+        if not own:
+            return self._predictions(clean)
+        return lambda: self._predictions(clean)
+
     # -- hooks for subclasses -------------------------------------------------
     @abstractmethod
-    def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor]:
-        """Craft adversarial inputs. Returns ``(x_adv, iterations per sample)``.
+    def _run(self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor) -> tuple[Tensor, Tensor | int]:
+        """Craft adversarial inputs. Returns ``(x_adv, iterations per sample)``; an int for the
+        iterations when every sample took that many (the tensor is then made only when read).
 
         ``x`` is a private copy; ``clean`` are the model's outputs on it. An attack whose
         :meth:`_gradient_at_clean_input` is true is also given ``first=``, the clean forward
@@ -253,8 +273,15 @@ def check_finite_outputs(out: Tensor, which: str) -> None:
 __all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]
 
 
-def _state_version(model: Model) -> tuple[int, ...] | None:
-    """In-place modification counters of the model's parameters and buffers (None for a callable)."""
+def _filled(batch: int, count: int, device: torch.device) -> Callable[[], Tensor]:
+    return lambda: torch.full((batch,), count, dtype=torch.long, device=device)
+
+
+def _state_version(model: Model, modules: list[nn.Module] | None = None) -> tuple[int, ...] | None:
+    """In-place modification counters of the model's parameters and buffers (None for a callable);
+    ``modules``: ``list(model.modules())`` when the caller has it."""
     if not isinstance(model, nn.Module):
         return None
-    return tuple(t._version for t in module_tensors(list(model.modules()), buffers=True) if not t.is_inference())
+    if modules is None:
+        modules = list(model.modules())
+    return tuple(t._version for t in module_tensors(modules, buffers=True) if not t.is_inference())

@@ -7,7 +7,6 @@ importable from here as before.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from salmap._validate import BoundsLike, check_number
@@ -80,11 +79,11 @@ class FGSM(Attack):
 
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, int]:
         _, grad = loss_grad(self.model, x, labels, self.loss_fn, recorded=first, batch_mean=self.precision != "fp16")
         direction = -1.0 if targeted else 1.0
         x_adv = self.bounds.clamp(x + direction * self.eps * grad.sign())
-        return x_adv, torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+        return x_adv, 1
 __all__ = ["BIM", "FGSM", "PGD", "LossFn"]
 
 

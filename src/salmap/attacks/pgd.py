@@ -120,7 +120,7 @@ class PGD(Attack):
 
     def _run(
         self, x: Tensor, labels: Tensor, targeted: bool, clean: Tensor, first: RecordedPass | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | int]:
         eps, step = self._radius(x)
         if self.restarts == 1:
             return self._attempt(x, labels, targeted, eps, step, 0, first)
@@ -152,7 +152,7 @@ class PGD(Attack):
     def _attempt(
         self, x: Tensor, labels: Tensor, targeted: bool, eps: float | Tensor, step: float | Tensor, restart: int,
         first: RecordedPass | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | int]:
         """One run of PGD from the random start of restart number ``restart`` (``first``: the
         forward pass at ``x``, for the first step when there is no random start)."""
         low, high = self.bounds.like(x)
@@ -187,7 +187,7 @@ class PGD(Attack):
     def _steps(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, step: float | Tensor, eps: float | Tensor,
         first: RecordedPass | None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, int]:
         """Every sample takes every step: the whole batch at once, in place, with no host sync.
 
         ``step`` carries the direction's sign. Clipping to the ball and then to the bounds is
@@ -203,7 +203,7 @@ class PGD(Attack):
             else:
                 x_adv.add_(direction, alpha=step)
             torch.clamp(x_adv, lower, upper, out=x_adv)
-        return x_adv, torch.full((x.shape[0],), self.steps, dtype=torch.long, device=x.device)
+        return x_adv, self.steps  # every sample took every step
 
 
 def _rows(value: float | Tensor, rows: Tensor) -> float | Tensor:

@@ -27,6 +27,8 @@ class AttackResult:
         one of them is first read, from the clean inputs and the ``x_adv`` of the call.
     iterations: long ``(B,)``: iterations the sample took before it stopped.
     pred_before, pred_after: the model's predictions on the clean and adversarial inputs.
+        ``iterations`` and ``pred_before`` may be handed over as functions that compute them
+        (no kernel is launched for them during the call): each runs once, when first read.
     labels: the labels the attack was called with (true labels or targets).
     targeted: whether ``labels`` are targets.
     seconds: wall time of the attack itself (the call, without the adversarial prediction).
@@ -48,8 +50,8 @@ class AttackResult:
         l0: Tensor | None,
         l2: Tensor | None,
         linf: Tensor | None,
-        iterations: Tensor,
-        pred_before: Tensor,
+        iterations: Tensor | Callable[[], Tensor],
+        pred_before: Tensor | Callable[[], Tensor],
         pred_after: Tensor | None,
         labels: Tensor,
         targeted: bool,
@@ -66,7 +68,7 @@ class AttackResult:
         self._norms = None if l0 is None or l2 is None or linf is None else (l0, l2, linf)
         self._clean_and_adv = None if clean_input is None or self._norms is not None else (clean_input, x_adv)
         self._adv_version = _version(x_adv)
-        self.iterations, self.pred_before, self.labels = iterations, pred_before, labels
+        self._iterations, self._pred_before, self.labels = iterations, pred_before, labels
         self.targeted, self.seconds = targeted, seconds
         self._success, self._pred_after, self._extra = success, pred_after, extra or {}
         self._measure = measure
@@ -87,6 +89,18 @@ class AttackResult:
             self._norms = distortion(*self._clean_and_adv)
             self._clean_and_adv = None
         return self._norms
+
+    @property
+    def iterations(self) -> Tensor:
+        if not isinstance(self._iterations, Tensor):
+            self._iterations = self._iterations()
+        return self._iterations
+
+    @property
+    def pred_before(self) -> Tensor:
+        if not isinstance(self._pred_before, Tensor):
+            self._pred_before = self._pred_before()
+        return self._pred_before
 
     @property
     def l0(self) -> Tensor:
@@ -125,7 +139,7 @@ class AttackResult:
         return self._extra
 
     def __len__(self) -> int:
-        return int(self.iterations.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
+        return int(self.labels.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
 
     def __repr__(self) -> str:
         state = "measured" if self._measure is None else "adversarial prediction not evaluated yet"

@@ -1,0 +1,168 @@
+"""What one FGSM/PGD/BIM call reads from the device and launches besides its algorithm: one
+transfer of four numbers before the clean pass (the input's and the labels' ranges), the clean
+outputs' finiteness at the end, no second clamp, and the clean prediction and the iterations
+made only when read. Every bad input is refused with the message it had before."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from _dispatch import Recorder
+from conftest import LinearClassifier
+
+from salmap._validate import check_input, check_input_and_labels, check_labels, label_range
+from salmap.attacks import BIM, FGSM, PGD, AttackResult
+
+
+def _model() -> LinearClassifier:
+    torch.manual_seed(0)
+    return LinearClassifier(torch.randn(4, 12)).eval()
+
+
+class _Transfers:
+    """Counts ``Tensor.tolist`` calls (a device-to-host transfer on a GPU; the dispatcher does
+    not see them) beside the operators the :class:`Recorder` sees."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        original = torch.Tensor.tolist
+
+        def counting(tensor: torch.Tensor) -> Any:
+            self.shapes.append(tuple(tensor.shape))
+            return original(tensor)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counting)
+
+
+ATTACKS = {
+    "fgsm": lambda m: FGSM(m, eps=0.1),
+    "pgd": lambda m: PGD(m, eps=0.1, step=0.02, steps=3),
+    "bim": lambda m: BIM(m, eps=0.1, step=0.02, steps=3),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("targeted", [False, True])
+def test_a_call_reads_the_device_twice_and_launches_nothing_it_does_not_need(monkeypatch, name, targeted):
+    model = _model()
+    x, labels = torch.rand(8, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3] * 2)
+    attack = ATTACKS[name](model)
+    kwargs = {"target": labels} if targeted else {"y": labels}
+    transfers, recorder = _Transfers(monkeypatch), Recorder()
+    with recorder:
+        result = attack(x, **kwargs)
+    assert transfers.shapes == [(4,)]  # the input's min and max with the labels', in one transfer
+    assert recorder.reads == 1  # the clean outputs' finiteness, once the work is queued
+    assert recorder.ops.index("aten.stack") < recorder.ops.index("aten.addmm")  # the read comes first
+    steps = 1 if name == "fgsm" else 3
+    # _run's own and none after it: FGSM's step; PGD's and BIM's ball-and-bounds limits (2), their
+    # steps, and PGD's random start
+    assert recorder.ops.count("aten.clamp") == {"fgsm": 1, "pgd": 2 + 3 + 1, "bim": 2 + 3}[name]
+    for op in ("aten.argmax", "aten.ones", "aten.full", "aten.fill_"):  # pred_before and iterations: when read
+        assert op not in recorder.ops, op
+    with torch.no_grad():
+        clean = model(x)
+    assert torch.equal(result.pred_before, clean.argmax(dim=1))
+    assert torch.equal(result.iterations, torch.full((8,), steps, dtype=torch.long))
+    assert len(result) == 8
+    # the same figures as a call that makes them at once (a caller's clean outputs)
+    eager = ATTACKS[name](model)(x, clean=clean, **kwargs)
+    assert torch.equal(eager.x_adv, result.x_adv) and torch.equal(eager.pred_before, result.pred_before)
+    assert torch.equal(eager.iterations, result.iterations) and torch.equal(eager.success, result.success)
+
+
+def test_results_are_those_of_a_clamp_after_run():
+    """No second clamp: x_adv is exactly what clamping it again would give (FGSM's known answer)."""
+    model = _model()
+    x, y = torch.rand(6, 12, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 3, 0, 1])
+    x.requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    x = x.detach()
+    result = FGSM(model, eps=0.2)(x, y=y)
+    assert torch.equal(result.x_adv, torch.clamp(x + 0.2 * grad.sign(), 0, 1))
+    for attack in (PGD(model, eps=0.2, step=0.05, steps=4), BIM(model, eps=0.2, step=0.05, steps=4)):
+        x_adv = attack(x, y=y).x_adv
+        assert torch.equal(x_adv, torch.clamp(x_adv, 0, 1))
+        assert float((x_adv - x).abs().max()) <= 0.2 + 1e-6
+
+
+def test_lazy_fields_survive_concat_and_to():
+    model = _model()
+    x, y = torch.rand(4, 12), torch.tensor([0, 1, 2, 3])
+    a, b = FGSM(model, eps=0.1)(x, y=y), PGD(model, eps=0.1, steps=2)(x, y=y)
+    both = AttackResult.concat([a, b])
+    assert torch.equal(both.iterations, torch.tensor([1] * 4 + [2] * 4))
+    assert torch.equal(both.pred_before, model(x).argmax(1).repeat(2))
+    assert len(both) == 8 and torch.equal(a.to("cpu").pred_before, a.pred_before)
+
+
+def test_a_caller_changing_its_clean_outputs_afterwards_does_not_change_pred_before():
+    model = _model()
+    x, y = torch.rand(3, 12), torch.tensor([0, 1, 2])
+    clean = model(x).detach()
+    result = FGSM(model, eps=0.1)(x, y=y, clean=clean)
+    expected = clean.argmax(1).clone()
+    clean.neg_()
+    assert torch.equal(result.pred_before, expected)
+
+
+def _message(fn: Any) -> str:
+    with pytest.raises(ValueError) as err:
+        fn()
+    return str(err.value)
+
+
+BAD = {
+    "nan x": (torch.tensor([[0.5] * 11 + [float("nan")]]), torch.tensor([0])),
+    "inf x": (torch.tensor([[0.5] * 11 + [float("inf")]]), torch.tensor([0])),
+    "x above": (torch.full((2, 12), 1.5), torch.tensor([0, 1])),
+    "x below": (torch.full((2, 12), -0.5), torch.tensor([0, 1])),
+    "label too large": (torch.rand(2, 12), torch.tensor([0, 4])),
+    "label negative": (torch.rand(2, 12), torch.tensor([-1, 2])),
+    "label huge": (torch.rand(2, 12), torch.tensor([0, 2**40 + 1])),
+    "label very negative": (torch.rand(2, 12), torch.tensor([-(2**62) - 1, 0])),
+    "float labels": (torch.rand(2, 12), torch.tensor([0.0, 1.0])),
+    "bool labels": (torch.rand(2, 12), torch.tensor([True, False])),
+    "int32 out of range": (torch.rand(2, 12), torch.tensor([0, 7], dtype=torch.int32)),
+    "uint8 out of range": (torch.rand(2, 12), torch.tensor([0, 200], dtype=torch.uint8)),
+    "wrong shape": (torch.rand(2, 12), torch.tensor([0, 1, 2])),
+    "list out of range": (torch.rand(2, 12), [0, 9]),
+    "int out of range": (torch.rand(2, 12), 5),
+    "float64 x, label huge": (torch.rand(2, 12, dtype=torch.float64), torch.tensor([2**60, 3])),
+    "x not a tensor": ([[0.5] * 12], torch.tensor([0])),
+    "integer x": (torch.ones(2, 12, dtype=torch.long), torch.tensor([0, 1])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("targeted", [False, True])
+def test_bad_input_is_refused_with_the_message_of_the_separate_checks(case, targeted):
+    """The combined read raises exactly what check_input then check_labels raise on their own."""
+    x, labels = BAD[case]
+    name = "target" if targeted else "y"
+    model = _model().double() if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else _model()
+
+    def separate() -> None:
+        checked = check_input(x, (0.0, 1.0))
+        check_labels(labels, checked.shape[0], 4, name)
+
+    expected = _message(separate)
+    for make in ATTACKS.values():
+        assert _message(lambda make=make: make(model)(x, **{name: labels})) == expected
+
+
+def test_the_combined_read_gives_the_labels_exact_range():
+    x = torch.rand(3, 5)
+    for labels in (torch.tensor([3, 1, 2]), torch.tensor([2**24 + 1, 5, 2**24 - 1]),
+                   torch.tensor([-(2**40) - 3, 7, 2**50 + 1]), torch.tensor([0, 255], dtype=torch.uint8)):
+        assert check_input_and_labels(x, labels)[1] == label_range(labels) == (int(labels.min()), int(labels.max()))
+    for labels in (None, 3, [1, 2], torch.tensor([]), torch.tensor([1.0])):
+        assert check_input_and_labels(x, labels)[1] is None
+    # half-precision input: the four numbers in float32, the input's range as check_input reads it
+    half = torch.tensor([[0.25, 0.75]], dtype=torch.float16)
+    assert check_input_and_labels(half, torch.tensor([2049, 4]), (0.0, 1.0))[1] == (4, 2049)
+    with pytest.raises(ValueError, match=r"x must lie within bounds \(0.0, 0.5\), got values in \[0.25, 0.75\]"):
+        check_input_and_labels(half, torch.tensor([1]), (0.0, 0.5))
