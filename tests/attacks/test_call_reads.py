@@ -99,6 +99,16 @@ def test_lazy_fields_survive_concat_and_to():
     assert len(both) == 8 and torch.equal(a.to("cpu").pred_before, a.pred_before)
 
 
+def test_a_measured_result_holds_no_deferred_work():
+    import pickle
+
+    model = _model()
+    result = FGSM(model, eps=0.1)(torch.rand(3, 12), y=torch.tensor([0, 1, 2])).measure()
+    copy = pickle.loads(pickle.dumps(result))
+    for name in ("x_adv", "success", "l0", "pred_before", "pred_after", "iterations"):
+        assert torch.equal(getattr(copy, name), getattr(result, name)), name
+
+
 def test_a_caller_changing_its_clean_outputs_afterwards_does_not_change_pred_before():
     model = _model()
     x, y = torch.rand(3, 12), torch.tensor([0, 1, 2])

@@ -115,10 +115,11 @@ class AttackResult:
         return self._distortion()[2]
 
     def measure(self) -> AttackResult:
-        """Evaluate the deferred adversarial prediction and distortions now (and release the
-        inputs they keep); returns self."""
+        """Evaluate the deferred adversarial prediction, distortions, clean prediction and
+        iterations now (and release the inputs they keep); returns self."""
         self._settle()
         self._distortion()
+        self.pred_before, self.iterations  # noqa: B018 (evaluated for their side effect)
         return self
 
     @property
