@@ -287,3 +287,27 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
     assert sizes[0] <= 100 and max(sizes[1:]) > 100 and max(sizes) <= 1600 and sum(sizes) == 2 * 529
     torch.testing.assert_close(got, maps(model, x, target, patch=4, stride=2, fold_batchnorm=False),
                                rtol=1e-9, atol=1e-12)
+
+
+class ChannelBias(nn.Module):
+    """A one-channel activation plus a per-channel constant of three channels: the sum broadcasts
+    to three channels (a region-held difference must take that shape too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 1, 3, 1, 1)
+        self.register_buffer("bias", torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1))
+        self.b = nn.Conv2d(3, 2, 3, 1, 1)
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.b(self.a(x) + self.bias)).mean((2, 3)))
+
+
+def test_a_constant_that_broadcasts_the_channels():
+    model = randomized(ChannelBias())
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    target = torch.tensor([0, 1])
+    torch.testing.assert_close(maps(model, x, target, patch=3, stride=3),
+                               maps(model, x, target, patch=3, stride=3, fold_batchnorm=False),
+                               rtol=1e-9, atol=1e-12)

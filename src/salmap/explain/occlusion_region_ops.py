@@ -136,8 +136,8 @@ class RegionOps:
         if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2:
             a, b = (env[x] if isinstance(x, fx.Node) else x for x in args)
             delta, other = (a, b) if isinstance(a, Difference) else (b, a)
-            if isinstance(other, Difference) or not _channelwise(other) or (fn in (operator.truediv, torch.div)
-                                                                        and delta is not a):
+            divides_by_it = fn in (operator.truediv, torch.div) and delta is not a
+            if isinstance(other, Difference) or divides_by_it or not _channelwise(other, delta.d.shape[1]):
                 return None
             out = delta.d * other if fn in (operator.mul, torch.mul) else delta.d / other
             return Difference(out.to(self.dtype), delta.region)
@@ -203,7 +203,7 @@ class RegionOps:
             a, b = (big.d, moved) if big is p else (moved, big.d)
             return Difference(a + sign * b, big.region)
         delta, other = (p, q) if isinstance(p, Difference) else (q, p)
-        if not isinstance(delta, Difference) or not _channelwise(other):
+        if not isinstance(delta, Difference) or not _channelwise(other, delta.d.shape[1]):
             return None
         return Difference(delta.d if delta is p else sign * delta.d, delta.region)
 
@@ -212,10 +212,10 @@ def _pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def _channelwise(value: Any) -> bool:
-    """A constant that leaves a region-held difference on its region: a number, or a tensor
-    without spatial extent (one value per channel at most)."""
+def _channelwise(value: Any, channels: int) -> bool:
+    """A constant that leaves a region-held difference of ``channels`` channels on its region and
+    its shape: a number, or a tensor without spatial extent, one value or one per channel."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return True
     return isinstance(value, Tensor) and (value.dim() == 0 or value.dim() == 4 and value.shape[0] == 1
-                                          and value.shape[2:] == (1, 1))
+                                          and value.shape[1] in (1, channels) and value.shape[2:] == (1, 1))
