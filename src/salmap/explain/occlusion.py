@@ -113,8 +113,8 @@ class Occlusion(Explainer):
     operations, batch norm and residual sums run on the region; anything else, and every layer
     once the region covers most of its activation, on the whole activation. Same function,
     different rounding (float32 maps within about 1e-6 of the model's on a ResNet-18); on a
-    ResNet-18 at 224x224 with 16x16 patches the first two stages run on 1-5% of their
-    activations. A sum of two regions neither of which holds the other is detected (one read
+    ResNet-18 at 224x224 with 16x16 patches the stem and layer1 run on 1-7% of their
+    activations, layer2 on 8-29%, the first convolution of layer3 on 41%. A sum of two regions neither of which holds the other is detected (one read
     of the device per call) and the call is computed again at full size.
 
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
