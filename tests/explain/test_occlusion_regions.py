@@ -311,3 +311,152 @@ def test_a_constant_that_broadcasts_the_channels():
     torch.testing.assert_close(maps(model, x, target, patch=3, stride=3),
                                maps(model, x, target, patch=3, stride=3, fold_batchnorm=False),
                                rtol=1e-9, atol=1e-12)
+
+
+# -- found in review: each failed before its fix ----------------------------------------------------
+
+
+class Gate(nn.Module):
+    """A 0/1 gate computed from the input (a bool tensor of one value per channel): not a constant."""
+
+    def __init__(self, threshold: float = 0.052) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.a = nn.Conv2d(3, 4, 3, 1, 1)
+        self.head = nn.Linear(4 * 16 * 16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.a(x))
+        gate = y.mean((2, 3), keepdim=True) > self.threshold
+        return self.head(torch.tanh(y * gate).flatten(1))
+
+
+class BroadcastSum(nn.Module):
+    """The sum of an activation and its pooled rows: two sizes, broadcast."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, 1, 1)
+        self.pool = pool
+        self.head = nn.Linear(4 * 8 * 16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.a(x))
+        return self.head(torch.tanh(y + self.pool(y)).flatten(1))
+
+
+class PartialPool(nn.Module):
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.a = nn.Conv2d(3, 4, 3, 1, 1)
+        self.pool = nn.AdaptiveAvgPool2d((None, 1))
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.relu(self.a(x))
+        y = F.adaptive_avg_pool2d(y, (None, 1)) if self.functional else self.pool(y)
+        return self.head(y.flatten(1))
+
+
+class BatchStatistics(nn.Module):
+    """Batch norm without running statistics normalises by the batch's, in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(4, track_running_stats=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.bn(self.a(x))).mean((2, 3)))
+
+
+class WritesItsInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, 1, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x += 0.1
+        return self.head(torch.relu(self.a(x)).mean((2, 3)))
+
+
+def agree(model: nn.Module, x: Tensor, **kwargs: object) -> None:
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+    torch.testing.assert_close(maps(model, x, target, **kwargs),
+                               maps(model, x, target, fold_batchnorm=False, **kwargs), rtol=1e-9, atol=1e-12)
+
+
+def test_a_gate_computed_from_the_input_is_not_a_constant():
+    torch.manual_seed(0)
+    model = Gate(threshold=0.005).double().eval()
+    x = torch.zeros(1, 3, 16, 16, dtype=torch.float64)
+    x[:, :, 4:8, 4:8] = torch.rand(1, 3, 4, 4, dtype=torch.float64)  # one copy differs from the input
+    agree(model, x, patch=4)
+    torch.manual_seed(0)
+    agree(Gate().double().eval(), torch.rand(2, 3, 16, 16, dtype=torch.float64), patch=6, stride=2, batch_size=1)
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d((8, 1)), nn.MaxPool2d((8, 1))])
+def test_a_sum_that_broadcasts_two_sizes(pool):
+    torch.manual_seed(0)
+    agree(BroadcastSum(pool).double().eval(), torch.rand(2, 3, 8, 16, dtype=torch.float64), patch=(8, 2), stride=2)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_an_adaptive_pooling_that_keeps_a_dimension(functional):
+    torch.manual_seed(0)
+    agree(PartialPool(functional).double().eval(), torch.rand(2, 3, 16, 16, dtype=torch.float64), patch=4)
+
+
+def test_batch_norm_without_running_statistics_is_not_pointwise():
+    """Its statistics are the batch's: one image, all its copies in one batch on both paths."""
+    torch.manual_seed(0)
+    agree(BatchStatistics().double().eval(), torch.rand(1, 3, 12, 12, dtype=torch.float64), patch=3, stride=3,
+          batch_size=1000)
+
+
+def test_a_model_that_writes_into_its_input_sees_the_caller_s_values():
+    torch.manual_seed(0)
+    model = WritesItsInput().double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    got = maps(model, x, [0], patch=4, stride=4, fold_batchnorm=False)
+    want = reference_drops(model, x, 0, 4)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def reference_drops(model: nn.Module, x: Tensor, target: int, patch: int) -> Tensor:
+    """Every non-overlapping patch zeroed in a fresh copy of ``x``, one forward pass each."""
+    with torch.no_grad():
+        clean = float(model(x.clone())[0, target])
+        heat = torch.zeros_like(x)
+        for r in range(0, x.shape[2], patch):
+            for c in range(0, x.shape[3], patch):
+                copy = x.clone()
+                copy[:, :, r : r + patch, c : c + patch] = 0
+                heat[:, :, r : r + patch, c : c + patch] = clean - float(model(copy)[0, target])
+    return heat
+
+
+def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypatch: pytest.MonkeyPatch):
+    """The values a grown batch keeps alive at once, counted as the first batch's are (each dropped
+    after its last use), times four for the operations' temporaries, stay within those of
+    ``batch_size`` whole copies."""
+    peaks: list[tuple[int, int, int]] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> object:
+        self._counted, self._peak = False, 0  # count every batch
+        out = original(self, image, key, patches, starts)
+        peaks.append((patches.shape[0], self.peak_per_copy(), self.whole_per_copy()))
+        return out
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    maps(model, x, [0], patch=8, stride=4, batch_size=20)
+    assert max(b for b, _, _ in peaks) > 20
+    for batch, peak, whole in peaks:
+        assert 4 * batch * peak <= 20 * whole * 1.05

@@ -57,12 +57,23 @@ class Deltas(RegionOps):
         self._weights: dict[int, Tensor] = {}
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
         self._held: Tensor | None = None  # all region sums so far kept both regions (device bool)
-        self._peak = 0  # the most elements of one copy's difference at any node so far
+        self._counted = False
+        self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
         # only nodes computed from the input carry differences; the rest are constants
+        # (a function marked ``reads_only_metadata`` reads only its input's shape and dtype: a constant)
         self.varying: set[fx.Node] = set()
         for node in graph.graph.nodes:
-            if node.op == "placeholder" or any(a in self.varying for a in node.all_input_nodes):
+            if node.op == "placeholder" or any(a in self.varying for a in node.all_input_nodes) \
+                    and getattr(node.target, "reads_only_metadata", False) is not True:
                 self.varying.add(node)
+        # each value is dropped after its last use, as the model's own forward pass drops it
+        last: dict[fx.Node, fx.Node] = {}
+        for node in graph.graph.nodes:
+            for a in node.all_input_nodes:
+                last[a] = node
+        self._drops: dict[fx.Node, list[fx.Node]] = {}
+        for value, user in last.items():
+            self._drops.setdefault(user, []).append(value)
 
     @torch.no_grad()
     def clean(self, image: Tensor, key: int) -> dict[fx.Node, Any]:
@@ -91,13 +102,27 @@ class Deltas(RegionOps):
         return self._run(image, key, Difference(patches.to(self.dtype), region))
 
     def peak_per_copy(self) -> int:
-        """The most elements a copy's difference had at any node, over the calls so far."""
+        """The most elements of one copy's values alive at once during the first call (the values
+        dropped after their last use, as in the model's own forward pass)."""
         return self._peak
 
     def whole_per_copy(self) -> int:
-        """The most elements of any activation of the last clean image (what a whole copy needs)."""
+        """The same for the model's own forward pass on one whole image (the last clean image's
+        activations, each dropped after its last use)."""
         assert self._clean is not None
-        return max((v.numel() for v in self._clean[1].values() if isinstance(v, Tensor)), default=0)
+        values, live, peak = self._clean[1], 0, 0
+        for node in self.graph.graph.nodes:
+            if node in self.varying and isinstance(values.get(node), Tensor):
+                live += values[node].numel()
+                peak = max(peak, live)
+            live -= sum(values[v].numel() for v in self._drops.get(node, ())
+                        if v in self.varying and isinstance(values.get(v), Tensor))
+        return peak
+
+    def _count(self, env: dict[fx.Node, Any], batch: int) -> None:
+        live = sum(v.d.numel() if isinstance(v, Difference) else v.numel() for k, v in env.items()
+                   if k in self.varying and isinstance(v, (Difference, Tensor)))
+        self._peak = max(self._peak, live // batch)
 
     def regions_held(self) -> bool:
         """Whether every sum of two region-held differences so far had one region inside the other
@@ -111,6 +136,7 @@ class Deltas(RegionOps):
     def _run(self, image: Tensor, key: int, start: Difference) -> Any:
         clean = self.clean(image, key)
         env: dict[fx.Node, Any] = {}
+        counting, self._counted = not self._counted, True  # the values alive, in the first call only
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = self._expanded(env, node)
@@ -124,28 +150,32 @@ class Deltas(RegionOps):
                 env[node] = start
             elif node.op == "output":
                 return _map(node.args[0], full)
-            elif node not in self.varying or getattr(node.target, "reads_only_metadata", False) is True:
-                env[node] = clean[node]  # (a function marked so reads only its input's shape and dtype)
+            elif node not in self.varying:
+                env[node] = clean[node]
             elif (r := self._regional(node, env, clean)) is not None:
                 env[node] = r
-                self._peak = max(self._peak, r.d[0].numel())
             else:
                 self._expand_inputs(node, env)
                 if (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
                     env[node] = Difference(d)
-                    self._peak = max(self._peak, d[0].numel() if d.dim() else 1)
-                    continue
-                with torch.autocast(image.device.type, enabled=False):
-                    out = self._call(node, full)
-                c = clean[node]
-                if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
-                        and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
-                        and c.shape[0] == 1):
-                    env[node] = Difference(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
-                    self._peak = max(self._peak, out[0].numel())
                 else:
-                    env[node] = out
+                    env[node] = self._in_full(node, full, clean[node], image.device.type)
+            for value in self._drops.get(node, ()):
+                env.pop(value, None)
+            if counting:
+                self._count(env, start.d.shape[0])
         raise AssertionError("graph without output")  # pragma: no cover
+
+    def _in_full(self, node: fx.Node, full: Callable[[fx.Node], Any], c: Any, device_type: str) -> Any:
+        """The node computed on the whole values (clean + difference), as a difference when it is a
+        floating activation like its clean value."""
+        with torch.autocast(device_type, enabled=False):
+            out = self._call(node, full)
+        if (isinstance(out, Tensor) and isinstance(c, Tensor) and out.is_floating_point()
+                and c.dtype == out.dtype and c.dim() == out.dim() >= 1 and c.shape[1:] == out.shape[1:]
+                and c.shape[0] == 1):
+            return Difference(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
+        return out
 
     def _linear(self, node: fx.Node, env: dict[fx.Node, Any]) -> Tensor | None:
         """The difference of a node linear in its varying input, computed from the differences;

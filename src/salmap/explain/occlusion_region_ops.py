@@ -29,7 +29,7 @@ from salmap.explain.occlusion_regions import (
 
 #: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
 _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-                      nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.BatchNorm2d)
+                      nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus)
 _POINTWISE_FUNCTIONS: set[Any] = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid,
                                   F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish}
 _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
@@ -56,7 +56,7 @@ class RegionOps:
     dtype: torch.dtype
     _clean: tuple[int, dict[fx.Node, Any]] | None
     _held: Tensor | None
-    _peak: int
+    varying: set[fx.Node]
 
     def _low(self, weight: Tensor) -> Tensor:
         raise NotImplementedError
@@ -70,7 +70,6 @@ class RegionOps:
         if isinstance(v, Difference) and v.region is not None:
             assert self._clean is not None
             v = env[node] = Difference(to_full(v.d, v.region, self._clean[1][node]))
-            self._peak = max(self._peak, v.d[0].numel())
         return v
 
     def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
@@ -103,11 +102,12 @@ class RegionOps:
                     and mod.divisor_override is None:
                 k, s = _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size)
                 return self._slide(v, node, k, s, _pair(mod.padding), clean, lambda x: F.avg_pool2d(x, k, s))
-            if type(mod) is nn.AdaptiveAvgPool2d and _pair(mod.output_size) == (1, 1):
+            if type(mod) is nn.AdaptiveAvgPool2d and _is_one(mod.output_size):
                 return self._global_mean(v)
             if type(mod) in (nn.Identity, nn.Dropout, nn.Dropout2d):
                 return v
-            if type(mod) in _POINTWISE_MODULES:
+            if type(mod) in _POINTWISE_MODULES or type(mod) is nn.BatchNorm2d and mod.running_mean is not None:
+                # (batch norm without running statistics normalises by the batch's: not pointwise)
                 return self._pointwise(node, env, clean, v)
             return None
         if node.op == "call_method":
@@ -127,13 +127,15 @@ class RegionOps:
         if fn in _POINTWISE_FUNCTIONS and isinstance(env[args[0]], Difference) and \
                 not any(isinstance(a, fx.Node) for a in args[1:]):
             return self._pointwise(node, env, clean, env[args[0]])
-        if fn is F.adaptive_avg_pool2d and len(args) == 2 and _pair(args[1]) == (1, 1):
+        if fn is F.adaptive_avg_pool2d and len(args) == 2 and _is_one(args[1]):
             return self._global_mean(env[args[0]])
         if node.kwargs:
             return None
         if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
             return self._sum(args, env, -1 if fn in (operator.sub, torch.sub) else 1)
         if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2:
+            if not self._one_varying(args):
+                return None
             a, b = (env[x] if isinstance(x, fx.Node) else x for x in args)
             delta, other = (a, b) if isinstance(a, Difference) else (b, a)
             divides_by_it = fn in (operator.truediv, torch.div) and delta is not a
@@ -190,7 +192,8 @@ class RegionOps:
         other: recorded for :meth:`regions_held`), or of one and a channel-wise constant."""
         p, q = (env[x] if isinstance(x, fx.Node) else x for x in args)
         if isinstance(p, Difference) and isinstance(q, Difference):
-            if p.region is None or q.region is None:
+            # (both of one activation's size and channels: a sum that broadcasts is done at full size)
+            if p.region is None or q.region is None or p.region.full != q.region.full or p.d.shape[1] != q.d.shape[1]:
                 return None
             big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
             assert big.region is not None and small.region is not None
@@ -203,9 +206,19 @@ class RegionOps:
             a, b = (big.d, moved) if big is p else (moved, big.d)
             return Difference(a + sign * b, big.region)
         delta, other = (p, q) if isinstance(p, Difference) else (q, p)
-        if not isinstance(delta, Difference) or not _channelwise(other, delta.d.shape[1]):
+        if not isinstance(delta, Difference) or not self._one_varying(args) or not _channelwise(other, delta.d.shape[1]):
             return None
         return Difference(delta.d if delta is p else sign * delta.d, delta.region)
+
+    def _one_varying(self, args: Any) -> bool:
+        """Whether exactly one of ``args`` is computed from the input (the other is a constant of
+        the model: a value computed from the input, a mask say, is not, whatever its shape)."""
+        return sum(isinstance(a, fx.Node) and a in self.varying for a in args) == 1
+
+
+def _is_one(size: Any) -> bool:
+    """Whether an adaptive pooling's output size is 1x1 (``None`` in it keeps a dimension)."""
+    return size == 1 or isinstance(size, (tuple, list)) and len(size) == 2 and all(v == 1 for v in size)
 
 
 def _pair(value: Any) -> tuple[int, int]:
