@@ -33,7 +33,7 @@ FILLS = ("zero", "mean", "grey", "random")
 
 
 @register_explainer(
-    "occlusion", choices={"fill": ("zero", "mean", "grey", "random"), "precision": PRECISIONS},
+    "occlusion", choices={"fill": FILLS, "precision": PRECISIONS},
     ranges={"patch": "[1, inf)", "stride": "[1, inf)", "batch_size": "[1, inf)"},
 )
 class Occlusion(Explainer):
@@ -226,7 +226,7 @@ class Occlusion(Explainer):
         out = out.to(x.dtype)
         target = resolve(out)
         clean = target.score(self._transform(out))
-        fill = self._fill_values(x)
+        fill = geometry.fill_values(self.fill, self.bounds, self.seed, x)
         per_image = fill.dim() > 0 and fill.shape[0] > 1
 
         # Only (image, position) pairs whose patch differs from the fill change the input.
@@ -270,10 +270,8 @@ class Occlusion(Explainer):
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
             if regions and deltas is not None and k == 1 and len(chunks) > 1:
-                # A copy held on regions needs a fraction of a whole copy's memory: the other
-                # batches hold as many more copies (at most 16 times), bounded as before.
-                # (a quarter of the ratio of the values alive at once: room for the temporaries of the
-                # operations on regions, which hold a few values of the same size each)
+                # Region-held copies keep fewer values alive: later batches hold more, by a quarter of
+                # the ratio (room for the operations' temporaries), at most 16 times.
                 factor = min(16, int(deltas.whole_per_copy() // max(1, 4 * deltas.peak_per_copy())))
                 if factor >= 2:
                     rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
@@ -292,23 +290,6 @@ class Occlusion(Explainer):
         if not self.probabilities:
             return out
         return torch.sigmoid(out) if out.dim() == 4 and out.shape[1] == 1 else torch.softmax(out, dim=1)
-
-    def _fill_values(self, x: Tensor) -> Tensor:
-        """The fill: a 0-dim tensor, or per image ``(B, C, 1, ...)``/``(1, C, *spatial)``."""
-        low, high = self.bounds.like(x)
-        if not isinstance(self.fill, str):
-            return torch.tensor(self.fill, dtype=x.dtype, device=x.device)
-        if self.fill == "zero":
-            return torch.zeros((), dtype=x.dtype, device=x.device)
-        if self.fill == "grey":
-            return torch.as_tensor((low + high) / 2, dtype=x.dtype, device=x.device)
-        if self.fill == "mean":
-            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-        # One random image shared by the batch, so a sample's map does not depend on its batch.
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        noise = torch.rand((1, *x.shape[1:]), generator=gen, dtype=torch.float64)
-        low, high = self.bounds.like(noise)
-        return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
 
 
 def _copy_in_layout(x: Tensor, channels_last: bool) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
 from salmap.explain.occlusion_region_ops import Difference, RegionOps
 from salmap.explain.occlusion_regions import Region
 
@@ -149,7 +150,7 @@ class Deltas(RegionOps):
             if node.op == "placeholder":
                 env[node] = start
             elif node.op == "output":
-                return _map(node.args[0], full)
+                return map_nodes(node.args[0], full)
             elif node not in self.varying:
                 env[node] = clean[node]
             elif (r := self._regional(node, env, clean)) is not None:
@@ -248,9 +249,6 @@ class Deltas(RegionOps):
             self._weights[key] = weight.to(self.dtype)
         return self._weights[key]
 
-    def _inplace(self, node: fx.Node) -> bool:
-        return _writes_into_input(node, self.modules)
-
     @property
     def exact(self) -> bool:
         """Whether the graph's arithmetic can be replayed on differences: ``False`` when an
@@ -258,59 +256,11 @@ class Deltas(RegionOps):
         mutation is part of what the model computes, and the graph does not show it)."""
         order = {node: i for i, node in enumerate(self.graph.graph.nodes)}
         for node in self.graph.graph.nodes:
-            if _writes_into_input(node, self.modules) and node.args and isinstance(node.args[0], fx.Node):
+            if writes_into_input(node, self.modules) and node.args and isinstance(node.args[0], fx.Node):
                 if any(order[user] > order[node] for user in node.args[0].users if user is not node):
                     return False
         return True
 
     def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
-        args = _map(node.args, value)
-        kwargs = _map(node.kwargs, value)
-        if self._inplace(node):
-            # an in-place operation would overwrite a value kept for later nodes (the clean pass
-            # keeps every node's value): it works on a copy
-            args, kwargs = _map_tensors(args, torch.clone), _map_tensors(kwargs, torch.clone)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)  # type: ignore[index]
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)  # type: ignore[operator]
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)  # type: ignore[arg-type]
-        if node.op == "get_attr":
-            return _attr(self.graph, node.target)  # type: ignore[arg-type]
-        raise ValueError(f"unexpected graph node {node.op}")  # pragma: no cover
-
-
-def _writes_into_input(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` may write into its first input: a module or function called with
-    ``inplace=True`` (also positionally, as in ``F.relu(x, True)``), a method or function whose
-    name ends in ``_`` (``x.relu_()``, ``torch.relu_``) or an augmented assignment operator."""
-    if node.op == "call_module":
-        return getattr(modules[str(node.target)], "inplace", False) is True
-    if node.op == "call_method":
-        return str(node.target).endswith("_")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return (node.target in _INPLACE_OPERATORS or name.endswith("_") or node.kwargs.get("inplace") is True
-                or any(a is True for a in node.args[1:]))
-    return False
-
-
-_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
-                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
-                      operator.ilshift, operator.irshift, operator.imatmul}
-
-
-def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    return fx.node.map_aggregate(value, lambda v: fn(v) if isinstance(v, Tensor) else v)
-
-
-def _attr(module: nn.Module, target: str) -> Any:
-    obj: Any = module
-    for name in target.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
-def _map(value: Any, fn: Callable[[fx.Node], Any]) -> Any:
-    return fx.node.map_aggregate(value, lambda v: fn(v) if isinstance(v, fx.Node) else v)
+        # (an in-place operation works on copies: the clean pass keeps every node's value)
+        return call_node(node, value, self.graph, self.modules)

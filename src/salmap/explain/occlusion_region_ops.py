@@ -57,12 +57,8 @@ class RegionOps:
     _clean: tuple[int, dict[fx.Node, Any]] | None
     _held: Tensor | None
     varying: set[fx.Node]
-
-    def _low(self, weight: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
-        raise NotImplementedError
+    _low: Callable[[Tensor], Tensor]  # the weight in the low dtype
+    _call: Callable[[fx.Node, Callable[[fx.Node], Any]], Any]  # the node on given input values
 
     def _expanded(self, env: dict[fx.Node, Any], node: fx.Node) -> Any:
         """``env[node]``, a region-held difference first written out at full size (and kept so)."""

@@ -1,5 +1,6 @@
 """The geometry of occlusion (:class:`salmap.explain.occlusion.Occlusion`): patch sizes per
-dimension, the sliding windows as 0/1 matrices, the patch masks, and the batches of occluded copies."""
+dimension, the sliding windows as 0/1 matrices, the patch masks, the batches of occluded copies,
+and the fill the patches hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["chunks", "patch_masks", "per_dim", "sizes", "through_windows", "windows"]
+from salmap._validate import Bounds
+
+__all__ = ["chunks", "fill_values", "patch_masks", "per_dim", "sizes", "through_windows", "windows"]
 
 
 def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
@@ -84,3 +87,22 @@ def patch_masks(pos: Tensor, windows: list[Tensor], grid: tuple[int, ...]) -> Te
         rows = windows[d][index[d]].bool()
         mask = mask.unsqueeze(-1) & rows.view(rows.shape[0], *([1] * d), rows.shape[1])
     return mask
+
+
+def fill_values(fill: str | float, bounds: Bounds, seed: int, x: Tensor) -> Tensor:
+    """What replaces a patch of ``x``: a 0-dim tensor (``"zero"``, ``"grey"``, a number), per image
+    ``(B, C, 1, ...)`` (``"mean"``) or ``(1, C, *spatial)`` (``"random"``)."""
+    low, high = bounds.like(x)
+    if not isinstance(fill, str):
+        return torch.tensor(fill, dtype=x.dtype, device=x.device)
+    if fill == "zero":
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    if fill == "grey":
+        return torch.as_tensor((low + high) / 2, dtype=x.dtype, device=x.device)
+    if fill == "mean":
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    # One random image shared by the batch, so a sample's map does not depend on its batch.
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.rand((1, *x.shape[1:]), generator=gen, dtype=torch.float64)
+    low, high = bounds.like(noise)
+    return (low + (high - low) * noise).to(device=x.device, dtype=x.dtype)
