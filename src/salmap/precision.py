@@ -76,6 +76,8 @@ def prefers_channels_last(x: Tensor) -> bool:
             and x.shape[2] * x.shape[3] >= CPU_CHANNELS_LAST_PIXELS)
 
 
-def in_layout(x: Tensor, channels_last: bool) -> Tensor:
-    """``x`` in the channels-last layout when ``channels_last``, else unchanged."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def in_layout(x: Tensor, channels_last: bool, copy: bool = False) -> Tensor:
+    """``x`` in the channels-last layout when ``channels_last``, else unchanged; ``copy``: always a
+    new tensor (for a model that may write into its input)."""
+    out = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return out.clone() if copy and out is x else out

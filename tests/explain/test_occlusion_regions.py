@@ -11,11 +11,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import salmap.explain.occlusion_deltas as deltas_module
 import salmap.explain.occlusion_region_ops as region_ops
 from salmap.explain import Occlusion
-from salmap.explain.occlusion_regions import Region, crop, recrop, to_full, window_input, window_of
+from salmap.explain.occlusion_regions import (
+    Region,
+    crop,
+    cut,
+    recrop,
+    to_full,
+    window_input,
+    window_of,
+)
 
 
 class Block(nn.Module):
@@ -217,7 +226,7 @@ def test_crop_and_to_full_against_indexing():
 @pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (7, 2, 3), (3, 2, 1), (1, 2, 0), (2, 2, 0), (4, 3, 2),
                                                      (5, 1, 0), (3, 3, 0), (1, 1, 0), (6, 2, 1), (5, 3, 3)])
 def test_a_sliding_window_on_a_region_equals_the_full_convolution(kernel, stride, padding):
-    """window_of's region and window_input's zero-framed cut-out (no mask) against the convolution
+    """window_of's region and window_input's cut-out (one gather) against the convolution
     of the whole activation, at random regions of every size, at the borders too."""
     weight = torch.randn(2, 3, kernel, kernel, dtype=torch.float64)
     gen = torch.Generator().manual_seed(kernel * 10 + stride)
@@ -235,7 +244,7 @@ def test_a_sliding_window_on_a_region_equals_the_full_convolution(kernel, stride
             want = F.conv2d(to_full(d, region), weight, None, stride, padding)
             out_region, reads, size = window_of(region, (kernel, kernel), (stride, stride), (padding, padding),
                                                 out_full)
-            cut_out = window_input(d, region, reads, size, (kernel, kernel), (stride, stride), (padding, padding))
+            cut_out = window_input(d, region, reads, size)
             assert torch.equal(cut_out, crop(d, reads - region.starts, size, fill=0.0))
             got = F.conv2d(cut_out, weight, None, stride)
             assert got.shape[-2:] == out_region.size
@@ -275,9 +284,9 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
     sizes: list[int] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: object, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> object:
+    def spy(self: object, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
         sizes.append(patches.shape[0])
-        return original(self, image, key, patches, starts)  # type: ignore[arg-type]
+        return original(self, image, key, patches, region)  # type: ignore[arg-type]
 
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
@@ -447,9 +456,9 @@ def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypat
     peaks: list[tuple[int, int, int]] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> object:
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
         self._counted, self._peak = False, 0  # count every batch
-        out = original(self, image, key, patches, starts)
+        out = original(self, image, key, patches, region)
         peaks.append((patches.shape[0], self.peak_per_copy(), self.whole_per_copy()))
         return out
 
@@ -460,3 +469,64 @@ def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypat
     assert max(b for b, _, _ in peaks) > 20
     for batch, peak, whole in peaks:
         assert 4 * batch * peak <= 20 * whole * 1.05
+
+
+class OpNames(TorchDispatchMode):
+    """The names of the operators dispatched inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_repeated_batch_layout_does_its_index_arithmetic_once(monkeypatch: pytest.MonkeyPatch):
+    """Every image's batch holds the same patch positions: the regions' index arithmetic (aranges,
+    clamps, the gathers' plans) is done for the first only; later batches dispatch the arithmetic
+    on the values alone. An image whose layout differs (patches equal to the fill are skipped)
+    gets its own. The maps stay those of the whole copies."""
+    calls: list[list[str]] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+        with OpNames() as names:
+            out = original(self, image, key, patches, region)
+        calls.append(names.names)
+        return out
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(11), dtype=torch.float64) + 0.1
+    x[3, :, :8, :8] = 0.0  # the first patch of the last image equals the fill: a layout of its own
+    target = torch.tensor([0, 1, 2, 3])
+    got = maps(model, x, target, patch=4, stride=4)
+    assert len(calls) == 4
+    index_arithmetic = {"arange", "clamp", "div", "stack", "index_select", "masked_fill_", "index_copy_"}
+    first, later = calls[0], calls[1:3]
+    assert {"arange", "clamp", "div"} <= set(first)
+    for names in later:
+        assert not {"arange", "div", "stack"} & set(names)  # (a clamp of values remains: ReLU's rule)
+        assert len(names) < 0.6 * len(first)
+    assert {"arange", "clamp"} <= set(calls[3])  # (a new layout)
+    assert index_arithmetic & set(later[0])  # (the gathers themselves remain)
+    torch.testing.assert_close(got, maps(model, x, target, patch=4, stride=4, fold_batchnorm=False),
+                               rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cut_and_to_full_in_either_layout(layout: torch.memory_format):
+    gen = torch.Generator().manual_seed(12)
+    t = torch.randn(1, 5, 9, 11, dtype=torch.float64, generator=gen).contiguous(memory_format=layout)
+    region = Region(torch.tensor([[0, 0], [6, 8], [2, 3]]), (3, 3), (9, 11))
+    out = cut(t, region)
+    for b, (r, c) in enumerate(region.starts.tolist()):
+        assert torch.equal(out[b], t[0, :, r : r + 3, c : c + 3])
+    full = to_full(out, region, like=t)
+    assert full.is_contiguous(memory_format=layout)
+    for b, (r, c) in enumerate(region.starts.tolist()):
+        want = torch.zeros_like(t[0])
+        want[:, r : r + 3, c : c + 3] = t[0, :, r : r + 3, c : c + 3]
+        assert torch.equal(full[b], want)

@@ -118,14 +118,12 @@ class Attack(ABC):
                     x_adv, iterations = self._run(x0, labels, targeted, clean, first=first)  # type: ignore[call-arg]
                 del first
             x_adv = x_adv.detach() if self._run_clamps() else self.bounds.clamp(x_adv.detach())
-        if not check_now:
-            check_finite_outputs(clean, "clean")
         steps: Tensor | Callable[[], Tensor]
         if isinstance(iterations, int):  # every sample took as many: the tensor is made when read
             steps = _filled(x.shape[0], iterations, x.device)
         else:
             steps = iterations.to(device=x.device, dtype=torch.long)
-        return AttackResult(
+        result = AttackResult(
             x_adv=x_adv,
             success=None,
             l0=None,  # with l2 and linf: computed when first read, from x0 and x_adv
@@ -140,6 +138,10 @@ class Attack(ABC):
             measure=self._measure(x0, x_adv, labels, targeted, clean, _state_version(self.model, modules)),
             clean_input=x0,
         )
+        if not check_now:
+            # the call's one read of the device, last: the host's work above overlaps the device's
+            check_finite_outputs(clean, "clean")
+        return result
 
     def _measure(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor,

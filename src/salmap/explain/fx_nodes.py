@@ -13,12 +13,13 @@ from torch import Tensor, fx, nn
 
 
 def call_node(node: fx.Node, value: Callable[[fx.Node], Any], graph: fx.GraphModule,
-              modules: dict[str, nn.Module]) -> Any:
+              modules: dict[str, nn.Module], fresh: bool = False) -> Any:
     """``node`` computed on ``value(input)`` for each input node. An operation that writes into its
-    input (:func:`writes_into_input`) works on copies of the values, which stay as they were."""
+    input (:func:`writes_into_input`) works on copies of the values, which stay as they were,
+    unless they are ``fresh`` (temporaries of the caller's, written into as they are)."""
     args = map_nodes(node.args, value)
     kwargs = map_nodes(node.kwargs, value)
-    if writes_into_input(node, modules):
+    if not fresh and writes_into_input(node, modules):
         args, kwargs = _map_tensors(args, torch.clone), _map_tensors(kwargs, torch.clone)
     if node.op == "call_module":
         return modules[node.target](*args, **kwargs)  # type: ignore[index]

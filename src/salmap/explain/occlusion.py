@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -12,7 +13,7 @@ from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
 from salmap.explain import occlusion_windows as geometry
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
-from salmap.explain.occlusion_regions import crop
+from salmap.explain.occlusion_regions import cut
 from salmap.explain.targets import Target
 from salmap.folding import trace
 from salmap.gradients import Model, forward, predict
@@ -55,10 +56,10 @@ class Occlusion(Explainer):
     mixed), so memory stays bounded by one batch of copies. Copies held on regions (below) need
     a fraction of a whole copy's memory: after the first batch, the batches hold more copies, a
     quarter of the ratio of the values a whole copy and a region-held one keep alive at once (at
-    most 16 times; on a resnet18 at 224x224 with 16x16 patches and ``batch_size=16``, 4 times, and
-    the call's peak memory was 1.1 times that of the model's own arithmetic on whole copies). Copies that equal the input
-    (the patch already holds the fill, e.g. zero-filling black background) are not
-    evaluated: their drop is 0 by definition.
+    most 16 times; on a resnet18 at 224x224 with 16x16 patches and ``batch_size=16``, 4 times,
+    and the call's peak memory was 1.1 times that of the model's own arithmetic on whole
+    copies). Copies that equal the input (the patch already holds the fill, e.g. zero-filling
+    black background) are not evaluated: their drop is 0 by definition.
 
     Same maps as ``captum.attr.Occlusion``: with ``sliding_window_shapes=(C, *patch)``,
     ``strides=(1, *stride)`` and ``baselines`` set to the same fill, captum also divides
@@ -109,15 +110,17 @@ class Occlusion(Explainer):
     Regions: an occluded copy differs from its image in one patch, so its activations differ
     only in the patch's cone, which a convolution or pooling widens by its kernel and narrows by
     its stride. For 2-D images, a traceable model and ``fold_batchnorm`` (or a 16-bit
-    ``precision``), each copy is computed as its image's clean activations plus differences held
-    on that cone (:mod:`salmap.explain.occlusion_regions`) while it is a small part of the
-    activation: convolutions (no dilation, zero padding), max and average pooling, pointwise
-    operations, batch norm and residual sums run on the region; anything else, and every layer
-    once the region covers most of its activation, on the whole activation. Same function,
-    different rounding (float32 maps within about 1e-6 of the model's on a ResNet-18); on a
-    ResNet-18 at 224x224 with 16x16 patches the stem and layer1 run on 1-7% of their
-    activations, layer2 on 8-29%, the first convolution of layer3 on 41%. A sum of two regions neither of which holds the other is detected (one read
-    of the device per call) and the call is computed again at full size.
+    ``precision``), each copy is its image's clean activations plus differences held on that
+    cone (:mod:`salmap.explain.occlusion_regions`) while it is a small part of the activation:
+    convolutions (no dilation, zero padding), max and average pooling, pointwise operations,
+    batch norm and residual sums run on the region; anything else, and every layer once the
+    region covers most of its activation, on the whole activation. Same function, different
+    rounding (float32 maps within about 1e-6 of the model's on a ResNet-18); on a ResNet-18 at
+    224x224 with 16x16 patches the stem and layer1 run on 1-7% of their activations, layer2 on
+    8-29%, the first convolution of layer3 on 41%. The index arithmetic of the regions is done
+    once per batch layout (the patch positions a batch holds: the same for every image whose
+    patches all differ from the fill). A sum of two regions neither of which holds the other is
+    detected (one read of the device per call) and the call is computed again at full size.
 
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
     with repeats) and cuDNN picks its fastest algorithms for that shape (``cudnn.benchmark``
@@ -215,7 +218,7 @@ class Occlusion(Explainer):
         channels_last = prefers_channels_last(x)
         try:
             with torch.no_grad(), autocast(precision, x.device):
-                out = predict(model, _copy_in_layout(x, channels_last), self.batch_size)
+                out = predict(model, in_layout(x, channels_last, copy=True), self.batch_size)
         except RuntimeError:
             if not channels_last:
                 raise
@@ -233,6 +236,7 @@ class Occlusion(Explainer):
         differs = (x != fill).any(dim=1).to(x.dtype)
         changed = geometry.through_windows(differs, windows, transpose=True) > 0
         pairs = changed.flatten(1).nonzero()
+        positions = pairs[:, 1].cpu().numpy() if regions else None  # (they name the batch layouts)
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
         chunks = geometry.chunks(pairs[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
         # On CUDA one batch shape for every pass: cuDNN tunes it once (short batches are padded).
@@ -250,12 +254,15 @@ class Occlusion(Explainer):
             if fixed and real < width:
                 chunk = torch.cat([chunk, chunk[-1:].expand(width - real, -1)])
             image, pos = chunk.unbind(1)
-            if regions and deltas is not None:
-                starts = torch.stack([firsts[0][pos // grid[1]], firsts[1][pos % grid[1]]], 1)
+            if regions and deltas is not None and positions is not None:
+                # the patches' region, and the index arithmetic kept on it, once per batch layout
+                layout = (real, chunk.shape[0], positions[lo:hi].tobytes())
+                starts = partial(geometry.patch_starts, firsts, pos, grid[1])
+                region = deltas.patch_region(layout, starts, (patch[0], patch[1]), (x.shape[-2], x.shape[-1]))
                 change = (fill[i : i + 1] if per_image else fill) - x[i : i + 1]
-                patches = crop(change.expand(1, *x.shape[1:]), starts, (patch[0], patch[1]))
+                patches = cut(change.expand(1, *x.shape[1:]), region)
                 with torch.inference_mode():
-                    out = logits_of(deltas.on_patches(in_layout(x[i : i + 1], channels_last), i, patches, starts))
+                    out = logits_of(deltas.on_patches(in_layout(x[i : i + 1], channels_last), i, patches, region))
             else:
                 mask = geometry.patch_masks(pos, windows, grid)
                 copies = in_layout(torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image]),
@@ -291,9 +298,3 @@ class Occlusion(Explainer):
             return out
         return torch.sigmoid(out) if out.dim() == 4 and out.shape[1] == 1 else torch.softmax(out, dim=1)
 
-
-def _copy_in_layout(x: Tensor, channels_last: bool) -> Tensor:
-    """``x`` in the layout, always a new tensor: the copies are built from ``x`` after the clean
-    pass, and a model that writes into its input must not change it."""
-    out = in_layout(x, channels_last)
-    return out.clone() if out is x else out

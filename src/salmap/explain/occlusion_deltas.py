@@ -20,7 +20,7 @@ the convolutions and poolings of the first layers then run on a small part of th
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ from torch import Tensor, fx, nn
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
 from salmap.explain.occlusion_region_ops import Difference, RegionOps
 from salmap.explain.occlusion_regions import Region
+
+#: the batch layouts whose patch regions (and the index arithmetic kept on them) are kept
+LAYOUTS_KEPT = 4
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
@@ -57,7 +60,8 @@ class Deltas(RegionOps):
         self.modules = dict(graph.named_modules())
         self._weights: dict[int, Tensor] = {}
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
-        self._held: Tensor | None = None  # all region sums so far kept both regions (device bool)
+        self._held: dict[int, Tensor] = {}  # whether each region sum so far kept both regions (device bools)
+        self._layouts: dict[Hashable, Region] = {}  # the patches' regions of the latest batch layouts
         self._counted = False
         self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
         # only nodes computed from the input carry differences; the rest are constants
@@ -95,11 +99,24 @@ class Deltas(RegionOps):
         for the cache of its clean values), in the input's dtype."""
         return self._run(image, key, Difference((copies - image).to(self.dtype)))
 
-    def on_patches(self, image: Tensor, key: int, patches: Tensor, starts: Tensor) -> Any:
+    def patch_region(self, layout: Hashable, starts: Callable[[], Tensor], size: tuple[int, int],
+                     full: tuple[int, int]) -> Region:
+        """The region of a batch's patches of ``size``, starting at ``starts()`` ``(B, 2)`` in an image
+        of spatial size ``full``: the same object for a batch ``layout`` seen lately (a key naming
+        the patch positions), so that the index arithmetic kept on it and on the regions derived
+        from it is done once per layout, not per batch."""
+        region = self._layouts.pop(layout, None)
+        if region is None:
+            region = Region(starts(), size, full)
+            if len(self._layouts) >= LAYOUTS_KEPT:
+                self._layouts.pop(next(iter(self._layouts)))
+        self._layouts[layout] = region  # (the latest last)
+        return region
+
+    def on_patches(self, image: Tensor, key: int, patches: Tensor, region: Region) -> Any:
         """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in
-        one patch each: ``patches`` ``(B, C, h, w)`` are the differences, ``starts`` ``(B, 2)`` where
-        they begin. Read :meth:`regions_held` once the copies are done."""
-        region = Region(starts, (patches.shape[-2], patches.shape[-1]), (image.shape[-2], image.shape[-1]))
+        one patch each: ``patches`` ``(B, C, h, w)`` are the differences, on ``region``
+        (:meth:`patch_region`). Read :meth:`regions_held` once the copies are done."""
         return self._run(image, key, Difference(patches.to(self.dtype), region))
 
     def peak_per_copy(self) -> int:
@@ -129,8 +146,8 @@ class Deltas(RegionOps):
         """Whether every sum of two region-held differences so far had one region inside the other
         (else the sum lost part of one, and the outputs must be computed again without regions).
         One read of the device; resets the record."""
-        held = self._held is None or bool(self._held)
-        self._held = None
+        held = not self._held or bool(torch.stack(list(self._held.values())).all())
+        self._held = {}
         return held
 
     @torch.no_grad()
@@ -209,7 +226,10 @@ class Deltas(RegionOps):
         if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
             sign = -1 if fn in (operator.sub, torch.sub) else 1
             p, q = (x.d if isinstance(x, Difference) else None for x in args)
-            diff: Tensor = p + sign * q if p is not None and q is not None else (p if p is not None else sign * q)  # type: ignore[operator, assignment]
+            if p is not None and q is not None:
+                diff = p + q if sign > 0 else p - q
+            else:
+                diff = p if p is not None else (q if sign > 0 else -q)  # type: ignore[assignment, operator]
             other = [x for x in args if isinstance(x, Tensor)]  # a constant tensor may broadcast the result
             shape = torch.broadcast_shapes(diff.shape, *(o.shape for o in other)) if other else diff.shape
             return diff.expand(shape) if shape != diff.shape else diff
@@ -261,6 +281,7 @@ class Deltas(RegionOps):
                     return False
         return True
 
-    def _call(self, node: fx.Node, value: Callable[[fx.Node], Any]) -> Any:
-        # (an in-place operation works on copies: the clean pass keeps every node's value)
-        return call_node(node, value, self.graph, self.modules)
+    def _call(self, node: fx.Node, value: Callable[[fx.Node], Any], fresh: bool = False) -> Any:
+        # (an in-place operation works on copies, unless they are fresh: the clean pass keeps every
+        # node's value)
+        return call_node(node, value, self.graph, self.modules, fresh)

@@ -20,6 +20,7 @@ from torch import Tensor, fx, nn
 from salmap.explain.occlusion_regions import (
     Region,
     crop,
+    crop_plan,
     cut,
     recrop,
     to_full,
@@ -55,10 +56,10 @@ class RegionOps:
     modules: dict[str, nn.Module]
     dtype: torch.dtype
     _clean: tuple[int, dict[fx.Node, Any]] | None
-    _held: Tensor | None
+    _held: dict[int, Tensor]
     varying: set[fx.Node]
     _low: Callable[[Tensor], Tensor]  # the weight in the low dtype
-    _call: Callable[[fx.Node, Callable[[fx.Node], Any]], Any]  # the node on given input values
+    _call: Callable[..., Any]  # the node on given input values (call_node's node, value, fresh)
 
     def _expanded(self, env: dict[fx.Node, Any], node: fx.Node) -> Any:
         """``env[node]``, a region-held difference first written out at full size (and kept so)."""
@@ -152,11 +153,13 @@ class RegionOps:
         out_full = tuple(clean[node].shape[-2:])
         kernel, stride, padding = _pair(kernel), _pair(stride), _pair(padding)
         region, reads, size = window_of(v.region, kernel, stride, padding, out_full)
-        d = window_input(v.d, v.region, reads, size, kernel, stride, padding)
+        d = window_input(v.d, v.region, reads, size)
         if values is None:
             out = op(d)
         else:  # the padding of a max pooling is -inf
-            whole = crop(values, reads, size, fill=-math.inf) + d.to(values.dtype)
+            plan = v.region.memo(("crop", size), lambda: crop_plan(reads, size, values.shape[-2], values.shape[-1], False),
+                                 anchor=reads)
+            whole = crop(values, reads, size, -math.inf, plan) + d.to(values.dtype)
             out = (op(whole) - cut(clean[node], region)).to(self.dtype)
         return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
 
@@ -168,10 +171,15 @@ class RegionOps:
         c = clean[source]
         if not isinstance(c, Tensor) or c.dim() != 4:
             return None
-        whole = cut(c, region) + v.d.to(c.dtype)
+        # g(c) on the region is computed again rather than cut out of the clean output: a pointwise
+        # operation costs less than a gather, and both terms then come from the same arithmetic
+        # (the two inputs are temporaries: an in-place g may write into them)
+        base = cut(c, region)
+        whole = base + v.d.to(c.dtype)
         with torch.autocast(whole.device.type, enabled=False):
-            out = self._call(node, lambda n: whole if n is source else env[n])
-        return Difference((out - cut(clean[node], region)).to(self.dtype), region)
+            out = self._call(node, lambda n: whole if n is source else env[n], True)
+            out = out - self._call(node, lambda n: base if n is source else env[n], True)
+        return Difference(out.to(self.dtype), region)
 
     def _global_mean(self, v: Any) -> Difference | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
@@ -194,17 +202,18 @@ class RegionOps:
             big, small = (p, q) if math.prod(p.region.size) >= math.prod(q.region.size) else (q, p)
             assert big.region is not None and small.region is not None
             outer, inner = big.region, small.region
-            inside = ((outer.starts <= inner.starts).all()
-                      & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
-                      & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all())
-            self._held = inside if self._held is None else self._held & inside
+            inside = outer.memo("holds", lambda: (
+                (outer.starts <= inner.starts).all()
+                & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
+                & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all()), anchor=inner)
+            self._held[id(inside)] = inside  # (read once, by regions_held)
             moved = recrop(small.d, small.region, big.region)
             a, b = (big.d, moved) if big is p else (moved, big.d)
-            return Difference(a + sign * b, big.region)
+            return Difference(a + b if sign > 0 else a - b, big.region)
         delta, other = (p, q) if isinstance(p, Difference) else (q, p)
         if not isinstance(delta, Difference) or not self._one_varying(args) or not _channelwise(other, delta.d.shape[1]):
             return None
-        return Difference(delta.d if delta is p else sign * delta.d, delta.region)
+        return Difference(delta.d if delta is p or sign > 0 else -delta.d, delta.region)
 
     def _one_varying(self, args: Any) -> bool:
         """Whether exactly one of ``args`` is computed from the input (the other is a constant of

@@ -18,7 +18,9 @@ padding value there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,51 +29,116 @@ from torch import Tensor
 FULL_FRACTION = 0.6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Region:
     """``starts`` ``(B, 2)`` (first row and column, per copy) and ``size`` ``(h, w)`` of a region
-    of an activation of spatial size ``full`` ``(H, W)``."""
+    of an activation of spatial size ``full`` ``(H, W)``.
+
+    Everything computed from ``starts`` alone (the index tensors of the cut-outs, the regions of
+    the next layers) is kept on the region (:meth:`memo`): a batch layout that repeats (the same
+    patch positions for every image) reuses it, and its batches launch only the arithmetic on
+    the values."""
 
     starts: Tensor
     size: tuple[int, int]
     full: tuple[int, int]
-    _grid: list[tuple[Tensor, Tensor]] = field(default_factory=list, compare=False, repr=False)
+    _memo: dict[Any, tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     def worth_keeping(self) -> bool:
         h, w = self.size
         return h * w <= FULL_FRACTION * self.full[0] * self.full[1]
 
+    def memo(self, key: Any, make: Callable[[], Any], anchor: object = None) -> Any:
+        """``make()``, computed once per ``key`` for this region; ``anchor``: an object the result
+        depends on too (a tensor of positions, another region), named by identity and kept alive
+        with the result."""
+        k = key if anchor is None else (key, id(anchor))
+        hit = self._memo.get(k)
+        if hit is None or hit[0] is not anchor:
+            hit = self._memo[k] = (anchor, make())
+        return hit[1]
+
     def grid(self) -> tuple[Tensor, Tensor]:
-        """The rows ``(B, h, 1)`` and columns ``(B, 1, w)`` of the region, per copy (computed once)."""
-        if not self._grid:
+        """The rows ``(B, h, 1)`` and columns ``(B, 1, w)`` of the region, per copy."""
+
+        def make() -> tuple[Tensor, Tensor]:
             device = self.starts.device
             rows = self.starts[:, 0, None] + torch.arange(self.size[0], device=device)
             cols = self.starts[:, 1, None] + torch.arange(self.size[1], device=device)
-            self._grid.append((rows[:, :, None], cols[:, None, :]))
-        return self._grid[0]
+            return rows[:, :, None], cols[:, None, :]
+
+        return self.memo("grid", make)  # type: ignore[no-any-return]
+
+    def copies(self) -> Tensor:
+        """``arange(B)`` as ``(B, 1, 1)``: the copy index of a gather per copy."""
+        return self.memo("copies", lambda: torch.arange(self.starts.shape[0], device=self.starts.device)[:, None, None])  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Gather:
+    """Where each element of a cut-out ``(B, h, w)`` comes from in a source ``(N, C, H, W)``: the row
+    ``index`` ``(B*h*w,)`` of the source's channels-last rows ``(N*H*W, C)`` (clamped into it), and
+    ``outside`` ``(B*h*w, 1)``, where the element falls outside the source (``None``: nowhere).
+    One ``index_select`` applies it (:meth:`take`); the plan is kept per region and layout."""
+
+    index: Tensor
+    outside: Tensor | None
+    shape: tuple[int, int, int]
+
+    @staticmethod
+    def plan(rows: Tensor, cols: Tensor, height: int, width: int, per_copy: bool, may_leave: bool = True) -> Gather:
+        """From rows ``(B, h)`` and columns ``(B, w)`` of a source of ``height`` x ``width`` (one image
+        shared by the copies, or ``per_copy``); ``may_leave``: whether some may fall outside it
+        (checked once, with one read of the device)."""
+        b = rows.shape[0]
+        index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
+        if per_copy:
+            index = index + (torch.arange(b, device=rows.device) * (height * width))[:, None, None]
+        outside = None
+        if may_leave:
+            inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+            outside = None if bool(inside.all()) else ~inside.reshape(-1, 1)
+        return Gather(index.reshape(-1), outside, (b, rows.shape[1], cols.shape[1]))
+
+    def take(self, t: Tensor, fill: float = 0.0) -> Tensor:
+        """The cut-out of ``t`` ``(N, C, H, W)``, ``(B, C, h, w)`` in the channels-last layout, ``fill``
+        outside ``t``."""
+        c = t.shape[1]
+        out = t.permute(0, 2, 3, 1).reshape(-1, c).index_select(0, self.index)  # (a view of channels-last t)
+        if self.outside is not None:
+            out.masked_fill_(self.outside, fill)
+        return out.view(*self.shape, c).permute(0, 3, 1, 2)
+
+
+def _span(starts: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The rows ``(B, h)`` and columns ``(B, w)`` from ``starts`` ``(B, 2)`` on."""
+    arange = torch.arange(max(size), device=starts.device)
+    return starts[:, 0, None] + arange[: size[0]], starts[:, 1, None] + arange[: size[1]]
 
 
 def cut(t: Tensor, region: Region) -> Tensor:
     """The ``region`` of the one-image activation ``t`` ``(1, C, H, W)``, per copy: ``(B, C, h, w)``."""
-    rows, cols = region.grid()
-    return t[0].permute(1, 2, 0)[rows, cols].permute(0, 3, 1, 2)
+    height, width = t.shape[-2:]
+    plan = region.memo(("cut", height, width),
+                       lambda: Gather.plan(*_span(region.starts, region.size), height, width, False, False))
+    return plan.take(t)  # type: ignore[no-any-return]
 
 
-def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = None) -> Tensor:
+def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = None,
+         plan: Gather | None = None) -> Tensor:
     """``out[b, :, i, j] = t[b or 0, :, starts[b, 0] + i, starts[b, 1] + j]``, ``(B, C, h, w)`` in the
     channels-last layout; where that falls outside ``t`` it is ``fill`` (``None``: the caller
-    knows it never does). ``t`` holds one image (shared) or one per row of ``starts``."""
-    height, width = t.shape[-2:]
-    rows = starts[:, 0, None] + torch.arange(size[0], device=t.device)
-    cols = starts[:, 1, None] + torch.arange(size[1], device=t.device)
-    r, c = rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
-    last = t.permute(0, 2, 3, 1)
-    out = (last[0][r, c] if t.shape[0] == 1 else last[torch.arange(t.shape[0], device=t.device)[:, None, None], r, c])
-    out = out.permute(0, 3, 1, 2)
-    if fill is None:
-        return out
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    return out.masked_fill(~inside[:, None], fill)
+    knows it never does). ``t`` holds one image (shared) or one per row of ``starts``.
+    ``plan``: :func:`crop_plan` of these arguments, when the caller keeps it."""
+    if plan is None:
+        plan = crop_plan(starts, size, t.shape[-2], t.shape[-1], t.shape[0] > 1, fill is not None)
+    return plan.take(t, 0.0 if fill is None else fill)
+
+
+def crop_plan(starts: Tensor, size: tuple[int, int], height: int, width: int, per_copy: bool,
+              may_leave: bool = True) -> Gather:
+    """:func:`crop`'s gather."""
+    return Gather.plan(*_span(starts, size), height, width, per_copy, may_leave)
 
 
 def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
@@ -79,53 +146,46 @@ def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
     layout of ``like``, the clean activation, so that the model's ``.view`` calls work on it;
     channels-last without it)."""
     b, c = d.shape[:2]
-    layout = torch.contiguous_format if like is not None and like.is_contiguous() else torch.channels_last
-    out = torch.empty((b, c, *region.full), dtype=d.dtype, device=d.device, memory_format=layout).zero_()
-    rows, cols = region.grid()
-    out.permute(0, 2, 3, 1)[torch.arange(b, device=d.device)[:, None, None], rows, cols] = d.permute(0, 2, 3, 1)
+    height, width = region.full
+    if like is not None and like.is_contiguous():
+        out = d.new_zeros((b, c, height, width))
+        rows, cols = region.grid()
+        out.permute(0, 2, 3, 1)[region.copies(), rows, cols] = d.permute(0, 2, 3, 1)
+        return out
+    out = torch.empty((b, c, height, width), dtype=d.dtype, device=d.device, memory_format=torch.channels_last)
+    plan = region.memo(("full", height, width),
+                       lambda: Gather.plan(*_span(region.starts, region.size), height, width, True, False))
+    out.zero_().permute(0, 2, 3, 1).view(-1, c).index_copy_(0, plan.index, d.permute(0, 2, 3, 1).reshape(-1, c))
     return out
-
-
-def shift(d: Tensor, offsets: Tensor, size: tuple[int, int], margins: tuple[int, int, int, int]) -> Tensor:
-    """``out[b, :, i, j] = d[b, :, offsets[b, 0] + i, offsets[b, 1] + j]``, zero outside ``d``: what
-    :func:`crop` with ``fill=0`` gives, in fewer operations, for offsets known to stay within
-    ``margins`` (rows before, rows after, columns before, columns after ``d``): ``d`` is copied
-    into a zero frame that wide (channels last) and cut out by one gather, no mask."""
-    b, c, h, w = d.shape
-    top, bottom, left, right = margins
-    frame = d.new_zeros((b, h + top + bottom, w + left + right, c))
-    frame[:, top : top + h, left : left + w] = d.permute(0, 2, 3, 1)
-    rows = (offsets[:, 0, None] + torch.arange(top, top + size[0], device=d.device)).clamp(0, h + top + bottom - 1)
-    cols = (offsets[:, 1, None] + torch.arange(left, left + size[1], device=d.device)).clamp(0, w + left + right - 1)
-    out = frame[torch.arange(b, device=d.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)
 
 
 def recrop(d: Tensor, region: Region, target: Region) -> Tensor:
     """``d`` (held on ``region``) on ``target`` of the same activation (which holds ``region``),
     zero where ``region`` ends."""
-    grow = (max(0, target.size[0] - region.size[0]), max(0, target.size[1] - region.size[1]))
-    return shift(d, target.starts - region.starts, target.size, (grow[0], grow[0], grow[1], grow[1]))
+    plan = region.memo("recrop", lambda: crop_plan(target.starts - region.starts, target.size, *region.size, True),
+                       anchor=target)
+    return plan.take(d)  # type: ignore[no-any-return]
 
 
-def window_input(d: Tensor, region: Region, reads: Tensor, size: tuple[int, int], kernel: tuple[int, int],
-                 stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+def window_input(d: Tensor, region: Region, reads: Tensor, size: tuple[int, int]) -> Tensor:
     """The input a sliding window reads (:func:`window_of`'s ``reads`` and ``size``) from ``d`` held
     on ``region``: zero beyond the region and beyond the activation's border (zero padding)."""
-    margins = []
-    for a in range(2):
-        k, s, p, h = kernel[a], stride[a], padding[a], region.size[a]
-        # reads - starts lies in [min(-(k - 1), p - 2k + 3 - s), max(s - k, -p)] (window_of's clamps)
-        low, high = min(-(k - 1), p - 2 * k + 3 - s), max(s - k, -p)
-        margins += [max(0, -low), max(0, high + size[a] - h)]
-    return shift(d, reads - region.starts, size, (margins[0], margins[1], margins[2], margins[3]))
+    plan = region.memo(("input", size), lambda: crop_plan(reads - region.starts, size, *region.size, True),
+                       anchor=reads)
+    return plan.take(d)  # type: ignore[no-any-return]
 
 
 def window_of(region: Region, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
               out_full: tuple[int, int]) -> tuple[Region, Tensor, tuple[int, int]]:
     """The outputs of a sliding window (convolution, pooling: ``kernel``, ``stride``, ``padding``, no
     dilation) that read ``region``: their region, and the input rows and columns they read (start
-    per copy, size)."""
+    per copy, size). Computed once per region and window."""
+    return region.memo(("window", kernel, stride, padding, out_full),  # type: ignore[no-any-return]
+                       lambda: _window_of(region, kernel, stride, padding, out_full))
+
+
+def _window_of(region: Region, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+               out_full: tuple[int, int]) -> tuple[Region, Tensor, tuple[int, int]]:
     size, first, reads = [], [], []
     for a in range(2):
         h, k, s, p, n_out = region.size[a], kernel[a], stride[a], padding[a], out_full[a]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from salmap._validate import Bounds
 
-__all__ = ["chunks", "fill_values", "patch_masks", "per_dim", "sizes", "through_windows", "windows"]
+__all__ = ["chunks", "fill_values", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
 
 
 def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
@@ -87,6 +87,12 @@ def patch_masks(pos: Tensor, windows: list[Tensor], grid: tuple[int, ...]) -> Te
         rows = windows[d][index[d]].bool()
         mask = mask.unsqueeze(-1) & rows.view(rows.shape[0], *([1] * d), rows.shape[1])
     return mask
+
+
+def patch_starts(firsts: list[Tensor], pos: Tensor, columns: int) -> Tensor:
+    """Where the 2-D patches at the flat grid positions ``pos`` start, ``(B, 2)``; ``firsts``: each
+    patch position's first feature, per dimension; ``columns``: positions per row."""
+    return torch.stack([firsts[0][pos // columns], firsts[1][pos % columns]], 1)
 
 
 def fill_values(fill: str | float, bounds: Bounds, seed: int, x: Tensor) -> Tensor:
