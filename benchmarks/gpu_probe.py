@@ -4,7 +4,8 @@
 
 1. a resnet18's forward throughput at 256x3x224x224 in the layouts and precisions occlusion can use;
 2. occlusion (salmap fp32 and bf16, captum) and a torch.profiler table of each salmap call;
-3. FGSM on 1,000 MNIST-sized images: the host synchronisations of one call, salmap beside torchattacks;
+3. FGSM on 1,000 MNIST-sized images: the host synchronisations of one call, salmap beside torchattacks,
+   and what each of salmap's two reads and the host's own time cost;
 4. JSMA on a random lenet: where the host time of one call goes (cProfile, top functions).
 """
 
@@ -139,6 +140,45 @@ def fgsm(device: str, out: Path) -> None:
         theirs(x, y)
     profiled(lambda: ours(x, y=y).x_adv, out / "fgsm_profile.txt", "salmap FGSM, lenet 1000")
     profiled(lambda: theirs(x, y), out / "fgsm_profile.txt", "torchattacks FGSM, lenet 1000")
+    fgsm_parts(ours, theirs, x, y, device)
+
+
+def fgsm_parts(ours: Any, theirs: Any, x: torch.Tensor, y: torch.Tensor, device: str) -> None:
+    """Which part of salmap's FGSM call costs what torchattacks' does not: the call with its read
+    before the work (the input's and labels' ranges) or its read at the end (the clean outputs'
+    finiteness) replaced by nothing, and the host's time alone (the call returning without
+    waiting for the device: equal to the wall time when the host, not the GPU, bounds it)."""
+    import salmap.attacks.base as base
+
+    def without(name: str, stand_in: Any) -> Any:
+        def call() -> None:
+            saved = getattr(base, name)
+            setattr(base, name, stand_in)
+            try:
+                ours(x, y=y)
+            finally:
+                setattr(base, name, saved)
+        return call
+
+    fns = {
+        "salmap": lambda: ours(x, y=y),
+        "torchattacks": lambda: theirs(x, y),
+        "salmap, no read before": without("check_input_and_labels", lambda x, labels, bounds: (x, (0, 9))),
+        "salmap, no read at the end": without("check_finite_outputs", lambda out, which: None),
+    }
+    times = interleaved(fns, device, repeats=30)
+    base_time = median(times["torchattacks"])
+    for name in fns:
+        say(f"  FGSM {name}: {median(times[name]) * 1e3:.3f} ms, {median(times[name]) / base_time:.3f}x torchattacks")
+    for name in ("salmap, no read at the end", "torchattacks"):
+        host = []
+        for _ in range(30):
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            host.append(time.perf_counter() - start)
+            synchronize(device)
+        say(f"  FGSM {name}: host time alone (no wait for the device) {median(host) * 1e3:.3f} ms")
 
 
 def jsma(device: str, out: Path) -> None:
