@@ -530,3 +530,12 @@ def test_cut_and_to_full_in_either_layout(layout: torch.memory_format):
         want = torch.zeros_like(t[0])
         want[:, r : r + 3, c : c + 3] = t[0, :, r : r + 3, c : c + 3]
         assert torch.equal(full[b], want)
+
+
+def test_gather_plans_keep_32_bit_indices_unless_the_source_is_larger():
+    from salmap.explain.occlusion_regions import Gather
+
+    rows, cols = torch.tensor([[0, 1]]), torch.tensor([[2, 3]])
+    assert Gather.plan(rows, cols, 9, 9, per_copy=True).index.dtype == torch.int32
+    big = Gather.plan(rows + 46_000, cols + 46_000, 46_341, 46_341, per_copy=False)  # 46,341^2 > 2^31 rows
+    assert big.index.dtype == torch.long and int(big.index[-1]) == 46_001 * 46_341 + 46_003

@@ -86,10 +86,12 @@ class Gather:
     shape: tuple[int, int, int]
 
     @staticmethod
-    def plan(rows: Tensor, cols: Tensor, height: int, width: int, per_copy: bool, may_leave: bool = True) -> Gather:
+    def plan(rows: Tensor, cols: Tensor, height: int, width: int, per_copy: bool, may_leave: bool = True,
+             dtype: torch.dtype = torch.int32) -> Gather:
         """From rows ``(B, h)`` and columns ``(B, w)`` of a source of ``height`` x ``width`` (one image
         shared by the copies, or ``per_copy``); ``may_leave``: whether some may fall outside it
-        (checked once, with one read of the device)."""
+        (checked once, with one read of the device). The index is kept in ``dtype``: 32 bits
+        halve what the plans of a batch layout hold (``index_select`` takes them)."""
         b = rows.shape[0]
         index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
         if per_copy:
@@ -98,7 +100,9 @@ class Gather:
         if may_leave:
             inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
             outside = None if bool(inside.all()) else ~inside.reshape(-1, 1)
-        return Gather(index.reshape(-1), outside, (b, rows.shape[1], cols.shape[1]))
+        if (b if per_copy else 1) * height * width >= 2**31:
+            dtype = torch.long
+        return Gather(index.reshape(-1).to(dtype), outside, (b, rows.shape[1], cols.shape[1]))
 
     def take(self, t: Tensor, fill: float = 0.0) -> Tensor:
         """The cut-out of ``t`` ``(N, C, H, W)``, ``(B, C, h, w)`` in the channels-last layout, ``fill``
@@ -154,7 +158,7 @@ def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
         return out
     out = torch.empty((b, c, height, width), dtype=d.dtype, device=d.device, memory_format=torch.channels_last)
     plan = region.memo(("full", height, width),
-                       lambda: Gather.plan(*_span(region.starts, region.size), height, width, True, False))
+                       lambda: Gather.plan(*_span(region.starts, region.size), height, width, True, False, torch.long))
     out.zero_().permute(0, 2, 3, 1).view(-1, c).index_copy_(0, plan.index, d.permute(0, 2, 3, 1).reshape(-1, c))
     return out
 
