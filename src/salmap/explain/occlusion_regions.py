@@ -78,7 +78,7 @@ class Region:
 class Gather:
     """Where each element of a cut-out ``(B, h, w)`` comes from in a source ``(N, C, H, W)``: the row
     ``index`` ``(B*h*w,)`` of the source's channels-last rows ``(N*H*W, C)`` (clamped into it), and
-    ``outside`` ``(B*h*w, 1)``, where the element falls outside the source (``None``: nowhere).
+    ``outside``, the rows of the cut-out that fall outside the source (``None``: none).
     One ``index_select`` applies it (:meth:`take`); the plan is kept per region and layout."""
 
     index: Tensor
@@ -99,7 +99,8 @@ class Gather:
         outside = None
         if may_leave:
             inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-            outside = None if bool(inside.all()) else ~inside.reshape(-1, 1)
+            rows_out = (~inside).reshape(-1).nonzero().view(-1)  # (its size is the one read)
+            outside = rows_out if rows_out.numel() else None
         if (b if per_copy else 1) * height * width >= 2**31:
             dtype = torch.long
         return Gather(index.reshape(-1).to(dtype), outside, (b, rows.shape[1], cols.shape[1]))
@@ -110,7 +111,7 @@ class Gather:
         c = t.shape[1]
         out = t.permute(0, 2, 3, 1).reshape(-1, c).index_select(0, self.index)  # (a view of channels-last t)
         if self.outside is not None:
-            out.masked_fill_(self.outside, fill)
+            out.index_fill_(0, self.outside, fill)
         return out.view(*self.shape, c).permute(0, 3, 1, 2)
 
 
