@@ -504,7 +504,7 @@ def test_a_repeated_batch_layout_does_its_index_arithmetic_once(monkeypatch: pyt
     target = torch.tensor([0, 1, 2, 3])
     got = maps(model, x, target, patch=4, stride=4)
     assert len(calls) == 4
-    index_arithmetic = {"arange", "clamp", "div", "stack", "index_select", "index_fill_", "index_copy_"}
+    index_arithmetic = {"arange", "clamp", "div", "stack", "index_select", "masked_fill_", "index_copy_"}
     first, later = calls[0], calls[1:3]
     assert {"arange", "clamp", "div"} <= set(first)
     for names in later:
@@ -539,3 +539,28 @@ def test_gather_plans_keep_32_bit_indices_unless_the_source_is_larger():
     assert Gather.plan(rows, cols, 9, 9, per_copy=True).index.dtype == torch.int32
     big = Gather.plan(rows + 46_000, cols + 46_000, 46_341, 46_341, per_copy=False)  # 46,341^2 > 2^31 rows
     assert big.index.dtype == torch.long and int(big.index[-1]) == 46_001 * 46_341 + 46_003
+
+
+def test_a_batch_of_region_held_copies_reads_nothing_from_the_device(monkeypatch: pytest.MonkeyPatch):
+    """No host read inside a batch, its first included (on a GPU each would stall the device), and
+    a call on one image keeps no batch layout (none could be repeated)."""
+    from _dispatch import Recorder
+
+    reads: list[int] = []
+    kept: list[int] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+        with Recorder() as recorder:
+            out = original(self, image, key, patches, region)
+        reads.append(recorder.reads)
+        kept.append(len(self._layouts))
+        return out
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    got = maps(model, x, [2], patch=4, stride=3, batch_size=30)
+    assert len(reads) > 2 and set(reads) == {0} and set(kept) == {0}
+    torch.testing.assert_close(got, maps(model, x, [2], patch=4, stride=3, fold_batchnorm=False),
+                               rtol=1e-9, atol=1e-12)

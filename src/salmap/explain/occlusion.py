@@ -243,6 +243,7 @@ class Occlusion(Explainer):
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
         firsts = [w.argmax(dim=1) for w in windows]  # each patch position's first feature, per dimension
+        keep = geometry.most_per_image(chunks)  # (batch layouts kept for the next image)
         bar = progress_bar(total=len(chunks), desc="occlusion", unit="batch", enabled=self.progress)
         k = 0
         while k < len(chunks):
@@ -255,10 +256,12 @@ class Occlusion(Explainer):
                 chunk = torch.cat([chunk, chunk[-1:].expand(width - real, -1)])
             image, pos = chunk.unbind(1)
             if regions and deltas is not None and positions is not None:
-                # the patches' region, and the index arithmetic kept on it, once per batch layout
+                # the patches' region, and the index arithmetic kept on it, once per batch layout (kept
+                # while a later image may repeat it: for one image's batches)
                 layout = (real, chunk.shape[0], positions[lo:hi].tobytes())
                 starts = partial(geometry.patch_starts, firsts, pos, grid[1])
-                region = deltas.patch_region(layout, starts, (patch[0], patch[1]), (x.shape[-2], x.shape[-1]))
+                region = deltas.patch_region(layout, starts, (patch[0], patch[1]), (x.shape[-2], x.shape[-1]),
+                                             keep if i != chunks[-1][2] else 0)
                 change = (fill[i : i + 1] if per_image else fill) - x[i : i + 1]
                 patches = cut(change.expand(1, *x.shape[1:]), region)
                 with torch.inference_mode():
@@ -283,6 +286,7 @@ class Occlusion(Explainer):
                 if factor >= 2:
                     rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
                     chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]
+                    keep = geometry.most_per_image(chunks)
                     width = max((b - a for a, b, _ in chunks[1:]), default=0)
                     fixed = x.is_cuda and len(chunks) > 2
                     bar.total = len(chunks)

@@ -31,9 +31,6 @@ from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
 from salmap.explain.occlusion_region_ops import Difference, RegionOps
 from salmap.explain.occlusion_regions import Region
 
-#: the batch layouts whose patch regions (and the index arithmetic kept on them) are kept
-LAYOUTS_KEPT = 4
-
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
 _LINEAR = (nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -99,18 +96,21 @@ class Deltas(RegionOps):
         for the cache of its clean values), in the input's dtype."""
         return self._run(image, key, Difference((copies - image).to(self.dtype)))
 
-    def patch_region(self, layout: Hashable, starts: Callable[[], Tensor], size: tuple[int, int],
-                     full: tuple[int, int]) -> Region:
+    def patch_region(self, layout: Hashable | None, starts: Callable[[], Tensor], size: tuple[int, int],
+                     full: tuple[int, int], keep: int = 1) -> Region:
         """The region of a batch's patches of ``size``, starting at ``starts()`` ``(B, 2)`` in an image
         of spatial size ``full``: the same object for a batch ``layout`` seen lately (a key naming
-        the patch positions), so that the index arithmetic kept on it and on the regions derived
-        from it is done once per layout, not per batch."""
-        region = self._layouts.pop(layout, None)
+        the patch positions; ``None``: one no later batch repeats), so that the index arithmetic
+        kept on it and on the regions derived from it is done once per layout, not per batch.
+        The latest ``keep`` layouts are kept (one image's batches: the next image repeats them;
+        0: this one is not kept, for the last image)."""
+        region = self._layouts.pop(layout, None) if layout is not None else None
         if region is None:
             region = Region(starts(), size, full)
-            if len(self._layouts) >= LAYOUTS_KEPT:
+        if layout is not None and keep > 0:
+            self._layouts[layout] = region  # (the latest last)
+            while len(self._layouts) > keep:
                 self._layouts.pop(next(iter(self._layouts)))
-        self._layouts[layout] = region  # (the latest last)
         return region
 
     def on_patches(self, image: Tensor, key: int, patches: Tensor, region: Region) -> Any:

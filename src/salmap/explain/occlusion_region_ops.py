@@ -157,7 +157,9 @@ class RegionOps:
         if values is None:
             out = op(d)
         else:  # the padding of a max pooling is -inf
-            plan = v.region.memo(("crop", size), lambda: crop_plan(reads, size, values.shape[-2], values.shape[-1], False),
+            # (a window without padding reads inside the activation: window_of's clamps)
+            plan = v.region.memo(("crop", size), lambda: crop_plan(reads, size, values.shape[-2], values.shape[-1],
+                                                                   False, padding != (0, 0)),
                                  anchor=reads)
             whole = crop(values, reads, size, -math.inf, plan) + d.to(values.dtype)
             out = (op(whole) - cut(clean[node], region)).to(self.dtype)

@@ -78,7 +78,7 @@ class Region:
 class Gather:
     """Where each element of a cut-out ``(B, h, w)`` comes from in a source ``(N, C, H, W)``: the row
     ``index`` ``(B*h*w,)`` of the source's channels-last rows ``(N*H*W, C)`` (clamped into it), and
-    ``outside``, the rows of the cut-out that fall outside the source (``None``: none).
+    ``outside`` ``(B*h*w, 1)``, where the cut-out falls outside the source (``None``: nowhere).
     One ``index_select`` applies it (:meth:`take`); the plan is kept per region and layout."""
 
     index: Tensor
@@ -90,8 +90,8 @@ class Gather:
              dtype: torch.dtype = torch.int32) -> Gather:
         """From rows ``(B, h)`` and columns ``(B, w)`` of a source of ``height`` x ``width`` (one image
         shared by the copies, or ``per_copy``); ``may_leave``: whether some may fall outside it
-        (checked once, with one read of the device). The index is kept in ``dtype``: 32 bits
-        halve what the plans of a batch layout hold (``index_select`` takes them)."""
+        (the caller knows from the geometry: no read of the device). The index is kept in
+        ``dtype``: 32 bits halve what the plans of a batch layout hold (``index_select`` takes them)."""
         b = rows.shape[0]
         index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
         if per_copy:
@@ -99,8 +99,7 @@ class Gather:
         outside = None
         if may_leave:
             inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-            rows_out = (~inside).reshape(-1).nonzero().view(-1)  # (its size is the one read)
-            outside = rows_out if rows_out.numel() else None
+            outside = ~inside.reshape(-1, 1)
         if (b if per_copy else 1) * height * width >= 2**31:
             dtype = torch.long
         return Gather(index.reshape(-1).to(dtype), outside, (b, rows.shape[1], cols.shape[1]))
@@ -111,7 +110,7 @@ class Gather:
         c = t.shape[1]
         out = t.permute(0, 2, 3, 1).reshape(-1, c).index_select(0, self.index)  # (a view of channels-last t)
         if self.outside is not None:
-            out.index_fill_(0, self.outside, fill)
+            out.masked_fill_(self.outside, fill)
         return out.view(*self.shape, c).permute(0, 3, 1, 2)
 
 
@@ -167,8 +166,9 @@ def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
 def recrop(d: Tensor, region: Region, target: Region) -> Tensor:
     """``d`` (held on ``region``) on ``target`` of the same activation (which holds ``region``),
     zero where ``region`` ends."""
-    plan = region.memo("recrop", lambda: crop_plan(target.starts - region.starts, target.size, *region.size, True),
-                       anchor=target)
+    grows = target.size != region.size  # (else the same region: nothing falls outside)
+    plan = region.memo("recrop", lambda: crop_plan(target.starts - region.starts, target.size, *region.size, True,
+                                                   grows), anchor=target)
     return plan.take(d)  # type: ignore[no-any-return]
 
 

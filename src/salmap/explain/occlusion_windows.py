@@ -4,6 +4,7 @@ and the fill the patches hold."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from salmap._validate import Bounds
 
-__all__ = ["chunks", "fill_values", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
+__all__ = ["chunks", "fill_values", "most_per_image", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
 
 
 def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
@@ -27,6 +28,11 @@ def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[
         out += [(lo, min(lo + step, start + n), i) for lo in range(start, start + n, step)]
         start += n
     return out
+
+
+def most_per_image(chunks: list[tuple[int, int, int]]) -> int:
+    """The most batches of :func:`chunks` that hold one image's pairs."""
+    return max(Counter(i for _, _, i in chunks).values(), default=1)
 
 
 def sizes(name: str, value: Any) -> tuple[int, ...]:
