@@ -18,6 +18,7 @@ padding value there.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from torch import Tensor
 
 #: a region covering more than this fraction of its activation is given up for the full size
 FULL_FRACTION = 0.6
+
+_SERIALS = itertools.count()  # (names a region in another's memo without keeping it alive)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +46,7 @@ class Region:
     size: tuple[int, int]
     full: tuple[int, int]
     _memo: dict[Any, tuple[Any, Any]] = field(default_factory=dict, repr=False)
+    _serial: int = field(default_factory=lambda: next(_SERIALS), repr=False)
 
     def worth_keeping(self) -> bool:
         h, w = self.size
@@ -50,12 +54,18 @@ class Region:
 
     def memo(self, key: Any, make: Callable[[], Any], anchor: object = None) -> Any:
         """``make()``, computed once per ``key`` for this region; ``anchor``: an object the result
-        depends on too (a tensor of positions, another region), named by identity and kept alive
-        with the result."""
-        k = key if anchor is None else (key, id(anchor))
+        depends on too (a tensor of positions, named by identity and kept alive with the result;
+        another region, named by its serial number and not kept: regions holding each other
+        would form reference cycles, and a batch's plans would outlive it until the garbage
+        collector runs)."""
+        k: Any
+        if isinstance(anchor, Region):
+            k, kept = (key, "region", anchor._serial), None
+        else:
+            k, kept = (key if anchor is None else (key, id(anchor))), anchor
         hit = self._memo.get(k)
-        if hit is None or hit[0] is not anchor:
-            hit = self._memo[k] = (anchor, make())
+        if hit is None or hit[0] is not kept:
+            hit = self._memo[k] = (kept, make())
         return hit[1]
 
     def grid(self) -> tuple[Tensor, Tensor]:
