@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import torch
 from test_occlusion_regions import ResNetLike, maps, randomized
+from torch import Tensor
 
-from salmap.explain.occlusion_regions import Region
+import salmap.explain.occlusion_deltas as deltas_module
+from salmap.explain.occlusion_regions import Gather, Region
 
 
 def test_a_batch_s_regions_are_freed_when_it_ends_without_the_cycle_collector() -> None:
@@ -25,3 +28,44 @@ def test_a_batch_s_regions_are_freed_when_it_ends_without_the_cycle_collector() 
     finally:
         gc.enable()
     assert alive == 0
+
+
+def plan_bytes(obj: Any, seen: set[int]) -> int:
+    """The bytes of the tensors a kept region holds (its starts, the plans and regions in its memo)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, Region):
+        return plan_bytes(obj.starts, seen) + sum(plan_bytes(v, seen) for v in obj._memo.values())
+    if isinstance(obj, Gather):
+        return plan_bytes(obj.index, seen) + plan_bytes(obj.outside, seen)
+    if isinstance(obj, (tuple, list)):
+        return sum(plan_bytes(v, seen) for v in obj)
+    return 0
+
+
+def test_the_kept_batch_layouts_stay_within_the_memory_of_a_batch(monkeypatch: Any) -> None:
+    """Many patch positions per image (stride 1) and a small batch: the plans kept for the next
+    image must not outgrow what ``batch_size`` bounds (a batch of whole copies' activations);
+    they grew with the number of positions (10 MB here against a batch's 1 MB)."""
+    held: list[tuple[int, int]] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+        out = original(self, image, key, patches, region)
+        seen: set[int] = set()
+        kept = sum(plan_bytes(r, seen) for r in self._layouts.values())
+        held.append((kept, 10 * self.whole_per_copy() * image.element_size()))
+        return out
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    got = maps(model, x, [0, 1], patch=4, stride=1, batch_size=10)
+    assert len(held) > 20
+    assert max(k for k, _ in held) > 0  # (layouts are kept: the next image reuses them)
+    assert all(kept <= batch for kept, batch in held), max(held)
+    torch.testing.assert_close(got, maps(model, x, [0, 1], patch=4, stride=1, batch_size=10, fold_batchnorm=False),
+                               rtol=1e-9, atol=1e-12)

@@ -31,6 +31,10 @@ from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
 from salmap.explain.occlusion_region_ops import Difference, RegionOps
 from salmap.explain.occlusion_regions import Region
 
+#: the index plans kept for later images' batches hold at most this fraction of the values of the
+#: first batch's copies computed whole (what ``batch_size`` bounds)
+PLANS_KEPT_FRACTION = 0.25
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: modules that are linear maps without offset (in eval mode): applied to the difference as they are
 _LINEAR = (nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -59,6 +63,12 @@ class Deltas(RegionOps):
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
         self._held: dict[int, Tensor] = {}  # whether each region sum so far kept both regions (device bools)
         self._layouts: dict[Hashable, Region] = {}  # the patches' regions of the latest batch layouts
+        self._used: dict[Hashable, int] = {}  # the batch that last used each (a count of patch_region calls)
+        self._bytes: dict[Hashable, int] = {}  # what each holds, once its first batch made its plans
+        self._new: Hashable | None = None  # the layout kept by the latest call, its plans not yet counted
+        self._calls = 0
+        self._every = 1  # layouts are forgotten once that many batches have not used them
+        self._first: tuple[int, int] | None = None  # the first batch's copies and the bytes of a value
         self._counted = False
         self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
         # only nodes computed from the input carry differences; the rest are constants
@@ -102,16 +112,42 @@ class Deltas(RegionOps):
         of spatial size ``full``: the same object for a batch ``layout`` seen lately (a key naming
         the patch positions; ``None``: one no later batch repeats), so that the index arithmetic
         kept on it and on the regions derived from it is done once per layout, not per batch.
-        The latest ``keep`` layouts are kept (one image's batches: the next image repeats them;
-        0: this one is not kept, for the last image)."""
-        region = self._layouts.pop(layout, None) if layout is not None else None
+        Layouts used within the latest ``keep`` batches are kept (one image's batches: the next
+        image repeats them; 0: this one is not kept, for the last image), as long as their plans
+        fit in :data:`PLANS_KEPT_FRACTION` of the first batch's whole copies (the first layouts
+        of an image that fit: a later image reuses those)."""
+        self._calls += 1
+        self._every = keep if keep > 0 else self._every
+        if self._new is not None:  # the previous batch made its plans: counted, kept if they fit
+            new, self._new = self._new, None
+            if new in self._layouts:
+                self._bytes[new] = self._layouts[new].nbytes()
+                if sum(self._bytes.values()) > self._plan_budget():
+                    self._forget(new)
+        for old in [k for k, used in self._used.items() if self._calls - used > self._every]:
+            self._forget(old)  # (no later image repeats it)
+        region = self._layouts.get(layout) if layout is not None else None
         if region is None:
             region = Region(starts(), size, full)
-        if layout is not None and keep > 0:
-            self._layouts[layout] = region  # (the latest last)
-            while len(self._layouts) > keep:
-                self._layouts.pop(next(iter(self._layouts)))
+            if layout is not None and keep > 0:
+                self._layouts[layout], self._new = region, layout
+        if layout in self._layouts:
+            if keep > 0:
+                self._used[layout] = self._calls
+            else:
+                self._forget(layout)
         return region
+
+    def _forget(self, layout: Hashable) -> None:
+        for kept in (self._layouts, self._used, self._bytes):
+            kept.pop(layout, None)
+
+    def _plan_budget(self) -> float:
+        """The bytes the kept plans may hold (none before the first batch is done)."""
+        if self._first is None or self._clean is None:
+            return 0.0
+        copies, itemsize = self._first
+        return PLANS_KEPT_FRACTION * copies * self.whole_per_copy() * itemsize
 
     def on_patches(self, image: Tensor, key: int, patches: Tensor, region: Region) -> Any:
         """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in
@@ -155,6 +191,8 @@ class Deltas(RegionOps):
         clean = self.clean(image, key)
         env: dict[fx.Node, Any] = {}
         counting, self._counted = not self._counted, True  # the values alive, in the first call only
+        if counting:
+            self._first = (start.d.shape[0], image.element_size())
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = self._expanded(env, node)

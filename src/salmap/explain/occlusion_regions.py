@@ -79,6 +79,26 @@ class Region:
 
         return self.memo("grid", make)  # type: ignore[no-any-return]
 
+    def nbytes(self) -> int:
+        """The bytes of the tensors the region keeps: its starts and what its memo holds (plans,
+        the regions derived from it, theirs), each storage counted once."""
+        seen: set[int] = set()
+        total, todo = 0, [self.starts, *self._memo.values()]
+        while todo:
+            obj = todo.pop()
+            if isinstance(obj, Tensor):
+                storage = obj.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+            elif isinstance(obj, Region):
+                todo += [obj.starts, *obj._memo.values()]
+            elif isinstance(obj, Gather):
+                todo += [obj.index, obj.outside]
+            elif isinstance(obj, tuple):
+                todo += list(obj)
+        return total
+
     def copies(self) -> Tensor:
         """``arange(B)`` as ``(B, 1, 1)``: the copy index of a gather per copy."""
         return self.memo("copies", lambda: torch.arange(self.starts.shape[0], device=self.starts.device)[:, None, None])  # type: ignore[no-any-return]
