@@ -69,3 +69,25 @@ def test_the_kept_batch_layouts_stay_within_the_memory_of_a_batch(monkeypatch: A
     assert all(kept <= batch for kept, batch in held), max(held)
     torch.testing.assert_close(got, maps(model, x, [0, 1], patch=4, stride=1, batch_size=10, fold_batchnorm=False),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_the_first_image_s_grown_batches_are_not_kept(monkeypatch: Any) -> None:
+    """After the first batch the batches grow: the first image's further batches start after its
+    first one, so no later image repeats their layouts; they were kept all the same (two images:
+    every layout of the first kept, none ever reused)."""
+    kept: list[tuple[int, int]] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+        kept.append((key, len(self._layouts)))
+        return original(self, image, key, patches, region)
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    got = maps(model, x, [0, 1, 2], patch=4, stride=2, batch_size=100)  # 529 copies per image
+    assert len(kept) > 6
+    assert max(n for key, n in kept if key == 0) <= 1  # (the first image's: its first batch's alone)
+    assert max(n for key, n in kept if key == 2) > 0  # (the second image's: kept for the third)
+    torch.testing.assert_close(got, maps(model, x, [0, 1, 2], patch=4, stride=2, batch_size=100,
+                                         fold_batchnorm=False), rtol=1e-9, atol=1e-12)

@@ -244,6 +244,7 @@ class Occlusion(Explainer):
         fixed = x.is_cuda and len(chunks) > 1
         firsts = [w.argmax(dim=1) for w in windows]  # each patch position's first feature, per dimension
         keep = geometry.most_per_image(chunks)  # (batch layouts kept for the next image)
+        once = {chunks[-1][2]} if chunks else set()  # images whose batch layouts no later image repeats
         bar = progress_bar(total=len(chunks), desc="occlusion", unit="batch", enabled=self.progress)
         k = 0
         while k < len(chunks):
@@ -261,7 +262,7 @@ class Occlusion(Explainer):
                 layout = (real, chunk.shape[0], positions[lo:hi].tobytes())
                 starts = partial(geometry.patch_starts, firsts, pos, grid[1])
                 region = deltas.patch_region(layout, starts, (patch[0], patch[1]), (x.shape[-2], x.shape[-1]),
-                                             keep if i != chunks[-1][2] else 0)
+                                             keep if i not in once else 0)
                 change = (fill[i : i + 1] if per_image else fill) - x[i : i + 1]
                 patches = cut(change.expand(1, *x.shape[1:]), region)
                 with torch.inference_mode():
@@ -287,6 +288,8 @@ class Occlusion(Explainer):
                     rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
                     chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]
                     keep = geometry.most_per_image(chunks)
+                    # (the first image's further batches start after its first: not repeated either)
+                    once = {chunks[-1][2]} | ({i} if len(chunks) > 1 and chunks[1][2] == i else set())
                     width = max((b - a for a, b, _ in chunks[1:]), default=0)
                     fixed = x.is_cuda and len(chunks) > 2
                     bar.total = len(chunks)
