@@ -119,7 +119,8 @@ class Occlusion(Explainer):
     224x224 with 16x16 patches the stem and layer1 run on 1-7% of their activations, layer2 on
     8-29%, the first convolution of layer3 on 41%. The index arithmetic of the regions is done
     once per batch layout (the patch positions a batch holds: the same for every image whose
-    patches all differ from the fill). A sum of two regions neither of which holds the other is
+    patches all differ from the fill), as long as the layouts kept for the next image hold at most
+    a quarter of the values of ``batch_size`` whole copies (the first that fit). A sum of two regions neither of which holds the other is
     detected (one read of the device per call) and the call is computed again at full size.
 
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
