@@ -29,7 +29,7 @@ from torch import Tensor, fx, nn
 
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
 from salmap.explain.occlusion_region_ops import Difference, RegionOps
-from salmap.explain.occlusion_regions import Region
+from salmap.explain.occlusion_regions import KeptLayouts, Region
 
 #: the index plans kept for later images' batches hold at most this fraction of the values of the
 #: first batch's copies computed whole (what ``batch_size`` bounds)
@@ -62,12 +62,7 @@ class Deltas(RegionOps):
         self._weights: dict[int, Tensor] = {}
         self._clean: tuple[int, dict[fx.Node, Any]] | None = None
         self._held: dict[int, Tensor] = {}  # whether each region sum so far kept both regions (device bools)
-        self._layouts: dict[Hashable, Region] = {}  # the patches' regions of the latest batch layouts
-        self._used: dict[Hashable, int] = {}  # the batch that last used each (a count of patch_region calls)
-        self._bytes: dict[Hashable, int] = {}  # what each holds, once its first batch made its plans
-        self._new: Hashable | None = None  # the layout kept by the latest call, its plans not yet counted
-        self._calls = 0
-        self._every = 1  # layouts are forgotten once that many batches have not used them
+        self._layouts = KeptLayouts()  # the patches' regions of the latest batch layouts
         self._first: tuple[int, int] | None = None  # the first batch's copies and the bytes of a value
         self._counted = False
         self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
@@ -116,31 +111,7 @@ class Deltas(RegionOps):
         image repeats them; 0: this one is not kept, for the last image), as long as their plans
         fit in :data:`PLANS_KEPT_FRACTION` of the first batch's whole copies (the first layouts
         of an image that fit: a later image reuses those)."""
-        self._calls += 1
-        self._every = keep if keep > 0 else self._every
-        if self._new is not None:  # the previous batch made its plans: counted, kept if they fit
-            new, self._new = self._new, None
-            if new in self._layouts:
-                self._bytes[new] = self._layouts[new].nbytes()
-                if sum(self._bytes.values()) > self._plan_budget():
-                    self._forget(new)
-        for old in [k for k, used in self._used.items() if self._calls - used > self._every]:
-            self._forget(old)  # (no later image repeats it)
-        region = self._layouts.get(layout) if layout is not None else None
-        if region is None:
-            region = Region(starts(), size, full)
-            if layout is not None and keep > 0:
-                self._layouts[layout], self._new = region, layout
-        if layout in self._layouts:
-            if keep > 0:
-                self._used[layout] = self._calls
-            else:
-                self._forget(layout)
-        return region
-
-    def _forget(self, layout: Hashable) -> None:
-        for kept in (self._layouts, self._used, self._bytes):
-            kept.pop(layout, None)
+        return self._layouts.get(layout, lambda: Region(starts(), size, full), keep, self._plan_budget)
 
     def _plan_budget(self) -> float:
         """The bytes the kept plans may hold (none before the first batch is done)."""
