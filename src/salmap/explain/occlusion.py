@@ -84,20 +84,17 @@ class Occlusion(Explainer):
         segmenter) instead of logits; Zeiler and Fergus plot the correct class's probability.
     progress: show a progress bar over the batches of copies.
     precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the occluded copies' forward passes
-        in bfloat16 or float16 (see :mod:`salmap.precision`). When the model can be traced with
-        ``torch.fx`` (the conditions of ``fold_batchnorm``, batch norm or not), each copy's
-        activations are computed as differences from its clean image's activations, computed
-        once per image in the input's dtype (:mod:`salmap.explain.occlusion_deltas`): convolutions and linear layers
-        (without their bias), average pooling, sums and reshapes run on the differences in 16
-        bits; ReLU, max pooling and every other operation ``g`` give ``g(a + d) - g(a)`` in the
-        input's dtype. The rounding is then relative to the change occlusion measures, not to the
-        activations: on a random-weight ResNet-18 at 224x224, whose logits move by about 1%, the
-        maps' correlation to float32's is above 0.9999 (0.93 with the whole pass under autocast).
-        Batches of copies then never mix images. In-place operations work on copies of their
-        inputs; a model in which a later operation reads a value written in place under its old
-        name (``y.relu_()``, then ``y``) runs under plain autocast, as does a model that cannot
-        be traced. Under plain :func:`torch.autocast` scores are good to about 0.4% of a logit
-        in bfloat16 and 0.05% in float16: noisy maps where occlusion moves the scores by less.
+        in bfloat16 or float16 (see :mod:`salmap.precision`). For a model ``torch.fx`` can trace
+        (the conditions of ``fold_batchnorm``), each copy's activations are differences from its
+        clean image's, computed once per image in the input's dtype
+        (:mod:`salmap.explain.occlusion_deltas`): linear operations run on the differences in 16
+        bits, every other ``g`` gives ``g(a + d) - g(a)`` in the input's dtype, so the rounding is
+        relative to the change occlusion measures (on a random-weight ResNet-18 at 224x224, whose
+        logits move by about 1%, correlation to float32's maps above 0.9999; 0.93 under plain
+        autocast). Batches then never mix images. A model in which a later operation reads a value
+        written in place under its old name (``y.relu_()``, then ``y``), or that cannot be traced,
+        runs under plain autocast (scores good to about 0.4% of a logit in bfloat16, 0.05% in
+        float16: noisy maps where occlusion moves the scores by less).
     fold_batchnorm: fold each eval-mode batch norm into the convolution before it for the
         forward passes (:mod:`salmap.folding`: same function, one pass over the activations less,
         different rounding); the model traced with ``torch.fx`` through a private wrapper and
@@ -113,15 +110,15 @@ class Occlusion(Explainer):
     ``precision``), each copy is its image's clean activations plus differences held on that
     cone (:mod:`salmap.explain.occlusion_regions`) while it is a small part of the activation:
     convolutions (no dilation, zero padding), max and average pooling, pointwise operations,
-    batch norm and residual sums run on the region; anything else, and every layer once the
-    region covers most of its activation, on the whole activation. Same function, different
-    rounding (float32 maps within about 1e-6 of the model's on a ResNet-18); on a ResNet-18 at
-    224x224 with 16x16 patches the stem and layer1 run on 1-7% of their activations, layer2 on
-    8-29%, the first convolution of layer3 on 41%. The index arithmetic of the regions is done
-    once per batch layout (the patch positions a batch holds: the same for every image whose
-    patches all differ from the fill), as long as the layouts kept for the next image hold at most
-    a quarter of the values of ``batch_size`` whole copies (the first that fit). A sum of two regions neither of which holds the other is
-    detected (one read of the device per call) and the call is computed again at full size.
+    batch norm and residual sums run on the region; the rest, and every layer once the region
+    covers most of its activation, on the whole activation. Same function, different rounding
+    (float32 maps within about 1e-6 of the model's on a ResNet-18, where the stem and layer1 run
+    on 1-7% of their activations at 224x224 with 16x16 patches, layer2 on 8-29%). The regions'
+    index arithmetic is done once per batch layout (the patch positions a batch holds: the same
+    for every image whose patches all differ from the fill), while the layouts kept for the
+    next image hold at most a quarter of the values of ``batch_size`` whole copies. A sum of two
+    regions neither of which holds the other is detected (one read of the device per call) and
+    the call is computed again at full size.
 
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
     with repeats) and cuDNN picks its fastest algorithms for that shape (``cudnn.benchmark``
@@ -244,8 +241,7 @@ class Occlusion(Explainer):
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
         firsts = [w.argmax(dim=1) for w in windows]  # each patch position's first feature, per dimension
-        keep = geometry.most_per_image(chunks)  # (batch layouts kept for the next image)
-        once = {chunks[-1][2]} if chunks else set()  # images whose batch layouts no later image repeats
+        keep, once = geometry.kept_layouts(chunks)  # (batch layouts kept for the next image)
         bar = progress_bar(total=len(chunks), desc="occlusion", unit="batch", enabled=self.progress)
         k = 0
         while k < len(chunks):
@@ -258,12 +254,11 @@ class Occlusion(Explainer):
                 chunk = torch.cat([chunk, chunk[-1:].expand(width - real, -1)])
             image, pos = chunk.unbind(1)
             if regions and deltas is not None and positions is not None:
-                # the patches' region, and the index arithmetic kept on it, once per batch layout (kept
-                # while a later image may repeat it: for one image's batches)
-                layout = (real, chunk.shape[0], positions[lo:hi].tobytes())
+                # the patches' region and the index arithmetic kept on it, once per batch layout
+                layout = (real, len(pos), positions[lo:hi].tobytes())
                 starts = partial(geometry.patch_starts, firsts, pos, grid[1])
                 region = deltas.patch_region(layout, starts, (patch[0], patch[1]), (x.shape[-2], x.shape[-1]),
-                                             keep if i not in once else 0)
+                                             0 if i in once else keep)
                 change = (fill[i : i + 1] if per_image else fill) - x[i : i + 1]
                 patches = cut(change.expand(1, *x.shape[1:]), region)
                 with torch.inference_mode():
@@ -282,15 +277,12 @@ class Occlusion(Explainer):
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
             if regions and deltas is not None and k == 1 and len(chunks) > 1:
-                # Region-held copies keep fewer values alive: later batches hold more, by a quarter of
-                # the ratio (room for the operations' temporaries), at most 16 times.
+                # later batches hold more region-held copies: a quarter of the ratio of values alive (<= 16x)
                 factor = min(16, int(deltas.whole_per_copy() // max(1, 4 * deltas.peak_per_copy())))
                 if factor >= 2:
                     rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
                     chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]
-                    keep = geometry.most_per_image(chunks)
-                    # (the first image's further batches start after its first: not repeated either)
-                    once = {chunks[-1][2]} | ({i} if len(chunks) > 1 and chunks[1][2] == i else set())
+                    keep, once = geometry.kept_layouts(chunks, grown=i)
                     width = max((b - a for a, b, _ in chunks[1:]), default=0)
                     fixed = x.is_cuda and len(chunks) > 2
                     bar.total = len(chunks)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from salmap._validate import Bounds
 
-__all__ = ["chunks", "fill_values", "most_per_image", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
+__all__ = ["chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
 
 
 def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
@@ -30,9 +30,15 @@ def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[
     return out
 
 
-def most_per_image(chunks: list[tuple[int, int, int]]) -> int:
-    """The most batches of :func:`chunks` that hold one image's pairs."""
-    return max(Counter(i for _, _, i in chunks).values(), default=1)
+def kept_layouts(chunks: list[tuple[int, int, int]], grown: int | None = None) -> tuple[int, set[int]]:
+    """How many batch layouts of :func:`chunks` to keep for the next image (the most batches of one
+    image), and the images whose layouts no later image repeats: the last, and ``grown``, whose
+    further batches were regrouped after its first."""
+    keep = max(Counter(i for _, _, i in chunks).values(), default=1)
+    once = {chunks[-1][2]} if chunks else set()
+    if grown is not None and len(chunks) > 1 and chunks[1][2] == grown:
+        once.add(grown)
+    return keep, once
 
 
 def sizes(name: str, value: Any) -> tuple[int, ...]:
