@@ -19,7 +19,6 @@ from torch import Tensor, fx, nn
 
 from salmap.explain.occlusion_regions import (
     Region,
-    crop,
     crop_plan,
     cut,
     recrop,
@@ -161,7 +160,7 @@ class RegionOps:
             plan = v.region.memo(("crop", size), lambda: crop_plan(reads, size, values.shape[-2], values.shape[-1],
                                                                    False, padding != (0, 0)),
                                  anchor=reads)
-            whole = crop(values, reads, size, -math.inf, plan) + d.to(values.dtype)
+            whole = plan.take(values, -math.inf) + d.to(values.dtype)
             out = (op(whole) - cut(clean[node], region)).to(self.dtype)
         return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
 

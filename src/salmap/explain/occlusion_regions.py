@@ -72,9 +72,7 @@ class Region:
         """The rows ``(B, h, 1)`` and columns ``(B, 1, w)`` of the region, per copy."""
 
         def make() -> tuple[Tensor, Tensor]:
-            device = self.starts.device
-            rows = self.starts[:, 0, None] + torch.arange(self.size[0], device=device)
-            cols = self.starts[:, 1, None] + torch.arange(self.size[1], device=device)
+            rows, cols = _span(self.starts, self.size)
             return rows[:, :, None], cols[:, None, :]
 
         return self.memo("grid", make)  # type: ignore[no-any-return]
@@ -208,14 +206,12 @@ def cut(t: Tensor, region: Region) -> Tensor:
     return plan.take(t)  # type: ignore[no-any-return]
 
 
-def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = None,
-         plan: Gather | None = None) -> Tensor:
+def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = None) -> Tensor:
     """``out[b, :, i, j] = t[b or 0, :, starts[b, 0] + i, starts[b, 1] + j]``, ``(B, C, h, w)`` in the
     channels-last layout; where that falls outside ``t`` it is ``fill`` (``None``: the caller
-    knows it never does). ``t`` holds one image (shared) or one per row of ``starts``.
-    ``plan``: :func:`crop_plan` of these arguments, when the caller keeps it."""
-    if plan is None:
-        plan = crop_plan(starts, size, t.shape[-2], t.shape[-1], t.shape[0] > 1, fill is not None)
+    knows it never does). ``t`` holds one image (shared) or one per row of ``starts``; a caller
+    that keeps the gather takes it from :func:`crop_plan`."""
+    plan = crop_plan(starts, size, t.shape[-2], t.shape[-1], t.shape[0] > 1, fill is not None)
     return plan.take(t, 0.0 if fill is None else fill)
 
 
