@@ -108,3 +108,17 @@ def test_device_auto_picks_cuda_and_says_so(tmp_path, capsys):
     assert resolve_device("auto") == "cuda"
     assert main(["attack", "fgsm", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().out.startswith("device: cuda:0 (")
+
+
+def test_sync_free_attacks_refuse_labels_out_of_range_on_cuda(digits_model):
+    """Labels read after the work are clamped until then: out-of-range labels give the
+    ValueError, not a device-side assert in the loss's kernel (which would end the process's
+    CUDA context), and the device stays usable."""
+    model, x, y = digits_model
+    model, x = on_cuda(model), x[:4].cuda()
+    bad = torch.tensor([0, 1, 10, -1], device="cuda")
+    for attack in (FGSM(model, eps=0.1), BIM(model, eps=0.1, steps=2)):
+        with pytest.raises(ValueError, match=r"class indices in \[0, 9\], got values in \[-1, 10\]"):
+            attack(x, y=bad)
+    torch.cuda.synchronize()
+    assert FGSM(model, eps=0.1)(x, y=y[:4].cuda()).x_adv.device.type == "cuda"

@@ -161,8 +161,12 @@ class Bounds:
 
     def outside(self, x: Tensor, tol: float = 1e-6) -> bool:
         """Whether some feature of ``x`` lies outside the bounds by more than ``tol``."""
+        return bool(self.outside_flag(x, tol))
+
+    def outside_flag(self, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """:meth:`outside` as a boolean tensor on ``x``'s device, not read."""
         low, high = self.like(x)
-        return bool((x < low - tol).any() or (x > high + tol).any())
+        return ((x < low - tol) | (x > high + tol)).any()
 
 
 def clip_features(values: Tensor, low: float | Tensor, high: float | Tensor, index: Tensor) -> Tensor:

@@ -86,49 +86,74 @@ def check_input_and_labels(
     """:func:`check_input`, and the integer ``labels``' ``(min, max)`` (:func:`label_range`) read in
     the same transfer from the device (``None`` when ``labels`` is not a non-empty integer tensor):
     one host synchronisation instead of two."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < min_dim:
-        raise ValueError(
-            f"{name} must have at least {min_dim} dimensions (batch first), got shape {tuple(x.shape)}"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
-    # One reduction and one transfer of two numbers, not a copy of x: NaN propagates into the
-    # minimum and maximum, and an infinity is one of them.
-    values: tuple[Tensor, ...] = tuple(torch.aminmax(x.detach()))
-    read_labels = _integer_labels(labels) and labels.device == x.device
-    if read_labels:
-        # The labels as float32 (float64 beside a float64 input): one cast of the small label
-        # tensor, and the four numbers stacked in one kernel (no cast of each). Rounding to
-        # nearest keeps the order and every integer below 2**24 (2**53) is exact, so a range
-        # within that is the labels' own; beyond it (never class indices) it is read again exactly.
-        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-        values = (*values, *torch.aminmax(labels.detach().to(wide)))
-    numbers = torch.stack(values).tolist()
-    xmin, xmax = float(numbers[0]), float(numbers[1])
-    exact = 2.0**53 if x.dtype == torch.float64 else 2.0**24
-    if read_labels and -exact < numbers[2] <= numbers[3] < exact:
-        known: tuple[int, int] | None = (int(numbers[2]), int(numbers[3]))
-    else:
-        known = label_range(labels)
-    if not (math.isfinite(xmin) and math.isfinite(xmax)):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} must be finite, got {bad} NaN/inf values")
-    if bounds is not None:
-        b = check_bounds(bounds)
-        if b.scalar:  # the minimum and maximum already in hand decide it
-            low, high = b
-            out = xmin < float(low) - tol or xmax > float(high) + tol
-        else:
-            out = b.outside(x, tol)
-        if out:
+    checks = InputChecks(x, labels, bounds, name, min_dim, tol)
+    return x, checks.judge(checks.values.tolist())
+
+
+class InputChecks:
+    """The checks of a batch ``x`` (and of its integer ``labels``) in two halves: the host's
+    (type, dimensions, batch size) at once, and the numbers the rest needs (the input's minimum
+    and maximum, the labels', whether a feature lies outside per-feature bounds) queued on the
+    device as one tensor, :attr:`values`, that :meth:`judge` reads. A caller that must not wait
+    for the device before its work (a sync-free attack) reads them with its own numbers at the
+    end: one transfer per call."""
+
+    def __init__(
+        self, x: Any, labels: Any, bounds: Any = None, name: str = "x", min_dim: int = 2, tol: float = 1e-6
+    ) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() < min_dim:
             raise ValueError(
-                f"{name} must lie within bounds {_bounds_text(b)}, got values in [{xmin:.6g}, {xmax:.6g}]"
+                f"{name} must have at least {min_dim} dimensions (batch first), got shape {tuple(x.shape)}"
             )
-    return x, known
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} must hold at least one sample, got shape {tuple(x.shape)}")
+        self.x, self.labels, self.name, self.tol = x, labels, name, tol
+        self.bounds = None if bounds is None else check_bounds(bounds)
+        # One reduction and one transfer of a few numbers, not a copy of x: NaN propagates into the
+        # minimum and maximum, and an infinity is one of them.
+        values: list[Tensor] = list(torch.aminmax(x.detach()))
+        #: whether the labels' range is among the values (an integer tensor on x's device)
+        self.reads_labels = _integer_labels(labels) and labels.device == x.device
+        if self.reads_labels:
+            # The labels as float32 (float64 beside a float64 input): one cast of the small label
+            # tensor, and the numbers stacked in one kernel (no cast of each). Rounding to nearest
+            # keeps the order and every integer below 2**24 (2**53) is exact, so a range within
+            # that is the labels' own; beyond it (never class indices) it is read again exactly.
+            wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+            values += torch.aminmax(labels.detach().to(wide))
+        if self.bounds is not None and not self.bounds.scalar:
+            values.append(self.bounds.outside_flag(x.detach(), tol))
+        self.values = torch.stack(values)
+
+    def judge(self, numbers: list[float]) -> tuple[int, int] | None:
+        """Raise for an input that is not finite or lies outside the bounds, given :attr:`values`
+        read (``numbers``); return the labels' ``(min, max)`` (``None``: not an integer tensor)."""
+        xmin, xmax = float(numbers[0]), float(numbers[1])
+        exact = 2.0**53 if self.x.dtype == torch.float64 else 2.0**24
+        known: tuple[int, int] | None
+        if self.reads_labels and -exact < numbers[2] <= numbers[3] < exact:
+            known = (int(numbers[2]), int(numbers[3]))
+        else:
+            known = label_range(self.labels)
+        if not (math.isfinite(xmin) and math.isfinite(xmax)):
+            bad = int((~torch.isfinite(self.x)).sum())
+            raise ValueError(f"{self.name} must be finite, got {bad} NaN/inf values")
+        b = self.bounds
+        if b is not None:
+            if b.scalar:  # the minimum and maximum in hand decide it
+                low, high = b
+                out = xmin < float(low) - self.tol or xmax > float(high) + self.tol
+            else:
+                out = numbers[-1] > 0
+            if out:
+                raise ValueError(
+                    f"{self.name} must lie within bounds {_bounds_text(b)}, got values in [{xmin:.6g}, {xmax:.6g}]"
+                )
+        return known
 
 
 def _bounds_text(b: Bounds) -> str:
@@ -150,19 +175,32 @@ def as_index_tensor(labels: Any, name: str, expected: str = "class indices") -> 
     return labels
 
 
+class ReadLater:
+    """``known_range`` of labels whose range is read after the work, with the call's other
+    numbers (:class:`InputChecks`): :func:`check_labels` clamps them into range meanwhile (an
+    index out of range would abort a CUDA kernel) and :func:`check_label_range` judges them."""
+
+    def __repr__(self) -> str:
+        return "READ_LATER"
+
+
+READ_LATER = ReadLater()
+
+
 def check_labels(
     labels: Any,
     batch: int,
     num_classes: int,
     name: str = "y",
     device: torch.device | None = None,
-    known_range: tuple[int, int] | None = None,
+    known_range: tuple[int, int] | ReadLater | None = None,
 ) -> Tensor:
     """Return ``labels`` as a long tensor ``(batch,)`` of class indices in ``[0, num_classes)``.
 
     Accepts an int (used for every sample), a sequence, or a tensor. ``known_range``: the
     labels' ``(min, max)`` when the caller has read it already (:func:`label_range`), so
-    that checking costs no transfer from the device here.
+    that checking costs no transfer from the device here; :data:`READ_LATER` when the caller
+    reads it after its work (the labels are returned clamped into range until then).
     """
     if isinstance(labels, bool):
         raise ValueError(f"{name} must be class indices, got {labels!r}")
@@ -172,13 +210,18 @@ def check_labels(
     labels = labels.reshape(-1) if labels.dim() == 0 else labels
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
+    if isinstance(known_range, ReadLater):
+        return labels.to(device=device, dtype=torch.long).clamp(0, num_classes - 1)
     if labels.numel():
-        low, high = known_range if known_range is not None else label_range(labels)  # type: ignore[misc]
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name} must be class indices in [0, {num_classes - 1}], got values in [{low}, {high}]"
-            )
+        check_label_range(known_range if known_range is not None else label_range(labels), num_classes, name)
     return labels.to(device=device, dtype=torch.long)
+
+
+def check_label_range(known_range: tuple[int, int] | None, num_classes: int, name: str = "y") -> None:
+    """Refuse labels whose ``(min, max)`` is not within ``[0, num_classes)``."""
+    low, high = known_range  # type: ignore[misc]
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"{name} must be class indices in [0, {num_classes - 1}], got values in [{low}, {high}]")
 
 
 def label_range(labels: Any) -> tuple[int, int] | None:
@@ -205,7 +248,7 @@ def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
 
 
 __all__ = [
-    "MAX_SEED", "Bounds", "BoundsLike", "as_index_tensor", "check_bounds", "check_choice", "check_input",
-    "check_input_and_labels",
-    "check_labels", "check_number", "label_range", "check_seed", "check_shape", "clip_features",
+    "MAX_SEED", "READ_LATER", "Bounds", "BoundsLike", "InputChecks", "ReadLater", "as_index_tensor", "check_bounds",
+    "check_choice", "check_input", "check_input_and_labels", "check_label_range", "check_labels", "check_number",
+    "label_range", "check_seed", "check_shape", "clip_features",
 ]

@@ -1,7 +1,8 @@
 """What one FGSM/PGD/BIM call reads from the device and launches besides its algorithm: one
-transfer of four numbers before the clean pass (the input's and the labels' ranges), the clean
-outputs' finiteness at the end, no second clamp, and the clean prediction and the iterations
-made only when read. Every bad input is refused with the message it had before."""
+transfer of five numbers once its work is queued (the input's and the labels' ranges, the clean
+outputs' finiteness), nothing before the clean pass, no second clamp, and the clean prediction
+and the iterations made only when read. Every bad input is refused with the message it had
+before."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ ATTACKS = {
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 @pytest.mark.parametrize("targeted", [False, True])
-def test_a_call_reads_the_device_twice_and_launches_nothing_it_does_not_need(monkeypatch, name, targeted):
+def test_a_call_reads_the_device_once_and_launches_nothing_it_does_not_need(monkeypatch, name, targeted):
     model = _model()
     x, labels = torch.rand(8, 12, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3] * 2)
     attack = ATTACKS[name](model)
@@ -53,13 +54,15 @@ def test_a_call_reads_the_device_twice_and_launches_nothing_it_does_not_need(mon
     transfers, recorder = _Transfers(monkeypatch), Recorder()
     with recorder:
         result = attack(x, **kwargs)
-    assert transfers.shapes == [(4,)]  # the input's min and max with the labels', in one transfer
-    assert recorder.reads == 1  # the clean outputs' finiteness, once the work is queued
-    assert recorder.ops.index("aten.stack") < recorder.ops.index("aten.addmm")  # the read comes first
+    # the input's min and max, the labels', the clean outputs' sum: one transfer, after the last gradient
+    assert transfers.shapes == [(5,)]
+    assert recorder.reads == 0
+    last_gradient = len(recorder.ops) - 1 - recorder.ops[::-1].index("aten.mm")
+    assert len(recorder.ops) - 1 - recorder.ops[::-1].index("aten.cat") > last_gradient
     steps = 1 if name == "fgsm" else 3
-    # _run's own and none after it: FGSM's step; PGD's and BIM's ball-and-bounds limits (2), their
-    # steps, and PGD's random start
-    assert recorder.ops.count("aten.clamp") == {"fgsm": 1, "pgd": 2 + 3 + 1, "bim": 2 + 3}[name]
+    # the labels' clamp into range until they are read (1), then _run's own and none after it:
+    # FGSM's step; PGD's and BIM's ball-and-bounds limits (2), their steps, and PGD's random start
+    assert recorder.ops.count("aten.clamp") == 1 + {"fgsm": 1, "pgd": 2 + 3 + 1, "bim": 2 + 3}[name]
     for op in ("aten.argmax", "aten.ones", "aten.full", "aten.fill_"):  # pred_before and iterations: when read
         assert op not in recorder.ops, op
     with torch.no_grad():
@@ -176,3 +179,39 @@ def test_the_combined_read_gives_the_labels_exact_range():
     assert check_input_and_labels(half, torch.tensor([2049, 4]), (0.0, 1.0))[1] == (4, 2049)
     with pytest.raises(ValueError, match=r"x must lie within bounds \(0.0, 0.5\), got values in \[0.25, 0.75\]"):
         check_input_and_labels(half, torch.tensor([1]), (0.0, 0.5))
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_labels_out_of_range_never_reach_the_loss_and_are_still_refused(name):
+    """Read after the work, out-of-range labels are clamped into range until then (on a GPU an
+    index out of range aborts the loss's kernel); the call still refuses them, and the caller's
+    labels are left as they were."""
+    seen: list[tuple[int, int]] = []
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seen.append((int(labels.min()), int(labels.max())))
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+    attack = ATTACKS[name](_model())
+    attack.loss_fn = loss_fn
+    labels = torch.tensor([-3, 1, 9])
+    with pytest.raises(ValueError, match=r"y must be class indices in \[0, 3\], got values in \[-3, 9\]"):
+        attack(torch.rand(3, 12), y=labels)
+    assert seen and all(0 <= low <= high <= 3 for low, high in seen)
+    assert labels.tolist() == [-3, 1, 9]
+
+
+def test_per_feature_bounds_are_read_with_the_rest_after_the_work(monkeypatch):
+    """Per-feature bounds: whether a feature lies outside them is one more number of the one
+    transfer (no read before the work); an input outside them is refused as before."""
+    low, high = torch.zeros(12), torch.full((12,), 0.5)
+    attack = FGSM(_model(), eps=0.1, bounds=(low, high))
+    transfers, recorder = _Transfers(monkeypatch), Recorder()
+    with recorder:
+        attack(torch.rand(4, 12) * 0.5, y=torch.tensor([0, 1, 2, 3]))
+    assert transfers.shapes == [(6,)] and recorder.reads == 0
+    x = torch.rand(4, 12) * 0.5
+    x[2, 5] = 0.75
+    with pytest.raises(ValueError, match=r"x must lie within bounds \(per feature"):
+        attack(x, y=torch.tensor([0, 1, 2, 3]))
+    assert _message(lambda: check_input(x, (low, high))) == _message(lambda: attack(x, y=torch.tensor([0, 1, 2, 3])))

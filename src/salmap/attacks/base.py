@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import BoundsLike, check_bounds, check_input_and_labels, check_labels
+from salmap._validate import (
+    READ_LATER,
+    BoundsLike,
+    InputChecks,
+    ReadLater,
+    check_bounds,
+    check_label_range,
+    check_labels,
+)
 from salmap.attacks.result import AttackResult, _version
 from salmap.frozen import module_tensors
 from salmap.gradients import Model, frozen, predict, record_forward
@@ -76,13 +84,18 @@ class Attack(ABC):
         if not targeted and not self.supports_untargeted:
             raise ValueError(f"{type(self).__name__} is targeted only: pass target, not y")
         raw = target if targeted else y
-        # The labels' range is read with the input's, in one transfer before the clean pass, while
-        # the device is idle: checking the labels after it needs no transfer (a transfer there
-        # would stall the device between the passes).
-        x, known = check_input_and_labels(x, self._labels_read_early(raw), self.bounds)
-        # A sync-free attack checks the clean outputs once its work is queued (one transfer at
-        # the end); the others check them at once (they synchronise while running anyway).
+        # The labels' range is read with the input's, in one transfer: a sync-free attack reads it
+        # with the clean outputs' finiteness once its work is queued (its one transfer, at the
+        # end; the labels are clamped into range meanwhile), the others before the clean pass,
+        # while the device is idle (they synchronise while running anyway). Either way checking
+        # the labels after the clean pass needs no transfer of its own.
         check_now = not self._checks_outputs_after_run()
+        checks = InputChecks(x, self._labels_read_early(raw), self.bounds)
+        known: tuple[int, int] | ReadLater | None
+        if check_now:
+            known = checks.judge(checks.values.tolist())
+        else:
+            known = READ_LATER if checks.reads_labels else None
         start = time.perf_counter()
         # The model's modules, walked once for frozen() and for the parameters' version counters.
         modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else None
@@ -140,8 +153,18 @@ class Attack(ABC):
         )
         if not check_now:
             # the call's one read of the device, last: the host's work above overlaps the device's
-            check_finite_outputs(clean, "clean")
+            self._check_after_run(checks, clean, known, "target" if targeted else "y")
         return result
+
+    def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
+        """A sync-free call's checks, in one transfer: the input's range, the labels' range
+        (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
+        numbers = torch.cat((checks.values, clean.detach().sum().reshape(1))).tolist()
+        label_range = checks.judge(numbers[:-1])
+        if known is READ_LATER:
+            check_label_range(label_range, clean.shape[1], name)
+        if not math.isfinite(numbers[-1]):
+            check_finite_outputs(clean, "clean")
 
     def _measure(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor,
@@ -212,10 +235,12 @@ class Attack(ABC):
         return labels
 
     def _check_labels(
-        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
+        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor,
+        known_range: tuple[int, int] | ReadLater | None = None,
     ) -> Tensor:
         """Validate and return the labels (class indices ``(B,)`` for classifiers); ``known_range``
-        is the range :meth:`_labels_read_early` asked for."""
+        is the range :meth:`_labels_read_early` asked for (:data:`READ_LATER`: read after the run,
+        the labels clamped into range until then)."""
         if clean.dim() != 2:
             raise ValueError(
                 f"model must return (B, classes) logits for {type(self).__name__}, "

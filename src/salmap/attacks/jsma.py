@@ -19,7 +19,7 @@ import math
 
 from torch import Tensor
 
-from salmap._validate import BoundsLike, check_number, clip_features
+from salmap._validate import BoundsLike, ReadLater, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, active_set_loop, class_score_grads
 from salmap.pair_search import auto_chunk_size, select_features
@@ -117,7 +117,7 @@ class JSMA(Attack):
         self.saturation = float(check_number("saturation", saturation, low=0.0, high=1.0, high_open=True))
 
     def _check_labels(
-        self, x: Tensor, labels: object, targeted: bool, clean: Tensor, known_range: tuple[int, int] | None = None
+        self, x: Tensor, labels: object, targeted: bool, clean: Tensor, known_range: tuple[int, int] | ReadLater | None = None
     ) -> Tensor:
         checked = super()._check_labels(x, labels, targeted, clean, known_range)
         if targeted and self.strict_targets:
