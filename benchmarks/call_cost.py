@@ -69,9 +69,11 @@ def dispatched_ops(fn: Any) -> int:
 def cost_rows(
     model: nn.Module, x: Tensor, y: Tensor, device: str, setting: str, steps: int = 40, repeats: int = 5,
     budget: float | None = None, eps: float = 0.3, clock: str = "wall", calls: int = 1,
+    fgsm_repeats: int | None = None,
 ) -> list[dict[str, Any]]:
     """FGSM and PGD-``steps``: salmap beside torchattacks, interleaved medians in ms and ratios
-    (``calls`` calls per timed turn; the times are per call)."""
+    (``calls`` calls per timed turn; the times are per call). FGSM takes ``fgsm_repeats`` turns
+    (default ten times ``repeats``): a call of a few milliseconds needs many for a steady median."""
     import torchattacks
 
     step = eps / 10
@@ -88,7 +90,8 @@ def cost_rows(
             "salmap+success": lambda a=ours: a(x, y=y).success,
         }
         fns = {name: (lambda f=f: [f() for _ in range(calls)]) for name, f in one.items()}
-        times = interleaved(fns, device, repeats=repeats, budget=budget, clock=clock)
+        turns = (fgsm_repeats or 10 * repeats) if name == "FGSM" else repeats
+        times = interleaved(fns, device, repeats=turns, budget=budget, clock=clock)
         times = {name: [t / calls for t in ts] for name, ts in times.items()}
         rows.append({
             "setting": setting, "attack": name, "turns": len(times["salmap"]),
@@ -113,7 +116,7 @@ def main() -> None:
                         "besides its arithmetic, the regime of a GPU, on a CPU)")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--steps224", type=int, default=None, help="PGD steps at 224 (default --steps)")
-    p.add_argument("--repeats", type=int, default=5, help="timed turns (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="timed turns (default 5; FGSM: ten times as many)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
                    help="wall time, or this process's CPU time (steadier on a shared CPU machine; use --threads 1)")
