@@ -159,7 +159,7 @@ class Attack(ABC):
     def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
         """A sync-free call's checks, in one transfer: the input's range, the labels' range
         (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
-        numbers = torch.cat((checks.values, clean.detach().sum().reshape(1))).tolist()
+        numbers = torch.cat((checks.values, clean.detach().sum().reshape(1).to(checks.values.device))).tolist()
         label_range = checks.judge(numbers[:-1])
         if known is READ_LATER:
             check_label_range(label_range, clean.shape[1], name)
@@ -219,9 +219,10 @@ class Attack(ABC):
         return False
 
     def _checks_outputs_after_run(self) -> bool:
-        """Whether :meth:`_run` never synchronises with the device, so the clean outputs' finiteness
-        is checked after it (NaN outputs still raise, once the work is queued) rather than between
-        the clean pass and the first gradient."""
+        """Whether :meth:`_run` never synchronises with the device, so the input's range, the
+        labels' range and the clean outputs' finiteness are read in one transfer after it (bad
+        input and NaN outputs still raise, once the work is queued; the labels are clamped into
+        range until then) rather than before the clean pass and between it and the first gradient."""
         return False
 
     def _run_clamps(self) -> bool:
@@ -230,8 +231,9 @@ class Attack(ABC):
         return False
 
     def _labels_read_early(self, labels: Any) -> Any:
-        """The raw labels whose ``(min, max)`` is read with the input's before the clean pass
-        (:func:`salmap._validate.label_range`; ``None``: they are checked later)."""
+        """The raw labels whose ``(min, max)`` is read with the input's (:class:`InputChecks`:
+        before the clean pass, or after the run for a sync-free attack; ``None``: they are
+        checked by :meth:`_check_labels` on their own)."""
         return labels
 
     def _check_labels(
