@@ -8,7 +8,7 @@ dispatches (on a GPU, each is a kernel launch). Settings: the lenet on ``-n`` mn
 test images (trained weights from ``--model``, else random weights: the cost does not depend
 on them) and a random-weight resnet18 on ``--batch224`` random 3x224x224 images.
 
-    python benchmarks/call_cost.py [--device auto] [-n 1000] [--batch224 64] [--steps 40] [--repeats 5]
+    python benchmarks/call_cost.py [--device auto] [-n 1000] [--batch224 64] [--steps 40] [--repeats 5] [--fgsm-repeats 50]
     python benchmarks/call_cost.py --device cpu --threads 1 --clock process   # on a shared CPU machine
     python benchmarks/call_cost.py --device cpu --threads 1 --clock process -n 1 --batch224 1 --size 32 \
         --steps 10 --calls 50   # what a call costs besides its arithmetic
@@ -116,7 +116,8 @@ def main() -> None:
                         "besides its arithmetic, the regime of a GPU, on a CPU)")
     p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
     p.add_argument("--steps224", type=int, default=None, help="PGD steps at 224 (default --steps)")
-    p.add_argument("--repeats", type=int, default=5, help="timed turns (default 5; FGSM: ten times as many)")
+    p.add_argument("--repeats", type=int, default=5, help="timed turns (default 5)")
+    p.add_argument("--fgsm-repeats", type=int, default=None, help="FGSM's timed turns (default ten times --repeats)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
                    help="wall time, or this process's CPU time (steadier on a shared CPU machine; use --threads 1)")
@@ -130,11 +131,12 @@ def main() -> None:
     if args.num:
         model, x, y = lenet_setting(device, args.num, args.model)
         rows += cost_rows(model, x, y, device, f"lenet {x.shape[0]}x1x28x28", args.steps, args.repeats,
-                          clock=args.clock, calls=args.calls)
+                          clock=args.clock, calls=args.calls, fgsm_repeats=args.fgsm_repeats)
     if args.batch224:
         model, x, y = resnet_setting(device, args.batch224, args.size)
         rows += cost_rows(model, x, y, device, f"resnet18 {x.shape[0]}x3x{args.size}x{args.size}",
-                          args.steps224 or args.steps, args.repeats, eps=8 / 255, clock=args.clock, calls=args.calls)
+                          args.steps224 or args.steps, args.repeats, eps=8 / 255, clock=args.clock, calls=args.calls,
+                          fgsm_repeats=args.fgsm_repeats)
     print_table(rows, list(rows[0]))
 
 
