@@ -129,16 +129,17 @@ class InputChecks:
             values.append(self.bounds.outside_flag(x.detach(), tol))
         self.values = torch.stack(values)
 
-    def judge(self, numbers: list[float]) -> tuple[int, int] | None:
+    def judge(self, numbers: list[float], labels: bool = True) -> tuple[int, int] | None:
         """Raise for an input that is not finite or lies outside the bounds, given :attr:`values`
-        read (``numbers``); return the labels' ``(min, max)`` (``None``: not an integer tensor)."""
+        read (``numbers``); return the labels' ``(min, max)`` (``None``: not an integer tensor, or
+        not asked for: ``labels=False`` reads nothing more)."""
         xmin, xmax = float(numbers[0]), float(numbers[1])
         exact = 2.0**53 if self.x.dtype == torch.float64 else 2.0**24
-        known: tuple[int, int] | None
+        known: tuple[int, int] | None = None
         if self.reads_labels and -exact < numbers[2] <= numbers[3] < exact:
             known = (int(numbers[2]), int(numbers[3]))
-        else:
-            known = label_range(self.labels)
+        elif labels:
+            known = label_range(self.labels)  # not among the numbers, or beyond their exact range
         if not (math.isfinite(xmin) and math.isfinite(xmax)):
             bad = int((~torch.isfinite(self.x)).sum())
             raise ValueError(f"{self.name} must be finite, got {bad} NaN/inf values")
@@ -211,15 +212,19 @@ def check_labels(
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
     if isinstance(known_range, ReadLater):
-        return labels.to(device=device, dtype=torch.long).clamp(0, num_classes - 1)
+        if num_classes >= 1:  # (no class at all: refused now, nothing to clamp into)
+            return labels.to(device=device, dtype=torch.long).clamp(0, num_classes - 1)
+        known_range = None
     if labels.numel():
-        check_label_range(known_range if known_range is not None else label_range(labels), num_classes, name)
+        read = known_range if known_range is not None else label_range(labels)
+        if read is not None:  # (always: as_index_tensor gave an integer tensor)
+            check_label_range(read, num_classes, name)
     return labels.to(device=device, dtype=torch.long)
 
 
-def check_label_range(known_range: tuple[int, int] | None, num_classes: int, name: str = "y") -> None:
+def check_label_range(known_range: tuple[int, int], num_classes: int, name: str = "y") -> None:
     """Refuse labels whose ``(min, max)`` is not within ``[0, num_classes)``."""
-    low, high = known_range  # type: ignore[misc]
+    low, high = known_range
     if low < 0 or high >= num_classes:
         raise ValueError(f"{name} must be class indices in [0, {num_classes - 1}], got values in [{low}, {high}]")
 

@@ -215,3 +215,50 @@ def test_per_feature_bounds_are_read_with_the_rest_after_the_work(monkeypatch):
     with pytest.raises(ValueError, match=r"x must lie within bounds \(per feature"):
         attack(x, y=torch.tensor([0, 1, 2, 3]))
     assert _message(lambda: check_input(x, (low, high))) == _message(lambda: attack(x, y=torch.tensor([0, 1, 2, 3])))
+
+
+def test_the_inputs_error_comes_first_when_the_call_meets_another_on_the_way():
+    """Read after the work, the input's range still decides first: an error met before the end
+    (the labels' dtype or shape, the caller's clean outputs, a model that cannot take x) gives
+    way to the input's, as when the input was read before the work."""
+    model = _model()
+    nan = torch.rand(3, 12)
+    nan[0, 0] = float("nan")
+    above = torch.rand(3, 12) + 1
+    y = torch.tensor([0, 1, 3])
+    for make in ATTACKS.values():
+        attack = make(model)
+        for kwargs in ({"y": torch.tensor([0.0, 1.0, 3.0])}, {"y": torch.tensor([0, 1])},
+                       {"y": y, "clean": torch.zeros(2, 4)}):
+            assert _message(lambda a=attack, k=kwargs: a(nan, **k)) == "x must be finite, got 1 NaN/inf values"
+        wrong_model = make(torch.nn.Linear(13, 4))
+        assert _message(lambda a=wrong_model: a(above, y=y)) == _message(lambda: check_input(above, (0.0, 1.0)))
+
+
+def test_a_model_with_no_classes_is_refused_before_any_label_reaches_the_loss():
+    x, y = torch.rand(3, 12), torch.tensor([0, 1, 3])
+    for make in ATTACKS.values():
+        assert _message(lambda m=make: m(lambda t: t[:, :0])(x, y=y)) == (
+            "y must be class indices in [0, -1], got values in [0, 3]")
+
+
+def test_labels_not_read_with_the_input_are_read_once(monkeypatch):
+    """Labels the input's transfer does not carry (on another device than x: here, forced) are
+    checked before the work by check_labels, and not read again at the end."""
+    import salmap._validate as validate
+
+    reads = []
+    original = validate.label_range
+    monkeypatch.setattr(validate, "label_range", lambda labels: reads.append(1) or original(labels))
+
+    class NotCarried(validate.InputChecks):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.reads_labels = False
+
+    import salmap.attacks.base as base
+    monkeypatch.setattr(base, "InputChecks", NotCarried)
+    FGSM(_model(), eps=0.1)(torch.rand(3, 12), y=torch.tensor([0, 1, 3]))
+    assert len(reads) == 1
+    with pytest.raises(ValueError, match=r"got values in \[0, 7\]"):
+        FGSM(_model(), eps=0.1)(torch.rand(3, 12), y=torch.tensor([0, 1, 7]))

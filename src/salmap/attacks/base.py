@@ -96,6 +96,24 @@ class Attack(ABC):
             known = checks.judge(checks.values.tolist())
         else:
             known = READ_LATER if checks.reads_labels else None
+        if check_now:
+            return self._attack(x, raw, targeted, known, clean, check_now)[0]
+        try:
+            result, clean = self._attack(x, raw, targeted, known, clean, check_now)
+        except Exception:
+            # an error met on the way (the labels' shape, the model's outputs) comes after the
+            # input's own, as when the input was read before the work
+            checks.judge(checks.values.tolist(), labels=False)
+            raise
+        # the call's one read of the device, last: the host's work above overlaps the device's
+        self._check_after_run(checks, clean, known, "target" if targeted else "y")
+        return result
+
+    def _attack(
+        self, x: Tensor, raw: Any, targeted: bool, known: tuple[int, int] | ReadLater | None, clean: Tensor | None,
+        check_now: bool,
+    ) -> tuple[AttackResult, Tensor]:
+        """The call's work on the checked input: its result and the clean outputs it used."""
         start = time.perf_counter()
         # The model's modules, walked once for frozen() and for the parameters' version counters.
         modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else None
@@ -151,17 +169,14 @@ class Attack(ABC):
             measure=self._measure(x0, x_adv, labels, targeted, clean, _state_version(self.model, modules)),
             clean_input=x0,
         )
-        if not check_now:
-            # the call's one read of the device, last: the host's work above overlaps the device's
-            self._check_after_run(checks, clean, known, "target" if targeted else "y")
-        return result
+        return result, clean
 
     def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
         """A sync-free call's checks, in one transfer: the input's range, the labels' range
         (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
         numbers = torch.cat((checks.values, clean.detach().sum().reshape(1).to(checks.values.device))).tolist()
-        label_range = checks.judge(numbers[:-1])
-        if known is READ_LATER:
+        label_range = checks.judge(numbers[:-1], labels=known is READ_LATER)
+        if known is READ_LATER and label_range is not None:
             check_label_range(label_range, clean.shape[1], name)
         if not math.isfinite(numbers[-1]):
             check_finite_outputs(clean, "clean")

@@ -117,7 +117,8 @@ class JSMA(Attack):
         self.saturation = float(check_number("saturation", saturation, low=0.0, high=1.0, high_open=True))
 
     def _check_labels(
-        self, x: Tensor, labels: object, targeted: bool, clean: Tensor, known_range: tuple[int, int] | ReadLater | None = None
+        self, x: Tensor, labels: object, targeted: bool, clean: Tensor,
+        known_range: tuple[int, int] | ReadLater | None = None,
     ) -> Tensor:
         checked = super()._check_labels(x, labels, targeted, clean, known_range)
         if targeted and self.strict_targets:

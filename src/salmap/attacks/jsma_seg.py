@@ -163,7 +163,8 @@ class SegmentationJSMA(Attack):
         return None  # masks are checked against the model's classes below
 
     def _check_labels(
-        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor, known_range: tuple[int, int] | ReadLater | None = None
+        self, x: Tensor, labels: Any, targeted: bool, clean: Tensor,
+        known_range: tuple[int, int] | ReadLater | None = None,
     ) -> Tensor:
         if clean.dim() != 4:
             raise ValueError(
