@@ -29,6 +29,7 @@ from salmap._validate import (
     check_label_range,
     check_labels,
 )
+from salmap.attacks.clean_outputs import check_finite_outputs, first_forward
 from salmap.attacks.result import AttackResult, _version
 from salmap.frozen import module_tensors
 from salmap.gradients import Model, frozen, predict, record_forward
@@ -280,38 +281,6 @@ class Attack(ABC):
         skip = {"model"}
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))
         return f"{type(self).__name__}({args})"
-
-
-def first_forward(model: Model, x: Tensor, check: bool = True) -> Tensor:
-    """The model's outputs on the clean batch, or a ``ValueError`` that says what went wrong:
-    a model that cannot take ``x`` (3-D input, wrong image size) is named with ``x``'s shape,
-    and non-finite outputs are refused (an attack's success cannot be judged on NaN logits)."""
-    try:
-        out = predict(model, x)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        text = " ".join(str(err).split())
-        raise ValueError(
-            f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
-            "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
-        ) from err
-    if check:
-        check_finite_outputs(out, "clean")
-    return out
-
-
-def check_finite_outputs(out: Tensor, which: str) -> None:
-    """Refuse NaN/inf model outputs: one sum and one host sync when they are finite (a NaN or
-    an infinity makes the sum non-finite; a sum that overflowed is checked element-wise)."""
-    if math.isfinite(float(out.detach().sum())):
-        return
-    if not bool(torch.isfinite(out).all()):
-        bad = int((~torch.isfinite(out)).flatten(1).any(dim=1).sum()) if out.dim() > 1 else -1
-        raise ValueError(
-            f"the model returned NaN or infinite outputs on {bad} of {out.shape[0]} {which} inputs; "
-            "success cannot be judged on them (check the model and its input range)"
-        )
 
 
 __all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]

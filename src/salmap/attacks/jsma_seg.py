@@ -18,14 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salmap._validate import (
-    BoundsLike,
-    ReadLater,
-    as_index_tensor,
-    check_choice,
-    check_number,
-    clip_features,
-)
+from salmap._validate import BoundsLike, as_index_tensor, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.attacks.seg_goals import RegionFn, outside, region_mask, resize_mask
 from salmap.attacks.seg_saliency import choose, derivatives, output_mask
@@ -164,7 +157,7 @@ class SegmentationJSMA(Attack):
 
     def _check_labels(
         self, x: Tensor, labels: Any, targeted: bool, clean: Tensor,
-        known_range: tuple[int, int] | ReadLater | None = None,
+        known_range: object = None,
     ) -> Tensor:
         if clean.dim() != 4:
             raise ValueError(
