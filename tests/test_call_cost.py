@@ -164,3 +164,24 @@ def test_frozen_puts_back_what_the_block_changed():
         for p in model.parameters():
             p.requires_grad_(True)
     assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]) == before
+
+
+def test_the_modules_walk_is_model_modules_and_the_version_check_takes_inference_buffers():
+    from salmap.attacks.base import _state_version
+    from salmap.frozen import modules_of
+
+    shared = nn.Linear(2, 2)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Sequential(nn.Linear(2, 2), shared), nn.Identity())
+    model.register_module("absent", None)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1))))
+    for m in (model, scripted):
+        walked, expected = modules_of(m), list(m.modules())
+        assert len(walked) == len(expected) and all(a is b for a, b in zip(walked, expected, strict=True))
+    with torch.inference_mode():
+        frozen_stats = torch.zeros(2)
+    model[2][0].register_buffer("stats", frozen_stats)  # no version counter: left out, no error
+    before = _state_version(model)
+    assert before is not None and len(before) == 4  # two Linear layers' weight and bias (one shared)
+    with torch.no_grad():
+        shared.weight.add_(1.0)
+    assert _state_version(model) != before

@@ -31,7 +31,7 @@ from salmap._validate import (
 )
 from salmap.attacks.clean_outputs import check_finite_outputs, first_forward
 from salmap.attacks.result import AttackResult, _version
-from salmap.frozen import module_tensors
+from salmap.frozen import module_tensors, modules_of
 from salmap.gradients import Model, frozen, predict, record_forward
 from salmap.precision import autocast
 from salmap.targets import all_other_targets, random_targets
@@ -117,7 +117,7 @@ class Attack(ABC):
         """The call's work on the checked input: its result and the clean outputs it used."""
         start = time.perf_counter()
         # The model's modules, walked once for frozen() and for the parameters' version counters.
-        modules = list(self.model.modules()) if isinstance(self.model, nn.Module) else None
+        modules = modules_of(self.model) if isinstance(self.model, nn.Module) else None
         with frozen(self.model, modules=modules):
             x0 = x.detach().clone()
             # The clean prediction is computed once: given by the caller, else by the first gradient
@@ -283,18 +283,17 @@ class Attack(ABC):
         return f"{type(self).__name__}({args})"
 
 
-__all__ = ["Attack", "AttackResult", "all_other_targets", "random_targets"]
-
 
 def _filled(batch: int, count: int, device: torch.device) -> Callable[[], Tensor]:
     return lambda: torch.full((batch,), count, dtype=torch.long, device=device)
 
 
 def _state_version(model: Model, modules: list[nn.Module] | None = None) -> tuple[int, ...] | None:
-    """In-place modification counters of the model's parameters and buffers (None for a callable);
-    ``modules``: ``list(model.modules())`` when the caller has it."""
+    """In-place modification counters of the model's parameters and buffers (None for a callable)."""
     if not isinstance(model, nn.Module):
         return None
-    if modules is None:
-        modules = list(model.modules())
-    return tuple(t._version for t in module_tensors(modules, buffers=True) if not t.is_inference())
+    tensors = module_tensors(modules or modules_of(model), buffers=True)
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:  # an inference tensor has no version counter (and cannot be changed in place)
+        return tuple(t._version for t in tensors if not t.is_inference())
