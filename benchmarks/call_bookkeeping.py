@@ -10,7 +10,7 @@ they replaced), and ``frozen`` entered and left (beside its former body, without
 manager). Best of ``--repeats`` runs of ``--number``
 calls, the old and new ways taking turns.
 
-    python benchmarks/call_bookkeeping.py [--number 2000] [--repeats 7]
+    python benchmarks/call_bookkeeping.py [--device auto] [--number 2000] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 from salmap import models
 from salmap.attacks.base import _state_version
 from salmap.cli.common import print_table
+from salmap.devices import describe_device, resolve_device
 from salmap.frozen import frozen, modules_of
 
 
@@ -68,17 +69,20 @@ def _enter_and_leave(model: nn.Module, modules: list[nn.Module]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="where the models live (auto: CUDA when available); the work is the host's")
     p.add_argument("--number", type=int, default=2000, help="calls per timed run (default 2000)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs, the best kept (default 7)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    device = resolve_device(args.device)
+    print(f"device {describe_device(device)}, torch {torch.__version__}, 1 thread")
     settings = {
         "lenet": models.build("lenet"),
         "resnet18": models.build("resnet18", num_classes=10, stem="standard"),
     }
     rows = []
     for name, model in settings.items():
-        model.eval()
+        model.to(device).eval()
         modules = modules_of(model)
         pairs = {
             "walk the modules": (lambda m=model: list(m.modules()), lambda m=model: modules_of(m)),
