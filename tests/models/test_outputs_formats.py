@@ -121,7 +121,7 @@ def test_torchscript_attacks_and_explainers_or_a_clear_error(tmp_path, net_and_b
                                GradientSaliency(net).attribute(x, target=y))
     with pytest.raises(ValueError, match="TorchScript modules do not support hooks"):
         GradCAM(scripted, layer="0")
-    with pytest.raises(ValueError, match="LRP has no rule for layer"):
+    with pytest.raises(ValueError, match="LRP needs forward hooks .* TorchScript modules"):
         LRP(scripted)
 
 

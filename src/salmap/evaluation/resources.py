@@ -194,7 +194,7 @@ def _model_problem(entry: registry.Entry, params: dict[str, Any], module: nn.Mod
     """What the entry's own ``model_check`` (salmap's code, e.g. LRP's supported layers) says
     about a module it needs, or None."""
     check = entry.extra.get("model_check")
-    if check is None or not entry.requires_module(params) or isinstance(module, torch.jit.ScriptModule):
+    if check is None or not entry.requires_module(params):
         return None
     try:
         check(module)

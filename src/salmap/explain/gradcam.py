@@ -126,7 +126,7 @@ class GradCAM(Explainer):
             raise ValueError(
                 f"Grad-CAM needs a forward hook on layer {layer!r}, and TorchScript modules do not support "
                 "hooks; explain the eager model (checkpoint folder, module:factory or a torch.export .pt2 file), "
-                "or use gradient, occlusion or LRP on this one"
+                "or use gradient or occlusion on this one"
             )
         self.relu = bool(relu)
         if reshape is not None and not callable(reshape):

@@ -72,6 +72,12 @@ def check_supported(model: nn.Module) -> dict[nn.Module, str]:
     names: dict[nn.Module, str] = {}
     for name, module in model.named_modules():
         names.setdefault(module, name or "<model>")
+        if isinstance(module, torch.jit.ScriptModule):
+            raise ValueError(
+                f"LRP needs forward hooks on the model's layers, and TorchScript modules such as "
+                f"{name or '<model>'!r} do not support hooks; explain the eager model (checkpoint folder or "
+                "module:factory), or use gradient or occlusion maps (ISI: indicator='sensitivity') on this one"
+            )
         known = isinstance(module, LINEAR_LAYERS + PASS_LAYERS + NORM_LAYERS)
         leaf = next(module.children(), None) is None
         own_params = next(module.parameters(recurse=False), None) is not None

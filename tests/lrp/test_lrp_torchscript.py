@@ -1,0 +1,71 @@
+"""LRP (and ISI's relevance indicator) on a TorchScript model: one clear error naming TorchScript
+and what to use instead, raised before a command or run file does any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from salmap.cli import main
+from salmap.explain import LRP, GradCAM
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ts")
+    torch.jit.save(torch.jit.script(Small().eval()), str(root / "small.pt"))
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    np.savez(root / "d.npz", x=x, y=np.arange(4) % 3, x_test=x, y_test=np.arange(4) % 3)
+    return root
+
+
+def _one_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"salmap {command}: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_lrp_refuses_torchscript_by_name(files):
+    scripted = torch.jit.load(str(files / "small.pt"))
+    with pytest.raises(ValueError, match="TorchScript modules .* do not support hooks.*gradient or occlusion"):
+        LRP(scripted)
+    with pytest.raises(ValueError, match="or use gradient or occlusion on this one") as info:
+        GradCAM(scripted, layer="conv")
+    assert "LRP" not in str(info.value)  # LRP needs hooks too: not offered instead
+
+
+def test_cli_isi_relevance_on_torchscript_fails_before_work(files, tmp_path, capsys):
+    out = tmp_path / "isi"
+    rc = main(["attack", "isi", "--model", str(files / "small.pt"), "--data", f"npz:{files / 'd.npz'}", "-n", "2",
+               "--out", str(out)])
+    assert rc == 2
+    err = _one_line(capsys, "attack")
+    assert "TorchScript" in err and "indicator='sensitivity'" in err
+    assert not out.exists()
+
+
+def test_run_file_lrp_on_torchscript_fails_at_validation(files, tmp_path, capsys):
+    out = tmp_path / "eval"
+    run = {"output": str(out), "data": {"name": f"npz:{files / 'd.npz'}", "num": 2},
+           "models": [{"name": "ts", "path": str(files / "small.pt")}],
+           "attacks": [{"attack": "fgsm"}, {"attack": "isi"}], "explanations": [{"explainer": "lrp"}]}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert main(["evaluate", str(tmp_path / "run.yaml")]) == 2
+    err = _one_line(capsys, "evaluate")
+    assert "attacks[1].attack: isi cannot run on models[0] (ts)" in err
+    assert "explanations[0].explainer: lrp cannot run on models[0] (ts)" in err and "TorchScript" in err
+    assert not out.exists()  # the fgsm before them did not run either
