@@ -18,7 +18,7 @@ from salmap import models
 from salmap._validate import Bounds, check_bounds
 from salmap.devices import DEVICE_HELP, describe_device
 from salmap.gradients import set_eval
-from salmap.models.inputs import check_fits, model_channels
+from salmap.models.inputs import check_fits, error_text, model_channels
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
@@ -181,7 +181,7 @@ def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], d
         with torch.no_grad():
             model(x[:1])
     except Exception as err:  # noqa: BLE001 -- any failure of the model on the data is reported with shapes
-        first = " ".join(str(err).split())[:200]
+        first = " ".join(error_text(err).split())[:200]
         raise ValueError(
             f"model cannot be run on {data_name}: samples of shape {sample} (batch {tuple(x[:1].shape)}) "
             f"give {type(err).__name__}: {first}"

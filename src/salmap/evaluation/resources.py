@@ -25,6 +25,7 @@ from salmap.evaluation.checker import Checker
 from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
 from salmap.evaluation.sources import is_factory
 from salmap.gradients import set_eval
+from salmap.models.inputs import error_text
 from salmap.models.outputs import logits_of
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
             out = logits_of(set_eval(model.module)(x))
     except Exception as err:  # a model that cannot take the data's samples: say so before any work
         raise ValueError(f"does not take the data's samples of shape {tuple(ds.x.shape[1:])}: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                         f"{type(err).__name__}: {(error_text(err).splitlines() or [''])[0]}") from None
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):

@@ -42,6 +42,16 @@ def model_channels(model: Any, meta: dict[str, Any] | None = None) -> int | None
     return None
 
 
+def error_text(err: BaseException) -> str:
+    """The text of a model's error, with a TorchScript model's reason in place of its traceback:
+    TorchScript's message starts with a fixed line and ends with what went wrong."""
+    text = str(err).strip()
+    if text.startswith("The following operation failed in the TorchScript interpreter"):
+        reason = text.splitlines()[-1].strip()
+        return reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith(("Error", "Exception")) else reason
+    return text
+
+
 def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, data: str = "the data") -> Tensor:
     """Run ``model`` on one sample ``(1, C, H, W)`` and return its output; a ``ValueError`` with
     both shapes when the model's declared input shape or its forward pass does not fit."""
@@ -58,8 +68,8 @@ def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, d
         with torch.no_grad():
             return logits_of(model(sample))
     except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        want = f"expects {expected}" if expected is not None else f"takes {model_channels(model, meta) or '?'} channels"
-        raise ValueError(
-            f"the model ({want}) cannot run on samples of shape {got} from {data}: {first}"
-        ) from None
+        text = error_text(err)
+        first = text.splitlines()[0] if text else type(err).__name__
+        channels = model_channels(model, meta)
+        want = f" (expects {expected})" if expected is not None else f" (takes {channels} channels)" if channels else ""
+        raise ValueError(f"the model{want} cannot run on samples of shape {got} from {data}: {first}") from None
