@@ -212,3 +212,13 @@ def test_lrp_and_isi_relevance_check_the_layers_at_validation():
                              [gelu], None, "d")
     assert [p for p, _ in check.problems] == ["explanations[0].explainer", "attacks[0].attack"]
     assert check.problems[0][1].startswith("lrp cannot run on models[0] (g): LRP has no rule for layer '2' of type GELU")
+
+
+def test_labels_past_the_models_outputs_are_refused_at_validation(tmp_path, lenet):
+    import numpy as np
+
+    x = np.zeros((3, 28, 28), np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 12, 3]), x_test=x, y_test=np.array([0, 12, 3]))
+    data = {"name": f"npz:{tmp_path / 'd.npz'}", "num": 3}
+    with pytest.raises(ConfigError, match=r"models\[0\]\.path: npz:.* has labels up to 12 but the model has 10 outputs"):
+        parse_config(run(lenet, tmp_path / "out", data=data))

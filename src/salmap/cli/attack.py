@@ -125,7 +125,7 @@ def run_classifier_attack(args: argparse.Namespace) -> int:
     from salmap.plot import adversarial_grid, source_target_figures
 
     model, meta = load_model(args.model, args.device, **model_options(args))
-    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
+    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta, labels=True)
     params = params_from_args(args.entry, args, base={"seed": args.seed, "strict_targets": False})
     ran = run_attack(args, model, meta, bounds_of(meta), ds, args.data, args.targeted, params)
     out = Path(args.out)

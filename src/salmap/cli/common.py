@@ -18,7 +18,7 @@ from salmap import models
 from salmap._validate import Bounds, check_bounds
 from salmap.devices import DEVICE_HELP, describe_device
 from salmap.gradients import set_eval
-from salmap.models.inputs import check_fits, error_text, model_channels
+from salmap.models.inputs import check_fits, check_labels, error_text, model_channels
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
@@ -190,12 +190,13 @@ def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], d
 
 def load_data(
     name: str, split: str, num: int | None, image_size: int | None = None, model: Any = None,
-    meta: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None, labels: bool = False,
 ) -> datasets.Dataset:
     """The first ``num`` samples of a dataset split (a ``folder:`` is streamed, decoded per batch).
 
     With ``model``, images are read with the model's channels (RGB or grey) and one sample is
-    run through it first, so that a model and data that do not fit fail with both shapes.
+    run through it first, so that a model and data that do not fit fail with both shapes;
+    with ``labels`` too (the run uses the true labels), labels past a classifier's outputs fail.
     """
     if num is not None and num <= 0:
         raise ValueError(f"--num must be positive, got {num}")
@@ -207,7 +208,9 @@ def load_data(
     if model is not None and len(ds):
         device = next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
         first = ds.x[0:1]
-        check_fits(model, first.to(device) if device is not None else first, meta, f"--data {name}")
+        out = check_fits(model, first.to(device) if device is not None else first, meta, f"--data {name}")
+        if labels:
+            check_labels(ds.y, out, f"--data {name}")
     return ds
 
 

@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
     model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
-    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta)
+    ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta,
+                   labels=args.attack is not None or args.target == "label")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     segmentation = ds.task == "segmentation"
@@ -152,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
     if (out.dim() == 4) != segmentation and args.target == "label":
         raise ValueError(f"--target label needs labels that match the model's outputs; data {args.data!r} "
                          f"is {ds.task} and the model returned shape {tuple(out.shape)}")
-    choose_target(args.target, ds.y[:1], segmentation)  # a wrong --target or --region fails before any work
+    target, _ = choose_target(args.target, ds.y[:1], segmentation)  # a wrong --target or --region fails now
+    if isinstance(target, int) and out.dim() == 2 and not 0 <= target < out.shape[1]:
+        raise ValueError(f"--target must be pred, label or a class index in [0, {out.shape[1] - 1}] "
+                         f"(the model has {out.shape[1]} outputs), got {target}")
     if args.region is not None:
         if out.dim() != 4:
             raise ValueError("--region is for segmenters; the model returned (B, classes) logits")

@@ -25,7 +25,7 @@ from salmap.evaluation.checker import Checker
 from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
 from salmap.evaluation.sources import is_factory
 from salmap.gradients import set_eval
-from salmap.models.inputs import error_text
+from salmap.models.inputs import check_labels, error_text
 from salmap.models.outputs import logits_of
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ def check_resources(
         loaded.append(model)
         if ds is not None and model.task != ds.task:
             check.add(f"models[{i}].path", f"is a {_noun(model.task)} but {data.name} is a {ds.task} dataset")
+        elif ds is not None and attacks and model.task == "classification":
+            _check_labels(check, f"models[{i}].path", model, ds, data.name)
     for i, a in enumerate(attacks):
         if a.attack:
             _check_pairing(check, f"attacks[{i}]", registry.get_attack(a.attack), a.params, models, loaded, ds,
@@ -155,6 +157,17 @@ def check_resources(
     if ds is None or any(m is None and not is_factory(cfg.path) for m, cfg in zip(loaded, models, strict=True)):
         return None
     return Resources(ds, loaded)
+
+
+def _check_labels(check: Checker, path: str, model: LoadedModel, ds: datasets.Dataset, name: str) -> None:
+    """Attacks use the true labels: labels past the classifier's outputs fail before any work."""
+    x = ds.x[:1].to(next(iter(model.module.parameters()), torch.empty(0)).device)
+    with torch.no_grad():
+        out = logits_of(set_eval(model.module)(x))
+    try:
+        check_labels(ds.y, out[0] if isinstance(out, (tuple, list)) else out, name)
+    except ValueError as err:
+        check.add(path, str(err))
 
 
 def _noun(task: str | None) -> str:

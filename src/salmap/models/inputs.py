@@ -73,3 +73,16 @@ def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, d
         channels = model_channels(model, meta)
         want = f" (expects {expected})" if expected is not None else f" (takes {channels} channels)" if channels else ""
         raise ValueError(f"the model{want} cannot run on samples of shape {got} from {data}: {first}") from None
+
+
+def check_labels(y: Tensor, logits: Tensor, data: str = "the data") -> None:
+    """A ``ValueError`` naming ``data`` when a classifier's labels ``y`` reach past its ``(B, K)``
+    outputs (an attack on the true labels could not score them), found before any work."""
+    if logits.dim() != 2 or y.dim() != 1 or not y.numel() or y.is_floating_point():
+        return
+    high, classes = int(y.max()), int(logits.shape[1])
+    if high >= classes:
+        raise ValueError(
+            f"{data} has labels up to {high} but the model has {classes} outputs (classes 0 to {classes - 1}); "
+            "pick data labelled with the model's classes"
+        )
