@@ -144,3 +144,14 @@ def test_a_provider_runs_once_and_again_after_it_failed(monkeypatch):
     monkeypatch.delitem(registry._FACTORIES, "provided-test-model")
     with pytest.raises(ValueError, match="provider must be a callable"):
         models.add_provider("salmap.defenses")  # type: ignore[arg-type]
+
+
+def test_state_dict_without_arch_says_what_the_command_line_takes(tmp_path, capsys):
+    from salmap.cli import main
+
+    torch.save(models.build("lenet").state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError, match=r"pass arch=<zoo name> .* to salmap\.models\.load"):
+        models.load(tmp_path / "sd.pt")
+    assert main(["attack", "fgsm", "--model", str(tmp_path / "sd.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint folder (salmap.models.save), a TorchScript file or module:factory" in err

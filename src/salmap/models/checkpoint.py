@@ -201,7 +201,9 @@ def _load_model(
         return _load_exported(path, trust), {}
     raise ValueError(
         f"model file {path} is neither TorchScript nor a torch.export archive; for a state dict pass "
-        "arch=<zoo name> (and its arguments)"
+        "arch=<zoo name> (and its arguments) to salmap.models.load, which the command line cannot: give it a "
+        "checkpoint folder (salmap.models.save), a TorchScript file or module:factory (a whole pickled model, "
+        "torch.save(model), is never unpickled)"
     )
 
 
