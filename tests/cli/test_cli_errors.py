@@ -175,6 +175,8 @@ def test_conventions_flags_after_the_command(tmp_path, capsys, monkeypatch):
     assert [a.verbose for a in seen] == [True, True, True, False]
     assert [a.quiet for a in seen] == [False, False, True, True]
     assert capsys.readouterr().out.count("summary") == 2  # --quiet prints nothing
+    assert main(["train", "-q", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out == ""  # not even the device
     # A nested command (attack fgsm) takes the global flags too: the model is the problem, not the flags.
     assert main(["attack", "fgsm", "-q", "-v", "--allow-code", "--trust-model", "--model", str(tmp_path / "none"),
                  "--out", str(tmp_path / "o")]) == 2

@@ -144,7 +144,8 @@ def _check_before_work(args: argparse.Namespace) -> None:
 
     if getattr(args, "device", None) is not None:
         args.device = resolve_device(args.device)
-        announce_device(args.device)
+        if not args.quiet:  # --quiet: errors only
+            announce_device(args.device)
     if isinstance(getattr(args, "out", None), str):
         check_output_path(args.out)
 
