@@ -253,6 +253,11 @@ def _class_names(folder: Path, num: int) -> list[str]:
 
 
 def _checked(ds: Dataset, source: Path) -> Dataset:
-    if not torch.isfinite(ds.x).all() or float(ds.x.min()) < 0 or float(ds.x.max()) > 1:
-        raise ValueError(f"dataset {source}: images must be finite and scale to [0, 1]")
+    bad = int((~torch.isfinite(ds.x)).sum())
+    if bad:
+        raise ValueError(f"dataset {source}: images must be finite and scale to [0, 1], got {bad} NaN/inf values")
+    low, high = (float(ds.x.min()), float(ds.x.max())) if ds.x.numel() else (0.0, 0.0)
+    if low < 0 or high > 1:
+        raise ValueError(f"dataset {source}: images must be finite and scale to [0, 1] (integer arrays are "
+                         f"divided by 255), got values in [{low:g}, {high:g}]")
     return ds
