@@ -117,6 +117,8 @@ def _refusal(model: Any) -> str | None:
         return "not a torch.nn.Module"
     if isinstance(model, torch.jit.ScriptModule):
         return "a TorchScript module"
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        return "it holds a TorchScript module (e.g. Normalized(torch.jit.load(...)))"
     if any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
         return "global module hooks are registered"
     modules = list(model.modules())
