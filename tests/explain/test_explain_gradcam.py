@@ -143,3 +143,33 @@ def test_bad_layers_and_models():
         GradCAM(model, layer="unused").attribute(torch.rand(1, 2, 6, 6), target=0)
     with pytest.raises(ValueError, match="torch.nn.Module"):
         GradCAM(lambda x: x, layer="layer4")
+
+
+def test_normalised_torchscript_model_is_refused_by_name(tmp_path, capsys):
+    """Normalized(torch.jit.load(...)) (``--mean/--std`` or a run file's normalization on a TorchScript
+    file): the TorchScript error, found by the run file's validation, not get_submodule's RuntimeError."""
+    import yaml
+
+    from salmap.cli import main
+    from salmap.models import Normalized
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "net.pt"))
+    wrapped = Normalized(torch.jit.load(str(tmp_path / "net.pt")), [0.5] * 3, [0.2] * 3)
+    for layer in (None, "0", "model.0"):
+        with pytest.raises(ValueError, match="TorchScript modules do not support hooks") as info:
+            GradCAM(wrapped, layer=layer)
+        assert "pt2" not in str(info.value)  # a torch.export module fires no hooks either
+    x = torch.rand(2, 3, 8, 8).numpy()
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(2), x_test=x, y_test=np.arange(2))
+    run = {"output": str(tmp_path / "o"), "data": {"name": f"npz:{tmp_path / 'd.npz'}", "num": 2},
+           "models": [{"name": "ts", "path": str(tmp_path / "net.pt"),
+                       "normalization": {"mean": [0.5] * 3, "std": [0.2] * 3}}],
+           "attacks": [{"attack": "fgsm"}], "explanations": [{"explainer": "gradcam"}]}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert main(["evaluate", str(tmp_path / "run.yaml")]) == 2
+    assert "explanations[0].explainer: gradcam needs forward hooks" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

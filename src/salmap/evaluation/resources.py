@@ -195,7 +195,7 @@ def _check_pairing(
                       f"{type(model.module).__name__}")
         elif (problem := _model_problem(entry, params, model.module)) is not None:
             check.add(f"{path}.{kind}", f"{entry.name} cannot run on {label}: {problem}")
-        elif entry.extra.get("hooks") and isinstance(model.module, torch.jit.ScriptModule):
+        elif entry.extra.get("hooks") and _scripted_layer(model.module, params.get("layer")):
             check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, which "
                       f"TorchScript models such as {label} do not support")
         elif "layer" in entry.param_map and isinstance(model.module, nn.Module):
@@ -215,6 +215,18 @@ def _model_problem(entry: registry.Entry, params: dict[str, Any], module: nn.Mod
     except ValueError as err:
         return str(err)
     return None
+
+
+def _scripted_layer(module: nn.Module, layer: Any) -> bool:
+    """Whether the layer a hooking explainer would hook (``layer``, or the default) is TorchScript."""
+    from salmap.explain.gradcam import default_layer, find_layer
+
+    if isinstance(module, torch.jit.ScriptModule):
+        return True
+    try:
+        return isinstance(find_layer(module, default_layer(module) if layer is None else layer), torch.jit.ScriptModule)
+    except ValueError:
+        return False  # a wrong name is reported by the layer check
 
 
 def _layer_problem(module: nn.Module, layer: Any) -> str | None:

@@ -40,7 +40,7 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
         hint = f"close names: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
         raise ValueError(f"layer {name!r} is not a module of {type(model).__name__}; {hint}")
-    return model.get_submodule(name)
+    return dict(model.named_modules())[name]  # get_submodule fails inside TorchScript modules: refused by name later
 
 
 def default_layer(model: nn.Module) -> str:
@@ -125,7 +125,7 @@ class GradCAM(Explainer):
         if scripted or isinstance(self._module, torch.jit.ScriptModule):
             raise ValueError(
                 f"Grad-CAM needs a forward hook on layer {layer!r}, and TorchScript modules do not support "
-                "hooks; explain the eager model (checkpoint folder, module:factory or a torch.export .pt2 file), "
+                "hooks; explain the eager model (checkpoint folder or module:factory), "
                 "or use gradient or occlusion on this one"
             )
         self.relu = bool(relu)
