@@ -69,3 +69,25 @@ def test_run_file_lrp_on_torchscript_fails_at_validation(files, tmp_path, capsys
     assert "attacks[1].attack: isi cannot run on models[0] (ts)" in err
     assert "explanations[0].explainer: lrp cannot run on models[0] (ts)" in err and "TorchScript" in err
     assert not out.exists()  # the fgsm before them did not run either
+
+
+def test_torch_export_module_is_refused_by_name_for_hooks(files, tmp_path, capsys):
+    """A .pt2 module runs its graph without calling its layers: LRP, ISI's relevance and Grad-CAM (even
+    without --layer) say so, and a run file's validation finds it before any work."""
+    x = torch.rand(2, 1, 8, 8)
+    exported = torch.export.export(Small().eval(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(exported, str(tmp_path / "m.pt2"))
+    module = exported.module()
+    with pytest.raises(ValueError, match=r"torch.export \(.pt2\) module runs its graph .* no hook fires"):
+        LRP(module)
+    with pytest.raises(ValueError, match=r"on a layer, and a torch.export \(.pt2\) module"):
+        GradCAM(module)  # not "layer is needed: GraphModule has no layer4 and no convolution"
+    run = {"output": str(tmp_path / "eval"), "data": {"name": f"npz:{files / 'd.npz'}", "num": 2},
+           "models": [{"name": "ex", "path": str(tmp_path / "m.pt2")}],
+           "attacks": [{"attack": "isi"}], "explanations": [{"explainer": "gradcam"}]}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert main(["--trust-model", "evaluate", str(tmp_path / "run.yaml")]) == 2
+    err = _one_line(capsys, "evaluate")
+    assert "attacks[0].attack: isi cannot run on models[0] (ex)" in err and "no hook fires" in err
+    assert "explanations[0].explainer: gradcam needs forward hooks" in err and "torch.export module" in err
+    assert not (tmp_path / "eval").exists()

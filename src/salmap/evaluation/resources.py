@@ -24,7 +24,7 @@ from salmap import registry
 from salmap.evaluation.checker import Checker
 from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
 from salmap.evaluation.sources import is_factory
-from salmap.gradients import set_eval
+from salmap.gradients import mode_is_fixed, set_eval
 from salmap.models.inputs import check_labels, error_text
 from salmap.models.outputs import logits_of
 
@@ -198,6 +198,9 @@ def _check_pairing(
         elif entry.extra.get("hooks") and _scripted_layer(model.module, params.get("layer")):
             check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, which "
                       f"TorchScript models such as {label} do not support")
+        elif entry.extra.get("hooks") and any(mode_is_fixed(m) for m in model.module.modules()):
+            check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, and "
+                      f"{label} is a torch.export module, which runs its graph without calling its layers")
         elif "layer" in entry.param_map and isinstance(model.module, nn.Module):
             problem = _layer_problem(model.module, params.get("layer"))
             if problem:

@@ -112,16 +112,16 @@ class GradCAM(Explainer):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module for Grad-CAM (layers by name), got {type(model).__name__}")
         super().__init__(model)
+        if any(mode_is_fixed(m) for m in model.modules()):  # before a layer is looked for: none would fire
+            raise ValueError(
+                f"Grad-CAM needs a forward hook on {'a layer' if layer is None else f'layer {layer!r}'}, and a "
+                "torch.export (.pt2) module runs its graph without calling its submodules, so no hook fires; "
+                "explain the eager model (checkpoint folder or module:factory), or use gradient or occlusion on this one"
+            )
         layer = default_layer(model) if layer is None else layer
         self.layer = layer
         scripted = isinstance(model, torch.jit.ScriptModule)
         self._module = None if scripted else find_layer(model, layer)
-        if any(mode_is_fixed(m) for m in model.modules()):
-            raise ValueError(
-                f"Grad-CAM needs a forward hook on layer {layer!r}, and a torch.export (.pt2) module runs its graph "
-                "without calling its submodules, so no hook fires; explain the eager model (checkpoint folder or "
-                "module:factory), or use gradient or occlusion on this one"
-            )
         if scripted or isinstance(self._module, torch.jit.ScriptModule):
             raise ValueError(
                 f"Grad-CAM needs a forward hook on layer {layer!r}, and TorchScript modules do not support "

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salmap.frozen import mode_is_fixed
+
 #: layers whose relevance a :class:`Rule` redistributes.
 LINEAR_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -72,6 +74,12 @@ def check_supported(model: nn.Module) -> dict[nn.Module, str]:
     names: dict[nn.Module, str] = {}
     for name, module in model.named_modules():
         names.setdefault(module, name or "<model>")
+        if mode_is_fixed(module):
+            raise ValueError(
+                "LRP needs forward hooks on the model's layers, and a torch.export (.pt2) module runs its graph "
+                "without calling its submodules, so no hook fires; explain the eager model (checkpoint folder or "
+                "module:factory), or use gradient or occlusion maps (ISI: indicator='sensitivity') on this one"
+            )
         if isinstance(module, torch.jit.ScriptModule):
             raise ValueError(
                 f"LRP needs forward hooks on the model's layers, and TorchScript modules such as "
