@@ -15,7 +15,12 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["DEFAULT_KEY", "logits_of"]
+__all__ = ["DEFAULT_KEY", "OutputError", "logits_of"]
+
+class OutputError(ValueError):
+    """A model's output holds no logits salmap can find (a missing key, an unknown type): the model
+    ran, so checks that run it on one sample report this as it is, not as an input-shape problem."""
+
 
 #: The entry taken from dicts and ``ModelOutput`` objects when no ``output_key`` is given.
 DEFAULT_KEY = "logits"
@@ -34,26 +39,26 @@ def logits_of(out: Any, output_key: str | None = None) -> Tensor:
     """
     if isinstance(out, Tensor):
         if output_key is not None:
-            raise ValueError(f"output_key={output_key!r} names an entry, but the model returned a plain tensor")
+            raise OutputError(f"output_key={output_key!r} names an entry, but the model returned a plain tensor")
         return out
     if isinstance(out, Mapping):
         key = DEFAULT_KEY if output_key is None else output_key
         if key not in out:
             found = ", ".join(repr(k) for k in out.keys()) or "none"
             how = "" if output_key is not None else " (pass output_key= / --output-key to pick another)"
-            raise ValueError(
+            raise OutputError(
                 f"model output {type(out).__name__} has no key {key!r}{how}; keys found: {found}"
             )
         return logits_of(out[key])
     if isinstance(out, (tuple, list)):
         if output_key is not None:
-            raise ValueError(
+            raise OutputError(
                 f"output_key={output_key!r} names an entry, but the model returned a {type(out).__name__}"
             )
         if not out:
-            raise ValueError(f"model returned an empty {type(out).__name__}; expected logits first")
+            raise OutputError(f"model returned an empty {type(out).__name__}; expected logits first")
         return logits_of(out[0])
-    raise ValueError(
+    raise OutputError(
         f"model output must be a tensor, a tuple/list (logits first), a dict or a ModelOutput "
         f"(with 'logits'), got {type(out).__module__}.{type(out).__qualname__}"
     )

@@ -52,3 +52,18 @@ def test_checks_on_one_sample_name_the_reason(scripted, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and REASON in err, err
     assert not (tmp_path / "o").exists()
+
+
+class _Scores(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scores": x.flatten(1)[:, :3], "probs": x.flatten(1)[:, :3].softmax(1)}
+
+
+def test_an_output_without_logits_is_not_reported_as_a_shape_problem():
+    with pytest.raises(ValueError) as info:
+        check_fits(_Scores(), torch.rand(1, 1, 8, 8), data="--data grey")
+    assert str(info.value).startswith("model output dict has no key 'logits' (pass output_key= / --output-key")
+    assert "cannot run on samples" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        model_task(LoadedModel("m", _Scores(), {}, (0.0, 1.0)), type("D", (), {"x": torch.rand(2, 1, 8, 8)})())
+    assert str(info.value).startswith("model output dict has no key 'logits'")

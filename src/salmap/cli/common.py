@@ -18,6 +18,7 @@ from salmap import models
 from salmap._validate import Bounds, check_bounds
 from salmap.devices import DEVICE_HELP, describe_device
 from salmap.gradients import set_eval
+from salmap.logits import OutputError
 from salmap.models.inputs import check_fits, check_labels, error_text, model_channels
 
 
@@ -180,6 +181,8 @@ def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], d
     try:
         with torch.no_grad():
             model(x[:1])
+    except OutputError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure of the model on the data is reported with shapes
         first = " ".join(error_text(err).split())[:200]
         raise ValueError(

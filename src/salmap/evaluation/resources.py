@@ -25,6 +25,7 @@ from salmap.evaluation.checker import Checker
 from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
 from salmap.evaluation.sources import is_factory
 from salmap.gradients import mode_is_fixed, set_eval
+from salmap.logits import OutputError
 from salmap.models.inputs import check_labels, error_text
 from salmap.models.outputs import logits_of
 
@@ -77,6 +78,8 @@ def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
     try:
         with torch.no_grad():
             out = logits_of(set_eval(model.module)(x))
+    except OutputError:
+        raise
     except Exception as err:  # a model that cannot take the data's samples: say so before any work
         raise ValueError(f"does not take the data's samples of shape {tuple(ds.x.shape[1:])}: "
                          f"{type(err).__name__}: {(error_text(err).splitlines() or [''])[0]}") from None

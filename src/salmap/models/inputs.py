@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from salmap.logits import OutputError
 from salmap.models.normalized import Normalized
 from salmap.models.outputs import logits_of
 
@@ -67,6 +68,8 @@ def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, d
     try:
         with torch.no_grad():
             return logits_of(model(sample))
+    except OutputError:
+        raise
     except (RuntimeError, ValueError) as err:
         text = error_text(err)
         first = text.splitlines()[0] if text else type(err).__name__
