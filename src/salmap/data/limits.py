@@ -26,6 +26,20 @@ MAX_CLASSES = 100_000
 MAX_IMAGE_PIXELS = 2**26
 
 
+def check_image_size(image_size: int | None) -> None:
+    """``image_size`` (``--image-size``): a positive integer whose square is within
+    :data:`MAX_IMAGE_PIXELS`, checked before a batch of that size is allocated."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size (--image-size) must be a positive integer, got {image_size!r}")
+    if image_size * image_size > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image_size (--image-size) must be at most {math.isqrt(MAX_IMAGE_PIXELS)} (image_size**2 within "
+            f"salmap.data.limits.MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} pixels), got {image_size}"
+        )
+
+
 def check_class_labels(labels: np.ndarray | Tensor, source: str) -> int:
     """Check class labels before anything is sized by them: integers in
     ``[0, MAX_CLASSES)``. Returns the number of classes they imply (``max + 1``)."""

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from salmap._validate import check_choice
-from salmap.data import files, mnist_seg, packaged, stream  # noqa: F401  (registration on import)
+from salmap.data import files, limits, mnist_seg, packaged, stream  # noqa: F401  (registration on import)
 from salmap.data.base import Dataset
 from salmap.data.registry import load_registered, registered
 
@@ -29,8 +29,7 @@ def load_dataset(name: str, split: str = "test", image_size: int | None = None, 
     check_choice("split", split, SPLITS)
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
-        raise ValueError(f"image_size (--image-size) must be a positive integer, got {image_size!r}")
+    limits.check_image_size(image_size)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if name.startswith("folder:") and name.partition(":")[2]:

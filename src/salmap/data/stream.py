@@ -254,8 +254,7 @@ def stream_folder(
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"image folder {root} is not a folder")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
-        raise ValueError(f"image_size (--image-size) must be a positive integer, got {image_size!r}")
+    limits.check_image_size(image_size)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if (root / "train").is_dir() and (root / "test").is_dir():
