@@ -105,6 +105,8 @@ def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, wor
 def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, device: str, start: float,
               command: str) -> Outcome:
     the_plan = prepare(cfg)
+    if world.size == 1 and any(m is None for m in (cfg.resources.models if cfg.resources else [None])):
+        open_resources(cfg, device)  # module:factory models: their errors come before the folder is claimed
     store = RunStore(cfg.output, command)
     claim: tuple[bool, str | None] = (False, None)
     if world.is_main:
