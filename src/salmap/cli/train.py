@@ -23,6 +23,8 @@ SEGMENTATION_EPOCHS = 4
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a zoo model and save a checkpoint", description=__doc__)
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize images (shorter side to N, centre crop N x N); folder: decoded batch by batch")
     p.add_argument("--model", default="lenet", help=f"zoo architecture, one of {models.available()} (default lenet)")
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
     p.add_argument("--epochs", type=int, default=None,
@@ -43,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "segmentation":
         from salmap.cli.train_seg import run_segmentation
 
+        if args.image_size is not None:
+            raise ValueError(f"--image-size applies to classification images, got {args.image_size} with --task segmentation")
+
         return run_segmentation(args)
-    train = datasets.load_dataset(args.data, "train")
-    test = datasets.load_dataset(args.data, "test")
+    train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
+    test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     torch.manual_seed(args.seed)  # the initial weights come from --seed too
     model, meta = build_classifier(args.model, train, args.stem)
     model = model.to(args.device)
@@ -55,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     )
     meta.update(
         metrics={"test_accuracy": report.test_accuracy, "train_loss": report.train_loss, "seconds": report.seconds},
-        training={"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
+        training={"data": args.data, **({"image_size": args.image_size} if args.image_size else {}),
+                  "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
     )
     folder = models.save(model.cpu(), output_folder(args.out), meta)
     print(f"test accuracy {report.test_accuracy:.4f} after {args.epochs} epochs in {report.seconds:.1f} s")
