@@ -161,3 +161,24 @@ def test_a_run_that_died_while_training_trains_again(tmp_path: Path, checkpoint:
     printed = capsys.readouterr().out
     assert "reusing" not in printed and "block-switch: test accuracy" in printed
     assert json.loads((out / "evaluation.json").read_text())["units_resumed"] == 0
+
+
+def test_defend_takes_image_size_for_a_folder_of_mixed_sizes(tmp_path: Path, checkpoint: str, capsys) -> None:
+    """--image-size N, as the data layer's error asks for: the images resized to the model's 8x8."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = data.load("digits", split="all")
+    for i in range(300):
+        folder = tmp_path / "imgs" / str(int(y[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        side = 8 if i % 2 else 16
+        pixels = (x[i, 0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).resize((side, side), Image.NEAREST).save(folder / f"{i}.png")
+    argv = ["defend", "block-switch", "--model", checkpoint, "--data", f"folder:{tmp_path / 'imgs'}", "--out",
+            str(tmp_path / "d"), "--epochs", "2", "--lr", "0.01", "--channels", "2", "-n", "4", "--attacks", "fgsm",
+            "--device", "cpu"]
+    assert main(argv) == 2
+    assert "pass image_size (--image-size N)" in capsys.readouterr().err
+    assert main([*argv, "--image-size", "8"]) == 0
+    assert json.loads((tmp_path / "d" / "evaluation.json").read_text())["clean_accuracy"] is not None

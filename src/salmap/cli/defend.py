@@ -84,8 +84,8 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     model, meta = load_model(args.model, args.device, **model_options(args))
-    train = datasets.load_dataset(args.data, "train")
-    test = datasets.load_dataset(args.data, "test")
+    train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
+    test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     check_model_input(model, test.x[:1].to(args.device), meta, args.data)
     check_trained(meta, train.num_classes, f"--model {args.model}")
     if args.num <= 0:
@@ -178,7 +178,8 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
     """
     model, meta, train_set, test = _load(args)
     specs = attack_specs(args.attacks, args.pgd_steps)
-    description = {"defense": kind, "settings": settings, "data": args.data, "epochs": args.epochs,
+    description = {"defense": kind, "settings": settings, "data": args.data,
+                   **({"image_size": args.image_size} if args.image_size else {}), "epochs": args.epochs,
                    "batch_size": args.batch_size, "lr": args.lr, "eot_samples": args.eot_samples,
                    "options": {k: getattr(args, k, None) for k in ("mean", "std", "output_key", "model_arg")}}
     the_plan = plan_defense(specs, test, output=args.out, source=args.model, defense=kind, seed=args.seed,

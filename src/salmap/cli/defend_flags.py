@@ -49,6 +49,8 @@ def dae_args(q: argparse.ArgumentParser) -> None:
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the trained checkpoint folder to defend")
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize images (shorter side to N, centre crop N x N); the whole split is decoded")
     p.add_argument("--out", required=True, help="output folder: the defended checkpoint and evaluation.json")
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
