@@ -108,3 +108,20 @@ def test_store_names_what_it_owns(tmp_path: Path) -> None:
     (tmp_path / "figures" / "m00-a00-grid.png").write_text("")
     (tmp_path / "figures" / "holiday.png").write_text("")
     assert store.foreign_files() == ["figures/holiday.png"]
+
+
+def test_overwriting_a_defend_run_by_another_command_keeps_the_defended_model(tmp_path: Path) -> None:
+    """``salmap attack --model runs/dae --out runs/dae --overwrite`` must not delete the model it attacks:
+    salmap defend's checkpoint is replaced only by salmap defend."""
+    checkpoint = ("model.json", "weights.safetensors", "evaluation.json", "training.json")
+    with RunStore(tmp_path, "defend") as store:
+        store.claim("f" * 16, {"defense": "dae"}, overwrite=False)
+        for name in checkpoint:
+            (tmp_path / name).write_text("trained")
+    with RunStore(tmp_path, "attack") as store:
+        assert store.claim("a" * 16, {"attack": "fgsm"}, overwrite=True) is False
+    assert all((tmp_path / name).read_text() == "trained" for name in checkpoint)
+    assert json.loads((tmp_path / "run.json").read_text())["command"] == "attack"
+    with RunStore(tmp_path, "defend") as store:  # a defend run replaces it
+        store.claim("d" * 16, {"defense": "dae"}, overwrite=True)
+    assert not any((tmp_path / name).exists() for name in checkpoint)

@@ -119,10 +119,9 @@ class RunStore:
         """
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
+        # A run of another command leaves salmap defend's checkpoint (model.json, weights, ...) in place: only
+        # salmap defend replaces it, so --overwrite never deletes a trained model another command may be reading.
         previous = recognised(out)
-        if previous is not None:  # the files of the command that wrote the run are salmap's too
-            self.owned_files += tuple(f for f in COMMAND_FILES.get(str(previous.get("command")), ())
-                                      if f not in self.owned_files)
         if previous is not None and previous.get("fingerprint") == fingerprint and not overwrite:
             for folder in (self.batches, out / ADVERSARIAL):
                 for stale in folder.glob(".*.tmp-*"):
