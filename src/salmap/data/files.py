@@ -194,10 +194,11 @@ def load_folder(path: str, split: str = "test") -> Dataset:
     if not root.is_dir():
         raise ValueError(f"image folder {root} is not a folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        if split == "all":
-            a, b = _read_class_folders(root / "train"), _read_class_folders(root / "test")
+        classes = sorted({p.name for part in ("train", "test") for p in (root / part).iterdir() if p.is_dir()})
+        if split == "all":  # one labelling for both splits, whichever classes each holds
+            a, b = _read_class_folders(root / "train", classes), _read_class_folders(root / "test", classes)
             return _checked(Dataset(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), a.class_names, f"folder:{root}"), root)
-        return _read_class_folders(root / split)
+        return _read_class_folders(root / split, classes)
     ds = _read_class_folders(root)
     counts = torch.bincount(ds.y)
     per_class = max(1, int(counts.min()) // 5)
@@ -206,14 +207,16 @@ def load_folder(path: str, split: str = "test") -> Dataset:
     return Dataset(x, y, ds.class_names, ds.name)
 
 
-def _read_class_folders(root: Path) -> Dataset:
+def _read_class_folders(root: Path, classes: list[str] | None = None) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if classes is None else classes
+    if not any((root / name).is_dir() for name in classes):
         raise ValueError(f"image folder {root} has no class sub-folders")
     xs, ys, size, mode = [], [], None, None
     for label, name in enumerate(classes):
+        if not (root / name).is_dir():  # a class the other split has
+            continue
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for file in files:
             try:

@@ -227,12 +227,15 @@ class StreamDataset(Dataset):
         return h.hexdigest()[:16]
 
 
-def _class_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+def _class_files(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Files and labels of ``root``'s class sub-folders, labelled by ``classes`` (default: its own, sorted)."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if classes is None else classes
+    if not any((root / name).is_dir() for name in classes):
         raise ValueError(f"image folder {root} has no class sub-folders")
     files, labels = [], []
     for label, name in enumerate(classes):
+        if not (root / name).is_dir():  # a class the other split has
+            continue
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         files += found
         labels += [label] * len(found)
@@ -259,10 +262,10 @@ def stream_folder(
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if (root / "train").is_dir() and (root / "test").is_dir():
         parts = ["train", "test"] if split == "all" else [split]
-        listed = [_class_files(root / p) for p in parts]
+        classes = sorted({p.name for part in ("train", "test") for p in (root / part).iterdir() if p.is_dir()})
+        listed = [_class_files(root / p, classes) for p in parts]  # one labelling for both splits
         files = [f for part in listed for f in part[0]]
         labels = [lab for part in listed for lab in part[1]]
-        classes = listed[0][2]
         sizes = [_image_size(f) for f in files]
     else:
         files, labels, classes = _class_files(root)
