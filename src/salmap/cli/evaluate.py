@@ -34,6 +34,7 @@ from salmap.cli.common import (
     check_output_path,
     model_options,
 )
+from salmap.cli.common import resolve_device as check_device
 from salmap.cli.flags import parse_spec
 from salmap.devices import resolve_device
 from salmap.evaluation.config import load_config, parse_config
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                            trust_model=args.trust_model)
     if cfg.output:
         check_output_path(cfg.output, "output")
+    cfg.device = check_device(cfg.device, "device")  # the run file's too: CUDA or MPS missing fails before any work
     announce_device(resolve_device(cfg.device))
     outcome = evaluate(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     if outcome.summary is None:  # a rank other than 0 under torchrun: rank 0 reports
