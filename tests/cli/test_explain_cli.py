@@ -202,3 +202,11 @@ def test_explain_attack_runs_through_the_pipeline_with_the_metric_names_of_attac
     per_sample = [json.loads(line) for u in units for line in u.read_text().splitlines()]
     assert [r["index"] for r in per_sample] == list(range(5))
     assert all({"map", "after", "before_vs_after", "seconds"} <= set(r) for r in per_sample)
+
+
+@pytest.mark.parametrize("rows", ["0", "-1"])
+def test_explain_rows_must_be_positive_before_any_work(files, tmp_path, capsys, rows):
+    out = tmp_path / "out"
+    assert explain(files, out, "-n", "2", "--rows", rows) == 2  # was exit 1, KeyError: 'position', after the run
+    assert f"--rows must be positive, got {rows}" in capsys.readouterr().err
+    assert not out.exists()

@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                    labels=args.attack is not None or args.target == "label")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.rows <= 0:
+        raise ValueError(f"--rows must be positive, got {args.rows}")
     segmentation = ds.task == "segmentation"
     with torch.no_grad():
         out = forward(model, ds.x[0:1].to(args.device))
