@@ -182,3 +182,19 @@ def test_defend_takes_image_size_for_a_folder_of_mixed_sizes(tmp_path: Path, che
     assert "pass image_size (--image-size N)" in capsys.readouterr().err
     assert main([*argv, "--image-size", "8"]) == 0
     assert json.loads((tmp_path / "d" / "evaluation.json").read_text())["clean_accuracy"] is not None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["dae", "--epochs", "0"], "--epochs must be in [1, inf), got 0"),
+    (["dae", "--width", "0"], "--width must be in [1, inf), got 0"),
+    (["dae", "--lr", "0"], "--lr must be in (0.0, inf), got 0.0"),
+    (["dae", "--pgd-steps", "0"], "--pgd-steps must be in [1, inf), got 0"),  # was ZeroDivisionError, exit 1
+    (["block-switch", "--channels", "1"], "--channels must be in [2, inf), got 1"),
+])
+def test_defend_flags_out_of_range_fail_before_the_folder_is_claimed(tmp_path: Path, checkpoint: str, capsys,
+                                                                       flags, message) -> None:
+    out = tmp_path / "d"
+    argv = ["defend", *flags, "--model", checkpoint, "--data", "digits", "--out", str(out), "--attacks", "fgsm"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # the corrected command needs no --overwrite

@@ -35,6 +35,7 @@ from salmap.cli.defend_flags import (
     adv_train_args,
     attack_specs,
     block_switch_args,
+    check_flags,
     common_args,
     dae_args,
 )
@@ -82,6 +83,7 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
+    check_flags(args)
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     model, meta = load_model(args.model, args.device, **model_options(args))
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)

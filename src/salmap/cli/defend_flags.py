@@ -7,6 +7,7 @@ import argparse
 import difflib
 
 from salmap import registry
+from salmap._validate import check_number
 from salmap.cli.common import add_device_arg, add_model_options
 from salmap.cli.flags import parse_spec
 from salmap.cli.pipeline import add_run_flags
@@ -73,6 +74,21 @@ def common_args(p: argparse.ArgumentParser) -> None:
 
 def _classifier_attacks() -> list[str]:
     return [n for n, e in registry.attacks().items() if "classification" in e.tasks]
+
+
+#: numeric flags the training checks again (same limits): ``(flag, low, integer)``, checked before the
+#: output folder is claimed, so that a wrong value leaves no run behind to refuse the corrected command
+_LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("lr", 0.0, False), ("pgd_steps", 1, True),
+           ("width", 1, True), ("noise_std", 0.0, False), ("channels", 2, True), ("upper_epochs", 1, True),
+           ("eot_samples", 1, True))
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """``ValueError`` naming the first numeric flag out of its range (``lr`` must be above 0)."""
+    for name, low, integer in _LIMITS:
+        value = getattr(args, name, None)
+        if value is not None:
+            check_number(f"--{name.replace('_', '-')}", value, low=low, low_open=name == "lr", integer=integer)
 
 
 def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSpec]:
