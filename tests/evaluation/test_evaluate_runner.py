@@ -35,3 +35,19 @@ def test_a_failing_factory_leaves_no_claimed_folder(tmp_path, monkeypatch, capsy
     finally:
         sys.modules.pop("hunt_factory", None)
     assert (out / "summary.json").is_file()
+
+
+def test_a_value_the_constructor_refuses_fails_before_the_folder_is_claimed(tmp_path, capsys):
+    """JSMA's theta=0 passes the registry's checks but not the constructor's: found before any work,
+    from the command line and from salmap attack alike."""
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(4) % 3, x_test=x, y_test=np.arange(4) % 3)
+    import torch
+    from torch import nn
+
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()), str(tmp_path / "m.pt"))
+    data = ["--data", f"npz:{tmp_path / 'd.npz'}", "--model", str(tmp_path / "m.pt")]
+    assert main(["evaluate", *data, "--attack", "jsma:theta=0", "-n", "2", "--out", str(tmp_path / "e")]) == 2
+    assert main(["attack", "jsma", *data, "--theta", "0", "-n", "2", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.count("theta must be non-zero") == 2
+    assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()

@@ -105,8 +105,10 @@ def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, wor
 def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, device: str, start: float,
               command: str) -> Outcome:
     the_plan = prepare(cfg)
-    if world.size == 1 and any(m is None for m in (cfg.resources.models if cfg.resources else [None])):
-        open_resources(cfg, device)  # module:factory models: their errors come before the folder is claimed
+    if world.size == 1:  # module:factory models and the constructors' own checks fail before the folder is claimed
+        if any(m is None for m in (cfg.resources.models if cfg.resources else [None])):
+            open_resources(cfg, device)
+        check_builds(the_plan)
     store = RunStore(cfg.output, command)
     claim: tuple[bool, str | None] = (False, None)
     if world.is_main:
@@ -123,6 +125,17 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
         return _run(the_plan, store, world, device, start, progress, bool(resumed))
     finally:
         store.unlock()
+
+
+def check_builds(the_plan: Plan) -> None:
+    """Build every attack and explainer once per model (configuration only): a value its constructor
+    refuses (JSMA's ``theta=0``) fails now, not after the output folder is claimed."""
+    res, built = the_plan.cfg.resources, set()
+    for unit in the_plan.units:
+        loaded = res.models[unit.model] if res is not None else None
+        if loaded is not None and (unit.model, unit.kind, unit.attack) not in built:
+            built.add((unit.model, unit.kind, unit.attack))
+            build(the_plan, unit, loaded)
 
 
 def run_claimed(the_plan: Plan, store: RunStore, progress: bool = True, resumed: bool = False) -> Outcome:
