@@ -210,3 +210,16 @@ def test_explain_rows_must_be_positive_before_any_work(files, tmp_path, capsys, 
     assert explain(files, out, "-n", "2", "--rows", rows) == 2  # was exit 1, KeyError: 'position', after the run
     assert f"--rows must be positive, got {rows}" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "gradient", "--patch", "3"], "--patch applies to occlusion, which is not among the methods (gradient)"),
+    (["--method", "gradient", "--layer", "features.3"], "--layer applies to gradcam"),
+    (["--method", "occlusion", "--lrp-eps", "0.1"], "--lrp-eps applies to lrp"),
+    (["--eps", "0.1"], "--eps is the attack's budget and needs --attack NAME"),
+])
+def test_explain_flags_that_would_change_nothing_are_refused(files, tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    assert explain(files, out, "-n", "2", *flags) == 2  # were silently ignored
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -106,6 +106,21 @@ def parse_methods(values: list[str] | None) -> list[str]:
     return names
 
 
+def check_flags_used(methods: list[str], args: argparse.Namespace) -> None:
+    """A method's flag given for none of the chosen methods, or ``--eps`` without ``--attack``, is
+    refused: it would change nothing."""
+    entries = registry.explainers()
+    for dest in (k for k in vars(args) if "." in k):
+        scope, _, param = dest.partition(".")
+        owners = [n for n, e in entries.items() if param in e.param_map] if scope == "param" else [scope]
+        if not set(owners) & set(methods):
+            flag = "--" + (param if scope == "param" else f"{scope}-{param}").replace("_", "-")
+            raise ValueError(f"{flag} applies to {', '.join(owners)}, which is not among the methods "
+                             f"({', '.join(methods)}); add it with --method or drop the flag")
+    if args.eps is not None and args.attack is None:
+        raise ValueError(f"--eps is the attack's budget and needs --attack NAME, got --eps {args.eps} alone")
+
+
 def explainer_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The parameters of explainer ``name`` from the parsed flags (checked)."""
     return params_from_args(registry.get_explainer(name), args, base={"seed": args.seed, "progress": True})
@@ -141,6 +156,7 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     methods = parse_methods(args.method)
+    check_flags_used(methods, args)
     model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
     ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta,
