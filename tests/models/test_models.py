@@ -155,3 +155,18 @@ def test_state_dict_without_arch_says_what_the_command_line_takes(tmp_path, caps
     assert main(["attack", "fgsm", "--model", str(tmp_path / "sd.pt"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "checkpoint folder (salmap.models.save), a TorchScript file or module:factory" in err
+
+
+def test_model_arguments_for_a_file_that_fixes_the_architecture_are_refused(tmp_path, capsys):
+    from salmap.cli import main
+
+    models.save(models.build("lenet"), tmp_path / "ckpt", {"bounds": [0.0, 1.0]})
+    torch.jit.save(torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(784, 10))), str(tmp_path / "ts.pt"))
+    for source in (tmp_path / "ckpt", tmp_path / "ts.pt"):
+        with pytest.raises(ValueError, match=r"model arguments \{'depth': 34\} \(--model-arg\) apply to a module:factory"):
+            models.load(source, depth=34)  # were silently ignored
+    assert main(["attack", "fgsm", "--model", str(tmp_path / "ckpt"), "--model-arg", "depth=34",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "not to checkpoint folder" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    torch.save(models.build("lenet").state_dict(), tmp_path / "sd.pt")
+    assert models.load(tmp_path / "sd.pt", arch="lenet", num_classes=10) is not None  # a state dict takes them

@@ -180,6 +180,11 @@ def _load_model(
         return load_factory(text, allow_code=allow_code, **kwargs), {}
     if path.is_file() and path.name == META:
         path = path.parent
+    if kwargs and (path.is_dir() or (path.is_file() and arch is None)):  # ignored otherwise: the file fixes them
+        raise ValueError(
+            f"model arguments {kwargs} (--model-arg) apply to a module:factory or a state dict with arch=, "
+            f"not to {'checkpoint folder' if path.is_dir() else 'model file'} {text!r}, whose file fixes them"
+        )
     if path.is_dir():
         meta = read_meta(path)
         model = _build_checked(meta["arch"]["name"], meta["arch"].get("kwargs", {}), path / WEIGHTS)
