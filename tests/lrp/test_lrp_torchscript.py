@@ -91,3 +91,11 @@ def test_torch_export_module_is_refused_by_name_for_hooks(files, tmp_path, capsy
     assert "attacks[0].attack: isi cannot run on models[0] (ex)" in err and "no hook fires" in err
     assert "explanations[0].explainer: gradcam needs forward hooks" in err and "torch.export module" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_cli_explain_attack_isi_on_torchscript_fails_before_work(files, tmp_path, capsys):
+    out = tmp_path / "explain"
+    rc = main(["explain", "--model", str(files / "small.pt"), "--data", f"npz:{files / 'd.npz'}", "-n", "2",
+               "--attack", "isi", "--out", str(out)])
+    assert rc == 2 and "TorchScript" in _one_line(capsys, "explain")
+    assert not out.exists()

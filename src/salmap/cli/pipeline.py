@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from salmap import data as datasets
-from salmap import registry
 from salmap.evaluation.distributed import World
 from salmap.evaluation.execute import build
 from salmap.evaluation.figures import stored_examples
@@ -78,9 +77,6 @@ def run_attack(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any],
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     loaded = LoadedModel(args.model, model, meta, bounds, task=ds.task)
     cfg.resources = Resources(ds, [loaded], args.device)
-    entry = registry.get_attack(args.attack)
-    if (model_check := entry.extra.get("model_check")) and entry.requires_module(params):
-        model_check(model)  # as a run file's validation does (ISI's LRP layers): fails before any work
     outcome = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)), progress=sys.stderr.isatty(),
                        world=World(), command="attack")
     plan = prepare(cfg)

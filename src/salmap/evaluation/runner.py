@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from salmap import registry
 from salmap.devices import resolve_device
 from salmap.evaluation.distributed import World, from_environment
 from salmap.evaluation.execute import ROW_FIELDS, build, execute
@@ -130,12 +131,19 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
 def check_builds(the_plan: Plan) -> None:
     """Build every attack and explainer once per model (configuration only): a value its constructor
     refuses (JSMA's ``theta=0``) fails now, not after the output folder is claimed."""
-    res, built = the_plan.cfg.resources, set()
+    cfg, built = the_plan.cfg, set()
     for unit in the_plan.units:
-        loaded = res.models[unit.model] if res is not None else None
+        loaded = cfg.resources.models[unit.model] if cfg.resources is not None else None
         if loaded is not None and (unit.model, unit.kind, unit.attack) not in built:
             built.add((unit.model, unit.kind, unit.attack))
             build(the_plan, unit, loaded)
+            if unit.kind == "explain":
+                entry, params = registry.get_explainer(cfg.explanations[unit.attack].explainer), \
+                    cfg.explanations[unit.attack].params
+            else:
+                entry, params = registry.get_attack(cfg.attacks[unit.attack].attack), cfg.attacks[unit.attack].params
+            if (model_check := entry.extra.get("model_check")) and entry.requires_module(params):
+                model_check(loaded.module)  # e.g. ISI's relevance needs LRP's layers
 
 
 def run_claimed(the_plan: Plan, store: RunStore, progress: bool = True, resumed: bool = False) -> Outcome:
