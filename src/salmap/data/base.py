@@ -1,10 +1,12 @@
-"""The dataset type every loader returns, and the stratified split the loaders share."""
+"""The dataset type every loader returns, the stratified split the loaders share, and the class
+names of image folders."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,3 +82,9 @@ def take_split(x: Tensor, y: Tensor, split: str, train_idx: Tensor, test_idx: Te
         return x, y
     idx = train_idx if split == "train" else test_idx
     return x[idx], y[idx]
+
+
+def class_names_of(*folders: Path) -> list[str]:
+    """The class names of image folders: the sorted union of their sub-folders' names (a folder's
+    ``train/`` and ``test/`` labelled alike, whichever classes each holds)."""
+    return sorted({p.name for folder in folders for p in folder.iterdir() if p.is_dir()})

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from salmap.data import limits
-from salmap.data.base import Dataset, split_per_class, take_split
+from salmap.data.base import Dataset, class_names_of, split_per_class, take_split
 from salmap.data.limits import check_class_labels, check_npz_members, image_array
 from salmap.data.registry import register_prefix
 
@@ -194,7 +194,7 @@ def load_folder(path: str, split: str = "test") -> Dataset:
     if not root.is_dir():
         raise ValueError(f"image folder {root} is not a folder")
     if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = sorted({p.name for part in ("train", "test") for p in (root / part).iterdir() if p.is_dir()})
+        classes = class_names_of(root / "train", root / "test")
         if split == "all":  # one labelling for both splits, whichever classes each holds
             a, b = _read_class_folders(root / "train", classes), _read_class_folders(root / "test", classes)
             return _checked(Dataset(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), a.class_names, f"folder:{root}"), root)
@@ -210,7 +210,7 @@ def load_folder(path: str, split: str = "test") -> Dataset:
 def _read_class_folders(root: Path, classes: list[str] | None = None) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if classes is None else classes
+    classes = class_names_of(root) if classes is None else classes
     if not any((root / name).is_dir() for name in classes):
         raise ValueError(f"image folder {root} has no class sub-folders")
     xs, ys, size, mode = [], [], None, None

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from salmap.data import limits
-from salmap.data.base import Dataset, split_per_class
+from salmap.data.base import Dataset, class_names_of, split_per_class
 from salmap.data.heap import release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class StreamDataset(Dataset):
 
 def _class_files(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of ``root``'s class sub-folders, labelled by ``classes`` (default: its own, sorted)."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if classes is None else classes
+    classes = class_names_of(root) if classes is None else classes
     if not any((root / name).is_dir() for name in classes):
         raise ValueError(f"image folder {root} has no class sub-folders")
     files, labels = [], []
@@ -262,7 +262,7 @@ def stream_folder(
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if (root / "train").is_dir() and (root / "test").is_dir():
         parts = ["train", "test"] if split == "all" else [split]
-        classes = sorted({p.name for part in ("train", "test") for p in (root / part).iterdir() if p.is_dir()})
+        classes = class_names_of(root / "train", root / "test")
         listed = [_class_files(root / p, classes) for p in parts]  # one labelling for both splits
         files = [f for part in listed for f in part[0]]
         labels = [lab for part in listed for lab in part[1]]

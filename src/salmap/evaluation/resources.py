@@ -74,6 +74,12 @@ def model_source(model: str | ModelConfig) -> tuple[str, dict[str, Any]]:
 
 def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
     """The model's task from its output on the dataset's first sample; ValueError naming both shapes."""
+    return _task_of(first_output(model, ds))
+
+
+def first_output(model: LoadedModel, ds: datasets.Dataset) -> torch.Tensor:
+    """The model's ``(1, K)`` or ``(1, K, H, W)`` output on the dataset's first sample; ValueError
+    naming both shapes when it cannot take it or returns something else."""
     x = ds.x[:1].to(next(iter(model.module.parameters()), torch.empty(0)).device)
     try:
         with torch.no_grad():
@@ -88,6 +94,10 @@ def model_task(model: LoadedModel, ds: datasets.Dataset) -> str:
     if not isinstance(out, torch.Tensor) or out.dim() not in (2, 4):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"must return (B, classes) logits or (B, classes, H, W) scores, got {shape}")
+    return out
+
+
+def _task_of(out: torch.Tensor) -> str:
     return "classification" if out.dim() == 2 else "segmentation"
 
 
@@ -138,8 +148,8 @@ def check_resources(
             continue
         try:
             model = load_model(m, trust=trust_model)
-            if ds is not None:
-                model.task = model_task(model, ds)
+            out = first_output(model, ds) if ds is not None else None
+            model.task = _task_of(out) if out is not None else None
         except (ValueError, OSError, RuntimeError) as err:
             check.add(f"models[{i}].path", str(err))
             loaded.append(None)
@@ -147,8 +157,11 @@ def check_resources(
         loaded.append(model)
         if ds is not None and model.task != ds.task:
             check.add(f"models[{i}].path", f"is a {_noun(model.task)} but {data.name} is a {ds.task} dataset")
-        elif ds is not None and attacks and model.task == "classification":
-            _check_labels(check, f"models[{i}].path", model, ds, data.name)
+        elif ds is not None and out is not None and attacks and model.task == "classification":
+            try:  # attacks use the true labels: labels past the classifier's outputs fail before any work
+                check_labels(ds.y, out, data.name)
+            except ValueError as err:
+                check.add(f"models[{i}].path", str(err))
     for i, a in enumerate(attacks):
         if a.attack:
             _check_pairing(check, f"attacks[{i}]", registry.get_attack(a.attack), a.params, models, loaded, ds,
@@ -160,17 +173,6 @@ def check_resources(
     if ds is None or any(m is None and not is_factory(cfg.path) for m, cfg in zip(loaded, models, strict=True)):
         return None
     return Resources(ds, loaded)
-
-
-def _check_labels(check: Checker, path: str, model: LoadedModel, ds: datasets.Dataset, name: str) -> None:
-    """Attacks use the true labels: labels past the classifier's outputs fail before any work."""
-    x = ds.x[:1].to(next(iter(model.module.parameters()), torch.empty(0)).device)
-    with torch.no_grad():
-        out = logits_of(set_eval(model.module)(x))
-    try:
-        check_labels(ds.y, out[0] if isinstance(out, (tuple, list)) else out, name)
-    except ValueError as err:
-        check.add(path, str(err))
 
 
 def _noun(task: str | None) -> str:
