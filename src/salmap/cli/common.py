@@ -149,14 +149,15 @@ def resolve_device(name: str | None, flag: str = "--device") -> str:
 def check_output_path(path: str | Path, flag: str = "--out") -> Path:
     """Check, before any work, that results can be written to the folder ``path``.
 
-    The folder must be a folder (or not exist yet, below a writable folder) and writable.
-    Nothing is created. Raises ``ValueError`` naming ``flag`` and the path otherwise.
+    The folder must be a folder (or not exist yet, below a writable folder) and writable. A
+    missing folder is created and removed again, so that what only trying finds (``/proc/x``, a
+    name too long) fails now. Raises ``ValueError`` naming ``flag``, the path and why otherwise.
     """
     out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
+    if _exists(out) and not out.is_dir():
         raise ValueError(f"{flag} must be a folder, but {out} is a file")
     existing = out
-    while not existing.exists():
+    while not _exists(existing):
         if existing.parent == existing:
             break
         existing = existing.parent
@@ -165,7 +166,23 @@ def check_output_path(path: str | Path, flag: str = "--out") -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is" if existing == out else f"cannot be created: {existing} is"
         raise ValueError(f"{flag} {out} {what} not writable (read-only folder or file system)")
+    if existing != out:
+        try:
+            out.mkdir(parents=True)
+        except OSError as err:
+            raise ValueError(f"{flag} {out} cannot be created: {err.strerror or err}") from None
+        for made in (out, *out.parents):  # remove only the folders made here (empty, salmap's own)
+            if made == existing:
+                break
+            made.rmdir()
     return out
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long: found by trying to create it
+        return False
 
 
 def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], data_name: str) -> None:
