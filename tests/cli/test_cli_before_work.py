@@ -61,3 +61,97 @@ def test_out_check_makes_nothing_it_leaves(tmp_path, lenet28, capsys):
 
     assert check_output_path(tmp_path / "new" / "deep") == tmp_path / "new" / "deep"
     assert not (tmp_path / "new").exists()
+
+
+# -- -n past the split: all of it, said in one line (never silently); a run file's data.num is refused --
+
+
+@pytest.fixture
+def small_npz(tmp_path):
+    """An npz data set of 12 training and 5 test images of 28x28 digits-like noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.npz"
+    np.savez(path, x=rng.random((12, 1, 28, 28), dtype=np.float32), y=np.arange(12) % 10,
+             x_test=rng.random((5, 1, 28, 28), dtype=np.float32), y_test=np.arange(5))
+    return f"npz:{path}"
+
+
+@pytest.fixture
+def trained_lenet28(tmp_path):
+    folder = tmp_path / "trained"
+    models.save(models.build("lenet"), folder, {"bounds": [0.0, 1.0], "input_shape": [1, 28, 28],
+                                                "class_names": [str(i) for i in range(10)],
+                                                "metrics": {"test_accuracy": 0.9}})
+    return str(folder)
+
+
+NOTE = "-n 10000 is more than the 5 test images of {data}: using all 5"
+TAKING_N = [
+    (["attack", "fgsm", "--model", "{lenet}"], "results.json"),
+    (["explain", "--model", "{lenet}"], "summary.json"),
+    (["defend", "dae", "--model", "{lenet}", "--epochs", "1", "--attacks", "fgsm", "--width", "4"], "evaluation.json"),
+    (["evaluate", "--model", "{lenet}", "--attack", "fgsm", "--no-report"], "summary.json"),
+]
+
+
+@pytest.mark.parametrize("argv, written", TAKING_N, ids=lambda a: a[0] if isinstance(a, list) else None)
+def test_n_past_the_split_uses_all_of_it_and_says_so_once(tmp_path, trained_lenet28, small_npz, capsys, argv, written):
+    """``-n 10000`` on a split of 5 runs on the 5 and prints one line naming -n, the value and the
+    split's size, in attack, explain, defend and evaluate alike (evaluate refused; the others were
+    silent); without -n the default says nothing on small data."""
+    import json
+
+    argv = [a.format(lenet=trained_lenet28) for a in argv]
+    base = [*argv, "--data", small_npz, "--out", str(tmp_path / "o")]
+    assert main([*base, "-n", "10000"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "-n " in line] == [NOTE.format(data=small_npz)], out
+    summary = json.loads((tmp_path / "o" / written).read_text())
+    assert _indices(tmp_path / "o") == set(range(5)) or summary.get("images") == 5, summary
+    assert main([*base[:-1], str(tmp_path / "default")]) == 0
+    assert "is more than" not in capsys.readouterr().out
+
+
+def _indices(out: Path) -> set[int]:
+    """The sample indices of a run folder's results.jsonl (none without one)."""
+    import json
+
+    path = out / "results.jsonl"
+    return {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
+
+
+def test_run_file_num_past_the_split_is_refused_and_the_flag_takes_all(tmp_path, trained_lenet28, small_npz, capsys):
+    """A run file is a specification: its ``data.num`` past the split is refused before any work;
+    ``-n`` on the command line replaces it and behaves like the other commands' ``-n``."""
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": trained_lenet28}],
+                                   "attacks": [{"attack": "fgsm"}], "report": False,
+                                   "data": {"name": small_npz, "num": 7}}))
+    assert main(["evaluate", str(run)]) == 2
+    assert "data.num: asks for 7 samples but" in _error_line(capsys, "evaluate")
+    assert not (tmp_path / "o").exists()
+    assert main(["evaluate", str(run), "-n", "10000"]) == 0
+    assert NOTE.format(data=small_npz) in capsys.readouterr().out
+    assert _indices(tmp_path / "o") == set(range(5))
+
+
+def test_demo_checks_its_counts_before_training(tmp_path, capsys, monkeypatch):
+    """``salmap demo -n`` past the 1,000 test images takes them all and says so before anything is
+    trained (the evaluation refused it after the training); a count below 1 is refused then too."""
+    from salmap.cli import demo
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the checks")
+
+    monkeypatch.setattr(demo, "output_folder", stop)
+    assert main(["demo", "-n", "10000", "--out", str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    assert "-n 10000 is more than the 1,000 test images of mnist-sample: using all 1,000" in captured.out
+    assert "stopped after the checks" in captured.err
+    for flag in ("-n", "--seg-num", "--epochs", "--seg-epochs", "--defense-epochs"):
+        assert main(["demo", flag, "0", "--out", str(tmp_path / "d")]) == 2
+        assert "must be positive, got 0" in _error_line(capsys, "demo")

@@ -21,6 +21,9 @@ from salmap.gradients import set_eval
 from salmap.logits import OutputError
 from salmap.models.inputs import check_fits, check_labels, error_text, model_channels
 
+#: samples ``salmap attack`` and ``salmap explain`` take when ``-n`` is not given
+DEFAULT_NUM = 100
+
 
 def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """``--device``: ``auto`` (the default) is CUDA when available, else the CPU; the parsed value is
@@ -47,7 +50,8 @@ def add_model_data_args(p: argparse.ArgumentParser, data_default: str = "mnist-s
     p.add_argument("--model", required=True, help="checkpoint folder, TorchScript/.pt2 file or module:factory")
     p.add_argument("--data", default=data_default, help=f"dataset name or kind:PATH (default {data_default})")
     p.add_argument("--split", default="test", choices=["train", "test", "all"], help="dataset split (default test)")
-    p.add_argument("-n", "--num", type=int, default=100, help="number of samples (default 100)")
+    p.add_argument("-n", "--num", type=int, default=None,
+                   help=f"number of samples (default {DEFAULT_NUM}; more than the split holds: all of them)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per batch (default 100)")
     add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -212,19 +216,20 @@ def load_data(
     name: str, split: str, num: int | None, image_size: int | None = None, model: Any = None,
     meta: dict[str, Any] | None = None, labels: bool = False,
 ) -> datasets.Dataset:
-    """The first ``num`` samples of a dataset split (a ``folder:`` is streamed, decoded per batch).
+    """The first ``num`` samples of a dataset split (a ``folder:`` is streamed, decoded per batch):
+    ``num`` is ``-n`` (None when not given: :data:`DEFAULT_NUM`), capped as :func:`take` says.
 
     With ``model``, images are read with the model's channels (RGB or grey) and one sample is
     run through it first, so that a model and data that do not fit fail with both shapes;
     with ``labels`` too (the run uses the true labels), labels past a classifier's outputs fail.
     """
-    if num is not None and num <= 0:
+    if num is not None and num <= 0:  # before the data is read
         raise ValueError(f"--num must be positive, got {num}")
     if image_size is not None and image_size <= 0:
         raise ValueError(f"--image-size must be positive, got {image_size}")
     channels = model_channels(model, meta) if model is not None else None
     ds = datasets.load_dataset(name, split, image_size=image_size, channels=channels if channels in (1, 3) else None)
-    ds = ds.subset(min(num, len(ds)) if num is not None else None)
+    ds = ds.subset(take(num, len(ds), name, split, DEFAULT_NUM))
     if model is not None and len(ds):
         device = next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
         first = ds.x[0:1]
@@ -232,6 +237,17 @@ def load_data(
         if labels:
             check_labels(ds.y, out, f"--data {name}")
     return ds
+
+
+def take(num: int | None, available: int, data: str, split: str, default: int, flag: str = "-n") -> int:
+    """How many of a split's ``available`` samples ``flag`` takes: ``num`` (``default`` when the flag
+    was not given), at most all of them; a ``num`` past them prints one line saying so."""
+    if num is not None and num <= 0:
+        raise ValueError(f"{'--num' if flag == '-n' else flag} must be positive, got {num}")
+    if num is not None and num > available:
+        what = f"{split} images" if split in ("train", "test") else "images (train and test)"
+        print(f"{flag} {num} is more than the {available:,} {what} of {data}: using all {available:,}", flush=True)
+    return min(default if num is None else num, available)
 
 
 def bounds_of(meta: dict[str, Any]) -> Bounds:

@@ -29,9 +29,11 @@ from salmap.cli.common import (
     load_model,
     model_options,
     print_table,
+    take,
     write_json,
 )
 from salmap.cli.defend_flags import (
+    DEFAULT_NUM,
     adv_train_args,
     attack_specs,
     block_switch_args,
@@ -84,14 +86,15 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
     check_flags(args)
+    if args.num is not None and args.num <= 0:
+        raise ValueError(f"--num must be positive, got {args.num}")
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     model, meta = load_model(args.model, args.device, **model_options(args))
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     check_model_input(model, test.x[:1].to(args.device), meta, args.data)
     check_trained(meta, train.num_classes, f"--model {args.model}")
-    if args.num <= 0:
-        raise ValueError(f"--num must be positive, got {args.num}")
+    args.num = take(args.num, len(test), args.data, "test", DEFAULT_NUM)
     return model, meta, train, test
 
 
@@ -185,7 +188,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
                    "batch_size": args.batch_size, "lr": args.lr, "eot_samples": args.eot_samples,
                    "options": {k: getattr(args, k, None) for k in ("mean", "std", "output_key", "model_arg")}}
     the_plan = plan_defense(specs, test, output=args.out, source=args.model, defense=kind, seed=args.seed,
-                            device=args.device, num=min(args.num, len(test)), description=description,
+                            device=args.device, num=args.num, description=description,
                             save_adversarial=args.save_adv, save_png=args.save_png)
     out = Path(args.out)
     with RunStore(out, "defend") as store:

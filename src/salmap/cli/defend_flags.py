@@ -47,6 +47,10 @@ def dae_args(q: argparse.ArgumentParser) -> None:
                    help="largest Linf radius of the autoencoder's adversarial examples (default 0.3)")
 
 
+#: test images ``salmap defend`` evaluates on when ``-n`` is not given
+DEFAULT_NUM = 200
+
+
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the trained checkpoint folder to defend")
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
@@ -56,7 +60,8 @@ def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("-n", "--num", type=int, default=200, help="test images to evaluate on (default 200)")
+    p.add_argument("-n", "--num", type=int, default=None,
+                   help=f"test images to evaluate on (default {DEFAULT_NUM}; more than the split holds: all of them)")
     p.add_argument("--attacks", action="append", default=None, metavar="LIST|NAME:KEY=VALUE,...",
                    help="evaluation attacks: a comma-separated list of the presets "
                         f"{', '.join(s.name for s in default_attacks())} or registered attack names "

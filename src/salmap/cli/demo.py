@@ -21,7 +21,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
-from salmap.cli.common import add_device_arg, output_folder, print_table, write_json
+from salmap.cli.common import add_device_arg, output_folder, print_table, take, write_json
 from salmap.cli.train import build_classifier
 from salmap.evaluation.config import RunConfig, parse_config
 from salmap.evaluation.runner import Outcome
@@ -31,8 +31,9 @@ from salmap.training import train_classifier
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the full tour on the embedded MNIST sample", description=__doc__)
     p.add_argument("--out", default="salmap-demo", help="output folder (default ./salmap-demo)")
-    p.add_argument("-n", "--num", type=int, default=40, help="test images to attack (default 40)")
-    p.add_argument("--seg-num", type=int, default=4, help="mnist-seg images for the segmentation JSMA (default 4)")
+    p.add_argument("-n", "--num", type=int, default=None, help="test images to attack (default 40)")
+    p.add_argument("--seg-num", type=int, default=None,
+                   help="mnist-seg images for the segmentation JSMA (default 4)")
     p.add_argument("--defense-epochs", type=int, default=1, help="denoiser training epochs (default 1)")
     p.add_argument("--seg-epochs", type=int, default=2, help="unet training epochs (default 2)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs when no cached model (default 12)")
@@ -118,8 +119,24 @@ def evaluate_cached(cfg: RunConfig) -> Outcome:
     return evaluate(cfg, overwrite=not same)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Before anything is trained: the counts are positive, and ``-n`` / ``--seg-num`` past the test
+    split take all of it and say so (the evaluations would refuse them after the training)."""
+    from salmap.evaluation.resources import load_split
+
+    for flag in ("epochs", "defense_epochs", "seg_epochs", "num", "seg_num"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    args.num = take(args.num, len(load_split("mnist-sample", "test")), "mnist-sample", "test", 40)
+    if args.seg_num is not None:  # (mnist-seg is generated: only when asked)
+        args.seg_num = take(args.seg_num, len(load_split("mnist-seg", "test")), "mnist-seg", "test", 4, "--seg-num")
+    args.seg_num = args.seg_num or 4
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    check_flags(args)
     out = output_folder(args.out)
     steps = 6
 

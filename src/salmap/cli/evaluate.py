@@ -24,8 +24,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from salmap import registry
 from salmap.cli.common import (
     add_device_arg,
@@ -33,11 +31,12 @@ from salmap.cli.common import (
     announce_device,
     check_output_path,
     model_options,
+    take,
 )
 from salmap.cli.common import resolve_device as check_device
 from salmap.cli.flags import parse_spec
 from salmap.devices import resolve_device
-from salmap.evaluation.config import load_config, parse_config
+from salmap.evaluation.config import load_split, parse_config, read_run_file
 from salmap.evaluation.settings import RUN_TARGETING
 
 
@@ -126,21 +125,32 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
+def _take_flag_num(data: dict[str, Any], num: int) -> None:
+    """``-n`` past the split takes all of it and says so, as the other commands' ``-n`` does; a run
+    file's own ``data.num`` past it is refused by validation (the file is a specification)."""
+    name, split = data.get("name", "mnist-sample"), data.get("split", "test")
+    try:
+        ds = load_split(name, split, data.get("image_size"), data.get("channels"))
+    except (ValueError, TypeError, OSError):
+        return  # validation names what is wrong with the data keys
+    data["num"] = take(num, len(ds), name, split, num)
+
+
 def run(args: argparse.Namespace) -> int:
     from salmap.evaluation.runner import REPORT, RESULTS, SUMMARY, evaluate
 
     extra = overrides(args)
+    raw: Any = extra
+    source, base = "flags", Path.cwd()
     if args.config:
-        config_data = extra.pop("data", None)
-        cfg = load_config(args.config, extra, allow_code=args.allow_code, trust_model=args.trust_model)
-        if config_data:  # merge data flags into the file's data mapping instead of replacing it
-            raw = yaml.safe_load(Path(args.config).read_text()) or {}
-            merged = {**raw, **extra, "data": {**(raw.get("data") or {}), **config_data}}
-            cfg = parse_config(merged, source=f"run file {args.config}", base=Path(args.config).resolve().parent,
-                               allow_code=args.allow_code, trust_model=args.trust_model)
-    else:
-        cfg = parse_config(extra, source="flags", base=Path.cwd(), allow_code=args.allow_code,
-                           trust_model=args.trust_model)
+        raw = read_run_file(args.config)
+        source, base = f"run file {args.config}", Path(args.config).resolve().parent
+        if isinstance(raw, dict):  # data flags are merged into the file's data mapping, not replacing it
+            data = raw["data"] if isinstance(raw.get("data"), dict) else {}
+            raw = {**raw, **extra, **({"data": {**data, **extra["data"]}} if "data" in extra else {})}
+    if args.num is not None and isinstance(raw, dict):
+        _take_flag_num(raw["data"], args.num)
+    cfg = parse_config(raw, source=source, base=base, allow_code=args.allow_code, trust_model=args.trust_model)
     if cfg.output:
         check_output_path(cfg.output, "output")
     cfg.device = check_device(cfg.device, "device")  # the run file's too: CUDA or MPS missing fails before any work

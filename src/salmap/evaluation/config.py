@@ -138,6 +138,17 @@ def load_config(
 ) -> RunConfig:
     """Read and validate a YAML run file; ``overrides`` replace top-level keys (from flags)."""
     path = Path(path)
+    raw = read_run_file(path)
+    if isinstance(raw, dict) and overrides:
+        raw = {**raw, **overrides}
+    return parse_config(raw, source=f"run file {path}", base=path.resolve().parent, allow_code=allow_code,
+                        trust_model=trust_model)
+
+
+def read_run_file(path: str | Path) -> Any:
+    """The parsed YAML of a run file (``{}`` when empty), not validated; ValueError naming the file
+    when it cannot be read or parsed."""
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
@@ -146,15 +157,10 @@ def load_config(
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"run file {str(path)!r} is not valid YAML: {err}") from None
-    if raw is None:
-        raw = {}
-    if isinstance(raw, dict) and overrides:
-        raw = {**raw, **overrides}
-    return parse_config(raw, source=f"run file {path}", base=path.resolve().parent, allow_code=allow_code,
-                        trust_model=trust_model)
+    return {} if raw is None else raw
 
 
 __all__ = [
     "AttackConfig", "ConfigError", "DataConfig", "ExplainConfig", "FigureConfig", "ModelConfig", "RunConfig",
-    "load_config", "load_split", "parse_config",
+    "load_config", "load_split", "parse_config", "read_run_file",
 ]
