@@ -155,3 +155,28 @@ def test_demo_checks_its_counts_before_training(tmp_path, capsys, monkeypatch):
     for flag in ("-n", "--seg-num", "--epochs", "--seg-epochs", "--defense-epochs"):
         assert main(["demo", flag, "0", "--out", str(tmp_path / "d")]) == 2
         assert "must be positive, got 0" in _error_line(capsys, "demo")
+
+
+# -- an occlusion patch larger than the images: refused before the output folder is made ----------
+
+
+def test_occlusion_patch_larger_than_the_input_fails_before_the_folder(tmp_path, lenet28, capsys):
+    """``salmap explain --patch 40`` on 28x28 images, and a run file's occlusion ``patch: 30``, are one
+    line naming the flag or key, the value and the input size, and no output folder is made (the
+    patch was found too large only when the maps were computed, in a folder already claimed)."""
+    import yaml
+
+    out = tmp_path / "o"
+    argv = ["explain", "--model", lenet28, "-n", "2", "--method", "gradient,occlusion", "--out", str(out)]
+    assert main([*argv, "--patch", "40"]) == 2
+    assert "--patch 40 is larger than the 28x28 inputs of --data mnist-sample" in _error_line(capsys, "explain")
+    assert not out.exists()
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": str(out), "models": [{"path": lenet28}], "attacks": [{"attack": "fgsm"}],
+                                   "data": {"num": 2}, "explanations": [{"explainer": "occlusion",
+                                                                         "params": {"patch": 30}}]}))
+    assert main(["evaluate", str(run)]) == 2
+    assert "explanations[0].params.patch: 30 is larger than the 28x28 inputs of mnist-sample" in \
+        _error_line(capsys, "evaluate")
+    assert not out.exists()
+    assert main([*argv, "--patch", "28"]) == 0  # a patch as large as the input fits

@@ -37,7 +37,7 @@ from salmap.cli.flags import add_entry_flags, listing, params_from_args
 from salmap.cli.pipeline import legacy_summary
 from salmap.evaluation.distributed import World
 from salmap.evaluation.execute import build
-from salmap.evaluation.explaining import choose_target, parse_region
+from salmap.evaluation.explaining import choose_target, parse_region, patch_problem
 from salmap.evaluation.figures import stored_examples
 from salmap.evaluation.loaded import LoadedModel, Resources
 from salmap.evaluation.plan import Plan
@@ -180,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--region is for segmenters; the model returned (B, classes) logits")
         parse_region(args.region, (int(out.shape[-2]), int(out.shape[-1])))
     params = {name: explainer_params(name, args) for name in methods}
+    for name in methods:  # an occlusion patch larger than the images fails before the folder is made
+        if problem := patch_problem(registry.get_explainer(name), params[name], tuple(ds.x.shape[2:]),
+                                    f"--data {args.data}"):
+            flag = "--occlusion-patch" if vars(args).get("occlusion.patch") is not None else "--patch"
+            raise ValueError(f"{flag} {problem}")
     explainers = {name: registry.get_explainer(name).build(model, bounds=bounds, **params[name]) for name in methods}
     attacks = []
     if args.attack is not None:

@@ -21,6 +21,26 @@ from salmap.gradients import frozen, predict
 from salmap.plot import to_heat
 
 
+def patch_problem(entry: Any, params: dict[str, Any], spatial: tuple[int, ...], data: str) -> str | None:
+    """Why an occlusion explainer's ``patch`` (``params``' or its default) cannot slide over inputs
+    of ``spatial`` size from ``data`` -- a patch larger than them -- or None (other explainers too):
+    found before a run's folder is claimed, not when the maps are computed."""
+    from salmap.explain import Occlusion
+    from salmap.explain import occlusion_windows as geometry
+
+    if not (isinstance(entry.cls, type) and issubclass(entry.cls, Occlusion)) or not spatial:
+        return None
+    value = params.get("patch", entry.param_map["patch"].default)
+    try:
+        patch = geometry.per_dim("patch", geometry.sizes("patch", value), spatial)
+    except ValueError as err:
+        return str(err)
+    if all(k <= n for k, n in zip(patch, spatial, strict=True)):
+        return None
+    size = "x".join(str(n) for n in spatial)
+    return f"{value} is larger than the {size} inputs of {data}; occlusion's patch must fit in them"
+
+
 def attribute(explainer: Any, x: Tensor, target: Any = None, mask: Tensor | None = None) -> tuple[Tensor, float]:
     """One batch of attribution maps (``explainer.attribute``) and the seconds it took.
 

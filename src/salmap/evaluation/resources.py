@@ -22,6 +22,7 @@ from salmap import data as datasets
 from salmap import models as zoo
 from salmap import registry
 from salmap.evaluation.checker import Checker
+from salmap.evaluation.explaining import patch_problem
 from salmap.evaluation.loaded import LoadedModel, Resources, bounds_from_meta
 from salmap.evaluation.sources import is_factory
 from salmap.gradients import mode_is_fixed, set_eval
@@ -189,6 +190,8 @@ def _check_pairing(
     if ds is not None and ds.task not in entry.tasks:
         check.add(f"{path}.{kind}", f"{works} but {data_name} is a {ds.task} dataset")
         return
+    if ds is not None and (problem := patch_problem(entry, params, tuple(ds.x.shape[2:]), data_name)):
+        check.add(f"{path}.params.patch", problem)
     for j, model in enumerate(loaded):
         if model is None:
             continue
