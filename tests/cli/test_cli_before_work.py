@@ -169,14 +169,14 @@ def test_occlusion_patch_larger_than_the_input_fails_before_the_folder(tmp_path,
     out = tmp_path / "o"
     argv = ["explain", "--model", lenet28, "-n", "2", "--method", "gradient,occlusion", "--out", str(out)]
     assert main([*argv, "--patch", "40"]) == 2
-    assert "--patch 40 is larger than the 28x28 inputs of --data mnist-sample" in _error_line(capsys, "explain")
+    assert "--patch 40 is larger than the input (28x28 images of --data mnist-sample)" in _error_line(capsys, "explain")
     assert not out.exists()
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"output": str(out), "models": [{"path": lenet28}], "attacks": [{"attack": "fgsm"}],
                                    "data": {"num": 2}, "explanations": [{"explainer": "occlusion",
                                                                          "params": {"patch": 30}}]}))
     assert main(["evaluate", str(run)]) == 2
-    assert "explanations[0].params.patch: 30 is larger than the 28x28 inputs of mnist-sample" in \
+    assert "explanations[0].params.patch: 30 is larger than the input (28x28 images of mnist-sample)" in \
         _error_line(capsys, "evaluate")
     assert not out.exists()
     assert main([*argv, "--patch", "28"]) == 0  # a patch as large as the input fits

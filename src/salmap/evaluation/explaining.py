@@ -38,7 +38,7 @@ def patch_problem(entry: Any, params: dict[str, Any], spatial: tuple[int, ...], 
     if all(k <= n for k, n in zip(patch, spatial, strict=True)):
         return None
     size = "x".join(str(n) for n in spatial)
-    return f"{value} is larger than the {size} inputs of {data}; occlusion's patch must fit in them"
+    return f"{value} is larger than the input ({size} images of {data}); occlusion's patch must fit in it"
 
 
 def attribute(explainer: Any, x: Tensor, target: Any = None, mask: Tensor | None = None) -> tuple[Tensor, float]:
