@@ -46,16 +46,26 @@ from salmap.defenses.block_switch import train_block_switch
 from salmap.defenses.combined import train_dae_block_switch
 from salmap.defenses.denoiser import Purified, train_denoiser
 from salmap.defenses.evaluation import (
-    check_trained,
     plan_defense,
     run_defense,
     table_rows,
 )
+from salmap.defenses.saving import (
+    base_script,
+    check_defensible,
+    restore,
+    save_defended,
+    trainable_copy,
+)
+from salmap.defenses.specs import model_accuracy
 from salmap.evaluation.store import RunStore
+from salmap.models.scripted import TRACED
 from salmap.training import classifier_accuracy
 
 #: in the output folder: the trained defense's accuracy and seconds, written once its checkpoint is saved
 TRAINING = "training.json"
+#: test images a TorchScript defended model must classify exactly as the eager one does
+CHECK = 256
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,17 +94,24 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
     }
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
+def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
     check_flags(args)
     if args.num is not None and args.num <= 0:
         raise ValueError(f"--num must be positive, got {args.num}")
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
+    name = f"--model {args.model}"
     model, meta = load_model(args.model, args.device, **model_options(args))
+    check_defensible(kind, meta, name, getattr(args, "fine_tune", False))
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     check_model_input(model, test.x[:1].to(args.device), meta, args.data)
-    check_trained(meta, train.num_classes, f"--model {args.model}")
     args.num = take(args.num, len(test), args.data, "test", DEFAULT_NUM)
+    accuracy, measured = model_accuracy(meta, model, test.x.to(args.device), test.y, train.num_classes, name)
+    if measured:
+        print(f"{name}: test accuracy {accuracy:.4f} measured on the {args.data} test split (its file records none)")
+    if not meta.get("arch") and base_script(model, test.x[:CHECK].to(args.device), name)[1] == TRACED:
+        print(f"{kind}: {name} does not compile with torch.jit.script: the defended model is saved traced, checked "
+              f"on {min(CHECK, len(test))} test images (Python branches on input values stay as traced)")
     return model, meta, train, test
 
 
@@ -157,9 +174,9 @@ def run_adv_train(args: argparse.Namespace) -> int:
     r = recipe(args.mode, args.eps, args.steps, args.step, args.alpha, args.beta)
 
     def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:
-        arch = meta["arch"]
         torch.manual_seed(args.seed)  # the initial weights come from --seed
-        defended = models.build(arch["name"], **arch.get("kwargs", {})).to(args.device)
+        defended = trainable_copy(model) if args.fine_tune else \
+            models.build(meta["arch"]["name"], **meta["arch"].get("kwargs", {})).to(args.device)
         report = adversarial_training(
             defended, data.x.to(args.device), data.y.to(args.device), mode=args.mode, eps=r.eps, steps=r.steps,
             step=r.step, alpha=r.alpha, beta=r.beta, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -168,8 +185,9 @@ def run_adv_train(args: argparse.Namespace) -> int:
         return defended, report.seconds
 
     settings = {"mode": args.mode, "eps": r.eps, "steps": r.steps, "step": r.step, "alpha": r.alpha, "beta": r.beta}
-    if args.eps_warmup:  # (absent when off, so earlier runs' settings still match)
-        settings["eps_warmup"] = args.eps_warmup
+    for key in ("eps_warmup", "fine_tune"):  # (absent when off, so earlier runs' settings still match)
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
     return defend(args, "adv-train", settings, train)
 
 
@@ -181,7 +199,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
     training is not repeated, finished attack units are not recomputed); a folder holding
     another run is refused unless ``--overwrite``.
     """
-    model, meta, train_set, test = _load(args)
+    model, meta, train_set, test = _load(args, kind)
     specs = attack_specs(args.attacks, args.pgd_steps)
     description = {"defense": kind, "settings": settings, "data": args.data,
                    **({"image_size": args.image_size} if args.image_size else {}), "epochs": args.epochs,
@@ -195,7 +213,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
         resumed = store.claim(the_plan.fingerprint, {**the_plan.cfg.to_dict(), "defense": description},
                               args.overwrite)
         if resumed and (out / TRAINING).is_file():
-            defended = models.load(out).to(args.device)
+            defended = restore(out, model)
             trained = json.loads((out / TRAINING).read_text())
             accuracy, train_seconds = float(trained["test_accuracy"]), float(trained["train_seconds"])
             print(f"{kind}: reusing the defended checkpoint an earlier run trained in {out}")
@@ -207,8 +225,8 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
             saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
             saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
                                 "seed": args.seed, **settings}
-            models.save(defended.cpu(), out, saved)
-            defended.to(args.device)
+            saved.setdefault("input_shape", list(test.x.shape[1:]))
+            save_defended(defended.eval(), out, saved, test.x[:CHECK].to(args.device), f"--model {args.model}")
             store.write_json(TRAINING, {"test_accuracy": accuracy, "train_seconds": train_seconds})
         start = time.perf_counter()  # eval_seconds: everything after the training
         print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")

@@ -24,6 +24,10 @@ def adv_train_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--step", type=float, default=None, help="attack step size (default 0.01 for madry and trades)")
     q.add_argument("--alpha", type=float, default=None, help="goodfellow: weight of the clean loss (default 0.5)")
     q.add_argument("--beta", type=float, default=None, help="trades: weight of the KL term (default 6)")
+    q.add_argument("--fine-tune", action="store_true",
+                   help="adversarially train a copy of --model's own weights instead of a fresh model of its "
+                        "architecture (as ART's AdversarialTrainer does; the only way for a TorchScript file, "
+                        "module:factory or .pt2 model)")
     q.add_argument("--eps-warmup", type=float, default=0.0, metavar="EPOCHS",
                    help="grow the radius linearly over this many epochs (default 0, as in the papers; a "
                         "deviation from them for short budgets, see salmap.defenses.adversarial)")
@@ -52,7 +56,8 @@ DEFAULT_NUM = 200
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the trained checkpoint folder to defend")
+    p.add_argument("--model", required=True,
+                   help="the trained classifier to defend: checkpoint folder, TorchScript/.pt2 file or module:factory")
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="resize images (shorter side to N, centre crop N x N); the whole split is decoded")

@@ -7,11 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor, nn
+
 from salmap import registry
 from salmap._validate import Bounds
 from salmap.attacks import Attack
 from salmap.evaluation.settings import AttackConfig
 from salmap.gradients import Model
+from salmap.training import classifier_accuracy
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,22 @@ def check_trained(meta: dict[str, Any], num_classes: int | None = None, name: st
     return float(acc)
 
 
+def model_accuracy(meta: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor, num_classes: int,
+                   name: str = "model") -> tuple[float, bool]:
+    """The test accuracy of a model to defend: the one its ``model.json`` records (checked by
+    :func:`check_trained`) or, where it records none (a TorchScript file, a factory, an export),
+    the accuracy measured on ``(x, y)``, refused the same way when near chance.
+
+    Returns ``(accuracy, measured)``.
+    """
+    metrics = meta.get("metrics") or {}
+    if isinstance(metrics, dict) and isinstance(metrics.get("test_accuracy", metrics.get("accuracy")), (int, float)):
+        return check_trained(meta, num_classes, name), False
+    accuracy = classifier_accuracy(model, x, y)
+    check_accuracy(accuracy, num_classes, f"{name} measured test")
+    return accuracy, True
+
+
 def check_accuracy(accuracy: float, num_classes: int, name: str = "model") -> None:
     """``ValueError`` when ``accuracy`` is within 10 points of chance ``1 / num_classes``."""
     chance = 1.0 / num_classes
@@ -84,4 +103,4 @@ def check_accuracy(accuracy: float, num_classes: int, name: str = "model") -> No
         )
 
 
-__all__ = ["AttackSpec", "check_accuracy", "check_trained", "default_attacks"]
+__all__ = ["AttackSpec", "check_accuracy", "check_trained", "default_attacks", "model_accuracy"]

@@ -53,7 +53,7 @@ PNG = "png"
 OWNED_FILES = (RUN_FILE, RESULTS, SUMMARY, REPORT, "results.json", "grid.png", "pairs.png", "source-target.png",
                "explain.png", "attack.png", "rounding.json")
 #: the files a command writes at the top of its run folder besides those (``salmap defend``: the checkpoint)
-COMMAND_FILES = {"defend": ("model.json", "weights.safetensors", "evaluation.json", "training.json")}
+COMMAND_FILES = {"defend": ("model.json", "weights.safetensors", "model.ts", "evaluation.json", "training.json")}
 OWNED_PATTERNS = {
     BATCHES: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}(\.jsonl|\.examples\.safetensors)(\.tmp-\d+)?$"),
     ADVERSARIAL: re.compile(r"^\.?[me]\d{3}-[ae]\d{3}-b\d{6}\.safetensors(\.tmp-\d+)?$"),

@@ -26,6 +26,7 @@ from salmap.models.metadata import check_meta
 from salmap.models.normalized import Normalized, parse_normalization
 from salmap.models.outputs import SelectOutput
 from salmap.models.registry import build
+from salmap.models.scripted import TORCHSCRIPT, load_torchscript_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = Non
     if not arch or "name" not in arch:
         raise ValueError(
             "meta['arch'] must name the architecture ({'name': ..., 'kwargs': {...}}) for a model "
-            f"not built by salmap.models.build, got {arch!r}"
+            f"not built by salmap.models.build, got {arch!r} (save others with salmap.models.save_torchscript)"
         )
     meta["arch"] = {"name": arch["name"], "kwargs": dict(arch.get("kwargs", {}))}
     meta["format_version"] = FORMAT_VERSION
@@ -81,7 +82,9 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {folder} has no {META}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"checkpoint file {path} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict) or "name" not in meta["arch"]:
+    scripted = isinstance(meta, dict) and meta.get("format") == TORCHSCRIPT and "arch" not in meta
+    if not scripted and (not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict)
+                         or "name" not in meta["arch"]):
         raise ValueError(f"checkpoint file {path} must hold an object with arch.name, got {str(meta)[:80]}")
     check_meta(meta, path)
     return meta
@@ -153,7 +156,7 @@ def _load_model(
 
     ``source`` may be:
 
-    - a checkpoint folder (``weights.safetensors`` + ``model.json``), or its ``model.json``;
+    - a checkpoint folder (``weights.safetensors`` or, :mod:`salmap.models.scripted`, ``model.ts`` + ``model.json``);
     - a ``.safetensors`` or pickled state-dict file together with ``arch`` (a zoo name)
       and its ``kwargs``; pickles are read with ``weights_only=True`` only;
     - a TorchScript file (``torch.jit.save``);
@@ -187,6 +190,8 @@ def _load_model(
         )
     if path.is_dir():
         meta = read_meta(path)
+        if meta.get("format") == TORCHSCRIPT:
+            return load_torchscript_folder(path), meta
         model = _build_checked(meta["arch"]["name"], meta["arch"].get("kwargs", {}), path / WEIGHTS)
         _load_state(model, path / WEIGHTS)
         return model.eval(), meta

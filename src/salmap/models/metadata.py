@@ -24,9 +24,9 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
         text = repr(value)
         raise ValueError(f"checkpoint file {path}: {key} must be {expected}, got {text[:80]}")
 
-    arch = meta["arch"]
-    if not isinstance(arch["name"], str):
-        fail("arch.name", "a string", arch["name"])
+    arch = meta.get("arch", {})  # absent in a TorchScript folder (salmap.models.scripted)
+    if "arch" in meta and not isinstance(arch.get("name"), str):
+        fail("arch.name", "a string", arch.get("name"))
     if not isinstance(arch.get("kwargs", {}), dict):
         fail("arch.kwargs", "an object", arch.get("kwargs"))
     bounds = meta.get("bounds")

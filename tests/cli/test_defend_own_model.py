@@ -1,0 +1,227 @@
+"""``salmap defend`` on someone's own model (a TorchScript file, a module:factory): the accuracy measured
+where the file records none, the defended model saved as a TorchScript checkpoint folder that every
+command loads without running code, a rerun reusing the defense, and one-line refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from salmap import data, models
+from salmap.cli import main
+from salmap.defenses import DenoisingAutoencoder, Purified
+from salmap.defenses.saving import restore, save_defended
+from salmap.models import Normalized, to_torchscript
+from salmap.training import train_classifier
+
+MEAN, STD = 0.5, 0.3
+
+FACTORY = '''
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+
+class Net(nn.Module):
+    """torch.jit.script refuses the *unused argument, so salmap traces it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                  nn.Linear(8 * 16, 10))
+
+    def forward(self, x, *unused):
+        return self.body(x)
+
+
+def net(weights):
+    model = Net()
+    model.body.load_state_dict(load_file(weights))
+    return model
+'''
+
+
+def body() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 16, 10))
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained on normalised 8x8 digits: ``pixels.pt`` (TorchScript, normalisation inside),
+    ``own_defend_net:net`` (a factory that needs --mean/--std) and a whole pickled model."""
+    root = tmp_path_factory.mktemp("own-defend")
+    train, test = data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
+    torch.manual_seed(0)
+    core = body()
+    train_classifier(Normalized(core, [MEAN], [STD]), train.x, train.y, test.x, test.y, epochs=4, lr=1e-2, seed=0,
+                     progress=False)
+    core.eval()
+    normalised = Normalized(core, [MEAN], [STD]).eval()
+    torch.jit.save(torch.jit.trace(normalised, test.x[:2]), str(root / "pixels.pt"))
+    save_file({k: v.contiguous() for k, v in core.state_dict().items()}, str(root / "net.safetensors"))
+    (root / "own_defend_net.py").write_text(FACTORY)
+    torch.save(normalised, root / "pickled.pt")
+    return root
+
+
+def dae_args(model: str, out: Path, *extra: str) -> list[str]:
+    return ["defend", "dae", "--model", model, "--data", "digits", "--out", str(out), "--epochs", "2", "--lr", "0.01",
+            "--width", "8", "-n", "10", "--attacks", "fgsm-0.1", "--device", "cpu", *extra]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dae_on_a_torchscript_model_is_saved_as_torchscript_loaded_by_attack_and_resumed(
+        own: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    source, out = own / "pixels.pt", tmp_path / "d"
+    before = digest(source)
+    assert main(dae_args(str(source), out)) == 0
+    printed = capsys.readouterr().out
+    assert "measured on the digits test split" in printed and "traced" not in printed
+    assert (out / "model.ts").is_file() and not (out / "weights.safetensors").exists()
+    assert digest(source) == before
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["format"] == "torchscript" and "arch" not in meta and meta["input_shape"] == [1, 8, 8]
+    assert meta["defense"]["kind"] == "dae" and meta["defense"]["denoiser"]["name"] == "dae"
+    assert meta["metrics"]["test_accuracy"] > 0.5
+
+    # the folder loads without unpickling anything; it computes the eager Purified of the user's model
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("the defended folder was unpickled")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = models.load(out)
+    monkeypatch.undo()
+    dae = DenoisingAutoencoder(1, 8)
+    dae.load_state_dict({k.removeprefix("denoiser."): v for k, v in loaded.state_dict().items()
+                         if k.startswith("denoiser.")})
+    eager = Purified(torch.jit.load(str(source)), dae.eval()).eval()
+    x = data.load_dataset("digits", "test").x
+    with torch.no_grad():
+        expected = eager(x)
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-5, atol=1e-5)
+    assert restore(out, torch.jit.load(str(source))).denoiser.state_dict().keys() == dae.state_dict().keys()
+
+    # salmap attack takes the folder as the model; its clean predictions are the eager defense's
+    assert main(["attack", "fgsm", "--model", str(out), "--data", "digits", "-n", "10", "--eps", "0.1",
+                 "--out", str(tmp_path / "a")]) == 0
+    samples = json.loads((tmp_path / "a" / "results.json").read_text())["samples"]
+    assert [s["pred_before"] for s in samples] == expected[:10].argmax(1).tolist()
+
+    # a rerun reuses the trained defense and the finished evaluation
+    first = json.loads((out / "evaluation.json").read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the defense was trained again")
+
+    monkeypatch.setattr("salmap.cli.defend.train_denoiser", no_training)
+    capsys.readouterr()
+    assert main(dae_args(str(source), out)) == 0
+    assert "reusing the defended checkpoint" in capsys.readouterr().out
+    again = json.loads((out / "evaluation.json").read_text())
+    assert again["clean_accuracy"] == first["clean_accuracy"] and again["adaptive"] == first["adaptive"]
+    assert again["attack_model"] == first["attack_model"] == "Purified"
+
+
+def test_dae_on_a_factory_with_normalisation_flags_is_traced_and_checked(
+        own: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.syspath_prepend(str(own))
+    out = tmp_path / "d"
+    flags = ["--allow-code", "--model-arg", f"weights={own / 'net.safetensors'}", "--mean", str(MEAN), "--std", str(STD)]
+    assert main(dae_args("own_defend_net:net", out, *flags)) == 0
+    printed = capsys.readouterr().out
+    assert "saved traced, checked on 256 test images" in printed
+    meta = json.loads((out / "model.json").read_text())
+    assert "normalization" not in meta  # it is inside the saved computation, not applied again on load
+    assert meta["defense"]["normalization_inside"] == {"mean": [MEAN], "std": [STD]}
+    sys.modules.pop("own_defend_net", None)
+    monkeypatch.undo()
+    # another command loads it without --allow-code; it agrees with the TorchScript file's defense
+    loaded = models.load(out)
+    eager = restore(out, torch.jit.load(str(own / "pixels.pt")))
+    x = data.load_dataset("digits", "test").x
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+def test_adv_train_fine_tunes_a_copy_of_a_torchscript_model(own: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    source, out = own / "pixels.pt", tmp_path / "adv"
+    before = digest(source)
+    common = ["defend", "adv-train", "--model", str(source), "--data", "digits", "--out", str(out), "--epochs", "1",
+              "--lr", "0.005", "--eps", "0.1", "-n", "10", "--attacks", "fgsm-0.1", "--device", "cpu"]
+    assert main(common) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--model {source}" in err and "--fine-tune" in err
+    assert not out.exists()
+    assert main([*common, "--fine-tune"]) == 0
+    assert digest(source) == before
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["format"] == "torchscript" and meta["defense"]["fine_tune"] is True
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["settings"]["fine_tune"] is True and report["clean_accuracy"] > 0.5
+    tuned = models.load(out)
+    original = torch.jit.load(str(source))
+    assert tuned.state_dict().keys() == original.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), original.state_dict().values(),
+                                                     strict=True))
+
+
+@pytest.mark.parametrize("kind", ["block-switch", "dae+block-switch"])
+def test_block_switching_needs_an_architecture_and_says_which_defenses_work(
+        own: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["defend", kind, "--model", str(own / "pixels.pt"), "--data", "digits", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"--model {own / 'pixels.pt'} has no salmap architecture" in err and "dae or adv-train --fine-tune" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_pickled_or_untrained_model_is_refused_in_one_line(own: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(dae_args(str(own / "pickled.pt"), tmp_path / "p")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "never unpickled" in err and "Traceback" not in err
+    torch.manual_seed(1)
+    untrained = tmp_path / "untrained.pt"
+    torch.jit.save(torch.jit.script(body().eval()), str(untrained))
+    assert main(dae_args(str(untrained), tmp_path / "u")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--model {untrained} measured test accuracy" in err and "near chance" in err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "u").exists()
+
+
+class Branchy(nn.Module):
+    """A forward whose Python branch depends on the input's values: tracing fixes the branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, *unused: object) -> torch.Tensor:
+        return self.a(x) if float(x.mean()) > 0.5 else self.b(x)
+
+
+def test_a_trace_that_does_not_compute_the_model_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    check = torch.cat([torch.zeros(2, 4), torch.ones(3, 4)])
+    with pytest.raises(ValueError, match="model traced to TorchScript does not compute what the model computes"):
+        to_torchscript(model, check)
+    # the Python API: a Purified TorchScript model saved and loaded, the user's model untouched
+    net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval())
+    defended = Purified(net, DenoisingAutoencoder(1, 4).eval()).eval()
+    x = torch.rand(6, 1, 8, 8)
+    save_defended(defended, tmp_path / "f", {"bounds": [0.0, 1.0]}, check=x)
+    with torch.no_grad():
+        torch.testing.assert_close(models.load(tmp_path / "f")(x), defended(x))
