@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from salmap import data, models
@@ -175,6 +175,26 @@ def test_adv_train_fine_tunes_a_copy_of_a_torchscript_model(own: Path, tmp_path:
     assert tuned.state_dict().keys() == original.state_dict().keys()
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), original.state_dict().values(),
                                                      strict=True))
+
+
+def test_a_torch_export_archive_gets_dae_with_trust_and_no_fine_tuning(own: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pixels = torch.jit.load(str(own / "pixels.pt"))
+    x = data.load_dataset("digits", "test").x
+    core = body()
+    core.load_state_dict(load_file(str(own / "net.safetensors")))
+    program = torch.export.export(Normalized(core, [MEAN], [STD]).eval(), (x[:2],),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    out = tmp_path / "d"
+    assert main([*dae_args(str(tmp_path / "m.pt2"), out), "--trust-model"]) == 0
+    assert "saved traced" in capsys.readouterr().out
+    with torch.no_grad():  # loaded without --trust-model: a TorchScript folder
+        torch.testing.assert_close(models.load(out)(x), restore(out, pixels)(x), rtol=1e-4, atol=1e-4)
+    rc = main(["defend", "adv-train", "--fine-tune", "--trust-model", "--model", str(tmp_path / "m.pt2"),
+               "--data", "digits", "--out", str(tmp_path / "adv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "is a torch.export model" in err and "dae" in err
 
 
 @pytest.mark.parametrize("kind", ["block-switch", "dae+block-switch"])

@@ -1,8 +1,9 @@
-"""``salmap defend dae|block-switch|dae+block-switch|adv-train``: train a defense for a checkpoint, save the defended
+"""``salmap defend dae|block-switch|dae+block-switch|adv-train``: train a defense for a classifier, save the defended
 model as a checkpoint folder, and evaluate it honestly (transfer and adaptive attacks).
 
-The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors``, loadable with
-``salmap.models.load``) and holds ``evaluation.json``. The evaluation runs through the same
+The output folder is itself a checkpoint (``model.json`` + ``weights.safetensors``, or ``model.ts`` for a
+model without a zoo architecture: :mod:`salmap.defenses.saving`; loadable with ``salmap.models.load``)
+and holds ``evaluation.json``. The evaluation runs through the same
 plan -> execute -> store steps as ``salmap attack`` and ``salmap evaluate`` (rows in
 ``results.jsonl``, ``summary.json``): a rerun with the same arguments resumes, reusing the
 defense an interrupted run trained.
@@ -57,10 +58,10 @@ from salmap.defenses.saving import (
     save_defended,
     trainable_copy,
 )
-from salmap.defenses.specs import model_accuracy
+from salmap.defenses.specs import measured_accuracy, model_accuracy
 from salmap.evaluation.store import RunStore
+from salmap.frozen import set_eval
 from salmap.models.scripted import TRACED
-from salmap.training import classifier_accuracy
 
 #: in the output folder: the trained defense's accuracy and seconds, written once its checkpoint is saved
 TRAINING = "training.json"
@@ -101,7 +102,7 @@ def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     name = f"--model {args.model}"
     model, meta = load_model(args.model, args.device, **model_options(args))
-    check_defensible(kind, meta, name, getattr(args, "fine_tune", False))
+    check_defensible(kind, meta, name, getattr(args, "fine_tune", False), model)
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     check_model_input(model, test.x[:1].to(args.device), meta, args.data)
@@ -219,14 +220,14 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
             print(f"{kind}: reusing the defended checkpoint an earlier run trained in {out}")
         else:
             defended, train_seconds = train(model, meta, train_set)
-            accuracy = classifier_accuracy(defended, test.x.to(args.device), test.y.to(args.device))
+            accuracy = measured_accuracy(defended, test.x.to(args.device), test.y)
             saved = {k: v for k, v in meta.items()
                      if k not in ("arch", "metrics", "training", "format_version", "schema_version")}
             saved["metrics"] = {"test_accuracy": accuracy, "train_seconds": train_seconds}
             saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
                                 "seed": args.seed, **settings}
             saved.setdefault("input_shape", list(test.x.shape[1:]))
-            save_defended(defended.eval(), out, saved, test.x[:CHECK].to(args.device), f"--model {args.model}")
+            save_defended(set_eval(defended), out, saved, test.x[:CHECK].to(args.device), f"--model {args.model}")
             store.write_json(TRAINING, {"test_accuracy": accuracy, "train_seconds": train_seconds})
         start = time.perf_counter()  # eval_seconds: everything after the training
         print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from salmap import models
 from salmap.defenses.denoiser import Purified
+from salmap.frozen import mode_is_fixed, set_eval
 from salmap.models.normalized import Normalized, unwrap
 from salmap.models.scripted import (
     ALREADY,
@@ -35,9 +36,16 @@ NEEDS_ARCH = ("block-switch", "dae+block-switch")
 WITHOUT_ARCH = "dae or adv-train --fine-tune"
 
 
-def check_defensible(kind: str, meta: dict[str, Any], name: str = "model", fine_tune: bool = False) -> None:
+def check_defensible(kind: str, meta: dict[str, Any], name: str = "model", fine_tune: bool = False,
+                     model: nn.Module | None = None) -> None:
     """``ValueError`` when defense ``kind`` needs a zoo architecture that ``meta`` (the model's
-    ``model.json``; empty for a TorchScript file, factory or export) does not name."""
+    ``model.json``; empty for a TorchScript file, factory or export) does not name, or when
+    ``fine_tune`` would train ``model`` and it is a ``torch.export`` module (whose mode is fixed)."""
+    if fine_tune and model is not None and any(mode_is_fixed(m) for m in model.modules()):
+        raise ValueError(
+            f"{name} is a torch.export model, whose train/eval mode was fixed when it was exported: "
+            "adv-train --fine-tune cannot train it; defend it with dae, or pass its TorchScript file or module:factory"
+        )
     if meta.get("arch"):
         return
     if kind in NEEDS_ARCH:
@@ -140,10 +148,10 @@ def restore(folder: str | Path, base: nn.Module) -> nn.Module:
         denoiser = models.build(arch["name"], **arch.get("kwargs", {}))
         denoiser.load_state_dict({k.removeprefix("denoiser."): v for k, v in state.items()
                                   if k.startswith("denoiser.")})
-        return Purified(base, denoiser.to(device).eval())
+        return Purified(base, set_eval(denoiser.to(device)))
     copied = trainable_copy(base)
     copied.load_state_dict(state)
-    return copied.to(device).eval()
+    return set_eval(copied.to(device))
 
 
 __all__ = ["NEEDS_ARCH", "WITHOUT_ARCH", "base_script", "check_defensible", "needs_script", "restore",

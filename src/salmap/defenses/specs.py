@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from salmap import registry
 from salmap._validate import Bounds
 from salmap.attacks import Attack
 from salmap.evaluation.settings import AttackConfig
-from salmap.gradients import Model
-from salmap.training import classifier_accuracy
+from salmap.gradients import Model, frozen, predict
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,18 @@ def model_accuracy(meta: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
     metrics = meta.get("metrics") or {}
     if isinstance(metrics, dict) and isinstance(metrics.get("test_accuracy", metrics.get("accuracy")), (int, float)):
         return check_trained(meta, num_classes, name), False
-    accuracy = classifier_accuracy(model, x, y)
+    accuracy = measured_accuracy(model, x, y)
     check_accuracy(accuracy, num_classes, f"{name} measured test")
     return accuracy, True
+
+
+@torch.no_grad()
+def measured_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """The accuracy of ``model`` on ``(x, y)`` (``x`` on the model's device), in eval mode: a
+    ``torch.export`` module, whose mode is fixed, is run as it is (:func:`salmap.frozen.frozen`)."""
+    with frozen(model):
+        pred = predict(model, x, batch_size).argmax(dim=1).cpu()
+    return float((pred == y.cpu()).float().mean())
 
 
 def check_accuracy(accuracy: float, num_classes: int, name: str = "model") -> None:
@@ -103,4 +112,5 @@ def check_accuracy(accuracy: float, num_classes: int, name: str = "model") -> No
         )
 
 
-__all__ = ["AttackSpec", "check_accuracy", "check_trained", "default_attacks", "model_accuracy"]
+__all__ = ["AttackSpec", "check_accuracy", "check_trained", "default_attacks", "measured_accuracy",
+           "model_accuracy"]
