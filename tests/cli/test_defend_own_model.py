@@ -53,6 +53,11 @@ def body() -> nn.Sequential:
                          nn.Linear(8 * 16, 10))
 
 
+@models.register("own-defend-test-cnn")
+def zoo_body() -> nn.Sequential:
+    return body()
+
+
 @pytest.fixture(scope="module")
 def own(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small CNN trained on normalised 8x8 digits: ``pixels.pt`` (TorchScript, normalisation inside),
@@ -69,6 +74,7 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_file({k: v.contiguous() for k, v in core.state_dict().items()}, str(root / "net.safetensors"))
     (root / "own_defend_net.py").write_text(FACTORY)
     torch.save(normalised, root / "pickled.pt")
+    models.save(core, root / "zoo", {"arch": {"name": "own-defend-test-cnn"}, "bounds": [0.0, 1.0]})
     return root
 
 
@@ -197,6 +203,23 @@ def test_a_torch_export_archive_gets_dae_with_trust_and_no_fine_tuning(own: Path
     assert rc == 2 and len(err.splitlines()) == 1 and "is a torch.export model" in err and "dae" in err
 
 
+def test_a_zoo_checkpoint_behind_mean_std_flags(own: Path, tmp_path: Path) -> None:
+    """dae: Purified(Normalized(net), denoiser) has no zoo architecture, so it is saved as TorchScript;
+    adv-train --fine-tune: the tuned network is a zoo model, saved as a checkpoint with its normalisation."""
+    norm = ["--mean", str(MEAN), "--std", str(STD)]
+    assert main(dae_args(str(own / "zoo"), tmp_path / "d", *norm)) == 0
+    assert json.loads((tmp_path / "d" / "model.json").read_text())["format"] == "torchscript"
+    x = data.load_dataset("digits", "test").x
+    with torch.no_grad():
+        torch.testing.assert_close(models.load(tmp_path / "d")(x), restore(tmp_path / "d", models.load(
+            own / "zoo", normalization=(MEAN, STD)))(x), rtol=1e-4, atol=1e-4)
+    assert main(["defend", "adv-train", "--fine-tune", "--model", str(own / "zoo"), "--data", "digits", "--out",
+                 str(tmp_path / "a"), "--epochs", "1", "--eps", "0.1", "-n", "10", "--attacks", "fgsm-0.1", *norm]) == 0
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert meta["arch"]["name"] == "own-defend-test-cnn" and meta["normalization"]["mean"] == [MEAN]
+    assert (tmp_path / "a" / "weights.safetensors").is_file() and not (tmp_path / "a" / "model.ts").exists()
+
+
 @pytest.mark.parametrize("kind", ["block-switch", "dae+block-switch"])
 def test_block_switching_needs_an_architecture_and_says_which_defenses_work(
         own: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -245,3 +268,22 @@ def test_a_trace_that_does_not_compute_the_model_is_refused(tmp_path: Path) -> N
     save_defended(defended, tmp_path / "f", {"bounds": [0.0, 1.0]}, check=x)
     with torch.no_grad():
         torch.testing.assert_close(models.load(tmp_path / "f")(x), defended(x))
+
+
+def test_a_per_channel_denoiser_saved_as_torchscript_is_not_pinned_to_a_device(tmp_path: Path) -> None:
+    net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval())
+    dae = DenoisingAutoencoder(3, 4, bounds=((0.0, 0.0, 0.0), (1.0, 0.5, 1.0))).eval()
+    defended = Purified(net, dae).eval()
+    x = torch.rand(6, 3, 8, 8) * 0.5
+    save_defended(defended, tmp_path / "f", {"bounds": [[0.0, 0.0, 0.0], [1.0, 0.5, 1.0]]}, check=x)
+    loaded = models.load(tmp_path / "f")
+    codes = [m.code for _, m in [("", loaded), *loaded.named_modules()] if hasattr(m, "code")]
+    assert codes and not any("device(" in code for code in codes)  # .to(device) moves everything it uses
+    back = restore(tmp_path / "f", net)
+    assert torch.equal(back.denoiser.bound_high, dae.bound_high) and back.denoiser.state_dict().keys() == \
+        dae.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), defended(x))
+        assert float(loaded.denoiser(x)[:, 1].max()) <= 0.5
+        if torch.cuda.is_available():
+            torch.testing.assert_close(loaded.to("cuda")(x.cuda()).cpu(), defended(x), rtol=1e-4, atol=1e-4)

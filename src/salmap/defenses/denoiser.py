@@ -11,7 +11,7 @@ examples as well); the target is always the clean image.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,11 @@ class DenoisingAutoencoder(nn.Module):
             nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.ReLU(),
             nn.Conv2d(width, in_channels, 3, padding=1),
         )
+        if not self.bounds.scalar:
+            # Per-channel bounds as buffers (not saved: the arch holds them), moved by .to(device) also in a
+            # TorchScript copy (salmap.defenses.saving), where bounds.like would pin the tracing device.
+            self.register_buffer("bound_low", torch.as_tensor(self.bounds.low).clone(), persistent=False)
+            self.register_buffer("bound_high", torch.as_tensor(self.bounds.high).clone(), persistent=False)
         # A zoo model even when constructed directly, so that Purified checkpoints round-trip.
         self.salmap_arch = {"name": "dae", "kwargs": {"in_channels": in_channels, "width": width,
                                                       "bounds": self.bounds.tolist()}}
@@ -73,8 +78,17 @@ class DenoisingAutoencoder(nn.Module):
         out = self.decoder(self.encoder(x))
         if out.shape[-2:] != x.shape[-2:]:
             out = nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        low, high = self.bounds.like(out)
+        low, high = self._range(out)
         return low + (high - low) * torch.sigmoid(out)
+
+    def _range(self, out: Tensor) -> tuple[Any, Any]:
+        if self.bounds.scalar:
+            return self.bounds.like(out)
+        low, high = cast(Tensor, self.bound_low), cast(Tensor, self.bound_high)
+        if low.dim() == 1:  # one value per channel: (1, C, 1, ...), as Bounds.like shapes it
+            shape = (1, low.shape[0]) + (1,) * (out.dim() - 2)
+            low, high = low.reshape(shape), high.reshape(shape)
+        return low.to(out.dtype), high.to(out.dtype)
 
 
 @register("dae")

@@ -139,19 +139,25 @@ def restore(folder: str | Path, base: nn.Module) -> nn.Module:
     with the saved denoiser's weights, or a copy of ``base`` with the fine-tuned weights. On ``base``'s device.
     """
     loaded, meta = models.load_with_meta(folder)
-    if meta.get("format") != TORCHSCRIPT:
-        return loaded
     device = next((p.device for p in base.parameters()), torch.device("cpu"))
+    if meta.get("format") != TORCHSCRIPT:
+        return loaded.to(device)
     state = loaded.state_dict()
     arch = (meta.get("defense") or {}).get("denoiser")
     if arch:
         denoiser = models.build(arch["name"], **arch.get("kwargs", {}))
-        denoiser.load_state_dict({k.removeprefix("denoiser."): v for k, v in state.items()
-                                  if k.startswith("denoiser.")})
+        _load_saved(denoiser, {k.removeprefix("denoiser."): v for k, v in state.items() if k.startswith("denoiser.")})
         return Purified(base, set_eval(denoiser.to(device)))
     copied = trainable_copy(base)
-    copied.load_state_dict(state)
+    _load_saved(copied, state)
     return set_eval(copied.to(device))
+
+
+def _load_saved(module: nn.Module, state: dict[str, Tensor]) -> None:
+    # A TorchScript state dict also lists non-persistent buffers (a denoiser's per-channel bounds),
+    # which the eager module does not save: only its own entries are loaded, every one of them.
+    own = module.state_dict()
+    module.load_state_dict({k: v for k, v in state.items() if k in own})
 
 
 __all__ = ["NEEDS_ARCH", "WITHOUT_ARCH", "base_script", "check_defensible", "needs_script", "restore",
