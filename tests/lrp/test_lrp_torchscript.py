@@ -54,7 +54,26 @@ def test_cli_isi_relevance_on_torchscript_fails_before_work(files, tmp_path, cap
                "--out", str(out)])
     assert rc == 2
     err = _one_line(capsys, "attack")
-    assert "TorchScript" in err and "indicator='sensitivity'" in err
+    assert "TorchScript" in err and "run it with --indicator sensitivity on this model" in err  # a flag it has
+    assert not out.exists()
+
+
+def test_cli_explain_attack_isi_on_torchscript_says_which_command_can(files, tmp_path, capsys):
+    """``salmap explain --attack isi`` takes only ``--eps`` for the attack, so the error does not offer
+    ISI's ``indicator='sensitivity'`` (no flag of explain sets it) but the commands that can, and
+    ``--method lrp`` offers explain's own ``--method gradient or occlusion``; before any work."""
+    out = tmp_path / "explain"
+    base = ["explain", "--model", str(files / "small.pt"), "--data", f"npz:{files / 'd.npz'}", "-n", "2",
+            "--out", str(out)]
+    assert main([*base, "--attack", "isi"]) == 2
+    err = _one_line(capsys, "explain")
+    assert "--attack isi cannot run on --model" in err and "TorchScript" in err
+    assert "salmap attack isi --indicator sensitivity or salmap evaluate --attack isi:indicator=sensitivity" in err
+    assert "indicator='sensitivity'" not in err
+    assert main([*base, "--method", "lrp"]) == 2
+    err = _one_line(capsys, "explain")
+    assert "--method lrp cannot run on --model" in err and "--method gradient or occlusion on this one" in err
+    assert "ISI" not in err
     assert not out.exists()
 
 
@@ -67,6 +86,7 @@ def test_run_file_lrp_on_torchscript_fails_at_validation(files, tmp_path, capsys
     assert main(["evaluate", str(tmp_path / "run.yaml")]) == 2
     err = _one_line(capsys, "evaluate")
     assert "attacks[1].attack: isi cannot run on models[0] (ts)" in err
+    assert "or set attacks[1].params.indicator to sensitivity (--attack isi:indicator=sensitivity)" in err
     assert "explanations[0].explainer: lrp cannot run on models[0] (ts)" in err and "TorchScript" in err
     assert not out.exists()  # the fgsm before them did not run either
 

@@ -33,7 +33,7 @@ from salmap.cli.common import (
     print_table,
     write_json,
 )
-from salmap.cli.flags import add_entry_flags, listing, params_from_args
+from salmap.cli.flags import add_entry_flags, as_flags, listing, params_from_args
 from salmap.cli.pipeline import legacy_summary
 from salmap.evaluation.distributed import World
 from salmap.evaluation.execute import build
@@ -41,6 +41,7 @@ from salmap.evaluation.explaining import choose_target, parse_region, patch_prob
 from salmap.evaluation.figures import stored_examples
 from salmap.evaluation.loaded import LoadedModel, Resources
 from salmap.evaluation.plan import Plan
+from salmap.evaluation.resources import module_problem
 from salmap.evaluation.runner import evaluate, prepare
 from salmap.evaluation.settings import (
     AttackConfig,
@@ -180,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--region is for segmenters; the model returned (B, classes) logits")
         parse_region(args.region, (int(out.shape[-2]), int(out.shape[-1])))
     params = {name: explainer_params(name, args) for name in methods}
+    for name in methods:  # an explainer that cannot run on the model (LRP on TorchScript): what the flags can do
+        if unfit := module_problem(registry.get_explainer(name), params[name], model):
+            raise ValueError(f"--method {name} cannot run on --model {args.model}: {unfit[0]}; use the eager model "
+                             "(checkpoint folder or module:factory), or --method gradient or occlusion on this one")
     for name in methods:  # an occlusion patch larger than the images fails before the folder is made
         if problem := patch_problem(registry.get_explainer(name), params[name], tuple(ds.x.shape[2:]),
                                     f"--data {args.data}"):
@@ -192,6 +197,13 @@ def run(args: argparse.Namespace) -> int:
         if segmentation:
             raise ValueError("--attack explains classifier attacks; the data is a segmentation set")
         attacks.append(AttackConfig(name=args.attack, attack=args.attack, targets="none", params=attack_params(args)))
+        if unfit := module_problem(attack_entry(args.attack), attacks[0].params, model):
+            why, instead = unfit
+            other = (f"; salmap attack {args.attack} {as_flags(instead)} or salmap evaluate --attack {args.attack}:"
+                     + ",".join(f"{k}={v}" for k, v in instead.items()) + " run it on this model") if instead else ""
+            raise ValueError(f"--attack {args.attack} cannot run on --model {args.model}: {why}; use the eager model "
+                             "(checkpoint folder or module:factory), or another --attack (salmap explain runs it "
+                             f"with its defaults and --eps only){other}")
 
     # Every batch of each method (and of the attack) is a unit of the evaluation pipeline's run
     # folder (plan -> execute -> store): a rerun with the same arguments and --out resumes.

@@ -213,6 +213,11 @@ def parse_spec(text: str, what: str = "--attack") -> tuple[str, dict[str, Any]]:
     return name.strip(), params
 
 
+def as_flags(params: Mapping[str, Any]) -> str:
+    """``{"indicator": "sensitivity"}`` -> ``--indicator sensitivity``."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in params.items())
+
+
 def entry_help(entry: Entry) -> str:
     """One line for a listing: the help, and where a plugin comes from."""
     text = plain_text(entry.help)
@@ -225,4 +230,5 @@ def listing(entries: Mapping[str, Entry]) -> str:
     return "\n".join(f"  {name.ljust(width)}  {entry_help(e)}" for name, e in entries.items())
 
 
-__all__ = ["SHARED", "add_entry_flags", "describe", "entry_help", "listing", "params_from_args", "parse_spec"]
+__all__ = ["SHARED", "add_entry_flags", "as_flags", "describe", "entry_help", "listing", "params_from_args",
+           "parse_spec"]

@@ -20,11 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from salmap import data as datasets
+from salmap import registry
+from salmap.cli.flags import as_flags
 from salmap.evaluation.distributed import World
 from salmap.evaluation.execute import build
 from salmap.evaluation.figures import stored_examples
 from salmap.evaluation.plan import Plan
-from salmap.evaluation.resources import LoadedModel, Resources
+from salmap.evaluation.resources import LoadedModel, Resources, module_problem
 from salmap.evaluation.runner import evaluate, prepare
 from salmap.evaluation.settings import (
     AttackConfig,
@@ -62,6 +64,11 @@ class Ran:
 def run_attack(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any], bounds: Any,
                ds: datasets.Dataset, data: str, targets: str, params: dict[str, Any], to: int | None = None) -> Ran:
     """Run ``args.attack`` on the samples ``ds`` (the first ``--num`` of the split) through the pipeline."""
+    if problem := module_problem(registry.get_attack(args.attack), params, model):  # the flags that help
+        why, instead = problem
+        hint = f", or run it with {as_flags(instead)} on this model" if instead else ""
+        raise ValueError(f"{args.attack} cannot run on --model {args.model}: {why}; use the eager model "
+                         f"(checkpoint folder or module:factory){hint}")
     options = {k: getattr(args, k, None) for k in ("mean", "std", "output_key", "model_arg")}
     cfg = RunConfig(
         output=args.out, models=[ModelConfig(name=Path(args.model).name or args.model, path=args.model)],

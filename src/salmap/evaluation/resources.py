@@ -201,8 +201,12 @@ def _check_pairing(
         elif entry.requires_module(params) and not isinstance(model.module, nn.Module):
             check.add(f"{path}.{kind}", f"{entry.name} needs a torch.nn.Module model, {label} is "
                       f"{type(model.module).__name__}")
-        elif (problem := _model_problem(entry, params, model.module)) is not None:
-            check.add(f"{path}.{kind}", f"{entry.name} cannot run on {label}: {problem}")
+        elif (found := module_problem(entry, params, model.module)) is not None:
+            why, instead = found
+            hint = "".join(f", or set {path}.params.{k} to {v} (--attack {entry.name}:{k}={v})" for k, v in
+                           instead.items()) if kind == "attack" else ", or another explainer"
+            check.add(f"{path}.{kind}", f"{entry.name} cannot run on {label}: {why}; use the eager model "
+                      f"(checkpoint folder or module:factory){hint}")
         elif entry.extra.get("hooks") and _scripted_layer(model.module, params.get("layer")):
             check.add(f"{path}.{kind}", f"{entry.name} needs forward hooks on the model's layers, which "
                       f"TorchScript models such as {label} do not support")
@@ -215,16 +219,19 @@ def _check_pairing(
                 check.add(f"{path}.params.layer", f"{problem} in {label}")
 
 
-def _model_problem(entry: registry.Entry, params: dict[str, Any], module: nn.Module) -> str | None:
-    """What the entry's own ``model_check`` (salmap's code, e.g. LRP's supported layers) says
-    about a module it needs, or None."""
+def module_problem(entry: registry.Entry, params: dict[str, Any], model: Any) -> tuple[str, dict[str, Any]] | None:
+    """Why ``entry`` with ``params`` cannot run on ``model`` by its own ``model_check`` (salmap's code:
+    ISI's relevance needs LRP's layers, which TorchScript lacks), without the library's advice, and
+    the parameter values with which it needs no module (``{"indicator": "sensitivity"}``); or None."""
     check = entry.extra.get("model_check")
     if check is None or not entry.requires_module(params):
         return None
     try:
-        check(module)
+        check(model)
     except ValueError as err:
-        return str(err)
+        needs = entry.needs_module if isinstance(entry.needs_module, dict) else {}
+        instead = {k: next((c for c in entry.param_map[k].choices or () if c != v), None) for k, v in needs.items()}
+        return str(err).split(";")[0], {k: v for k, v in instead.items() if v is not None}
     return None
 
 
@@ -260,5 +267,5 @@ def _layer_problem(module: nn.Module, layer: Any) -> str | None:
 
 __all__ = [
     "LoadedModel", "Resources", "bounds_from_meta", "check_resources", "load_model", "load_split", "model_task",
-    "open_resources",
+    "module_problem", "open_resources",
 ]
