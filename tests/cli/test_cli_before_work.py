@@ -180,3 +180,40 @@ def test_occlusion_patch_larger_than_the_input_fails_before_the_folder(tmp_path,
         _error_line(capsys, "evaluate")
     assert not out.exists()
     assert main([*argv, "--patch", "28"]) == 0  # a patch as large as the input fits
+
+
+# -- messages that name what applies -------------------------------------------------------------
+
+
+def test_segmentation_shape_mismatch_does_not_suggest_image_size(tmp_path, lenet28, capsys):
+    """--image-size resizes classification images only (a segmentation set refuses it), so a model
+    that does not take a segmentation set's samples is told to pick other data or another model."""
+    argv = ["explain", "--model", lenet28, "--data", "mnist-seg", "-n", "2", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = _error_line(capsys, "explain")
+    assert "expects inputs of shape (1, 28, 28) but --data mnist-seg has samples of shape (1, 64, 64)" in err
+    assert "pick segmentation data of that shape or a model that takes --data mnist-seg's samples" in err
+    assert "resize with --image-size" not in err
+    assert main([*argv, "--image-size", "28"]) == 2  # what the earlier message suggested: refused
+    assert "image_size applies to classification images" in _error_line(capsys, "explain")
+    assert main(["explain", "--model", lenet28, "--data", "digits", "-n", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "resize with --image-size N" in _error_line(capsys, "explain")  # classification images: it applies
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "error: a run file or flags are needed: salmap evaluate run.yaml, or salmap evaluate --model PATH "
+         "--attack NAME --out DIR"),
+    (["--model", "m", "--out", "o"], "error: without a run file, the following arguments are required: --attack"),
+    (["--data", "digits"], "error: a run file or flags are needed"),
+])
+def test_evaluate_without_a_run_file_is_a_usage_error_naming_flags(tmp_path, capsys, monkeypatch, argv, message):
+    """``salmap evaluate`` alone printed the run file's keys (``output: is required``, ``models: ...``);
+    like argparse's errors it now prints the usage and names the flags (or the run file) needed."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: salmap evaluate") and f"salmap evaluate: {message}" in err
+    assert "output: is required" not in err and not os.listdir(tmp_path)

@@ -233,7 +233,7 @@ def load_data(
     if model is not None and len(ds):
         device = next((p.device for p in model.parameters()), None) if isinstance(model, nn.Module) else None
         first = ds.x[0:1]
-        out = check_fits(model, first.to(device) if device is not None else first, meta, f"--data {name}")
+        out = check_fits(model, first.to(device) if device is not None else first, meta, f"--data {name}", ds.task)
         if labels:
             check_labels(ds.y, out, f"--data {name}")
     return ds

@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     # --allow-code (a run file naming package.module:factory is refused without it; validation
     # never runs the code) is one of the global flags every command takes: salmap.cli._add_global_flags.
     add_model_options(p)  # they apply to the --model entries (keys: models[].normalization, ...)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, usage_error=p.error)
 
 
 def parse_attack(text: str) -> dict[str, Any]:
@@ -139,6 +139,14 @@ def _take_flag_num(data: dict[str, Any], num: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from salmap.evaluation.runner import REPORT, RESULTS, SUMMARY, evaluate
 
+    if not args.config:  # the flags describe the run alone: say which are missing, like argparse does
+        missing = [flag for flag, value in (("--model", args.model), ("--attack", args.attack), ("--out", args.out))
+                   if not value]
+        if len(missing) == 3:
+            args.usage_error("a run file or flags are needed: salmap evaluate run.yaml, or salmap evaluate "
+                             "--model PATH --attack NAME --out DIR")
+        if missing:
+            args.usage_error(f"without a run file, the following arguments are required: {', '.join(missing)}")
     extra = overrides(args)
     raw: Any = extra
     source, base = "flags", Path.cwd()

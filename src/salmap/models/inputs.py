@@ -53,18 +53,21 @@ def error_text(err: BaseException) -> str:
     return text
 
 
-def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, data: str = "the data") -> Tensor:
+def check_fits(model: Any, sample: Tensor, meta: dict[str, Any] | None = None, data: str = "the data",
+               task: str = "classification") -> Tensor:
     """Run ``model`` on one sample ``(1, C, H, W)`` and return its output; a ``ValueError`` with
-    both shapes when the model's declared input shape or its forward pass does not fit."""
+    both shapes when the model's declared input shape or its forward pass does not fit, and what
+    helps: resizing for classification images, other data or another model for segmentation ``task``
+    (whose masks are not resized)."""
     got = tuple(sample.shape[1:])
     expected = expected_input_shape(model, meta)
     if expected is not None:
         fits = len(expected) == len(got) and all(e is None or int(e) == g for e, g in zip(expected, got, strict=False))
         if not fits:
-            raise ValueError(
-                f"the model expects inputs of shape {expected} but {data} has samples of shape {got}; "
-                "resize with --image-size N (data.image_size) or pick data of the model's channels"
-            )
+            helps = "resize with --image-size N (data.image_size) or pick data of the model's channels" \
+                if task == "classification" else (f"pick {task} data of that shape or a model that takes {data}'s "
+                                                   "samples (--image-size resizes classification images only)")
+            raise ValueError(f"the model expects inputs of shape {expected} but {data} has samples of shape {got}; {helps}")
     try:
         with torch.no_grad():
             return logits_of(model(sample))
