@@ -217,3 +217,51 @@ def test_evaluate_without_a_run_file_is_a_usage_error_naming_flags(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("usage: salmap evaluate") and f"salmap evaluate: {message}" in err
     assert "output: is required" not in err and not os.listdir(tmp_path)
+
+
+# -- a folder data set: TIFF (and the other kinds Pillow reads) read, a class with no image refused --
+
+
+def _class_folder(root: Path, name: str, suffix: str, count: int = 3, **save) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (root / name).mkdir(parents=True)
+    rng = np.random.default_rng(len(name))
+    for i in range(count):
+        Image.fromarray((rng.random((28, 28)) * 255).astype("uint8")).save(root / name / f"{i}{suffix}", **save)
+
+
+def test_folder_reads_tiff_and_refuses_a_class_without_images(tmp_path, lenet28, capsys):
+    """A class folder of .tif/.tiff files is read (it was skipped: a silent empty class); one of files
+    salmap does not read is one line naming the folder and the kinds read, before any work."""
+    import numpy as np
+    from PIL import Image
+
+    from salmap import data
+
+    root = tmp_path / "photos"
+    _class_folder(root, "a", ".png")
+    _class_folder(root, "b", ".tif", compression="tiff_lzw")
+    _class_folder(root, "c", ".tiff")
+    _class_folder(root, "d", ".webp", lossless=True)
+    Image.fromarray(np.full((28, 28), 1000, dtype=np.uint16)).save(root / "c" / "16bit.tif")
+    ds = data.load_dataset(f"folder:{root}", "all")
+    assert ds.class_names == ["a", "b", "c", "d"] and torch_counts(ds.y) == [3, 3, 4, 3]
+    flat = [x for x, label in zip(ds.x[:], ds.y.tolist(), strict=True) if label == 2 and float(x.max() - x.min()) == 0]
+    assert len(flat) == 1 and float(flat[0][0, 0, 0]) == pytest.approx(1000 / 65535)  # 16 bits scaled by 65535
+    out = tmp_path / "o"
+    argv = ["attack", "fgsm", "--model", lenet28, "--data", f"folder:{root}", "--split", "all", "--out", str(out)]
+    assert main([*argv, "-n", "13"]) == 0
+    assert "is more than" not in capsys.readouterr().out
+    (root / "e").mkdir()
+    (root / "e" / "scan.heic").write_bytes(b"not read")
+    (root / "e" / ".DS_Store").write_bytes(b"")
+    assert main([*argv, "--overwrite"]) == 2
+    err = _error_line(capsys, "attack")
+    assert f"class folder {root / 'e'} holds only .heic files, no image salmap reads (.bmp, .gif" in err
+    assert ".tif, .tiff, .webp)" in err
+
+
+def torch_counts(y) -> list[int]:
+    return [int(c) for c in y.bincount()]

@@ -88,3 +88,20 @@ def class_names_of(*folders: Path) -> list[str]:
     """The class names of image folders: the sorted union of their sub-folders' names (a folder's
     ``train/`` and ``test/`` labelled alike, whichever classes each holds)."""
     return sorted({p.name for folder in folders for p in folder.iterdir() if p.is_dir()})
+
+
+#: the image files a folder data set reads: what Pillow decodes reliably (a GIF's first frame, a
+#: TIFF's first page; 16-bit PNG and TIFF scaled from 0..65535)
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def class_images(folder: Path) -> list[Path]:
+    """The image files of one class folder, sorted; a ``ValueError`` naming the folder and the kinds
+    read when it holds none (a folder of other files would otherwise be a silent empty class)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not found:
+        kinds = sorted({p.suffix.lower() or p.name for p in files})
+        held = f"holds only {', '.join(kinds[:6])} files" if kinds else "holds no files"
+        raise ValueError(f"class folder {folder} {held}, no image salmap reads ({', '.join(IMAGE_SUFFIXES)})")
+    return found

@@ -19,7 +19,14 @@ import torch
 from torch import Tensor
 
 from salmap.data import limits
-from salmap.data.base import Dataset, class_names_of, split_per_class, take_split
+from salmap.data.base import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    class_images,
+    class_names_of,
+    split_per_class,
+    take_split,
+)
 from salmap.data.limits import check_class_labels, check_npz_members, image_array
 from salmap.data.registry import register_prefix
 
@@ -27,7 +34,6 @@ _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -217,7 +223,7 @@ def _read_class_folders(root: Path, classes: list[str] | None = None) -> Dataset
     for label, name in enumerate(classes):
         if not (root / name).is_dir():  # a class the other split has
             continue
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = class_images(root / name)
         for file in files:
             try:
                 with Image.open(file) as im:

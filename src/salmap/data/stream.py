@@ -1,6 +1,6 @@
 """Image folders of any size, read lazily: ``folder:PATH`` with ``image_size``.
 
-A folder holds one sub-folder of images per class (PNG, JPEG, BMP, GIF, WebP), or ``train``
+A folder holds one sub-folder of images per class (PNG, JPEG, BMP, GIF, TIFF, WebP), or ``train``
 and ``test`` folders of those. Listing it reads no pixels; images are decoded when a batch
 asks for them (``dataset.x[positions]``), so a run over thousands of photographs keeps one
 batch in memory (the memory freed by the previous batch is given back first: :mod:`salmap.data.heap`). Each image is decoded to float in ``[0, 1]`` by its real bit depth (8- or
@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from salmap.data import limits
-from salmap.data.base import Dataset, class_names_of, split_per_class
+from salmap.data.base import IMAGE_SUFFIXES, Dataset, class_images, class_names_of, split_per_class
 from salmap.data.heap import release_freed_memory
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 #: Pillow modes of one grey channel
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -236,7 +235,7 @@ def _class_files(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
     for label, name in enumerate(classes):
         if not (root / name).is_dir():  # a class the other split has
             continue
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = class_images(root / name)
         files += found
         labels += [label] * len(found)
     if not files:
