@@ -42,7 +42,7 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert main(["attack", "fgsm", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--data", "nope", "--out", str(tmp_path / "o")]) == 2
-    assert "dataset must be one of" in capsys.readouterr().err
+    assert "--data must be a dataset name or kind:PATH, one of" in capsys.readouterr().err
 
 
 def test_help_lists_commands(capsys):

@@ -57,7 +57,7 @@ def test_out_that_cannot_be_created_names_the_flag(tmp_path, lenet28, capsys, mo
 
 def test_out_check_makes_nothing_it_leaves(tmp_path, lenet28, capsys):
     """A folder that can be made passes the check and the run makes it; the check itself leaves none."""
-    from salmap.cli.common import check_output_path
+    from salmap.cli.checks import check_output_path
 
     assert check_output_path(tmp_path / "new" / "deep") == tmp_path / "new" / "deep"
     assert not (tmp_path / "new").exists()
@@ -265,3 +265,28 @@ def test_folder_reads_tiff_and_refuses_a_class_without_images(tmp_path, lenet28,
 
 def torch_counts(y) -> list[int]:
     return [int(c) for c in y.bincount()]
+
+
+# -- errors that name the flag (they named the library's parameter: dataset, epochs, batch_size) --
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attack", "fgsm", "--model", "{lenet}", "--data", "mnist-smaple"],
+     "--data must be a dataset name or kind:PATH, one of ['digits', 'mnist-sample'"),
+    (["explain", "--model", "{lenet}", "--data", "nope"], "got 'nope'"),
+    (["evaluate", "--model", "{lenet}", "--attack", "fgsm", "--data", "idx:"], "--data 'idx:' needs a path after 'idx:'"),
+    (["defend", "dae", "--model", "{lenet}", "--data", "foo:bar"], "--data must be a dataset name or kind:PATH"),
+    (["train", "--data", "nope"], "--data must be a dataset name"),
+    (["train", "--epochs", "0"], "--epochs must be in [1, inf), got 0"),
+    (["train", "--batch-size", "0"], "--batch-size must be in [1, inf), got 0"),
+    (["train", "--lr", "0"], "--lr must be in (0.0, inf), got 0.0"),
+    (["train", "--model", "resnet19"], "--model must be one of ["),
+    (["train", "--data", "digits"], "--model lenet cannot be built for --data digits (1x8x8 images): input_size must "
+                                    "be between 16x16 and 512x512 for lenet, got (8, 8) (--image-size N resizes them)"),
+], ids=["attack-data", "explain-data", "evaluate-data-kind", "defend-data", "train-data", "train-epochs",
+        "train-batch-size", "train-lr", "train-model", "train-model-input-size"])
+def test_errors_name_the_flag(tmp_path, lenet28, capsys, argv, message):
+    argv = [a.format(lenet=lenet28) for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert message in _error_line(capsys, argv[0])
+    assert not (tmp_path / "o").exists()

@@ -137,10 +137,11 @@ def _run(args: argparse.Namespace, prefix: str) -> int:
 
 
 def _check_before_work(args: argparse.Namespace) -> None:
-    """Checks every command gets before it computes anything: the device exists and the
+    """Checks every command gets before it computes anything: the device exists, the
     output folder can be written (a file, or a read-only folder, fails now, not after an
-    hour of work)."""
-    from salmap.cli.common import check_output_path, resolve_device
+    hour of work) and ``--data`` names a dataset."""
+    from salmap.cli.checks import check_data_name, check_output_path
+    from salmap.cli.common import resolve_device
 
     if getattr(args, "device", None) is not None:
         args.device = resolve_device(args.device)
@@ -148,6 +149,8 @@ def _check_before_work(args: argparse.Namespace) -> None:
             announce_device(args.device)
     if isinstance(getattr(args, "out", None), str):
         check_output_path(args.out)
+    if isinstance(getattr(args, "data", None), str):
+        check_data_name(args.data)
 
 
 def _one_line(err: BaseException) -> str:

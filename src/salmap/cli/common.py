@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models
 from salmap._validate import Bounds, check_bounds
+from salmap.cli.checks import take
 from salmap.devices import DEVICE_HELP, describe_device
 from salmap.gradients import set_eval
 from salmap.logits import OutputError
@@ -150,45 +150,6 @@ def resolve_device(name: str | None, flag: str = "--device") -> str:
     return text
 
 
-def check_output_path(path: str | Path, flag: str = "--out") -> Path:
-    """Check, before any work, that results can be written to the folder ``path``.
-
-    The folder must be a folder (or not exist yet, below a writable folder) and writable. A
-    missing folder is created and removed again, so that what only trying finds (``/proc/x``, a
-    name too long) fails now. Raises ``ValueError`` naming ``flag``, the path and why otherwise.
-    """
-    out = Path(path).expanduser()
-    if _exists(out) and not out.is_dir():
-        raise ValueError(f"{flag} must be a folder, but {out} is a file")
-    existing = out
-    while not _exists(existing):
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise ValueError(f"{flag} {out} cannot be created: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is" if existing == out else f"cannot be created: {existing} is"
-        raise ValueError(f"{flag} {out} {what} not writable (read-only folder or file system)")
-    if existing != out:
-        try:
-            out.mkdir(parents=True)
-        except OSError as err:
-            raise ValueError(f"{flag} {out} cannot be created: {err.strerror or err}") from None
-        for made in (out, *out.parents):  # remove only the folders made here (empty, salmap's own)
-            if made == existing:
-                break
-            made.rmdir()
-    return out
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a name too long: found by trying to create it
-        return False
-
-
 def check_model_input(model: nn.Module, x: torch.Tensor, meta: dict[str, Any], data_name: str) -> None:
     """Run the model on one sample of ``x`` before the real run: a model that expects
     another input shape fails here with both shapes named, not deep inside an attack."""
@@ -237,17 +198,6 @@ def load_data(
         if labels:
             check_labels(ds.y, out, f"--data {name}")
     return ds
-
-
-def take(num: int | None, available: int, data: str, split: str, default: int, flag: str = "-n") -> int:
-    """How many of a split's ``available`` samples ``flag`` takes: ``num`` (``default`` when the flag
-    was not given), at most all of them; a ``num`` past them prints one line saying so."""
-    if num is not None and num <= 0:
-        raise ValueError(f"{'--num' if flag == '-n' else flag} must be positive, got {num}")
-    if num is not None and num > available:
-        what = f"{split} images" if split in ("train", "test") else "images (train and test)"
-        print(f"{flag} {num} is more than the {available:,} {what} of {data}: using all {available:,}", flush=True)
-    return min(default if num is None else num, available)
 
 
 def bounds_of(meta: dict[str, Any]) -> Bounds:

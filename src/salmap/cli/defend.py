@@ -24,13 +24,13 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
+from salmap.cli.checks import take
 from salmap.cli.common import (
     bounds_of,
     check_model_input,
     load_model,
     model_options,
     print_table,
-    take,
     write_json,
 )
 from salmap.cli.defend_flags import (

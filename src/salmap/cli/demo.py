@@ -21,7 +21,8 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
-from salmap.cli.common import add_device_arg, output_folder, print_table, take, write_json
+from salmap.cli.checks import take
+from salmap.cli.common import add_device_arg, output_folder, print_table, write_json
 from salmap.cli.train import build_classifier
 from salmap.evaluation.config import RunConfig, parse_config
 from salmap.evaluation.runner import Outcome

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from salmap import registry
+from salmap.cli.checks import check_output_path, take
 from salmap.cli.common import (
     add_device_arg,
     add_model_options,
     announce_device,
-    check_output_path,
     model_options,
-    take,
 )
 from salmap.cli.common import resolve_device as check_device
 from salmap.cli.flags import parse_spec

@@ -11,6 +11,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
+from salmap._validate import check_number
 from salmap.cli.common import add_device_arg, output_folder
 from salmap.training import train_classifier, trained_meta
 
@@ -42,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = SEGMENTATION_EPOCHS if args.task == "segmentation" else CLASSIFIER_EPOCHS
+    for flag, value, low, low_open in (("--epochs", args.epochs, 1, False), ("--batch-size", args.batch_size, 1, False),
+                                       ("--lr", args.lr, 0.0, True)):  # named here, before any data is read
+        check_number(flag, value, low=low, low_open=low_open, integer=flag != "--lr")
+    if args.model not in models.available():
+        raise ValueError(f"--model must be one of {models.available()}, got {args.model!r}")
     if args.task == "segmentation":
         from salmap.cli.train_seg import run_segmentation
 
@@ -52,7 +58,12 @@ def run(args: argparse.Namespace) -> int:
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     torch.manual_seed(args.seed)  # the initial weights come from --seed too
-    model, meta = build_classifier(args.model, train, args.stem)
+    try:
+        model, meta = build_classifier(args.model, train, args.stem)
+    except ValueError as err:  # e.g. lenet's input size: the flags that chose it
+        raise ValueError(f"--model {args.model} cannot be built for --data {args.data} "
+                         f"({'x'.join(str(n) for n in train.x.shape[1:])} images): {err} (--image-size N resizes them)"
+                         ) from None
     model = model.to(args.device)
     report = train_classifier(
         model, train.x, train.y, test.x, test.y, epochs=args.epochs, batch_size=args.batch_size,

@@ -1,0 +1,79 @@
+"""Checks of a command's arguments made before any work: the output folder can be made and written,
+``-n`` against the data, the ``--data`` name. Each failure is a ``ValueError`` naming the flag, the
+value and what was expected (one line on stderr, exit status 2)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+
+def check_output_path(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that results can be written to the folder ``path``.
+
+    The folder must be a folder (or not exist yet, below a writable folder) and writable. A
+    missing folder is created and removed again, so that what only trying finds (``/proc/x``, a
+    name too long) fails now. Raises ``ValueError`` naming ``flag``, the path and why otherwise.
+    """
+    out = Path(path).expanduser()
+    if _exists(out) and not out.is_dir():
+        raise ValueError(f"{flag} must be a folder, but {out} is a file")
+    existing = out
+    while not _exists(existing):
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{flag} {out} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == out else f"cannot be created: {existing} is"
+        raise ValueError(f"{flag} {out} {what} not writable (read-only folder or file system)")
+    if existing != out:
+        try:
+            out.mkdir(parents=True)
+        except OSError as err:
+            raise ValueError(f"{flag} {out} cannot be created: {err.strerror or err}") from None
+        for made in (out, *out.parents):  # remove only the folders made here (empty, salmap's own)
+            if made == existing:
+                break
+            made.rmdir()
+    return out
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long: found by trying to create it
+        return False
+
+
+def take(num: int | None, available: int, data: str, split: str, default: int, flag: str = "-n") -> int:
+    """How many of a split's ``available`` samples ``flag`` takes: ``num`` (``default`` when the flag
+    was not given), at most all of them; a ``num`` past them prints one line saying so."""
+    if num is not None and num <= 0:
+        raise ValueError(f"{'--num' if flag == '-n' else flag} must be positive, got {num}")
+    if num is not None and num > available:
+        what = f"{split} images" if split in ("train", "test") else "images (train and test)"
+        print(f"{flag} {num} is more than the {available:,} {what} of {data}: using all {available:,}", flush=True)
+    return min(default if num is None else num, available)
+
+
+def check_data_name(name: str, flag: str = "--data") -> None:
+    """``flag`` must name a built-in dataset or ``kind:PATH`` of a known kind (the loader itself
+    checks the path), else a ``ValueError`` naming the flag, the value and the names known."""
+    from salmap import data as datasets
+
+    known = datasets.available()
+    kinds = [k.partition(":")[0] for k in known if k.endswith(":PATH")]
+    kind, sep, path = name.partition(":")
+    if name in known or (sep and kind in kinds and path):
+        return
+    if sep and kind in kinds:
+        raise ValueError(f"{flag} {name!r} needs a path after '{kind}:'")
+    close = difflib.get_close_matches(name, [k for k in known if not k.endswith(":PATH")], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"{flag} must be a dataset name or kind:PATH, one of {known}, got {name!r}{hint}")
+
+
+__all__ = ["check_data_name", "check_output_path", "take"]
