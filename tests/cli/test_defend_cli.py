@@ -190,6 +190,11 @@ def test_defend_takes_image_size_for_a_folder_of_mixed_sizes(tmp_path: Path, che
     (["dae", "--lr", "0"], "--lr must be in (0.0, inf), got 0.0"),
     (["dae", "--pgd-steps", "0"], "--pgd-steps must be in [1, inf), got 0"),  # was ZeroDivisionError, exit 1
     (["block-switch", "--channels", "1"], "--channels must be in [2, inf), got 1"),
+    # these four were the library's eps, split, eps_warmup (after the folder was claimed) and alpha
+    (["dae", "--eps", "-1"], "--eps must be in [0.0, inf), got -1.0"),
+    (["block-switch", "--split", "5"], "--split must be in [1, 4], got 5"),
+    (["adv-train", "--eps-warmup", "-1"], "--eps-warmup must be in [0.0, inf), got -1.0"),
+    (["adv-train", "--alpha", "2"], "--alpha must be in [0.0, 1.0], got 2.0"),
 ])
 def test_defend_flags_out_of_range_fail_before_the_folder_is_claimed(tmp_path: Path, checkpoint: str, capsys,
                                                                        flags, message) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
+from salmap._validate import check_number
 from salmap.cli.checks import take
 from salmap.cli.common import (
     bounds_of,
@@ -43,7 +44,7 @@ from salmap.cli.defend_flags import (
     dae_args,
 )
 from salmap.defenses.adversarial import adversarial_training, recipe
-from salmap.defenses.block_switch import train_block_switch
+from salmap.defenses.block_switch import sequential_layers, train_block_switch
 from salmap.defenses.combined import train_dae_block_switch
 from salmap.defenses.denoiser import Purified, train_denoiser
 from salmap.defenses.evaluation import (
@@ -103,6 +104,9 @@ def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any
     name = f"--model {args.model}"
     model, meta = load_model(args.model, args.device, **model_options(args))
     check_defensible(kind, meta, name, getattr(args, "fine_tune", False), model)
+    if getattr(args, "split", None) is not None and meta.get("arch"):  # the layers --split may cut after
+        layers = sequential_layers(models.build(meta["arch"]["name"], **meta["arch"].get("kwargs", {})))
+        check_number("--split", args.split, low=1, high=len(layers) - 1, integer=True)
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
     check_model_input(model, test.x[:1].to(args.device), meta, args.data)
@@ -172,6 +176,7 @@ def run_dae_block_switch(args: argparse.Namespace) -> int:
 
 
 def run_adv_train(args: argparse.Namespace) -> int:
+    check_flags(args)  # the flags named (--alpha), before the recipe checks its values
     r = recipe(args.mode, args.eps, args.steps, args.step, args.alpha, args.beta)
 
     def train(model: nn.Module, meta: dict[str, Any], data: datasets.Dataset) -> tuple[nn.Module, float]:

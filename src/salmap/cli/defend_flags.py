@@ -86,19 +86,24 @@ def _classifier_attacks() -> list[str]:
     return [n for n, e in registry.attacks().items() if "classification" in e.tasks]
 
 
-#: numeric flags the training checks again (same limits): ``(flag, low, integer)``, checked before the
+#: numeric flags the training checks again (same limits): ``(flag, low, integer, high)``, checked before the
 #: output folder is claimed, so that a wrong value leaves no run behind to refuse the corrected command
-_LIMITS = (("epochs", 1, True), ("batch_size", 1, True), ("lr", 0.0, False), ("pgd_steps", 1, True),
-           ("width", 1, True), ("noise_std", 0.0, False), ("channels", 2, True), ("upper_epochs", 1, True),
-           ("eot_samples", 1, True))
+_LIMITS = (("epochs", 1, True, None), ("batch_size", 1, True, None), ("lr", 0.0, False, None),
+           ("pgd_steps", 1, True, None), ("width", 1, True, None), ("noise_std", 0.0, False, None),
+           ("channels", 2, True, None), ("upper_epochs", 1, True, None), ("eot_samples", 1, True, None),
+           ("eps", 0.0, False, None), ("eps_warmup", 0.0, False, None), ("steps", 1, True, None),
+           ("step", 0.0, False, None), ("alpha", 0.0, False, 1.0), ("beta", 0.0, False, None))
+#: flags whose value must be above their low limit
+_OPEN = ("lr", "step")
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    """``ValueError`` naming the first numeric flag out of its range (``lr`` must be above 0)."""
-    for name, low, integer in _LIMITS:
+    """``ValueError`` naming the first numeric flag out of its range (``lr`` and ``step`` must be above 0)."""
+    for name, low, integer, high in _LIMITS:
         value = getattr(args, name, None)
         if value is not None:
-            check_number(f"--{name.replace('_', '-')}", value, low=low, low_open=name == "lr", integer=integer)
+            check_number(f"--{name.replace('_', '-')}", value, low=low, high=high, low_open=name in _OPEN,
+                         integer=integer)
 
 
 def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSpec]:
