@@ -290,3 +290,30 @@ def test_errors_name_the_flag(tmp_path, lenet28, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert message in _error_line(capsys, argv[0])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size (batch_size): must be at least 1, got 0"),
+    (["--attack", "fgsmm"], "--attack (attacks[0].attack): must be one of"),
+    (["--attack", "fgsm:eps=x"], "--attack (attacks[0].params.eps): eps must be a number, got 'x'"),
+    (["--explain", "nope"], "--explain (explanations[0].explainer): must be one of"),
+])
+def test_evaluate_problems_with_flag_values_name_the_flag(tmp_path, lenet28, capsys, flags, message):
+    """A problem with a value a flag gave is named by the flag beside its run-file key (was the key alone)."""
+    argv = ["evaluate", "--model", lenet28, "--attack", "fgsm", "--out", str(tmp_path / "o")]
+    if flags[0] == "--attack":
+        argv = argv[:3] + argv[5:]
+    assert main([*argv, *flags]) == 2
+    assert message in _error_line(capsys, "evaluate")
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_problems_of_the_run_file_keep_their_key(tmp_path, lenet28, capsys):
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": lenet28}], "batch_size": 0,
+                                   "attacks": [{"attack": "fgsm"}]}))
+    assert main(["evaluate", str(run)]) == 2
+    err = _error_line(capsys, "evaluate")
+    assert "problem: batch_size: must be at least 1, got 0" in err and "--batch-size" not in err

@@ -35,7 +35,7 @@ from salmap.cli.common import (
 from salmap.cli.common import resolve_device as check_device
 from salmap.cli.flags import parse_spec
 from salmap.devices import resolve_device
-from salmap.evaluation.config import load_split, parse_config, read_run_file
+from salmap.evaluation.config import ConfigError, load_split, parse_config, read_run_file
 from salmap.evaluation.settings import RUN_TARGETING
 
 
@@ -124,6 +124,22 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
+#: the run-file key each flag sets
+FLAG_KEYS = {"output": "--out", "models": "--model", "attacks": "--attack", "explanations": "--explain",
+             "data.name": "--data", "data.split": "--split", "data.num": "-n", "data.image_size": "--image-size",
+             "batch_size": "--batch-size", "seed": "--seed", "device": "--device"}
+
+
+def _flag_path(path: str, extra: dict[str, Any]) -> str:
+    """``batch_size`` -> ``--batch-size (batch_size)`` when the flag gave the value; else ``path``."""
+    for key, flag in FLAG_KEYS.items():
+        top, _, sub = key.partition(".")
+        given = sub in extra.get(top, {}) if sub else top in extra
+        if given and (path == key or path.startswith((f"{key}.", f"{key}["))):
+            return f"{flag} ({path})"
+    return path
+
+
 def _take_flag_num(data: dict[str, Any], num: int) -> None:
     """``-n`` past the split takes all of it and says so, as the other commands' ``-n`` does; a run
     file's own ``data.num`` past it is refused by validation (the file is a specification)."""
@@ -157,7 +173,10 @@ def run(args: argparse.Namespace) -> int:
             raw = {**raw, **extra, **({"data": {**data, **extra["data"]}} if "data" in extra else {})}
     if args.num is not None and isinstance(raw, dict):
         _take_flag_num(raw["data"], args.num)
-    cfg = parse_config(raw, source=source, base=base, allow_code=args.allow_code, trust_model=args.trust_model)
+    try:
+        cfg = parse_config(raw, source=source, base=base, allow_code=args.allow_code, trust_model=args.trust_model)
+    except ConfigError as err:  # a value a flag gave is named by its flag too
+        raise ConfigError([(_flag_path(path, extra), text) for path, text in err.problems], source) from None
     if cfg.output:
         check_output_path(cfg.output, "output")
     cfg.device = check_device(cfg.device, "device")  # the run file's too: CUDA or MPS missing fails before any work
