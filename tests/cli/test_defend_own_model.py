@@ -287,3 +287,26 @@ def test_a_per_channel_denoiser_saved_as_torchscript_is_not_pinned_to_a_device(t
         assert float(loaded.denoiser(x)[:, 1].max()) <= 0.5
         if torch.cuda.is_available():
             torch.testing.assert_close(loaded.to("cuda")(x.cuda()).cpu(), defended(x), rtol=1e-4, atol=1e-4)
+
+
+def test_attacks_that_cannot_run_on_the_model_are_refused_or_replaced_before_training(
+        own: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ISI's LRP relevance needs hooks, which a TorchScript model lacks: asked for by --attacks, it is
+    refused before the folder is made; in the default set it becomes ISI with the sensitivity indicator."""
+    from salmap.cli.defend_flags import attack_specs, fit_attacks
+
+    out = tmp_path / "d"
+    args = dae_args(str(own / "pixels.pt"), out)
+    args[args.index("fgsm-0.1")] = "isi-l0"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--attacks isi-l0 cannot attack --model" in err
+    assert "isi:indicator=sensitivity" in err and not out.exists()
+
+    scripted = torch.jit.load(str(own / "pixels.pt"))
+    defaults = attack_specs(None)
+    fitted = fit_attacks(defaults, scripted, given=False)
+    assert "isi-l0-sensitivity instead of isi-l0" in capsys.readouterr().out
+    assert [s.name for s in fitted] == [*(s.name for s in defaults[:-1]), "isi-l0-sensitivity"]
+    assert fitted[-1].params == {**defaults[-1].params, "indicator": "sensitivity"}
+    assert fit_attacks(defaults, body(), given=False) == defaults  # an eager model keeps the set

@@ -38,6 +38,7 @@ from salmap.cli.defend_flags import (
     DEFAULT_NUM,
     adv_train_args,
     attack_specs,
+    fit_attacks,
     block_switch_args,
     check_flags,
     common_args,
@@ -206,7 +207,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
     another run is refused unless ``--overwrite``.
     """
     model, meta, train_set, test = _load(args, kind)
-    specs = attack_specs(args.attacks, args.pgd_steps)
+    specs = fit_attacks(attack_specs(args.attacks, args.pgd_steps), model, bool(args.attacks))
     description = {"defense": kind, "settings": settings, "data": args.data,
                    **({"image_size": args.image_size} if args.image_size else {}), "epochs": args.epochs,
                    "batch_size": args.batch_size, "lr": args.lr, "eot_samples": args.eot_samples,

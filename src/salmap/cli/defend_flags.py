@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import difflib
 
+from torch import nn
+
 from salmap import registry
 from salmap._validate import check_number
 from salmap.cli.common import add_device_arg, add_model_options
@@ -130,3 +132,34 @@ def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSp
             specs.append(AttackSpec(label, name, params, targeted=not entry.untargeted or
                                     entry.default_targeting != "none"))
     return specs
+
+
+def fit_attacks(specs: list[AttackSpec], model: nn.Module, given: bool) -> list[AttackSpec]:
+    """The ``--attacks`` specs the model can be attacked with, checked before any training.
+
+    An attack whose registry entry checks the model (ISI's LRP relevance needs hooks on layers
+    LRP has rules for) and refuses it: named in one line when ``--attacks`` asked for it
+    (``given``); in the default set, ISI's relevance is replaced by its sensitivity indicator,
+    which needs only gradients, and the replacement is said in one line.
+    """
+    fitted = []
+    for spec in specs:
+        entry = registry.get_attack(spec.attack)
+        check = entry.extra.get("model_check")
+        problem = None
+        if check is not None and entry.requires_module(dict(spec.params)):
+            try:
+                check(model)
+            except ValueError as err:
+                problem = str(err).split(";")[0]
+        if problem is None:
+            fitted.append(spec)
+        elif given:
+            raise ValueError(f"--attacks {spec.name} cannot attack --model: {problem}; ask for "
+                             f"{spec.attack}:indicator=sensitivity or another attack")
+        else:
+            params = {**spec.params, "indicator": "sensitivity"}
+            swap = AttackSpec(f"{spec.name}-sensitivity", spec.attack, params, spec.targeted)
+            print(f"--attacks: {swap.name} instead of {spec.name} ({problem})")
+            fitted.append(swap)
+    return fitted
