@@ -38,11 +38,11 @@ from salmap.cli.defend_flags import (
     DEFAULT_NUM,
     adv_train_args,
     attack_specs,
-    fit_attacks,
     block_switch_args,
     check_flags,
     common_args,
     dae_args,
+    fit_attacks,
 )
 from salmap.defenses.adversarial import adversarial_training, recipe
 from salmap.defenses.block_switch import sequential_layers, train_block_switch
