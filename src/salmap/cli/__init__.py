@@ -139,14 +139,16 @@ def _run(args: argparse.Namespace, prefix: str) -> int:
 def _check_before_work(args: argparse.Namespace) -> None:
     """Checks every command gets before it computes anything: the device exists, the
     output folder can be written (a file, or a read-only folder, fails now, not after an
-    hour of work) and ``--data`` names a dataset."""
-    from salmap.cli.checks import check_data_name, check_output_path
+    hour of work), ``--data`` names a dataset and ``--seed`` is one the library takes."""
+    from salmap.cli.checks import check_data_name, check_output_path, check_seed
     from salmap.cli.common import resolve_device
 
     if getattr(args, "device", None) is not None:
         args.device = resolve_device(args.device)
         if not args.quiet:  # --quiet: errors only
             announce_device(args.device)
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed)
     if isinstance(getattr(args, "out", None), str):
         check_output_path(args.out)
     if isinstance(getattr(args, "data", None), str):

@@ -1,5 +1,5 @@
 """Checks of a command's arguments made before any work: the output folder can be made and written,
-``-n`` against the data, the ``--data`` name. Each failure is a ``ValueError`` naming the flag, the
+``-n`` against the data, the ``--data`` name, ``--seed``. Each failure is a ``ValueError`` naming the flag, the
 value and what was expected (one line on stderr, exit status 2)."""
 
 from __future__ import annotations
@@ -76,4 +76,15 @@ def check_data_name(name: str, flag: str = "--data") -> None:
     raise ValueError(f"{flag} must be a dataset name or kind:PATH, one of {known}, got {name!r}{hint}")
 
 
-__all__ = ["check_data_name", "check_output_path", "take"]
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """``flag`` must be an integer in ``[0, 2**63 - 1]``, in every command: the library's seeds
+    (:func:`salmap._validate.check_seed`, PGD's and occlusion's) and a run file's ``seed`` take no
+    negative value, and ``torch.manual_seed`` would silently take -1 as 2**64 - 1."""
+    from salmap._validate import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{flag} must be an integer from 0 to 2**63 - 1, got {seed}")
+    return seed
+
+
+__all__ = ["check_data_name", "check_output_path", "check_seed", "take"]
