@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -256,3 +257,25 @@ def test_a_newly_registered_attack_is_picked_up(monkeypatch):
     assert "twice-untargeted" in ids and "twice-targeted" in ids
     run = attack_run.__wrapped__("twice", "untargeted")  # not cached: the entry goes with the test
     assert run.entry.budget() == {"linf": 0.1} and (run.output.linf <= 0.1 + 1e-6).all()
+
+
+def numeric_parameters() -> list[Any]:
+    cases = []
+    for kind, entries in (("attack", registry.attacks()), ("explainer", registry.explainers())):
+        for name, entry in entries.items():
+            for p in entry.params:
+                number = isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+                if p.type in (int, float) and number and (p.type is int or float(np.float32(p.default)) == p.default):
+                    cases.append(pytest.param(kind, name, p.name, id=f"{name}-{p.name}"))
+    return cases
+
+
+@pytest.mark.parametrize("kind, name, param", numeric_parameters())
+def test_numeric_parameters_take_numpy_scalars(kind, name, param):
+    # np.int64(40) from np.arange, np.float32(8 / 255) from an array of settings: numbers like any other
+    entry = registry.get_attack(name) if kind == "attack" else registry.get_explainer(name)
+    default = entry.param_map[param].default
+    model = segmenter() if task_of(entry) == "segmentation" else classifier()
+    scalar = np.int64(default) if isinstance(default, int) else np.float32(default)
+    built = entry.cls(model, **{param: scalar})
+    assert repr(built) == repr(entry.cls(model, **{param: default}))  # stored as Python numbers

@@ -9,6 +9,7 @@ every check from.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,12 +29,17 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
 ) -> Any:
-    """Check that ``value`` is a finite number in the interval described by the limits."""
+    """Check that ``value`` is a finite number in the interval described by the limits.
+
+    NumPy scalars are numbers too (``np.float32(8 / 255)``, ``np.int64(40)`` from an array of
+    settings): the value is returned as a Python ``int`` (integers) or ``float``.
+    """
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {kind}, got {_short(value)}")
-    if integer and not isinstance(value, int):
+    if integer and not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be {kind}, got {_short(value)}")
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)

@@ -4,6 +4,7 @@ and the fill the patches hold."""
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from typing import Any
 
@@ -42,8 +43,8 @@ def kept_layouts(chunks: list[tuple[int, int, int]], grown: int | None = None) -
 
 
 def sizes(name: str, value: Any) -> tuple[int, ...]:
-    """An int or a sequence of ints, each ``>= 1``, as a tuple."""
-    values = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    """An int or a sequence of ints (NumPy integers too, an array of them), each ``>= 1``, as a tuple of ints."""
+    values = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     try:
         out = tuple(values)
     except TypeError:
@@ -51,9 +52,9 @@ def sizes(name: str, value: Any) -> tuple[int, ...]:
     if not out:
         raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
     for v in out:
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
             raise ValueError(f"{name} must be a positive int or a sequence of them (>= 1), got {value!r}")
-    return out
+    return tuple(int(v) for v in out)
 
 
 def per_dim(name: str, sizes: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
