@@ -204,7 +204,7 @@ def check_labels(
 ) -> Tensor:
     """Return ``labels`` as a long tensor ``(batch,)`` of class indices in ``[0, num_classes)``.
 
-    Accepts an int (used for every sample), a sequence, or a tensor. ``known_range``: the
+    Accepts an int or a 0-d tensor (used for every sample), a sequence, or a tensor. ``known_range``: the
     labels' ``(min, max)`` when the caller has read it already (:func:`label_range`), so
     that checking costs no transfer from the device here; :data:`READ_LATER` when the caller
     reads it after its work (the labels are returned clamped into range until then).
@@ -214,7 +214,8 @@ def check_labels(
     if isinstance(labels, int):
         labels = torch.full((batch,), labels, dtype=torch.long)
     labels = as_index_tensor(labels, name)
-    labels = labels.reshape(-1) if labels.dim() == 0 else labels
+    if labels.dim() == 0:  # one class for every sample, as an int is (and as captum takes it)
+        labels = labels.reshape(1).repeat(batch)
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
     if isinstance(known_range, ReadLater):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import LinearClassifier
@@ -125,6 +126,17 @@ def test_bad_labels(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FGSM(linear_model(), eps=0.1)(torch.rand(2, 4), **kwargs)
 
+
+
+@pytest.mark.parametrize("one", [1, torch.tensor(1), np.int64(1), torch.tensor(1, dtype=torch.int32)])
+def test_one_label_for_every_sample(one):
+    # an int, a 0-d tensor or a NumPy integer: that class for every sample of the batch (as captum's target)
+    model, x = linear_model(), torch.rand(3, 4)
+    result = FGSM(model, eps=0.1)(x, target=one)
+    assert torch.equal(result.labels, torch.tensor([1, 1, 1]))
+    assert torch.equal(result.x_adv, FGSM(model, eps=0.1)(x, target=torch.tensor([1, 1, 1])).x_adv)
+    result.labels[0] = 2  # the labels are the result's own, not a view of the 0-d tensor
+    assert int(one) == 1
 
 def test_bad_inputs_and_parameters():
     model = linear_model()

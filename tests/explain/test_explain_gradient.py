@@ -28,6 +28,15 @@ def test_linear_model_saliency_is_the_weights():
                                (w[classes] * x).abs())
 
 
+
+def test_a_0d_target_is_every_sample_s_class():
+    # captum takes a one-element tensor target for the whole batch; so does an int here
+    model = linear_model()
+    w = model[1].weight.view(4, 2, 3, 3)
+    x = torch.rand(3, 2, 3, 3, dtype=torch.float64)
+    maps = GradientSaliency(model, absolute=False).attribute(x, target=torch.tensor(2))
+    torch.testing.assert_close(maps, w[[2, 2, 2]], rtol=0, atol=0)
+
 def test_default_target_is_prediction_and_one_forward_pass():
     model = linear_model()
     calls = []
