@@ -112,6 +112,30 @@ def test_a_measured_result_holds_no_deferred_work():
         assert torch.equal(getattr(copy, name), getattr(result, name)), name
 
 
+
+def test_an_unread_result_can_be_saved():
+    # torch.save / pickle / multiprocessing of a result straight from the call: its deferred fields
+    # (functions holding the model) are evaluated on the way, the same as read first
+    import io
+
+    model = _model()
+    x, y = torch.rand(3, 12), torch.tensor([0, 1, 2])
+    saved, reference = FGSM(model, eps=0.1)(x, y=y), FGSM(model, eps=0.1)(x, y=y)
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    for name in ("x_adv", "success", "l0", "l2", "linf", "pred_before", "pred_after", "iterations", "labels"):
+        assert torch.equal(getattr(loaded, name), getattr(reference, name)), name
+    assert "not evaluated" not in repr(loaded)
+
+
+def test_targeted_and_untargeted_results_are_not_joined():
+    model = _model()
+    x, y = torch.rand(2, 12), torch.tensor([0, 1])
+    untargeted, targeted = FGSM(model)(x, y=y), FGSM(model)(x, target=(y + 1) % 4)
+    with pytest.raises(ValueError, match=r"results must be all targeted or all untargeted.*\[False, True\]"):
+        AttackResult.concat([untargeted, targeted])
+
 def test_a_caller_changing_its_clean_outputs_afterwards_does_not_change_pred_before():
     model = _model()
     x, y = torch.rand(3, 12), torch.tensor([0, 1, 2])

@@ -139,6 +139,12 @@ class AttackResult:
         self._settle()
         return self._extra
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``torch.save``, ``copy.deepcopy``, multiprocessing) evaluates the deferred
+        fields first: the functions that compute them hold the model and cannot be pickled."""
+        self.measure()
+        return self.__dict__.copy()
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
 
@@ -192,6 +198,10 @@ class AttackResult:
         """Join the results of several batches into one."""
         if not results:
             raise ValueError("results must hold at least one AttackResult, got an empty list")
+        kinds = {r.targeted for r in results}
+        if len(kinds) > 1:
+            raise ValueError("results must be all targeted or all untargeted (their labels are targets or "
+                             f"true labels), got targeted={[r.targeted for r in results]}")
         joined: dict[str, Any] = {}
         parts = [r._fields() for r in results]
         for name in _FIELDS:
