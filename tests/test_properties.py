@@ -279,3 +279,15 @@ def test_numeric_parameters_take_numpy_scalars(kind, name, param):
     scalar = np.int64(default) if isinstance(default, int) else np.float32(default)
     built = entry.cls(model, **{param: scalar})
     assert repr(built) == repr(entry.cls(model, **{param: default}))  # stored as Python numbers
+
+
+@pytest.mark.parametrize("name, mode", [
+    case for case in attack_cases() if task_of(registry.get_attack(case.values[0])) == "classification"])
+def test_a_classifier_with_one_score_is_refused(name, mode):
+    # argmax of one score is always class 0: no attack could succeed, and success would read as robustness
+    one = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+    attack = registry.get_attack(name).build(one, bounds=BOUNDS, **SMALL.get(name, {}))
+    labels = {"target" if mode == "targeted" else "y": torch.zeros(BATCH, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"model must return one score per class, at least 2, for \w+, got output of "
+                                         r"shape \(4, 1\) \(a binary classifier's one logit z"):
+        attack(inputs(), **labels)

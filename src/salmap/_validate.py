@@ -229,6 +229,18 @@ def check_labels(
     return labels.to(device=device, dtype=torch.long)
 
 
+def check_class_scores(out: Tensor, user: str) -> None:
+    """Refuse a classifier's outputs that are not ``(B, classes)`` with at least two classes:
+    with one score, the arg-max is always class 0 and no attack can change it (``user``: who needs them)."""
+    if out.dim() != 2:
+        raise ValueError(f"model must return (B, classes) logits for {user}, got output of shape {tuple(out.shape)}")
+    if out.shape[1] < 2:
+        raise ValueError(
+            f"model must return one score per class, at least 2, for {user}, got output of shape {tuple(out.shape)} "
+            "(a binary classifier's one logit z: return torch.cat([torch.zeros_like(z), z], dim=1), the same probabilities)"
+        )
+
+
 def check_label_range(known_range: tuple[int, int], num_classes: int, name: str = "y") -> None:
     """Refuse labels whose ``(min, max)`` is not within ``[0, num_classes)``."""
     low, high = known_range
@@ -261,6 +273,6 @@ def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
 
 __all__ = [
     "MAX_SEED", "READ_LATER", "Bounds", "BoundsLike", "InputChecks", "ReadLater", "as_index_tensor", "check_bounds",
-    "check_choice", "check_input", "check_input_and_labels", "check_label_range", "check_labels", "check_number",
+    "check_choice", "check_class_scores", "check_input", "check_input_and_labels", "check_label_range", "check_labels", "check_number",
     "label_range", "check_seed", "check_shape", "clip_features",
 ]

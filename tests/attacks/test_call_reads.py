@@ -6,6 +6,7 @@ before."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -262,8 +263,8 @@ def test_the_inputs_error_comes_first_when_the_call_meets_another_on_the_way():
 def test_a_model_with_no_classes_is_refused_before_any_label_reaches_the_loss():
     x, y = torch.rand(3, 12), torch.tensor([0, 1, 3])
     for make in ATTACKS.values():
-        assert _message(lambda m=make: m(lambda t: t[:, :0])(x, y=y)) == (
-            "y must be class indices in [0, -1], got values in [0, 3]")
+        message = _message(lambda m=make: m(lambda t: t[:, :0])(x, y=y))
+        assert re.match(r"model must return one score per class, at least 2, for \w+, got output of shape \(3, 0\)", message)
 
 
 def test_labels_not_read_with_the_input_are_read_once(monkeypatch):

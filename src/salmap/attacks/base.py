@@ -26,6 +26,7 @@ from salmap._validate import (
     InputChecks,
     ReadLater,
     check_bounds,
+    check_class_scores,
     check_label_range,
     check_labels,
 )
@@ -259,11 +260,7 @@ class Attack(ABC):
         """Validate and return the labels (class indices ``(B,)`` for classifiers); ``known_range``
         is the range :meth:`_labels_read_early` asked for (:data:`READ_LATER`: read after the run,
         the labels clamped into range until then)."""
-        if clean.dim() != 2:
-            raise ValueError(
-                f"model must return (B, classes) logits for {type(self).__name__}, "
-                f"got output of shape {tuple(clean.shape)}"
-            )
+        check_class_scores(clean, type(self).__name__)
         return check_labels(labels, x.shape[0], clean.shape[1], "target" if targeted else "y", x.device, known_range)
 
     def _predictions(self, out: Tensor) -> Tensor:
