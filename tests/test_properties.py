@@ -16,6 +16,7 @@ the model state is restored and the map lives on the input's device.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,3 +292,14 @@ def test_a_classifier_with_one_score_is_refused(name, mode):
     with pytest.raises(ValueError, match=r"model must return one score per class, at least 2, for \w+, got output of "
                                          r"shape \(4, 1\) \(a binary classifier's one logit z"):
         attack(inputs(), **labels)
+
+
+@pytest.mark.parametrize("name, task", [case for case in explainer_cases() if case.values[1] == "classification"])
+def test_explainer_names_an_input_the_model_cannot_take(name, task):
+    # one image without its batch dimension, images of the wrong size: x's shape named, as by the attacks
+    explainer = registry.get_explainer(name).build(classifier().eval(), bounds=BOUNDS, **SMALL.get(name, {}))
+    x = inputs()
+    for bad in (x[0], x[:, :, :6, :6]):
+        shape = re.escape(str(tuple(bad.shape)))
+        with pytest.raises(ValueError, match=rf"^the model cannot be run on x of shape {shape}: .* \(x must be a batch"):
+            explainer.attribute(bad)

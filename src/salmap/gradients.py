@@ -192,7 +192,22 @@ def predict(model: Model, x: Tensor, batch_size: int = 256) -> Tensor:
     return torch.cat(outs)
 
 
+def predict_checked(model: Model, x: Tensor) -> Tensor:
+    """:func:`predict`, or a ``ValueError`` naming ``x``'s shape when the model cannot take ``x``
+    (a 3-D image without its batch dimension, the wrong image size or dtype)."""
+    try:
+        return predict(model, x)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        text = " ".join(str(err).split())
+        raise ValueError(
+            f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
+            "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
+        ) from err
+
+
 __all__ = [
     "ActiveStep", "LossFn", "Model", "RecordedPass", "active_set_loop", "class_score_grads", "forward", "frozen", "loss_grad",
-    "mode_is_fixed", "output_vjps", "predict", "record_forward", "set_eval", "softmax_classes",
+    "mode_is_fixed", "output_vjps", "predict", "predict_checked", "record_forward", "set_eval", "softmax_classes",
 ]

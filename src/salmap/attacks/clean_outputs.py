@@ -8,23 +8,14 @@ import math
 import torch
 from torch import Tensor
 
-from salmap.gradients import Model, predict
+from salmap.gradients import Model, predict_checked
 
 
 def first_forward(model: Model, x: Tensor, check: bool = True) -> Tensor:
     """The model's outputs on the clean batch, or a ``ValueError`` that says what went wrong:
     a model that cannot take ``x`` (3-D input, wrong image size) is named with ``x``'s shape,
     and non-finite outputs are refused (an attack's success cannot be judged on NaN logits)."""
-    try:
-        out = predict(model, x)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        text = " ".join(str(err).split())
-        raise ValueError(
-            f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
-            "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
-        ) from err
+    out = predict_checked(model, x)
     if check:
         check_finite_outputs(out, "clean")
     return out

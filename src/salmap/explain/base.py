@@ -10,7 +10,7 @@ from torch import Tensor
 
 from salmap._validate import check_input
 from salmap.explain.targets import Target, resolve_target
-from salmap.gradients import Model, frozen, predict
+from salmap.gradients import Model, frozen, predict, predict_checked
 
 #: Turns the model's outputs on the batch into the resolved :class:`Target`.
 Resolver = Callable[[Tensor], Target]
@@ -62,7 +62,12 @@ class Explainer(ABC):
         with frozen(self.model):
             # A private copy: the model never sees the caller's storage (a model that writes
             # into its input must not change the caller's tensor).
-            return self._explain(x.detach().clone(), resolve).detach()
+            own = x.detach().clone()
+            try:
+                return self._explain(own, resolve).detach()
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                predict_checked(self.model, own)  # names x's shape when the model cannot take it (else: the error as it was)
+                raise
 
     def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
         """Resolve the target with one forward pass, then run :meth:`_attribute`."""
