@@ -135,6 +135,24 @@ def test_unknown_layer_lists_close_names():
         GradCAM(model, layer="zzzzzz")
 
 
+
+def test_layer_given_as_the_module_or_inside_data_parallel():
+    # captum's LayerGradCam(model, model.layer4) / pytorch-grad-cam's target_layers=[...]; a DataParallel
+    # model by its network's own names
+    model = GapNet().eval()
+    x = torch.rand(3, 2, 6, 6)
+    by_name = GradCAM(model, layer="features").attribute(x)
+    by_module = GradCAM(model, layer=model.features)
+    assert by_module.layer == "features" and torch.equal(by_module.attribute(x), by_name)
+    parallel = nn.DataParallel(model)
+    assert GradCAM(parallel, layer=model.features).layer == "module.features"
+    torch.testing.assert_close(GradCAM(parallel, layer="features").attribute(x), by_name, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^layer must be a submodule of the model \(GapNet\) or its dotted name, "
+                                         r"got a Conv2d that is not one of its modules$"):
+        GradCAM(model, layer=nn.Conv2d(2, 3, 3))
+    with pytest.raises(ValueError, match="got the model itself"):
+        GradCAM(model, layer=model)
+
 def test_bad_layers_and_models():
     with pytest.raises(ValueError, match="must output"):
         GradCAM(GapNet(), layer="fc").attribute(torch.rand(1, 2, 6, 6), target=0)

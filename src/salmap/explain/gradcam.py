@@ -30,6 +30,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"layer must be a dotted module name such as 'layer4', got {name!r}")
     names = [n for n, _ in model.named_modules() if n]
     inner = model.model if getattr(model, "salmap_wraps", False) else None
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        inner = model.module  # the network's own names work too ('layer4' beside 'module.layer4')
     if name not in names and isinstance(inner, nn.Module):
         # salmap's wrappers (Normalized, SelectOutput, ...): the wrapped network's names work too.
         try:
@@ -41,6 +43,18 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         hint = f"close names: {', '.join(close)}" if close else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
         raise ValueError(f"layer {name!r} is not a module of {type(model).__name__}; {hint}")
     return dict(model.named_modules())[name]  # get_submodule fails inside TorchScript modules: refused by name later
+
+
+def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+    """``layer`` as a dotted name: a submodule of ``model`` given as the module itself (captum's
+    ``LayerGradCam(model, model.layer4)``, pytorch-grad-cam's ``target_layers``) becomes its name."""
+    if not isinstance(layer, nn.Module):
+        return layer
+    name = next((n for n, m in model.named_modules() if m is layer), None)
+    if not name:
+        what = "the model itself" if name == "" else f"a {type(layer).__name__} that is not one of its modules"
+        raise ValueError(f"layer must be a submodule of the model ({type(model).__name__}) or its dotted name, got {what}")
+    return name
 
 
 def default_layer(model: nn.Module) -> str:
@@ -74,7 +88,8 @@ class GradCAM(Explainer):
 
     The whole batch costs one forward pass and one vector-Jacobian product that stops at
     the layer (:func:`salmap.gradients.output_vjps`). The forward hook that captures the
-    activation is removed in ``finally``, even when the model raises.
+    activation is removed in ``finally``, even when the model raises. From Python, ``layer`` may
+    also be the module itself (``layer=model.layer4``, as captum and pytorch-grad-cam take it).
 
     Parameters
     ----------
@@ -106,7 +121,7 @@ class GradCAM(Explainer):
     """
 
     def __init__(
-        self, model: Model, layer: str | None = None, relu: bool = True,
+        self, model: Model, layer: str | nn.Module | None = None, relu: bool = True,
         reshape: Callable[[Tensor], Tensor] | None = None, precision: str = "fp32",
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -118,7 +133,7 @@ class GradCAM(Explainer):
                 "torch.export (.pt2) module runs its graph without calling its submodules, so no hook fires; "
                 "explain the eager model (checkpoint folder or module:factory), or use gradient or occlusion on this one"
             )
-        layer = default_layer(model) if layer is None else layer
+        layer = default_layer(model) if layer is None else layer_name(model, layer)
         self.layer = layer
         scripted = isinstance(model, torch.jit.ScriptModule)
         self._module = None if scripted else find_layer(model, layer)
