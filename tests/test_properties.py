@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,3 +304,26 @@ def test_explainer_names_an_input_the_model_cannot_take(name, task):
         shape = re.escape(str(tuple(bad.shape)))
         with pytest.raises(ValueError, match=rf"^the model cannot be run on x of shape {shape}: .* \(x must be a batch"):
             explainer.attribute(bad)
+
+
+@pytest.mark.parametrize("name, mode", [
+    case for case in attack_cases() if task_of(registry.get_attack(case.values[0])) == "classification"])
+def test_a_classifier_returning_probabilities_is_warned_about(name, mode):
+    # as AutoAttack's checks: a loss on softmax outputs saturates and the attack looks weaker than it is
+    entry, logits = registry.get_attack(name), classifier().eval()
+    x = inputs()
+    with torch.no_grad():
+        pred = logits(x).argmax(dim=1)
+    labels = {"target": (pred + 1) % CLASSES} if mode == "targeted" else {"y": pred}
+    probabilities = nn.Sequential(logits, nn.Softmax(dim=1))
+    for model, warned in ((probabilities, True), (logits, False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                entry.build(model, bounds=BOUNDS, **SMALL.get(name, {}))(x, **labels)
+            except ValueError as err:  # (LRP-based indicators have no rule for a softmax layer)
+                assert "Softmax" in str(err)
+        said = [str(w.message) for w in caught if "look like probabilities" in str(w.message)]
+        assert len(said) == warned, said
+        assert not warned or said[0].startswith(
+            "the model's outputs on the clean batch look like probabilities (every row >= 0 and summing to 1)")

@@ -55,8 +55,9 @@ def test_a_call_reads_the_device_once_and_launches_nothing_it_does_not_need(monk
     transfers, recorder = _Transfers(monkeypatch), Recorder()
     with recorder:
         result = attack(x, **kwargs)
-    # the input's min and max, the labels', the clean outputs' sum: one transfer, after the last gradient
-    assert transfers.shapes == [(5,)]
+    # the input's min and max, the labels', the clean outputs' smallest and largest row sum and smallest
+    # output (finite? probabilities?): one transfer, after the last gradient
+    assert transfers.shapes == [(7,)]
     assert recorder.reads == 0
     last_gradient = len(recorder.ops) - 1 - recorder.ops[::-1].index("aten.mm")
     assert len(recorder.ops) - 1 - recorder.ops[::-1].index("aten.cat") > last_gradient
@@ -234,7 +235,7 @@ def test_per_feature_bounds_are_read_with_the_rest_after_the_work(monkeypatch):
     transfers, recorder = _Transfers(monkeypatch), Recorder()
     with recorder:
         attack(torch.rand(4, 12) * 0.5, y=torch.tensor([0, 1, 2, 3]))
-    assert transfers.shapes == [(6,)] and recorder.reads == 0
+    assert transfers.shapes == [(8,)] and recorder.reads == 0
     x = torch.rand(4, 12) * 0.5
     x[2, 5] = 0.75
     with pytest.raises(ValueError, match=r"x must lie within bounds \(per feature"):

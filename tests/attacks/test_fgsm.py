@@ -359,7 +359,7 @@ def test_one_call_reads_the_device_once_after_its_work(monkeypatch):
     recorder = Recorder()
     with recorder:
         result = attack(x, y=y)
-    assert transfers == [(5,)]  # min and max of x, then of y, then the clean outputs' sum
+    assert transfers == [(7,)]  # min and max of x, then of y, then the clean outputs' row sums' and their own minimum
     assert recorder.reads == 0
     assert recorder.ops.count("aten.clamp") == 2
     assert torch.equal(result.x_adv, torch.clamp(x + 0.1 * result.x_adv.sub(x).sign(), 0, 1))

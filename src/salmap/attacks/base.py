@@ -11,7 +11,6 @@ first read (see :class:`AttackResult`).
 
 from __future__ import annotations
 
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -30,7 +29,12 @@ from salmap._validate import (
     check_label_range,
     check_labels,
 )
-from salmap.attacks.clean_outputs import check_finite_outputs, first_forward
+from salmap.attacks.clean_outputs import (
+    check_finite_outputs,
+    first_forward,
+    judge_outputs,
+    output_numbers,
+)
 from salmap.attacks.result import AttackResult, _version
 from salmap.frozen import module_tensors, modules_of
 from salmap.gradients import Model, frozen, predict, record_forward
@@ -176,12 +180,11 @@ class Attack(ABC):
     def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
         """A sync-free call's checks, in one transfer: the input's range, the labels' range
         (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
-        numbers = torch.cat((checks.values, clean.detach().sum().reshape(1).to(checks.values.device))).tolist()
-        label_range = checks.judge(numbers[:-1], labels=known is READ_LATER)
+        numbers = torch.cat((checks.values, output_numbers(clean).to(checks.values.device))).tolist()
+        label_range = checks.judge(numbers[: len(checks.values)], labels=known is READ_LATER)
         if known is READ_LATER and label_range is not None:
             check_label_range(label_range, clean.shape[1], name)
-        if not math.isfinite(numbers[-1]):
-            check_finite_outputs(clean, "clean")
+        judge_outputs(clean, numbers[len(checks.values):])
 
     def _measure(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor,
