@@ -5,8 +5,12 @@ Floor 1: attacks, defenses, the evaluation and the figures all read them from he
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+
+from salmap._validate import as_index_tensor
 
 __all__ = [
     "accuracy", "budget_curve", "confusion_matrix", "distortion", "iou_per_class", "mask_from_output", "mean_iou",
@@ -26,11 +30,17 @@ def distortion(x: Tensor, x_adv: Tensor, atol: float = 0.0) -> tuple[Tensor, Ten
     return l0, l2, linf
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Fraction of samples whose arg-max class equals the label."""
+def accuracy(logits: Tensor, labels: Any) -> float:
+    """Fraction of samples whose arg-max class equals the label (``labels``: class indices shaped like
+    ``logits.argmax(dim=1)``, a tensor, list or array; masks ``(B, H, W)`` for ``(B, K, H, W)``: pixels)."""
+    labels = as_index_tensor(labels, "labels")
+    shape = (logits.shape[0], *logits.shape[2:])
+    if tuple(labels.shape) != shape:  # ((B, 1) against (B,) would broadcast to a (B, B) comparison)
+        raise ValueError(f"labels must have shape {shape}, one class index per sample of logits "
+                         f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}")
     if labels.numel() == 0:
         return float("nan")
-    return float((logits.argmax(dim=1) == labels).float().mean())
+    return float((logits.argmax(dim=1) == labels.to(logits.device)).float().mean())
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:

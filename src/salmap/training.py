@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from salmap._validate import check_number
+from salmap._validate import as_index_tensor, check_number
 from salmap.data.base import Dataset
 from salmap.gradients import predict
 from salmap.progress import bar as progress_bar
@@ -97,6 +97,14 @@ def fit(
     return report
 
 
+def _class_indices(x: Tensor, y: Any, name: str) -> Tensor:
+    """``y`` as an integer tensor of one class index per sample of ``x`` (a list or array too)."""
+    y = as_index_tensor(y, name)
+    if tuple(y.shape) != (len(x),):
+        raise ValueError(f"{name} must hold one class index per sample, shape ({len(x)},), got shape {tuple(y.shape)}")
+    return y
+
+
 def train_classifier(
     model: nn.Module,
     x: Tensor,
@@ -122,6 +130,9 @@ def train_classifier(
     cross-entropy (e.g. a loss over the batch a ``batch_hook`` assembled).
     """
     check_number("shift", shift, low=0, integer=True)
+    y = _class_indices(x, y, "y")
+    if x_test is not None and y_test is not None:
+        y_test = _class_indices(x_test, y_test, "y_test")
     hook = batch_hook
     if shift and min(x.shape[-2:]) >= 16:
         gen = torch.Generator().manual_seed(seed + 1)

@@ -23,6 +23,7 @@ from salmap.defenses import (
     Purified,
     adaptive_model,
     adversarial_hook,
+    adversarial_training,
     check_trained,
     default_attacks,
     evaluate_defense,
@@ -283,6 +284,23 @@ def test_bad_input_raises_clear_errors(trained, digits) -> None:
     with pytest.raises(ValueError, match="samples must be"):
         EOT(switch(2), samples=0)
 
+
+
+def test_adversarial_training_takes_labels_as_a_list_and_refuses_others(digits) -> None:
+    # a list or array of class indices is labels like a tensor (was "only integer tensors of a single
+    # element can be converted to an index" from the batch indexing); a shape or dtype that is not, one line
+    x, y = digits[0].x[:16], digits[0].y[:16]
+    torch.manual_seed(0)
+    model = models.build(TINY, **ARCH["kwargs"])
+    state = copy.deepcopy(model.state_dict())
+    by_list = adversarial_training(model, x, y.tolist(), epochs=1, progress=False)
+    model.load_state_dict(state)
+    by_tensor = adversarial_training(model, x, y, epochs=1, progress=False)
+    assert by_list.train_loss == by_tensor.train_loss
+    with pytest.raises(ValueError, match=r"^y must hold one class index per sample, shape \(16,\), got shape \(8,\)$"):
+        adversarial_training(model, x, y[:8], epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"^y_test must be an integer tensor of class indices, got dtype torch.float32$"):
+        train_classifier(model, x, y, x, y.float(), epochs=1, progress=False)
 
 # -- command line ---------------------------------------------------------------------
 

@@ -174,3 +174,16 @@ def test_least_likely_targets_are_the_lowest_clean_logit(tmp_path: Path, lenet: 
                  "--out", str(attack_out)]) == 0
     samples = json.loads((attack_out / "results.json").read_text())["samples"]
     assert [s["target"] for s in samples] == expected.tolist()
+
+
+def test_accuracy_takes_labels_of_any_kind_and_refuses_a_shape_that_would_broadcast():
+    from salmap.evaluation import accuracy
+
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    assert accuracy(logits, [0, 1, 1]) == accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    masks = torch.zeros(2, 2, 3, 3)
+    masks[:, 1, 0] = 1.0  # class 1 on the first row of pixels, class 0 elsewhere
+    assert accuracy(masks, torch.zeros(2, 3, 3, dtype=torch.long)) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"^labels must have shape \(3,\), one class index per sample of logits "
+                                         r"\(3, 2\), got shape \(3, 1\)$"):
+        accuracy(logits, torch.tensor([[0], [1], [1]]))  # (was 4/9 from a (3, 3) comparison)
