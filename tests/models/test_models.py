@@ -48,6 +48,13 @@ def test_unknown_model_name():
         models.build("lenet", colour=True)
 
 
+
+def test_loading_a_module_is_refused_in_one_line():
+    # (was the module's whole multi-line repr, then "(not found)")
+    with pytest.raises(ValueError, match=r"^model must be a checkpoint folder, model file or 'module:factory', "
+                                         r"got Sequential$"):
+        models.load(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
 def test_checkpoint_round_trip(tmp_path):
     m = models.build("resnet18", in_channels=1, num_classes=3, stem="small", width=4).eval()
     x = torch.rand(2, 1, 28, 28)

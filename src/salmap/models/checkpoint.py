@@ -167,7 +167,7 @@ def _load_model(
 
     Parameters
     ----------
-    source: where the model is (see above).
+    source: where the model is (see above); a ``torch.nn.Module`` needs no loading (is refused).
     arch: zoo architecture of a bare state-dict file.
     trust: load a ``torch.export`` archive (unpickling it): only for files you trust.
     allow_code: import and call a ``module:factory`` source.
@@ -177,8 +177,9 @@ def _load_model(
     -------
     (model, meta): the model in eval mode and its ``model.json`` (or a stand-in), unwrapped.
     """
-    text = str(source)
-    path = Path(text)
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"model must be a checkpoint folder, model file or 'module:factory', got {type(source).__name__}")
+    path = Path(text := str(source))
     if not path.exists() and is_factory_spec(text):
         return load_factory(text, allow_code=allow_code, **kwargs), {}
     if path.is_file() and path.name == META:
