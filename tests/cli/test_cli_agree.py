@@ -58,3 +58,36 @@ def test_largest_seed_is_taken(tmp_path, lenet28, capsys):
     assert main(["attack", "pgd", "--model", lenet28, "-n", "2", "--steps", "1", "--targeted", "random",
                  "--seed", str(2**63 - 1), "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())
+
+
+# -- Grad-CAM's layer: named --layer (or --gradcam-layer), with the model's layers and a close name --
+
+
+@pytest.mark.parametrize("flag, value, close", [("--layer", "feature.0", "features.0"),
+                                                ("--gradcam-layer", "classifer", "classifier"),
+                                                ("--layer", "nope", None)])
+def test_gradcam_layer_that_is_not_there_names_the_flag(tmp_path, lenet28, capsys, flag, value, close):
+    """Was ``layer 'nope' is not a module of LeNet; top-level modules: ...`` (the library's name)."""
+    out = tmp_path / "o"
+    assert main(["explain", "--method", "gradient,gradcam", flag, value, "--model", lenet28, "-n", "2",
+                 "--out", str(out)]) == 2
+    err = _error_line(capsys, "explain")
+    hint = f" (did you mean {close!r}?)" if close else ""
+    assert f"error: {flag} {value!r} is not a layer of --model {lenet28}{hint}; its layers: features, features.0, " in err
+    assert "classifier.5" in err and "did you mean" in err if close else "did you mean" not in err
+    assert not out.exists()
+
+
+def test_gradcam_layer_of_a_model_without_convolutions_names_the_flag(tmp_path, capsys, monkeypatch):
+    """A model with no layer4 and no convolution needs --layer: said with the flag (was ``layer is needed``)."""
+    (tmp_path / "mlp_factory.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 784), nn.Unflatten(1, (1, 28, 28)),"
+        " nn.Flatten(), nn.Linear(784, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "o"
+    assert main(["explain", "--method", "gradcam", "--model", "mlp_factory:build", "--allow-code", "-n", "2",
+                 "--out", str(out)]) == 2
+    assert "error: --layer is needed: Sequential has no layer4 and no convolution" in _error_line(capsys, "explain")
+    assert not out.exists()
+    assert main(["explain", "--method", "gradcam", "--layer", "2", "--model", "mlp_factory:build", "--allow-code",
+                 "-n", "2", "--out", str(out), "-q"]) == 0

@@ -67,7 +67,7 @@ def test_explain_lrp_when_available(files, tmp_path):
     "extra, message",
     [
         (["--method", "gradient,saliency"], "--method must be among"),
-        (["--method", "gradcam", "--layer", "featurs.6"], "close names: features.6"),
+        (["--method", "gradcam", "--layer", "featurs.6"], "--layer 'featurs.6' is not a layer of --model "),
         (["--method", "occlusion", "--patch", "40"], "larger than the input"),
         (["--method", "occlusion", "--stride", "0"], "argument --stride: stride must be in [1, inf), got 0"),
         (["--method", "occlusion", "--fill", "black"], "argument --fill: fill must be one of"),

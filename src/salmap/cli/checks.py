@@ -1,12 +1,15 @@
 """Checks of a command's arguments made before any work: the output folder can be made and written,
-``-n`` against the data, the ``--data`` name, ``--seed``. Each failure is a ``ValueError`` naming the flag, the
+``-n`` against the data, the ``--data`` name, ``--seed``, Grad-CAM's ``--layer``; library errors
+renamed by the flag that set the parameter. Each failure is a ``ValueError`` naming the flag, the
 value and what was expected (one line on stderr, exit status 2)."""
 
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def check_output_path(path: str | Path, flag: str = "--out") -> Path:
@@ -87,4 +90,43 @@ def check_seed(seed: int, flag: str = "--seed") -> int:
     return seed
 
 
-__all__ = ["check_data_name", "check_output_path", "check_seed", "take"]
+def flag_of(args: Any, scope: str, param: str) -> str:
+    """The flag that set parameter ``param`` of ``scope`` (an explainer): ``--SCOPE-PARAM`` when that
+    was given (``--gradcam-layer``), else the shared ``--PARAM``."""
+    scoped = vars(args).get(f"{scope}.{param}") is not None
+    return "--" + (f"{scope}-{param}" if scoped else param).replace("_", "-")
+
+
+def named_by_flag(err: ValueError, params: Iterable[str], flag: Callable[[str], str]) -> ValueError:
+    """A library error that starts with a parameter's name (``layer is needed: ...``) as the same
+    error naming the flag instead (``--layer is needed: ...``); any other error as it is."""
+    text = str(err)
+    for param in sorted(params, key=len, reverse=True):
+        if text.startswith(f"{param} "):
+            return ValueError(f"{flag(param)}{text[len(param):]}")
+    return err
+
+
+def check_layer(model: Any, layer: str, flag: str = "--layer", source: str = "the model") -> None:
+    """``flag`` must name a module of ``model`` (dotted, as Grad-CAM takes it; the network's own
+    names inside salmap's wrappers too), else a ``ValueError`` naming the flag and the value, with
+    the close name (did you mean) and the model's layers down to two levels."""
+    from salmap.explain.gradcam import find_layer
+    from salmap.models.normalized import unwrap
+
+    try:
+        find_layer(model, layer)
+        return
+    except ValueError:
+        pass
+    names = [n for n, _ in unwrap(model).named_modules() if n]
+    close = difflib.get_close_matches(layer, names, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    shown = [n for n in names if n.count(".") <= 1]
+    deeper = ", and the layers inside them by dotted name" if len(shown) < len(names) else ""
+    if len(shown) > 40:
+        shown = [*shown[:40], f"... ({len(shown)} in all)"]
+    raise ValueError(f"{flag} {layer!r} is not a layer of {source}{hint}; its layers: {', '.join(shown)}{deeper}")
+
+
+__all__ = ["check_data_name", "check_layer", "check_output_path", "check_seed", "flag_of", "named_by_flag", "take"]

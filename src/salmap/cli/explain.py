@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from salmap import registry
+from salmap.cli.checks import check_layer, flag_of, named_by_flag
 from salmap.cli.common import (
     add_model_data_args,
     bounds_of,
@@ -129,7 +130,17 @@ def explainer_params(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def build_explainer(name: str, args: argparse.Namespace, model: torch.nn.Module, bounds: Any) -> Explainer:
     """The explainer ``name`` configured from the parsed flags."""
-    explainer: Explainer = registry.get_explainer(name).build(model, bounds=bounds, **explainer_params(name, args))
+    return build_named(name, explainer_params(name, args), args, model, bounds)
+
+
+def build_named(name: str, params: dict[str, Any], args: argparse.Namespace, model: Any, bounds: Any) -> Explainer:
+    """The explainer ``name`` with ``params``; an error about one of its parameters names the flag
+    (``--layer is needed: ...``, not the library's ``layer``)."""
+    entry = registry.get_explainer(name)
+    try:
+        explainer: Explainer = entry.build(model, bounds=bounds, **params)
+    except ValueError as err:
+        raise named_by_flag(err, entry.param_map, lambda p: flag_of(args, name, p)) from None
     return explainer
 
 
@@ -188,9 +199,10 @@ def run(args: argparse.Namespace) -> int:
     for name in methods:  # an occlusion patch larger than the images fails before the folder is made
         if problem := patch_problem(registry.get_explainer(name), params[name], tuple(ds.x.shape[2:]),
                                     f"--data {args.data}"):
-            flag = "--occlusion-patch" if vars(args).get("occlusion.patch") is not None else "--patch"
-            raise ValueError(f"{flag} {problem}")
-    explainers = {name: registry.get_explainer(name).build(model, bounds=bounds, **params[name]) for name in methods}
+            raise ValueError(f"{flag_of(args, name, 'patch')} {problem}")
+        if isinstance(params[name].get("layer"), str):  # Grad-CAM's layer: named by its flag, with the model's
+            check_layer(model, params[name]["layer"], flag_of(args, name, "layer"), f"--model {args.model}")
+    explainers = {name: build_named(name, params[name], args, model, bounds) for name in methods}
     attacks = []
     if args.attack is not None:
         attack_entry(args.attack)
