@@ -91,3 +91,23 @@ def test_gradcam_layer_of_a_model_without_convolutions_names_the_flag(tmp_path, 
     assert not out.exists()
     assert main(["explain", "--method", "gradcam", "--layer", "2", "--model", "mlp_factory:build", "--allow-code",
                  "-n", "2", "--out", str(out), "-q"]) == 0
+
+
+# -- --rows past the images explained: all of them drawn, said in one line as -n says it --
+
+
+def test_rows_past_the_images_draws_all_and_says_so_once(tmp_path, lenet28, capsys):
+    """``--rows 20`` with ``-n 3`` drew 3 rows silently; now it says so in one line like -n's note,
+    only when --rows was given, and draws the same picture as ``--rows 3``."""
+    from PIL import Image
+
+    base = ["explain", "--model", lenet28, "-n", "3"]
+    assert main([*base, "--rows", "20", "--out", str(tmp_path / "many")]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "--rows" in line] == [
+        "--rows 20 is more than the 3 images explained: using all 3"], out
+    assert main([*base, "--rows", "3", "--out", str(tmp_path / "three")]) == 0
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0  # the default 8 says nothing
+    assert "is more than" not in capsys.readouterr().out
+    sizes = {Image.open(tmp_path / d / "explain.png").size for d in ("many", "three", "default")}
+    assert len(sizes) == 1, sizes

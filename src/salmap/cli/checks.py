@@ -51,14 +51,17 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def take(num: int | None, available: int, data: str, split: str, default: int, flag: str = "-n") -> int:
+def take(num: int | None, available: int, data: str, split: str, default: int, flag: str = "-n",
+         what: str | None = None) -> int:
     """How many of a split's ``available`` samples ``flag`` takes: ``num`` (``default`` when the flag
-    was not given), at most all of them; a ``num`` past them prints one line saying so."""
+    was not given), at most all of them; a ``num`` past them prints one line saying so (``what``
+    names the samples there are, by default the split's images of ``data``)."""
     if num is not None and num <= 0:
         raise ValueError(f"{'--num' if flag == '-n' else flag} must be positive, got {num}")
     if num is not None and num > available:
-        what = f"{split} images" if split in ("train", "test") else "images (train and test)"
-        print(f"{flag} {num} is more than the {available:,} {what} of {data}: using all {available:,}", flush=True)
+        if what is None:
+            what = (f"{split} images" if split in ("train", "test") else "images (train and test)") + f" of {data}"
+        print(f"{flag} {num} is more than the {available:,} {what}: using all {available:,}", flush=True)
     return min(default if num is None else num, available)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from salmap import registry
-from salmap.cli.checks import check_layer, flag_of, named_by_flag
+from salmap.cli.checks import check_layer, flag_of, named_by_flag, take
 from salmap.cli.common import (
     add_model_data_args,
     bounds_of,
@@ -58,6 +58,9 @@ from salmap.explain import Explainer
 from salmap.gradients import forward
 from salmap.plot import attack_grid, explanation_grid
 
+#: samples drawn in the pictures when ``--rows`` is not given
+DEFAULT_ROWS = 8
+
 #: explainer parameters the command sets itself: the seed from --seed; a progress bar
 RESERVED = frozenset({"seed", "progress"})
 
@@ -85,7 +88,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"attack the inputs (untargeted, true labels), one of {', '.join(attacks)}; the maps "
                         "after the attack explain the same class as before")
     a.add_argument("--eps", type=float, default=None, help="the attack's eps (default: the attack's own)")
-    p.add_argument("--rows", type=int, default=8, help="samples drawn in the pictures (default 8)")
+    p.add_argument("--rows", type=int, default=None,
+                   help=f"samples drawn in the pictures (default {DEFAULT_ROWS}; more than -n: all of them)")
     taken: dict[str, Any] = {}
     for name, entry in entries.items():
         add_entry_flags(p.add_argument_group(f"{name} ({entry.cls.__name__})"), entry, reserved=RESERVED,
@@ -167,16 +171,19 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.rows is not None and args.rows <= 0:
+        raise ValueError(f"--rows must be positive, got {args.rows}")
     methods = parse_methods(args.method)
     check_flags_used(methods, args)
     model, meta = load_model(args.model, args.device, **model_options(args))
     bounds = bounds_of(meta)
     ds = load_data(args.data, args.split, args.num, image_size=args.image_size, model=model, meta=meta,
                    labels=args.attack is not None or args.target == "label")
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.rows <= 0:
-        raise ValueError(f"--rows must be positive, got {args.rows}")
+    # --rows past the images draws all of them, said once as -n says it (the run keeps the value asked for)
+    take(args.rows, len(ds), args.data, args.split, DEFAULT_ROWS, "--rows", "images explained")
+    args.rows = DEFAULT_ROWS if args.rows is None else args.rows
     segmentation = ds.task == "segmentation"
     with torch.no_grad():
         out = forward(model, ds.x[0:1].to(args.device))
