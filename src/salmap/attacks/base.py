@@ -180,7 +180,7 @@ class Attack(ABC):
     def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
         """A sync-free call's checks, in one transfer: the input's range, the labels' range
         (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
-        numbers = torch.cat((checks.values, output_numbers(clean).to(checks.values.device))).tolist()
+        numbers = torch.cat((checks.values, *(n.to(checks.values.device) for n in output_numbers(clean)))).tolist()
         label_range = checks.judge(numbers[: len(checks.values)], labels=known is READ_LATER)
         if known is READ_LATER and label_range is not None:
             check_label_range(label_range, clean.shape[1], name)

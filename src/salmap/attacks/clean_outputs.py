@@ -27,17 +27,20 @@ def check_finite_outputs(out: Tensor, which: str) -> None:
     an infinity makes the sum non-finite; a sum that overflowed is checked element-wise). The
     clean outputs of a classifier are also looked at for probabilities (:func:`judge_outputs`),
     in the same read."""
-    judge_outputs(out, (output_numbers(out) if which == "clean" else out.detach().sum().reshape(1)).tolist(), which)
+    judge_outputs(out, (torch.cat(output_numbers(out)) if which == "clean" else out.detach().sum()).reshape(-1).tolist(),
+                  which)
 
 
-def output_numbers(out: Tensor) -> Tensor:
-    """The numbers :func:`judge_outputs` needs, queued on ``out``'s device (no sync): the sum, or for
-    a classifier's ``(B, K >= 2)`` outputs the smallest and largest row sum and the smallest output
-    (a NaN or an infinity makes a row sum non-finite too)."""
+def output_numbers(out: Tensor) -> tuple[Tensor, ...]:
+    """The numbers :func:`judge_outputs` needs, queued on ``out``'s device (no sync) as 1-element
+    tensors for the caller's one ``cat`` (no stack of their own: on a GPU each kernel is a launch):
+    the sum, or for a classifier's ``(B, K >= 2)`` outputs the smallest and largest row sum and the
+    smallest output (a NaN or an infinity makes a row sum non-finite too)."""
     out = out.detach()
     if out.dim() != 2 or out.shape[1] < 2:
-        return out.sum().reshape(1)
-    return torch.stack((*torch.aminmax(out.sum(dim=1)), out.amin()))
+        return (out.sum().reshape(1),)
+    low, high = torch.aminmax(out.sum(dim=1))
+    return low.reshape(1), high.reshape(1), out.amin().reshape(1)
 
 
 def judge_outputs(out: Tensor, numbers: list[float], which: str = "clean") -> None:
