@@ -111,3 +111,50 @@ def test_rows_past_the_images_draws_all_and_says_so_once(tmp_path, lenet28, caps
     assert "is more than" not in capsys.readouterr().out
     sizes = {Image.open(tmp_path / d / "explain.png").size for d in ("many", "three", "default")}
     assert len(sizes) == 1, sizes
+
+
+# -- a kind:PATH whose path is not there: named by --data (or the run file's key), before any work --
+
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "fgsm", "--model", "{lenet}", "-n", "2"],
+    ["explain", "--model", "{lenet}"],
+    ["evaluate", "--model", "{lenet}", "--attack", "fgsm"],
+    ["defend", "dae", "--model", "{lenet}"],
+    ["train"],
+], ids=lambda a: a[0])
+def test_missing_data_folder_names_the_flag(tmp_path, lenet28, capsys, argv):
+    """Was ``image folder /x is not a folder`` (evaluate: ``--data (data.name): ...``), without --data."""
+    argv = [a.format(lenet=lenet28) for a in argv]
+    missing = tmp_path / "no-such-images"
+    assert main([*argv, "--data", f"folder:{missing}", "--out", str(tmp_path / "o")]) == 2
+    err = _error_line(capsys, argv[0])
+    assert err.endswith(f"error: --data 'folder:{missing}': the folder {missing} does not exist\n"), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind, path, problem", [
+    ("idx", "none", "the folder {p} does not exist"),
+    ("npz", "none.npz", "the file {p} does not exist"),
+    ("npz", "", "{p} is a folder, not a file"),
+    ("folder", "model.json", "{p} is a file, not a folder"),
+])
+def test_data_path_of_the_wrong_kind_names_the_flag(tmp_path, lenet28, capsys, kind, path, problem):
+    p = tmp_path / path if path != "model.json" else tmp_path / "lenet" / path
+    p = tmp_path if not path else p
+    assert main(["attack", "fgsm", "--model", lenet28, "--data", f"{kind}:{p}", "--out", str(tmp_path / "o")]) == 2
+    assert f"error: --data '{kind}:{p}': {problem.format(p=p)}\n" in _error_line(capsys, "attack")
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_file_missing_data_folder_names_the_key(tmp_path, lenet28, capsys):
+    import yaml
+
+    missing = tmp_path / "no-such-images"
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": lenet28}],
+                                   "data": {"name": f"folder:{missing}"}, "attacks": [{"attack": "fgsm"}]}))
+    assert main(["evaluate", str(run)]) == 2
+    err = _error_line(capsys, "evaluate")
+    assert f"1 problem: data.name: dataset 'folder:{missing}': the folder {missing} does not exist\n" in err, err
+    assert not (tmp_path / "o").exists()

@@ -119,5 +119,5 @@ def test_unknown_names():
         data.load("mnist-sampel")
     with pytest.raises(ValueError, match="split must be one of"):
         data.load("digits", "validation")
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(ValueError, match="the folder /nonexistent/folder does not exist"):
         data.load("idx:/nonexistent/folder")

@@ -66,14 +66,18 @@ def take(num: int | None, available: int, data: str, split: str, default: int, f
 
 
 def check_data_name(name: str, flag: str = "--data") -> None:
-    """``flag`` must name a built-in dataset or ``kind:PATH`` of a known kind (the loader itself
-    checks the path), else a ``ValueError`` naming the flag, the value and the names known."""
+    """``flag`` must name a built-in dataset or ``kind:PATH`` of a known kind whose path is there (a
+    folder, or an ``npz:`` file; the loader checks what is in it), else a ``ValueError`` naming the flag,
+    the value and the names known or what is wrong with the path."""
     from salmap import data as datasets
+    from salmap.data.registry import path_problem
 
     known = datasets.available()
     kinds = [k.partition(":")[0] for k in known if k.endswith(":PATH")]
     kind, sep, path = name.partition(":")
     if name in known or (sep and kind in kinds and path):
+        if problem := path_problem(name):  # a folder: or idx: folder, an npz: file that is not there
+            raise ValueError(f"{flag} {name!r}: {problem}")
         return
     if sep and kind in kinds:
         raise ValueError(f"{flag} {name!r} needs a path after '{kind}:'")

@@ -119,7 +119,7 @@ def load_idx(path: str, split: str = "test") -> Dataset:
     return _checked(Dataset(x.contiguous(), y, names, f"idx:{folder}"), folder)
 
 
-@register_prefix("npz")
+@register_prefix("npz", file=True)
 def load_npz(path: str, split: str = "test") -> Dataset:
     """An ``.npz`` file with arrays ``x`` (``(N,H,W)``, ``(N,C,H,W)`` or ``(N,H,W,C)``) and ``y``.
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from salmap._validate import check_choice
 from salmap.data import files, limits, mnist_seg, packaged, stream  # noqa: F401  (registration on import)
 from salmap.data.base import Dataset
-from salmap.data.registry import load_registered, registered
+from salmap.data.registry import load_registered, path_problem, registered
 
 SPLITS = ("train", "test", "all")
 
@@ -32,6 +32,8 @@ def load_dataset(name: str, split: str = "test", image_size: int | None = None, 
     limits.check_image_size(image_size)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if problem := path_problem(name):  # a missing folder: named with the dataset, before any reading
+        raise ValueError(f"dataset {name!r}: {problem}")
     if name.startswith("folder:") and name.partition(":")[2]:
         return stream.stream_folder(name.partition(":")[2], split, image_size=image_size, channels=channels)
     ds = load_registered(name, split)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
 
 from salmap.data.base import Dataset
 
 Loader = Callable[[str, str], Dataset]
 _BUILTIN: dict[str, Callable[[str], Dataset]] = {}
 _PREFIXED: dict[str, Loader] = {}
+_FILE_KINDS: set[str] = set()  # kinds whose PATH is a file (npz:), not a folder
 
 
 def register_builtin(name: str) -> Callable[[Callable[[str], Dataset]], Callable[[str], Dataset]]:
@@ -27,11 +29,13 @@ def register_builtin(name: str) -> Callable[[Callable[[str], Dataset]], Callable
     return deco
 
 
-def register_prefix(prefix: str) -> Callable[[Loader], Loader]:
-    """Register a file-backed dataset kind ``prefix:PATH``: ``loader(path, split) -> Dataset``."""
+def register_prefix(prefix: str, file: bool = False) -> Callable[[Loader], Loader]:
+    """Register a file-backed dataset kind ``prefix:PATH``: ``loader(path, split) -> Dataset``;
+    ``file``: its PATH names a file, else a folder."""
 
     def deco(fn: Loader) -> Loader:
         _PREFIXED[prefix] = fn
+        (_FILE_KINDS.add if file else _FILE_KINDS.discard)(prefix)
         return fn
 
     return deco
@@ -42,6 +46,20 @@ def registered() -> list[str]:
     return sorted(_BUILTIN) + [f"{p}:PATH" for p in sorted(_PREFIXED)]
 
 
+def path_problem(name: str) -> str | None:
+    """What is wrong with the path of a ``kind:PATH`` dataset name before its loader opens it (``the
+    folder /x does not exist``, ``/x is a file, not a folder``), or None (also for other names)."""
+    prefix, sep, path = name.partition(":")
+    if not sep or prefix not in _PREFIXED or not path:
+        return None
+    where, what = Path(path), "file" if prefix in _FILE_KINDS else "folder"
+    if not where.exists():
+        return f"the {what} {where} does not exist"
+    if where.is_dir() != (what == "folder"):
+        return f"{where} is a {'folder' if where.is_dir() else 'file'}, not a {what}"
+    return None
+
+
 def load_registered(name: str, split: str) -> Dataset:
     """The dataset registered under ``name`` (``kind:PATH`` or a built-in), as its loader returns it."""
     if not isinstance(name, str):
@@ -50,6 +68,8 @@ def load_registered(name: str, split: str) -> Dataset:
     if sep and prefix in _PREFIXED:
         if not path:
             raise ValueError(f"dataset {name!r} needs a path after '{prefix}:'")
+        if problem := path_problem(name):
+            raise ValueError(f"dataset {name!r}: {problem}")
         return _PREFIXED[prefix](path, split)
     if name in _BUILTIN:
         return _BUILTIN[name](split)
