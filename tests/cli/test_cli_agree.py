@@ -158,3 +158,54 @@ def test_run_file_missing_data_folder_names_the_key(tmp_path, lenet28, capsys):
     err = _error_line(capsys, "evaluate")
     assert f"1 problem: data.name: dataset 'folder:{missing}': the folder {missing} does not exist\n" in err, err
     assert not (tmp_path / "o").exists()
+
+
+# -- salmap evaluate explains only: a run file with explanations: and no attacks:, or --explain alone --
+
+
+def test_evaluate_explains_only_and_writes_the_report(tmp_path, lenet28, capsys):
+    """A run with explanations and no attacks was refused (``attacks: is required``) although the
+    pipeline runs explanation units alone (salmap explain does): it runs, its summary has no attack
+    rows and no robust accuracy, and report.html says so and shows the explanations; a rerun resumes."""
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    out = tmp_path / "o"
+    run.write_text(yaml.safe_dump({"output": str(out), "models": [{"name": "lenet", "path": lenet28}],
+                                   "data": {"name": "mnist-sample", "num": 3},
+                                   "explanations": [{"explainer": "gradient"}]}))
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "lenet: gradient explained 3 samples (figures/m00-e00-explain.png)" in printed, printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"] == [] and summary["robustness"] == []
+    assert [(e["explainer"], e["samples"]) for e in summary["explanations"]] == [("gradient", 3)]
+    assert (out / "figures" / "m00-e00-explain.png").is_file()
+    report = (out / "report.html").read_text()
+    assert 'id="no-attacks"' in report and "Robust accuracy" not in report
+    assert report.count("<img") == 1 and "lenet: explanation gradient" in report
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    assert "1 batches resumed" in capsys.readouterr().out
+
+
+def test_evaluate_explain_flag_without_attack(tmp_path, lenet28, capsys):
+    out = tmp_path / "o"
+    assert main(["evaluate", "--model", lenet28, "--explain", "gradient", "--explain", "occlusion", "-n", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["explainer"] for e in summary["explanations"]] == ["gradient", "occlusion"]
+    assert summary["results"] == [] and (out / "report.html").is_file()
+
+
+def test_evaluate_with_neither_attacks_nor_explanations_says_what_to_add(tmp_path, lenet28, capsys):
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": lenet28}], "attacks": []}))
+    assert main(["evaluate", str(run)]) == 2
+    assert ("1 problem: attacks: is required (a list with at least one entry) unless the run has explanations"
+            in _error_line(capsys, "evaluate"))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", lenet28, "--out", str(tmp_path / "o")])
+    assert "required: --attack (or --explain NAME to explain only)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -155,11 +155,12 @@ def run(args: argparse.Namespace) -> int:
     from salmap.evaluation.runner import REPORT, RESULTS, SUMMARY, evaluate
 
     if not args.config:  # the flags describe the run alone: say which are missing, like argparse does
-        missing = [flag for flag, value in (("--model", args.model), ("--attack", args.attack), ("--out", args.out))
-                   if not value]
+        missing = [flag for flag, value in (("--model", args.model), ("--attack", args.attack or args.explain),
+                                            ("--out", args.out)) if not value]
         if len(missing) == 3:
             args.usage_error("a run file or flags are needed: salmap evaluate run.yaml, or salmap evaluate "
-                             "--model PATH --attack NAME --out DIR")
+                             "--model PATH --attack NAME --out DIR (--explain NAME instead of --attack explains only)")
+        missing = [f"{flag} (or --explain NAME to explain only)" if flag == "--attack" else flag for flag in missing]
         if missing:
             args.usage_error(f"without a run file, the following arguments are required: {', '.join(missing)}")
     extra = overrides(args)
@@ -189,7 +190,11 @@ def run(args: argparse.Namespace) -> int:
             for r in outcome.summary["results"]]
     from salmap.cli.common import print_table
 
-    print_table(rows, list(rows[0]) if rows else [])
+    if rows:
+        print_table(rows, list(rows[0]))
+    for done in outcome.summary.get("explanations", []):
+        print(f"{done['model']}: {done['explainer']} explained {done['samples']} samples"
+              + (f" ({done['figure']})" if done.get("figure") else ""))
     for entry in outcome.summary.get("robustness", []):
         if entry["robust_accuracy"] is not None and entry["robust_accuracy"] == entry["robust_accuracy"]:
             print(f"{entry['model']}: robust accuracy {entry['robust_accuracy']:.4f} under the worst case of "

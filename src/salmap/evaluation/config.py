@@ -108,7 +108,10 @@ def parse_config(
         )
 
     models = parse_models(check, top.get("models"), base, allow_code)
-    attacks = parse_attacks(check, top.get("attacks"))
+    explaining = isinstance(top.get("explanations"), list) and bool(top["explanations"])
+    if not explaining and top.get("attacks") in (None, []):  # a run explains only, attacks only, or both
+        check.add("attacks", "is required (a list with at least one entry) unless the run has explanations")
+    attacks = parse_attacks(check, top.get("attacks"), required=False)
     explanations = parse_explanations(check, top.get("explanations"))
     if base is not None and output:
         output = str(resolve(base, output))

@@ -91,17 +91,7 @@ def render(summary: dict[str, Any], folder: Path) -> str:
         f'{esc(summary.get("samples", ""))} samples of {esc((summary.get("data") or {}).get("name", ""))} '
         f'({esc((summary.get("data") or {}).get("split", ""))}); schema version {esc(summary.get("schema_version", ""))}; '
         f"written {esc(datetime.datetime.now().isoformat(timespec='seconds'))}</p>",
-        "<h2>Robust accuracy</h2>",
-        "<p>Accuracy under the per-sample worst case of every attack of the run: a sample counts only if "
-        "it is classified correctly clean and after every attack (every target included).</p>",
-        table(summary.get("robustness", []), (("model", "model"), ("defense", "defense"),
-                                              ("clean_accuracy", "clean accuracy"),
-                                              ("robust_accuracy", "robust accuracy"), ("attacks", "attacks"),
-                                              ("samples", "samples")), "robustness"),
-        "<h2>Summary</h2>",
-        "<p>Means and medians of distortions are over all rows, and over the successful rows where marked "
-        "(success); adversarial accuracy is the fraction of rows still classified as the true class.</p>",
-        table(summary.get("results", []), SUMMARY_COLUMNS, "summary"),
+        *_attack_sections(summary),
         "<h2>Models</h2>",
         table(summary.get("models", []), (("name", "model"), ("defense", "defense"), ("path", "checkpoint"),
                                           ("clean_accuracy", "clean accuracy")), "models"),
@@ -126,6 +116,25 @@ def render(summary: dict[str, Any], folder: Path) -> str:
     settings = yaml.safe_dump(summary.get("settings") or {}, sort_keys=False, allow_unicode=True)
     parts += ["<h2>Settings</h2>", f"<pre>{esc(settings)}</pre>", "</body></html>", ""]
     return "\n".join(parts)
+
+
+def _attack_sections(summary: dict[str, Any]) -> list[str]:
+    """The robust accuracy and the per-attack summary; one line for a run that only explains."""
+    if not summary.get("results") and not summary.get("robustness"):
+        return ["<h2>Attacks</h2>", '<p id="no-attacks">This run has no attacks: it explains the models only.</p>']
+    return [
+        "<h2>Robust accuracy</h2>",
+        "<p>Accuracy under the per-sample worst case of every attack of the run: a sample counts only if "
+        "it is classified correctly clean and after every attack (every target included).</p>",
+        table(summary.get("robustness", []), (("model", "model"), ("defense", "defense"),
+                                              ("clean_accuracy", "clean accuracy"),
+                                              ("robust_accuracy", "robust accuracy"), ("attacks", "attacks"),
+                                              ("samples", "samples")), "robustness"),
+        "<h2>Summary</h2>",
+        "<p>Means and medians of distortions are over all rows, and over the successful rows where marked "
+        "(success); adversarial accuracy is the fraction of rows still classified as the true class.</p>",
+        table(summary.get("results", []), SUMMARY_COLUMNS, "summary"),
+    ]
 
 
 def write_report(path: str | Path, summary: dict[str, Any], folder: str | Path) -> Path:

@@ -105,9 +105,10 @@ def default_label(kind: str, params: dict[str, Any]) -> str:
     return kind + "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
 
 
-def parse_attacks(check: Checker, raw: Any) -> list[AttackConfig]:
+def parse_attacks(check: Checker, raw: Any, required: bool = True) -> list[AttackConfig]:
+    """The ``attacks:`` section (``required``: at least one entry)."""
     attacks = []
-    for path, a in items(check, "attacks", raw, required=True):
+    for path, a in items(check, "attacks", raw, required=required):
         check.unknown_keys(path, a, {"attack", "name", "targets", "params"})
         kind = check.string(f"{path}.attack", a.get("attack"), required=True)
         entry = lookup(check, f"{path}.attack", "attack", kind)

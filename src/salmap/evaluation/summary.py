@@ -8,7 +8,7 @@ attack``, ``evaluate`` and ``defend`` use these names alike.
 Summary schema
 --------------
 ``schema_version``, ``name``, ``fingerprint``, ``samples`` (selected samples), ``data``
-(name, split, num), ``robustness`` (per model: ``robust_accuracy``, the accuracy under
+(name, split, num), ``robustness`` (per model, empty when the run has no attacks: ``robust_accuracy``, the accuracy under
 the per-sample worst case of every attack of the run -- a sample counts only if the
 clean prediction and every adversarial row of every attack are its true class, as
 AutoAttack reports; ``attacks``, ``samples``), ``models`` (``{name, path, defense,
@@ -121,7 +121,8 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [r for r in rows if r["model"] == m.name]
         clean = next((e["clean_accuracy"] for e in results if e["model"] == m.name), None)
         robust = robust_accuracy(mine)
-        robustness.append({"model": m.name, "defense": m.defense, "robust_accuracy": robust,
+        if cfg.attacks:  # a run that only explains has no robust accuracy
+            robustness.append({"model": m.name, "defense": m.defense, "robust_accuracy": robust,
                            "clean_accuracy": clean, "attacks": [a.name for a in cfg.attacks],
                            "samples": len({r["index"] for r in mine})})
         models.append({"name": m.name, "path": m.path, "defense": m.defense, "clean_accuracy": clean,
