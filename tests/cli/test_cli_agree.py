@@ -209,3 +209,36 @@ def test_evaluate_with_neither_attacks_nor_explanations_says_what_to_add(tmp_pat
         main(["evaluate", "--model", lenet28, "--out", str(tmp_path / "o")])
     assert "required: --attack (or --explain NAME to explain only)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# -- the same patterns elsewhere: --output-key and --data named by their flags --
+
+
+@pytest.mark.parametrize("argv", [["attack", "fgsm"], ["explain"], ["defend", "dae"]], ids=lambda a: a[0])
+def test_output_key_that_does_not_fit_names_the_flag(tmp_path, lenet28, capsys, argv):
+    """Was the library's ``output_key='nope' names an entry, ...``."""
+    assert main([*argv, "--model", lenet28, "--output-key", "nope", "-n", "2", "--out", str(tmp_path / "o")]) == 2
+    err = _error_line(capsys, argv[0])
+    assert err.endswith("error: --output-key 'nope' names an entry, but the model returned a plain tensor\n"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_key_missing_from_a_dict_output_names_the_flag(tmp_path, capsys, monkeypatch):
+    (tmp_path / "dict_factory.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n\n    def forward(self, x):\n"
+        "        return {'logits': self.fc(x)}\n\ndef build():\n    return Net()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["attack", "fgsm", "--model", "dict_factory:build", "--allow-code", "--output-key", "scores",
+                 "-n", "2", "--out", str(tmp_path / "o")]) == 2
+    assert ("error: --output-key 'scores': model output dict has no key 'scores'; keys found: 'logits'\n"
+            in _error_line(capsys, "attack"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["attack", "jsma-seg"], ["defend", "dae", "--data", "mnist-seg"]], ids=lambda a: a[0])
+def test_model_that_cannot_take_the_data_names_data_by_its_flag(tmp_path, lenet28, capsys, argv):
+    """salmap attack jsma-seg and salmap defend said ``... but mnist-seg has samples of shape ...``."""
+    assert main([*argv, "--model", lenet28, "-n", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "but --data mnist-seg has samples of shape (1, 64, 64)" in _error_line(capsys, argv[0])
+    assert not (tmp_path / "o").exists()

@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace, prefix: str) -> int:
     except ValueError as err:
         if args.debug:
             raise
-        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+        print(f"{prefix} {_one_line(_output_key_named(err, args))}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 -- every failure ends in one line, --debug for the traceback
         if args.debug:
@@ -153,6 +153,20 @@ def _check_before_work(args: argparse.Namespace) -> None:
         check_output_path(args.out)
     if isinstance(getattr(args, "data", None), str):
         check_data_name(args.data)
+
+
+def _output_key_named(err: ValueError, args: argparse.Namespace) -> ValueError:
+    """A model output that ``--output-key`` does not fit is named by the flag (was the library's
+    ``output_key='x' names an entry, ...``); any other error as it is."""
+    from salmap.logits import OutputError
+
+    key = getattr(args, "output_key", None)
+    if not isinstance(err, OutputError) or key is None:
+        return err
+    text, lead = str(err), f"output_key={key!r} "
+    if text.startswith(lead):
+        return ValueError(f"--output-key {key!r} {text[len(lead):]}")
+    return ValueError(f"--output-key {key!r}: {text}")
 
 
 def _one_line(err: BaseException) -> str:

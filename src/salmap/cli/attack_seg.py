@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if data == "mnist-sample":  # the classification default: use the set the segmenter was trained on
         data = (meta.get("training") or {}).get("data", "mnist-seg")
     ds = load_data(data, args.split, args.num)
-    check_model_input(model, ds.x[:1].to(args.device), meta, data)
+    check_model_input(model, ds.x[:1].to(args.device), meta, f"--data {data}")
     if ds.task != "segmentation":
         raise ValueError(f"--data must be a segmentation dataset for {args.attack}, got {data!r} ({ds.task})")
     with frozen(model):

@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any
         check_number("--split", args.split, low=1, high=len(layers) - 1, integer=True)
     train = datasets.load_dataset(args.data, "train", image_size=args.image_size)
     test = datasets.load_dataset(args.data, "test", image_size=args.image_size)
-    check_model_input(model, test.x[:1].to(args.device), meta, args.data)
+    check_model_input(model, test.x[:1].to(args.device), meta, f"--data {args.data}")
     args.num = take(args.num, len(test), args.data, "test", DEFAULT_NUM)
     accuracy, measured = model_accuracy(meta, model, test.x.to(args.device), test.y, train.num_classes, name)
     if measured:
