@@ -327,3 +327,35 @@ def test_a_classifier_returning_probabilities_is_warned_about(name, mode):
         assert len(said) == warned, said
         assert not warned or said[0].startswith(
             "the model's outputs on the clean batch look like probabilities (every row >= 0 and summing to 1)")
+
+
+def _labels_for(entry: registry.Entry, mode: str, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(dim=1)
+    if task_of(entry) == "segmentation":
+        return {"target": torch.zeros_like(pred)}
+    return {"target": (pred + 1) % CLASSES} if mode == "targeted" else {"y": pred}
+
+
+@pytest.mark.parametrize("name, mode", attack_cases())
+def test_attack_runs_under_the_caller_s_inference_mode(name, mode):
+    # an evaluation loop under torch.inference_mode() (was "element 0 of tensors does not require grad")
+    entry = registry.get_attack(name)
+    model = segmenter() if task_of(entry) == "segmentation" else classifier()
+    x = inputs()
+    labels = _labels_for(entry, mode, model, x)
+    attack = entry.build(model, bounds=BOUNDS, **SMALL.get(name, {}))
+    expected = attack(x, **labels)
+    with torch.inference_mode():
+        result = attack(x, **labels)
+        assert torch.equal(result.x_adv, expected.x_adv) and torch.equal(result.success, expected.success)
+
+
+@pytest.mark.parametrize("name, task", explainer_cases())
+def test_explainer_runs_under_the_caller_s_inference_mode(name, task):
+    model = segmenter() if task == "segmentation" else classifier()
+    explainer = registry.get_explainer(name).build(model.eval(), bounds=BOUNDS, **SMALL.get(name, {}))
+    x = inputs()
+    expected = explainer.attribute(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(explainer.attribute(x), expected, rtol=0, atol=0)

@@ -123,7 +123,7 @@ class Attack(ABC):
         start = time.perf_counter()
         # The model's modules, walked once for frozen() and for the parameters' version counters.
         modules = modules_of(self.model) if isinstance(self.model, nn.Module) else None
-        with frozen(self.model, modules=modules):
+        with frozen(self.model, modules=modules), torch.inference_mode(False):  # (gradients under a caller's)
             x0 = x.detach().clone()
             # The clean prediction is computed once: given by the caller, else by the first gradient
             # step's forward pass when the attack starts with a gradient at the clean input, else by

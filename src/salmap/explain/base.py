@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from salmap._validate import check_input
@@ -59,7 +60,8 @@ class Explainer(ABC):
         def resolve(out: Tensor) -> Target:
             return resolve_target(out, target, mask)
 
-        with frozen(self.model):
+        # (inference_mode(False): the gradients a method needs, under a caller's torch.inference_mode())
+        with frozen(self.model), torch.inference_mode(False):
             # A private copy: the model never sees the caller's storage (a model that writes
             # into its input must not change the caller's tensor).
             own = x.detach().clone()
