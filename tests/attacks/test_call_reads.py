@@ -131,6 +131,13 @@ def test_an_unread_result_can_be_saved():
     assert "not evaluated" not in repr(loaded)
 
 
+
+def test_a_result_moves_to_a_device_only():
+    result = FGSM(_model())(torch.rand(2, 12), y=torch.tensor([0, 1]))
+    assert result.to("cpu").labels.dtype == torch.long and result.to(torch.device("cpu")).success.dtype == torch.bool
+    with pytest.raises(ValueError, match=r"^device must be a torch.device or a name such as 'cpu', got torch.float64"):
+        result.to(torch.float64)  # (was: labels and success cast to float64)
+
 def test_targeted_and_untargeted_results_are_not_joined():
     model = _model()
     x, y = torch.rand(2, 12), torch.tensor([0, 1])

@@ -171,6 +171,8 @@ class AttackResult:
 
     def to(self, device: torch.device | str) -> AttackResult:
         """The same result with every tensor moved to ``device``."""
+        if not isinstance(device, (str, torch.device)):  # (a dtype would turn labels and success into floats)
+            raise ValueError(f"device must be a torch.device or a name such as 'cpu', got {device!r} (convert x_adv itself)")
         moved: dict[str, Any] = {}
         for name, value in self._fields().items():
             if isinstance(value, Tensor):
