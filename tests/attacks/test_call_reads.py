@@ -7,6 +7,7 @@ before."""
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import pytest
@@ -76,6 +77,33 @@ def test_a_call_reads_the_device_once_and_launches_nothing_it_does_not_need(monk
     eager = ATTACKS[name](model)(x, clean=clean, **kwargs)
     assert torch.equal(eager.x_adv, result.x_adv) and torch.equal(eager.pred_before, result.pred_before)
     assert torch.equal(eager.iterations, result.iterations) and torch.equal(eager.success, result.success)
+    # the attack's next call looks at the outputs' sum only (probabilities are looked for once per attack)
+    transfers.shapes.clear()
+    again = attack(x, **kwargs)
+    assert transfers.shapes == [(5,)] and torch.equal(again.x_adv, result.x_adv)
+
+
+def test_probabilities_are_looked_for_on_an_attacks_first_call_and_nans_on_every_call():
+    class Softmax(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.broken = _model(), False
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            out = self.net(t).softmax(dim=1)
+            return out * float("nan") if self.broken else out
+
+    model = Softmax()
+    x, y = torch.rand(4, 12, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 2, 3])
+    attack = FGSM(model, eps=0.1)
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        attack(x, y=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attack(x, y=y)  # the second call does not look again
+    model.broken = True
+    with pytest.raises(ValueError, match="NaN or infinite outputs"):
+        attack(x, y=y)
 
 
 def test_results_are_those_of_a_clamp_after_run():

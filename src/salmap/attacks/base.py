@@ -64,6 +64,7 @@ class Attack(ABC):
     #: arithmetic of the clean pass and of :meth:`_run` (:mod:`salmap.precision`); an attack that
     #: offers a ``precision`` parameter sets it. The adversarial prediction is always float32.
     precision: str = "fp32"
+    _outputs_probed: bool = False  # (see _check_after_run)
 
     def __init__(self, model: Model, bounds: BoundsLike = (0.0, 1.0)) -> None:
         if not callable(model):
@@ -90,11 +91,9 @@ class Attack(ABC):
         if not targeted and not self.supports_untargeted:
             raise ValueError(f"{type(self).__name__} is targeted only: pass target, not y")
         raw = target if targeted else y
-        # The labels' range is read with the input's, in one transfer: a sync-free attack reads it
-        # with the clean outputs' finiteness once its work is queued (its one transfer, at the
-        # end; the labels are clamped into range meanwhile), the others before the clean pass,
-        # while the device is idle (they synchronise while running anyway). Either way checking
-        # the labels after the clean pass needs no transfer of its own.
+        # The labels' range is read with the input's, in one transfer: by a sync-free attack with the clean
+        # outputs' numbers once its work is queued (the labels clamped into range meanwhile), by the others
+        # before the clean pass (they synchronise while running anyway): no transfer of the labels' own.
         check_now = not self._checks_outputs_after_run()
         checks = InputChecks(x, self._labels_read_early(raw), self.bounds)
         known: tuple[int, int] | ReadLater | None
@@ -180,11 +179,14 @@ class Attack(ABC):
     def _check_after_run(self, checks: InputChecks, clean: Tensor, known: object, name: str) -> None:
         """A sync-free call's checks, in one transfer: the input's range, the labels' range
         (``known`` is :data:`READ_LATER`) and the clean outputs' finiteness."""
-        numbers = torch.cat((checks.values, *(n.to(checks.values.device) for n in output_numbers(clean)))).tolist()
+        probe = not self._outputs_probed  # whether the outputs are probabilities: looked at on the first call only
+        read = torch.cat((checks.values, *(n.to(checks.values.device) for n in output_numbers(clean, probe))))
+        numbers: list[float] = read.tolist()
         label_range = checks.judge(numbers[: len(checks.values)], labels=known is READ_LATER)
         if known is READ_LATER and label_range is not None:
             check_label_range(label_range, clean.shape[1], name)
         judge_outputs(clean, numbers[len(checks.values):])
+        self._outputs_probed = True
 
     def _measure(
         self, x: Tensor, x_adv: Tensor, labels: Tensor, targeted: bool, clean: Tensor,
@@ -281,7 +283,6 @@ class Attack(ABC):
         skip = {"model"}
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))
         return f"{type(self).__name__}({args})"
-
 
 
 def _filled(batch: int, count: int, device: torch.device) -> Callable[[], Tensor]:

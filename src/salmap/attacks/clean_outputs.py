@@ -31,13 +31,14 @@ def check_finite_outputs(out: Tensor, which: str) -> None:
                   which)
 
 
-def output_numbers(out: Tensor) -> tuple[Tensor, ...]:
+def output_numbers(out: Tensor, probe: bool = True) -> tuple[Tensor, ...]:
     """The numbers :func:`judge_outputs` needs, queued on ``out``'s device (no sync) as 1-element
     tensors for the caller's one ``cat`` (no stack of their own: on a GPU each kernel is a launch):
     the sum, or for a classifier's ``(B, K >= 2)`` outputs the smallest and largest row sum and the
-    smallest output (a NaN or an infinity makes a row sum non-finite too)."""
+    smallest output (a NaN or an infinity makes a row sum non-finite too). ``probe=False``: the sum
+    only (an attack looks for probabilities on its first call: its model is the same on the next)."""
     out = out.detach()
-    if out.dim() != 2 or out.shape[1] < 2:
+    if not probe or out.dim() != 2 or out.shape[1] < 2:
         return (out.sum().reshape(1),)
     low, high = torch.aminmax(out.sum(dim=1))
     return low.reshape(1), high.reshape(1), out.amin().reshape(1)

@@ -1,10 +1,9 @@
 """Saving and loading models: checkpoint folders, TorchScript, torch.export, factories.
 
-A checkpoint folder holds ``weights.safetensors`` and ``model.json`` (architecture name
-and arguments, input shape, bounds, normalisation, class names, metrics at save time).
-Model files are untrusted: nothing pickled is loaded without ``weights_only=True``; a
-``torch.export`` archive (which torch can only load by unpickling) needs ``trust=True``;
-a ``module:factory`` source needs ``allow_code=True``; the architecture a ``model.json``
+A checkpoint folder holds ``weights.safetensors`` and ``model.json`` (architecture name and arguments, input
+shape, bounds, normalisation, class names, metrics at save time). Model files are untrusted: nothing pickled is
+loaded without ``weights_only=True``; a ``torch.export`` archive (which torch can only load by unpickling) needs
+``trust=True``; a ``module:factory`` source needs ``allow_code=True``; the architecture a ``model.json``
 declares is checked against the weights file before any memory is allocated for it.
 """
 
