@@ -5,7 +5,7 @@ the kernels) is most of a call, as on a GPU; compare two commits by running this
 checkout in turn (``PYTHONPATH=<checkout>/src``): a paired comparison on a shared machine. One
 attack instance is called ``--warmup`` times, then ``--blocks`` blocks of ``--calls`` calls are
 timed on the process clock; the median block is printed, in microseconds per call. A whole
-process is now and then much slower (about 1.5 times here, seen once in eight runs on this machine):
+process is now and then much slower (about 1.5 times here, seen in two of nine runs on this machine):
 run each checkout several times in turn and compare the medians.
 
     python benchmarks/call_host.py [--attack fgsm] [--device cpu] [--batch 1] [--blocks 15] [--calls 200]
