@@ -281,6 +281,12 @@ def test_numeric_parameters_take_numpy_scalars(kind, name, param):
     scalar = np.int64(default) if isinstance(default, int) else np.float32(default)
     built = entry.cls(model, **{param: scalar})
     assert repr(built) == repr(entry.cls(model, **{param: default}))  # stored as Python numbers
+    # a 0-d tensor (eps=torch.tensor(8 / 255)) is its number too
+    as_tensor = torch.tensor(default, dtype=torch.int64 if isinstance(default, int) else torch.float32)
+    assert repr(entry.cls(model, **{param: as_tensor})) == repr(built)
+    if isinstance(default, int) and not isinstance(default, bool):  # an integer parameter still wants an integer
+        with pytest.raises(ValueError, match=f"{param} must be (an integer|a positive int)"):
+            entry.cls(model, **{param: torch.tensor(float(default) + 0.5)})
 
 
 @pytest.mark.parametrize("name, mode", [

@@ -35,6 +35,8 @@ def check_number(
     settings): the value is returned as a Python ``int`` (integers) or ``float``.
     """
     kind = "an integer" if integer else "a number"
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = value.item()  # a 0-d tensor (eps=torch.tensor(8 / 255)): its number
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {kind}, got {_short(value)}")
     if integer and not isinstance(value, numbers.Integral):

@@ -187,3 +187,13 @@ def test_accuracy_takes_labels_of_any_kind_and_refuses_a_shape_that_would_broadc
     with pytest.raises(ValueError, match=r"^labels must have shape \(3,\), one class index per sample of logits "
                                          r"\(3, 2\), got shape \(3, 1\)$"):
         accuracy(logits, torch.tensor([[0], [1], [1]]))  # (was 4/9 from a (3, 3) comparison)
+
+
+def test_reading_a_run_that_is_not_there_names_the_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"run_dir '.*nowhere' is not a folder"):
+        load_adversarial(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"out '.*nowhere' does not exist"):
+        read_results(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"out '.*empty' holds no results.jsonl \(not a finished run\)"):
+        read_results(tmp_path / "empty")

@@ -53,6 +53,8 @@ def load_adversarial(run_dir: str | Path, model: str | int | None = None,
     torch.Size([1000, 1, 28, 28])
     """
     folder = Path(run_dir)
+    if not folder.is_dir():
+        raise ValueError(f"run_dir {str(folder)!r} is not a folder (a run's output folder was expected)")
     shards = sorted(p for p in (folder / ADVERSARIAL).glob("*.safetensors") if _SHARD.match(p.name)) \
         if (folder / ADVERSARIAL).is_dir() else []
     if not shards:

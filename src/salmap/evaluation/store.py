@@ -262,6 +262,9 @@ class RunStore:
 def read_results(out: str | Path) -> list[dict[str, Any]]:
     """The rows of a finished run's ``results.jsonl``."""
     path = Path(out) / RESULTS
+    if not path.is_file():
+        what = "does not exist" if not Path(out).exists() else f"holds no {RESULTS} (not a finished run)"
+        raise ValueError(f"out {str(out)!r} {what}")
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 

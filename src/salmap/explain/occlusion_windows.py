@@ -43,7 +43,8 @@ def kept_layouts(chunks: list[tuple[int, int, int]], grown: int | None = None) -
 
 
 def sizes(name: str, value: Any) -> tuple[int, ...]:
-    """An int or a sequence of ints (NumPy integers too, an array of them), each ``>= 1``, as a tuple of ints."""
+    """An int or a sequence of ints (NumPy integers too, an array or a tensor of them), each ``>= 1``, as a tuple of ints."""
+    value = value.tolist() if isinstance(value, Tensor) else value
     values = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
     try:
         out = tuple(values)
