@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from salmap import models
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -60,3 +62,21 @@ def digits():
     from salmap import data
 
     return data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
+
+
+def error_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The one line a CLI error prints (``salmap COMMAND: error: ...``), with no traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"salmap {command}: error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def lenet28(tmp_path):
+    """A random-weight lenet checkpoint folder for 1x28x28 images, 10 classes (CLI tests that fail before work)."""
+    folder = tmp_path / "lenet"
+    models.save(models.build("lenet"), folder, {"bounds": [0.0, 1.0], "input_shape": [1, 28, 28],
+                                                "class_names": [str(i) for i in range(10)],
+                                                "metrics": {"test_accuracy": 0.9}})
+    return str(folder)

@@ -7,26 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import error_line as _error_line
 
-from salmap import models
 from salmap.cli import main
-
-
-def _error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"salmap {command}: error: "), err
-    assert "Traceback" not in err
-    return err
-
-
-@pytest.fixture
-def lenet28(tmp_path):
-    folder = tmp_path / "lenet"
-    models.save(models.build("lenet"), folder, {"bounds": [0.0, 1.0], "input_shape": [1, 28, 28],
-                                                "class_names": [str(i) for i in range(10)],
-                                                "metrics": {"test_accuracy": 0.9}})
-    return str(folder)
-
 
 SEEDED = [
     ["attack", "pgd", "--model", "{lenet}"],

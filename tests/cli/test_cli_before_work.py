@@ -8,25 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import error_line as _error_line
 
 from salmap import models
 from salmap.cli import main
-
-
-def _error_line(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"salmap {command}: error: "), err
-    assert "Traceback" not in err
-    return err
-
-
-@pytest.fixture
-def lenet28(tmp_path):
-    folder = tmp_path / "lenet"
-    models.save(models.build("lenet"), folder, {"bounds": [0.0, 1.0], "input_shape": [1, 28, 28],
-                                                "class_names": [str(i) for i in range(10)]})
-    return str(folder)
-
 
 COMMANDS_WITH_OUT = [
     ["attack", "fgsm", "--model", "{lenet}"],

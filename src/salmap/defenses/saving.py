@@ -124,9 +124,10 @@ def save_defended(defended: nn.Module, folder: str | Path, meta: dict[str, Any],
         if arch:
             defense["denoiser"] = arch
         scripted, _ = to_torchscript(Purified(inner, defended.denoiser), check, f"the defense of {name}")
-    else:
+        # (checked against the defense around the scripted base above: here against the eager one)
+        check_same(defended, scripted, check, f"the defense of {name}", "saved")
+    else:  # (to_torchscript checks the scripted model against defended itself)
         scripted, _ = to_torchscript(defended, check, f"the defense of {name}")
-    check_same(defended, scripted, check, f"the defense of {name}", "saved")
     meta["defense"] = defense
     return save_torchscript(scripted, folder, meta)
 
