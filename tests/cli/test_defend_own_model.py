@@ -16,7 +16,7 @@ from torch import nn
 
 from salmap import data, models
 from salmap.cli import main
-from salmap.defenses import DenoisingAutoencoder, Purified
+from salmap.defenses import DenoisingAutoencoder, Purified, saving
 from salmap.defenses.saving import restore, save_defended
 from salmap.models import Normalized, to_torchscript
 from salmap.training import train_classifier
@@ -144,9 +144,23 @@ def test_dae_on_a_factory_with_normalisation_flags_is_traced_and_checked(
     monkeypatch.syspath_prepend(str(own))
     out = tmp_path / "d"
     flags = ["--allow-code", "--model-arg", f"weights={own / 'net.safetensors'}", "--mean", str(MEAN), "--std", str(STD)]
+    converted: list[str] = []
+    convert = saving.to_torchscript
+
+    def counted(model: nn.Module, *args: object, **kwargs: object) -> tuple[torch.jit.ScriptModule, str]:
+        converted.append(type(model).__name__)
+        return convert(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(saving, "to_torchscript", counted)
     assert main(dae_args("own_defend_net:net", out, *flags)) == 0
     printed = capsys.readouterr().out
     assert "saved traced, checked on 256 test images" in printed
+    # the user's model became TorchScript once (before training), reused when the defense was saved
+    assert converted == ["Normalized", "Purified"]
+    # a rerun saves nothing, so it says nothing about saving
+    assert main(dae_args("own_defend_net:net", out, *flags)) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the defended checkpoint" in printed and "traced" not in printed
     meta = json.loads((out / "model.json").read_text())
     assert "normalization" not in meta  # it is inside the saved computation, not applied again on load
     assert meta["defense"]["normalization_inside"] == {"mean": [MEAN], "std": [STD]}

@@ -97,7 +97,11 @@ def _kinds() -> dict[str, tuple[str, tuple[Callable[[argparse.ArgumentParser], N
     }
 
 
-def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset]:
+def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any], datasets.Dataset, datasets.Dataset,
+                                                     tuple[nn.Module, str] | None]:
+    """The undefended model, its metadata, the train and test sets, and for a model without a zoo
+    architecture the model as TorchScript and how it became so (:func:`base_script`; made now so that a
+    model that cannot be saved fails before training, and used again when the defense is saved)."""
     check_flags(args)
     if args.num is not None and args.num <= 0:
         raise ValueError(f"--num must be positive, got {args.num}")
@@ -115,10 +119,8 @@ def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any
     accuracy, measured = model_accuracy(meta, model, test.x.to(args.device), test.y, train.num_classes, name)
     if measured:
         print(f"{name}: test accuracy {accuracy:.4f} measured on the {args.data} test split (its file records none)")
-    if not meta.get("arch") and base_script(model, test.x[:CHECK].to(args.device), name)[1] == TRACED:
-        print(f"{kind}: {name} does not compile with torch.jit.script: the defended model is saved traced, checked "
-              f"on {min(CHECK, len(test))} test images (Python branches on input values stay as traced)")
-    return model, meta, train, test
+    script = None if meta.get("arch") else base_script(model, test.x[:CHECK].to(args.device), name)
+    return model, meta, train, test, script
 
 
 #: trains the defense on ``(undefended model, its metadata, training set)``: ``(defended, seconds)``
@@ -206,7 +208,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
     training is not repeated, finished attack units are not recomputed); a folder holding
     another run is refused unless ``--overwrite``.
     """
-    model, meta, train_set, test = _load(args, kind)
+    model, meta, train_set, test, script = _load(args, kind)
     specs = fit_attacks(attack_specs(args.attacks, args.pgd_steps), model, bool(args.attacks))
     description = {"defense": kind, "settings": settings, "data": args.data,
                    **({"image_size": args.image_size} if args.image_size else {}), "epochs": args.epochs,
@@ -233,7 +235,13 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
             saved["defense"] = {"kind": kind, "base_model": args.model, "data": args.data, "epochs": args.epochs,
                                 "seed": args.seed, **settings}
             saved.setdefault("input_shape", list(test.x.shape[1:]))
-            save_defended(set_eval(defended), out, saved, test.x[:CHECK].to(args.device), f"--model {args.model}")
+            save_defended(set_eval(defended), out, saved, test.x[:CHECK].to(args.device), f"--model {args.model}",
+                          base=script[0] if script is not None and isinstance(defended, Purified) and defended.model is model
+                          else None)
+            if script is not None and script[1] == TRACED:  # (only when saved: a resumed run saves nothing)
+                print(f"{kind}: --model {args.model} does not compile with torch.jit.script: the defended model is "
+                      f"saved traced, checked on {min(CHECK, len(test))} test images (Python branches on input "
+                      "values stay as traced)")
             store.write_json(TRAINING, {"test_accuracy": accuracy, "train_seconds": train_seconds})
         start = time.perf_counter()  # eval_seconds: everything after the training
         print(f"{kind}: test accuracy {accuracy:.4f}, trained in {train_seconds:.1f} s; checkpoint written to {out}")

@@ -93,7 +93,7 @@ def needs_script(defended: nn.Module, meta: dict[str, Any] | None = None) -> boo
 
 
 def save_defended(defended: nn.Module, folder: str | Path, meta: dict[str, Any], check: Tensor,
-                  name: str = "model") -> Path:
+                  name: str = "model", base: nn.Module | None = None) -> Path:
     """Save a defended classifier as a checkpoint folder, as TorchScript when it has no zoo architecture.
 
     Parameters
@@ -106,6 +106,9 @@ def save_defended(defended: nn.Module, folder: str | Path, meta: dict[str, Any],
         architecture is recorded as ``meta["defense"]["denoiser"]`` (see :func:`restore`).
     check: inputs the TorchScript model must classify exactly as ``defended`` does.
     name: how errors name the undefended model.
+    base: a :class:`Purified`'s classifier as TorchScript, when the caller made it already with
+        :func:`base_script` on the same ``check`` (``salmap defend`` does, before training): it is
+        not converted again. None: converted here.
 
     Examples
     --------
@@ -119,7 +122,7 @@ def save_defended(defended: nn.Module, folder: str | Path, meta: dict[str, Any],
     if meta.get("normalization"):
         defense["normalization_inside"] = meta.pop("normalization")
     if isinstance(defended, Purified):
-        inner, _ = base_script(defended.model, check, name)
+        inner = base if base is not None else base_script(defended.model, check, name)[0]
         arch = getattr(defended.denoiser, "salmap_arch", None)
         if arch:
             defense["denoiser"] = arch
