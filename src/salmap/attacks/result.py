@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from salmap.attacks.result_index import Index, selector
 from salmap.metrics import distortion
 
 #: Evaluates the adversarial prediction: ``() -> (pred_after, success, extra)``.
@@ -33,6 +34,12 @@ class AttackResult:
     targeted: whether ``labels`` are targets.
     seconds: wall time of the attack itself (the call, without the adversarial prediction).
     extra: attack-specific per-sample tensors (e.g. segmentation pixel accuracy).
+
+    A result is a batch: ``len(r)`` samples, and ``r[i]``, ``r[a:b]``, ``r[mask]`` (bool ``(B,)``)
+    or ``r[indices]`` (long tensor or sequence) the result of the samples selected, every
+    per-sample field selected and the per-run ones (``targeted``, ``seconds``) kept; ``r[i]`` is
+    a one-sample result (the batch dimension kept, as ``r[i:i + 1]``), and iterating gives
+    them in turn.
 
     The adversarial prediction (``success``, ``pred_after`` and ``extra``) costs a forward
     pass that the algorithm itself does not need (one FGSM step is one forward and one
@@ -147,6 +154,38 @@ class AttackResult:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])  # not x_adv's: a caller may keep only some adversarial inputs
+
+    def __getitem__(self, index: Index) -> AttackResult:
+        """The samples ``index`` selects (see the class docstring), as an :class:`AttackResult`.
+
+        A deferred adversarial prediction stays deferred: it runs once, for the whole batch,
+        when first read from this result or from any selection of it. The distortions,
+        iterations and clean prediction are made for the whole batch first (no read of the
+        device; an index tensor's range is read once).
+        """
+        sel = selector(index, len(self))
+        if self.x_adv.shape[0] != len(self):
+            raise IndexError(f"x_adv holds {self.x_adv.shape[0]} inputs for the {len(self)} samples of this "
+                             "result, so its samples cannot be selected (expected one adversarial input per sample)")
+
+        def pick(t: Tensor) -> Tensor:
+            return t[sel.to(t.device) if isinstance(sel, Tensor) else sel]
+
+        def measure() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            return pick(self.pred_after), pick(self.success), {k: pick(v) for k, v in self.extra.items()}
+
+        deferred = self._measure is not None
+        return AttackResult(
+            x_adv=pick(self.x_adv), l0=pick(self.l0), l2=pick(self.l2), linf=pick(self.linf),
+            success=None if deferred else pick(self.success), pred_after=None if deferred else pick(self.pred_after),
+            extra=None if deferred else measure()[2], measure=measure if deferred else None,
+            iterations=pick(self.iterations), pred_before=pick(self.pred_before), labels=pick(self.labels),
+            targeted=self.targeted, seconds=self.seconds,
+        )
+
+    def __iter__(self) -> Iterator[AttackResult]:
+        """One one-sample result per sample, in order."""
+        return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
         state = "measured" if self._measure is None else "adversarial prediction not evaluated yet"
