@@ -57,7 +57,7 @@ def take(num: int | None, available: int, data: str, split: str, default: int, f
     was not given), at most all of them; a ``num`` past them prints one line saying so (``what``
     names the samples there are, by default the split's images of ``data``)."""
     if num is not None and num <= 0:
-        raise ValueError(f"{'--num' if flag == '-n' else flag} must be positive, got {num}")
+        raise ValueError(f"{flag} must be positive, got {num}")
     if num is not None and num > available:
         if what is None:
             what = (f"{split} images" if split in ("train", "test") else "images (train and test)") + f" of {data}"

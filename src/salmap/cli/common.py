@@ -185,7 +185,7 @@ def load_data(
     with ``labels`` too (the run uses the true labels), labels past a classifier's outputs fail.
     """
     if num is not None and num <= 0:  # before the data is read
-        raise ValueError(f"--num must be positive, got {num}")
+        raise ValueError(f"-n must be positive, got {num}")
     if image_size is not None and image_size <= 0:
         raise ValueError(f"--image-size must be positive, got {image_size}")
     channels = model_channels(model, meta) if model is not None else None

@@ -104,7 +104,7 @@ def _load(args: argparse.Namespace, kind: str) -> tuple[nn.Module, dict[str, Any
     model that cannot be saved fails before training, and used again when the defense is saved)."""
     check_flags(args)
     if args.num is not None and args.num <= 0:
-        raise ValueError(f"--num must be positive, got {args.num}")
+        raise ValueError(f"-n must be positive, got {args.num}")
     attack_specs(args.attacks, args.pgd_steps)  # a wrong --attacks fails before training
     name = f"--model {args.model}"
     model, meta = load_model(args.model, args.device, **model_options(args))

@@ -128,7 +128,7 @@ def check_flags(args: argparse.Namespace) -> None:
     for flag in ("epochs", "defense_epochs", "seg_epochs", "num", "seg_num"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
-            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+            raise ValueError(f"{'-n' if flag == 'num' else '--' + flag.replace('_', '-')} must be positive, got {value}")
     args.num = take(args.num, len(load_split("mnist-sample", "test")), "mnist-sample", "test", 40)
     if args.seg_num is not None:  # (mnist-seg is generated: only when asked)
         args.seg_num = take(args.seg_num, len(load_split("mnist-seg", "test")), "mnist-seg", "test", 4, "--seg-num")

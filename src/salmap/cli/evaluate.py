@@ -21,6 +21,7 @@ Example run file::
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +131,18 @@ FLAG_KEYS = {"output": "--out", "models": "--model", "attacks": "--attack", "exp
              "batch_size": "--batch-size", "seed": "--seed", "device": "--device"}
 
 
+#: the flag that sets each key of the ``--model`` entries
+ENTRY_FLAGS = {"output_key": "--output-key", "normalization": "--mean/--std", "model_args": "--model-arg"}
+
+
 def _flag_path(path: str, extra: dict[str, Any]) -> str:
-    """``batch_size`` -> ``--batch-size (batch_size)`` when the flag gave the value; else ``path``."""
+    """``batch_size`` -> ``--batch-size (batch_size)`` when the flag gave the value; else ``path``
+    (``models[0].output_key`` -> ``--output-key (models[0].output_key)``)."""
+    entry = re.fullmatch(r"models\[(\d+)\]\.(\w+)(?:[.\[].*)?", path)
+    if entry and entry[2] in ENTRY_FLAGS:
+        given = extra.get("models", [])
+        if int(entry[1]) < len(given) and entry[2] in given[int(entry[1])]:
+            return f"{ENTRY_FLAGS[entry[2]]} ({path})"
     for key, flag in FLAG_KEYS.items():
         top, _, sub = key.partition(".")
         given = sub in extra.get(top, {}) if sub else top in extra

@@ -151,8 +151,9 @@ def check_resources(
             model = load_model(m, trust=trust_model)
             out = first_output(model, ds) if ds is not None else None
             model.task = _task_of(out) if out is not None else None
-        except (ValueError, OSError, RuntimeError) as err:
-            check.add(f"models[{i}].path", str(err))
+        except (ValueError, OSError, RuntimeError) as err:  # (an output that output_key does not fit: named by it)
+            key = "output_key" if isinstance(err, OutputError) and m.output_key is not None else "path"
+            check.add(f"models[{i}].{key}", str(err))
             loaded.append(None)
             continue
         loaded.append(model)
