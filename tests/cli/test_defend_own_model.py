@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_line
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -142,8 +143,9 @@ def test_dae_on_a_torchscript_model_is_saved_as_torchscript_loaded_by_attack_and
 def test_dae_on_a_factory_with_normalisation_flags_is_traced_and_checked(
         own: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.syspath_prepend(str(own))
-    out = tmp_path / "d"
-    flags = ["--allow-code", "--model-arg", f"weights={own / 'net.safetensors'}", "--mean", str(MEAN), "--std", str(STD)]
+    out, weights = tmp_path / "d", tmp_path / "net.safetensors"
+    weights.write_bytes((own / "net.safetensors").read_bytes())
+    flags = ["--allow-code", "--model-arg", f"weights={weights}", "--mean", str(MEAN), "--std", str(STD)]
     converted: list[str] = []
     convert = saving.to_torchscript
 
@@ -161,6 +163,15 @@ def test_dae_on_a_factory_with_normalisation_flags_is_traced_and_checked(
     assert main(dae_args("own_defend_net:net", out, *flags)) == 0
     printed = capsys.readouterr().out
     assert "reusing the defended checkpoint" in printed and "traced" not in printed
+    # the user retrains the model the factory loads: the defense of the old model is not reused
+    saved = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    state = load_file(str(weights))
+    state["4.bias"][0] += 1e-3
+    save_file(state, str(weights))
+    assert main(dae_args("own_defend_net:net", out, *flags)) == 2
+    err = error_line(capsys, "defend")
+    assert "holds a different run" in err and "the weights of the model models[0] (own_defend_net:net) builds" in err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == saved
     meta = json.loads((out / "model.json").read_text())
     assert "normalization" not in meta  # it is inside the saved computation, not applied again on load
     assert meta["defense"]["normalization_inside"] == {"mean": [MEAN], "std": [STD]}

@@ -216,11 +216,11 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
                    "options": {k: getattr(args, k, None) for k in ("mean", "std", "output_key", "model_arg")}}
     the_plan = plan_defense(specs, test, output=args.out, source=args.model, defense=kind, seed=args.seed,
                             device=args.device, num=args.num, description=description,
-                            save_adversarial=args.save_adv, save_png=args.save_png)
+                            save_adversarial=args.save_adv, save_png=args.save_png, model=model)
     out = Path(args.out)
     with RunStore(out, "defend") as store:
         resumed = store.claim(the_plan.fingerprint, {**the_plan.cfg.to_dict(), "defense": description},
-                              args.overwrite)
+                              args.overwrite, the_plan.extra)
         if resumed and (out / TRAINING).is_file():
             defended = restore(out, model)
             trained = json.loads((out / TRAINING).read_text())

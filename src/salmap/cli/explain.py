@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.resources = Resources(ds, [loaded], args.device)
     outcome = evaluate(cfg, overwrite=bool(args.overwrite), progress=sys.stderr.isatty(), world=World(),
                        command="explain")
-    the_plan, store = prepare(cfg), RunStore(outcome.output, "explain")
+    the_plan, store = outcome.plan or prepare(cfg), RunStore(outcome.output, "explain")
     found = {name: method_rows(store, the_plan, i) for i, name in enumerate(methods)}
     shown = {name: stored_examples(store, the_plan, 0, i, "explain") for i, name in enumerate(methods)}
     x_shown = ds.x[: int(shown[methods[0]]["position"].numel())]

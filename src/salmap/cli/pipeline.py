@@ -86,7 +86,7 @@ def run_attack(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any],
     cfg.resources = Resources(ds, [loaded], args.device)
     outcome = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)), progress=sys.stderr.isatty(),
                        world=World(), command="attack")
-    plan = prepare(cfg)
+    plan = outcome.plan or prepare(cfg)
     summary = outcome.summary or {}
     return Ran(plan, read_results(outcome.output), summary["results"][0],
                stored_examples(RunStore(outcome.output), plan, 0, 0), build(plan, plan.units[0], loaded),

@@ -18,7 +18,6 @@ resumes after a crash, shows progress and reports the same metrics (``l2_mean``,
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from salmap._validate import (
 from salmap.defenses.adaptive import adaptive_model, warn_if_unaccounted
 from salmap.defenses.specs import AttackSpec, check_accuracy, check_trained, default_attacks
 from salmap.devices import resolve_device
+from salmap.evaluation.identity import module_digest
 from salmap.evaluation.loaded import LoadedModel, Resources
 from salmap.evaluation.plan import Plan, plan
 from salmap.evaluation.runner import run_claimed
@@ -63,26 +63,20 @@ def correct(model: Model, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
         return predict(model, x, batch_size).argmax(dim=1) == y
 
 
-def module_digest(module: nn.Module) -> str:
-    """A short hash of a module's parameters and buffers (a different model is a different run)."""
-    digest = hashlib.sha256()
-    for name, value in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def plan_defense(
     specs: list[AttackSpec], dataset: datasets.Dataset, *, output: str | Path, source: str, defense: str,
     seed: int = 0, batch_size: int = 100, device: str = "cpu", adaptive: bool = True, num: int | None = None,
     description: Mapping[str, Any] | None = None, save_adversarial: bool = False, save_png: bool = False,
+    model: nn.Module | None = None,
 ) -> Plan:
     """The plan of a defense's evaluation on the first ``num`` samples of ``dataset`` (all when None).
 
     Made before the defense is trained (it runs no model), so that the output folder can be
     claimed first and a training finished by an interrupted run reused. ``source`` names the
     undefended model (a checkpoint path is hashed into the fingerprint), ``description``
-    everything else the results depend on (the defense's settings, its training).
+    everything else the results depend on (the defense's settings, its training). ``model`` is the
+    undefended model opened from ``source``: a ``module:factory``'s is identified in the fingerprint by
+    the model it built (:func:`~salmap.evaluation.identity.model_hash`).
     """
     models = [ModelConfig(name=TRANSFER, path=source, defense=defense)]
     if adaptive:
@@ -94,7 +88,8 @@ def plan_defense(
         batch_size=batch_size, device=device, figures=FigureConfig(samples=0, enabled=False), report=False,
         save_adversarial=save_adversarial, save_png=save_png,
     )
-    cfg.resources = Resources(dataset, [None] * len(models), device)
+    opened = None if model is None else LoadedModel(source, model, {}, (0.0, 1.0))  # (the plan reads its module only)
+    cfg.resources = Resources(dataset, [opened] + [None] * (len(models) - 1), device)
     return plan(cfg, cfg.resources)
 
 
@@ -234,7 +229,7 @@ def evaluate_defense(
                                 seed=seed, batch_size=batch_size, device=str(x.device),
                                 adaptive=adaptive and defended is not undefended, description=description)
         with RunStore(folder, "defend") as store:
-            resumed = store.claim(the_plan.fingerprint, the_plan.cfg.to_dict(), overwrite)
+            resumed = store.claim(the_plan.fingerprint, the_plan.cfg.to_dict(), overwrite, the_plan.extra)
             return run_defense(the_plan, store, defended, undefended, bounds, samples, progress, resumed, adaptive)
 
 

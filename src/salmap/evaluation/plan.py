@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from salmap import data as datasets
 from salmap import registry
+from salmap.evaluation.identity import model_hash
 from salmap.evaluation.resources import Resources, load_split
 from salmap.evaluation.settings import RunConfig
 from salmap.targets import random_targets
@@ -96,25 +96,6 @@ class Plan:
                     and u.batch == unit.batch)
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def model_hash(source: str) -> str:
-    """A hash of a model's files, so that a retrained checkpoint counts as a different run."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        return hashlib.sha256("".join(_file_hash(p) for p in files).encode()).hexdigest()[:16]
-    if path.is_file():
-        return _file_hash(path)
-    return source
-
-
 def select(cfg: RunConfig, ds: datasets.Dataset) -> tuple[datasets.Dataset, Tensor]:
     """The run's samples (a seeded random choice or the first ``num``) and their dataset indices."""
     if cfg.data.num is not None and cfg.data.num > len(ds):
@@ -156,11 +137,19 @@ def _seeded(unit: Unit, seed: int) -> Unit:
                 derive_seed(seed, "unit", unit.key))
 
 
+def _opened(resources: Resources | None, i: int) -> torch.nn.Module | None:
+    """The module of the run's ``i``-th model when it is open (a ``module:factory``'s is identified by it)."""
+    loaded = resources.models[i] if resources is not None and i < len(resources.models) else None
+    return loaded.module if loaded is not None else None
+
+
 def plan(cfg: RunConfig, resources: Resources | None = None) -> Plan:
     """Fix the samples, the targets, the figure samples and the units; fingerprint the run.
 
     ``resources`` are the models and dataset opened during validation (the dataset split
-    is loaded here when none are given); nothing here runs a model.
+    is loaded here when none are given); nothing here runs a model. A ``module:factory`` model
+    is identified in the fingerprint by the model it built when ``resources`` holds it opened
+    (:func:`~salmap.evaluation.identity.model_hash`), else by its name only.
     """
     source = (resources.dataset if resources is not None
               else load_split(cfg.data.name, cfg.data.split, cfg.data.image_size, cfg.data.channels))
@@ -183,7 +172,7 @@ def plan(cfg: RunConfig, resources: Resources | None = None) -> Plan:
             if hits.numel():
                 shown.append(int(hits[0]))
     extra = {
-        "models": [model_hash(m.path) for m in cfg.models],
+        "models": [model_hash(m.path, _opened(resources, i)) for i, m in enumerate(cfg.models)],
         "data": ds.digest(),
         "indices": hashlib.sha256(indices.numpy().tobytes()).hexdigest()[:16],
     }

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salmap import registry
 from salmap.devices import resolve_device
 from salmap.evaluation.distributed import World, from_environment
 from salmap.evaluation.execute import ROW_FIELDS, build, execute
 from salmap.evaluation.plan import Plan, Unit, derive_seed, plan
+from salmap.evaluation.preflight import check_builds, opened_plan
 from salmap.evaluation.resources import Resources, open_resources
 from salmap.evaluation.settings import RunConfig
 from salmap.evaluation.store import (
@@ -81,6 +81,8 @@ class Outcome:
     summary: dict[str, Any] | None
     computed: int
     resumed: int
+    #: the run's plan (its fingerprint identifies the models opened for the run)
+    plan: Plan | None = None
 
 
 def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, world: World | None = None,
@@ -105,17 +107,22 @@ def evaluate(cfg: RunConfig, overwrite: bool = False, progress: bool = True, wor
 
 def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, device: str, start: float,
               command: str) -> Outcome:
+    # module:factory models (opened by --allow-code only) and the constructors' own checks fail before the
+    # folder is claimed, and the models the factories build are in the fingerprint (salmap.evaluation.identity)
+    unopened = any(m is None for m in (cfg.resources.models if cfg.resources else [None]))
+    if world.size == 1 and unopened:
+        open_resources(cfg, device)
     the_plan = prepare(cfg)
-    if world.size == 1:  # module:factory models and the constructors' own checks fail before the folder is claimed
-        if any(m is None for m in (cfg.resources.models if cfg.resources else [None])):
-            open_resources(cfg, device)
+    if world.size == 1:
         check_builds(the_plan)
     store = RunStore(cfg.output, command)
     claim: tuple[bool, str | None] = (False, None)
     if world.is_main:
         try:
+            if world.size > 1 and unopened:  # (the other ranks open theirs when they compute)
+                the_plan = opened_plan(cfg, device)
             store.lock()
-            claim = (store.claim(the_plan.fingerprint, cfg.to_dict(), overwrite), None)
+            claim = (store.claim(the_plan.fingerprint, cfg.to_dict(), overwrite, the_plan.extra), None)
         except (ValueError, OSError) as err:
             store.unlock()
             claim = (False, str(err))
@@ -126,24 +133,6 @@ def _evaluate(cfg: RunConfig, overwrite: bool, progress: bool, world: World, dev
         return _run(the_plan, store, world, device, start, progress, bool(resumed))
     finally:
         store.unlock()
-
-
-def check_builds(the_plan: Plan) -> None:
-    """Build every attack and explainer once per model (configuration only): a value its constructor
-    refuses (JSMA's ``theta=0``) fails now, not after the output folder is claimed."""
-    cfg, built = the_plan.cfg, set()
-    for unit in the_plan.units:
-        loaded = cfg.resources.models[unit.model] if cfg.resources is not None else None
-        if loaded is not None and (unit.model, unit.kind, unit.attack) not in built:
-            built.add((unit.model, unit.kind, unit.attack))
-            build(the_plan, unit, loaded)
-            if unit.kind == "explain":
-                entry, params = registry.get_explainer(cfg.explanations[unit.attack].explainer), \
-                    cfg.explanations[unit.attack].params
-            else:
-                entry, params = registry.get_attack(cfg.attacks[unit.attack].attack), cfg.attacks[unit.attack].params
-            if (model_check := entry.extra.get("model_check")) and entry.requires_module(params):
-                model_check(loaded.module)  # e.g. ISI's relevance needs LRP's layers
 
 
 def run_claimed(the_plan: Plan, store: RunStore, progress: bool = True, resumed: bool = False) -> Outcome:
@@ -176,7 +165,7 @@ def _run(the_plan: Plan, store: RunStore, world: World, device: str, start: floa
         raise RuntimeError("evaluation failed on " + "; ".join(failures))
     summary = finalize(the_plan, store, start, len(done), world.size) if world.is_main else None
     world.barrier()
-    return Outcome(store.out, summary, len(mine), len(done))
+    return Outcome(store.out, summary, len(mine), len(done), the_plan)
 
 
 def compute(the_plan: Plan, units: list[Unit], store: RunStore, resources: Resources, device: str,

@@ -10,7 +10,8 @@ its own; a folder holding anything else is refused.
 Layout
 ------
 ``run.json``
-    ``{schema_version, tool: "salmap", command, fingerprint, settings}``.
+    ``{schema_version, tool: "salmap", command, fingerprint, settings, facts}`` (``facts``: what
+    identifies the models and the data, see :mod:`salmap.evaluation.identity`).
 ``batches/<unit>.jsonl``
     the rows of one unit; ``<unit>.examples.safetensors``: the inputs the figures need.
 ``adversarial/<unit>.safetensors``
@@ -39,6 +40,7 @@ from salmap.evaluation.files import (
     save_tensors,
     write_json,
 )
+from salmap.evaluation.identity import what_changed
 from salmap.evaluation.lock import FolderLock
 
 RUN_FILE = "run.json"
@@ -108,9 +110,12 @@ class RunStore:
         self._lock.release()
 
     # -- claiming the folder ------------------------------------------------------------
-    def claim(self, fingerprint: str, settings: dict[str, Any], overwrite: bool) -> bool:
+    def claim(self, fingerprint: str, settings: dict[str, Any], overwrite: bool,
+              facts: dict[str, Any] | None = None) -> bool:
         """Claim the folder for this run. Returns whether an earlier attempt is resumed.
 
+        ``facts`` (the plan's ``extra``: what identifies the models and data) are kept beside
+        ``settings`` in ``run.json``, so that a refusal names what changed.
         The same run (same fingerprint) resumes. Another salmap run is refused unless
         ``overwrite``: then only the files salmap wrote for it are removed (by name and
         pattern; anything else in the folder stays). A folder holding no salmap run is
@@ -129,9 +134,11 @@ class RunStore:
             self.batches.mkdir(exist_ok=True)
             return True
         if previous is not None and not overwrite:
+            changed = what_changed(previous, settings, facts or {})
             raise ValueError(
                 f"output folder {str(out)!r} holds a different run (fingerprint {previous.get('fingerprint')}, "
-                f"this run {fingerprint}); choose another folder or pass --overwrite to replace it"
+                f"this run {fingerprint}{'; changed: ' + '; '.join(changed[:4]) if changed else ''}); choose another "
+                "folder or pass --overwrite to replace it"
             )
         if previous is None:
             present = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -150,7 +157,7 @@ class RunStore:
         self.remove_owned()
         self.batches.mkdir(exist_ok=True)
         write_json(out / RUN_FILE, {"tool": "salmap", "command": self.command, "fingerprint": fingerprint,
-                                    "settings": settings})
+                                    "settings": settings, **({"facts": facts} if facts else {})})
         return False
 
     def foreign_files(self) -> list[str]:
