@@ -18,9 +18,10 @@ forward that :mod:`torch.fx` cannot trace, or no convolution whose only user is 
 batch norm with running statistics. :func:`trace` gives the traced (and folded) graph, also
 without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it). Tracing runs the model's
 ``forward`` on proxies; whatever it sets on the model's modules is put back, and a model whose
-``forward`` changes them is not traced. Callers trace again for every explainer call rather
-than keep the graph, so later changes of the model (weights through ``.data``, hooks, flags)
-always count; a resnet18 takes tens of milliseconds, little beside one occlusion call.
+``forward`` changes them is not traced. An explainer keeps its trace for its next call with
+:class:`TraceCache`, which traces again when anything the trace depends on has changed and
+computes the folded weights again at every call, so later changes of the model (weights, even
+through ``.data``; hooks; flags) always count.
 """
 
 from __future__ import annotations
@@ -89,6 +90,44 @@ def trace(model: Any, fold: bool, always: bool = False) -> Traced | None:
     folded when ``fold``; ``None`` when it must run as it is (the reasons in the module's
     docstring), and unless ``always``, when it has no eval-mode batch norm to fold (tracing runs
     the model's ``forward`` on proxies, so it is only done when it pays)."""
+    return _trace(model, fold, always)[0]
+
+
+class TraceCache:
+    """:func:`trace`, kept for the next call on the same model while nothing the trace depends
+    on has changed: the same modules with the same attributes (compared by identity: a
+    reassigned attribute, flag, buffer or submodule traces again), no hooks or parametrizations
+    since. The folded convolutions are computed again from the model's current weights at every
+    call (so weights changed in place, even through ``.data``, count), on their current device
+    and in their dtype. What an explainer holds to skip tracing on its later calls (a resnet18's
+    trace and codegen take about 20 ms on a GPU machine's host, which the device waits for)."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[tuple[int, bool, bool], list[Any], Traced, list[_Pair]] | None = None
+
+    def trace(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
+        key = (id(model), fold, always)
+        if self._kept is not None:
+            kept_key, saved, kept, pairs = self._kept
+            if kept_key == key and _refusal(model) is None and not _changed(saved):
+                for folded, conv, bn in pairs:
+                    _refold(folded, conv, bn)
+                return kept
+        self._kept = None
+        traced, pairs = _trace(model, fold, always)
+        if traced is not None:
+            self._kept = (key, _snapshot(model), traced, pairs)
+        return traced
+
+    def __getstate__(self) -> dict[str, Any]:  # (a copy or a pickle traces again)
+        return {"_kept": None}
+
+
+#: a folded convolution, its convolution and its batch norm
+_Pair = tuple[nn.Module, "nn.modules.conv._ConvNd", "nn.modules.batchnorm._BatchNorm"]
+
+
+def _trace(model: Any, fold: bool, always: bool) -> tuple[Traced | None, list[_Pair]]:
     reason = _refusal(model)
     if reason is None and not always and not (fold and any(_foldable(m) for m in model.modules())):
         reason = "no eval-mode batch norm with running statistics"
@@ -104,11 +143,11 @@ def trace(model: Any, fold: bool, always: bool = False) -> Traced | None:
         finally:
             _restore(saved)
         if reason is None:
-            folded = _fold_pairs(graph, root) if fold else 0
-            logger.debug("model traced; batch norm folded into %d convolutions", folded)
-            return Traced(fx.GraphModule(root, graph), folded)
+            pairs = _fold_pairs(graph, root) if fold else []
+            logger.debug("model traced; batch norm folded into %d convolutions", len(pairs))
+            return Traced(fx.GraphModule(root, graph), len(pairs)), pairs
     logger.debug("model not traced: %s", reason)
-    return None
+    return None, []
 
 
 def _refusal(model: Any) -> str | None:
@@ -136,11 +175,11 @@ def _foldable(bn: nn.Module) -> bool:
             and getattr(bn, "running_mean", None) is not None and getattr(bn, "running_var", None) is not None)
 
 
-def _fold_pairs(graph: fx.Graph, root: nn.Module) -> int:
+def _fold_pairs(graph: fx.Graph, root: nn.Module) -> list[_Pair]:
     """Replace each (convolution, batch norm) call pair in ``graph`` by a call to a new folded
     convolution added to ``root`` (each call site gets its own: modules may be called twice)."""
     modules = dict(root.named_modules())
-    count = 0
+    pairs: list[_Pair] = []
     for node in list(graph.nodes):
         bn = modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
         if bn is None or not _foldable(bn) or len(node.args) != 1 or node.kwargs:
@@ -152,20 +191,33 @@ def _fold_pairs(graph: fx.Graph, root: nn.Module) -> int:
         if (conv is None or _PAIRS.get(type(conv)) is not type(bn) or conv.training
                 or len(src.args) != 1 or src.kwargs or conv.out_channels != bn.num_features):
             continue
-        name = f"_folded_{count}"
-        root.add_module(name, _folded_conv(conv, bn))  # type: ignore[arg-type]
+        name = f"_folded_{len(pairs)}"
+        folded = _folded_conv(conv, bn)  # type: ignore[arg-type]
+        root.add_module(name, folded)
         with graph.inserting_after(node):
             new = graph.call_module(name, src.args)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         graph.erase_node(src)
-        count += 1
-    return count
+        pairs.append((folded, conv, bn))  # type: ignore[arg-type]
+    return pairs
+
+
+def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A new convolution computing ``bn(conv(x))`` (eval mode)."""
+    folded = nn.utils.skip_init(  # no random initialisation: the caller's random stream stays as it was
+        type(conv), conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+        padding_mode=conv.padding_mode, device="meta",
+    )
+    _refold(folded, conv, bn)
+    return folded.eval()
 
 
 @torch.no_grad()
-def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """A new convolution computing ``bn(conv(x))`` (eval mode); the arithmetic in float64."""
+def _refold(folded: nn.Module, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Set the weight and bias of ``folded`` to those of ``bn(conv(x))`` from their current values
+    (on their device, in their dtype); the arithmetic in float64."""
     assert bn.running_mean is not None and bn.running_var is not None  # checked by _foldable
     mean, var = bn.running_mean.double(), bn.running_var.double()
     scale = torch.rsqrt(var + bn.eps)
@@ -176,16 +228,10 @@ def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchN
         shift = shift + bn.bias.double()
     weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))
     dtype, device = conv.weight.dtype, conv.weight.device
-    folded = nn.utils.skip_init(  # no random initialisation: the caller's random stream stays as it was
-        type(conv), conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-        padding_mode=conv.padding_mode, device=device, dtype=dtype,
-    )
     if device.type == "cuda" and weight.dim() == 4:  # cuDNN's fastest layout (see salmap.precision.prefers_channels_last)
         weight = weight.contiguous(memory_format=torch.channels_last)
     folded.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
     folded.bias = nn.Parameter(shift.to(dtype=dtype), requires_grad=False)
-    return folded.eval()
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -195,6 +241,19 @@ def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
 def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]:
     """Every module's attributes and its parameter, buffer and submodule tables (shallow copies)."""
     return [(m, dict(vars(m)), [dict(m._parameters), dict(m._buffers), dict(m._modules)]) for m in model.modules()]
+
+
+def _changed(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> bool:
+    """Whether any module's attributes or tables differ from :func:`_snapshot`'s (by identity)."""
+    for module, attrs, tables in saved:
+        now = vars(module)
+        if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
+            return True
+        current: list[dict[str, Any]] = [module._parameters, module._buffers, module._modules]
+        for table, before in zip(current, tables, strict=True):
+            if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
+                return True
+    return False
 
 
 def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> bool:

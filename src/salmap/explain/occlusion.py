@@ -15,7 +15,7 @@ from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
 from salmap.explain.occlusion_regions import cut
 from salmap.explain.targets import Target
-from salmap.folding import trace
+from salmap.folding import TraceCache
 from salmap.gradients import Model, forward, predict
 from salmap.logits import logits_of
 from salmap.precision import (
@@ -62,12 +62,11 @@ class Occlusion(Explainer):
     black background) are not evaluated: their drop is 0 by definition.
 
     Same maps as ``captum.attr.Occlusion``: with ``sliding_window_shapes=(C, *patch)``,
-    ``strides=(1, *stride)`` and ``baselines`` set to the same fill, captum also divides
-    each feature's summed drop by the number of windows that ablated it (its
-    ``use_weights``). The positions agree when the stride divides ``size - patch`` in
-    every dimension; otherwise captum's last window starts at
-    ``ceil((size - patch) / stride) * stride`` and is cut off at the border, while here
-    it is shifted back to start at ``size - patch``.
+    ``strides=(1, *stride)`` and ``baselines`` set to the same fill, captum also divides each
+    feature's summed drop by the number of windows that ablated it (its ``use_weights``). The
+    positions agree when the stride divides ``size - patch`` in every dimension; otherwise
+    captum's last window starts at ``ceil((size - patch) / stride) * stride`` and is cut off at
+    the border, while here it is shifted back to start at ``size - patch``.
 
     Parameters
     ----------
@@ -98,11 +97,11 @@ class Occlusion(Explainer):
     fold_batchnorm: fold each eval-mode batch norm into the convolution before it for the
         forward passes (:mod:`salmap.folding`: same function, one pass over the activations less,
         different rounding); the model traced with ``torch.fx`` through a private wrapper and
-        the caller's model left as it is. The model is traced at every call (so later changes of
-        its weights, hooks or flags count; a resnet18 takes about 70 ms on one CPU core). Models
-        that cannot be traced, TorchScript, models with hooks or parametrizations, and models
-        whose ``forward`` sets attributes on themselves run as they are. False: the model's own
-        arithmetic on every whole occluded copy (no folding, and no regions, below).
+        the caller's model left as it is; the trace kept for the next call while the model's
+        modules and attributes are the same (:class:`salmap.folding.TraceCache`; the folded
+        weights computed again at every call). Models that cannot be traced, TorchScript, models
+        with hooks or parametrizations, and models whose ``forward`` sets attributes on
+        themselves run as they are. False: the model's own arithmetic on every whole copy.
 
     Regions: an occluded copy differs from its image in one patch, so its activations differ
     only in the patch's cone, which a convolution or pooling widens by its kernel and narrows by
@@ -168,6 +167,7 @@ class Occlusion(Explainer):
         self.progress = bool(progress)
         self.precision = check_precision(precision)
         self.fold_batchnorm = bool(fold_batchnorm)
+        self._traces = TraceCache()
 
     @property
     def low(self) -> bool:
@@ -193,7 +193,7 @@ class Occlusion(Explainer):
         # 2-D inputs: the occluded passes run on the region each patch can reach (float32 too, with
         # folding on); other inputs: 16-bit differences from the clean pass, or the model itself
         regions = x.dim() == 4 and (self.low or self.fold_batchnorm)
-        traced = trace(self.model, self.fold_batchnorm, always=self.low or regions)  # every call: see salmap.folding
+        traced = self._traces.trace(self.model, self.fold_batchnorm, always=self.low or regions)
         model = traced.module if traced is not None and traced.folded else self.model
         deltas = None
         if traced is not None and (self.low or regions):
