@@ -17,7 +17,9 @@ and the next one starts), output flushed as it comes:
 7. occlusion 16x16 / stride 8 on a resnet18 at 224: images/s beside captum's, the maps'
    agreement, and precision bf16/fp16;
 8. segmentation JSMA, unet 4x3x256x256, k 64, candidates 1024: seconds per iteration;
-9. ISI relevance L0 and sensitivity L0: images/s.
+9. ISI relevance L0 and sensitivity L0: images/s;
+10. section 7's occlusion (fp32, bf16, captum) at ``--occlusion-images`` and three times as many
+    images per call: a call's fixed cost and its cost per image.
 
     python benchmarks/gpu.py [--device auto] [--quick] [--out DIR] [--cache DIR]
 
@@ -467,6 +469,48 @@ def isi(b: Bench) -> None:
     table(rows)
 
 
+def occlusion_per_image(b: Bench) -> None:
+    """Section 7's occlusion at two numbers of images per call: a call's fixed cost (tracing the
+    model, the clean pass, the first image's index plans) and its cost per image, by a line
+    through the two medians."""
+    size, patch, stride = (64, 16, 8) if b.quick else (224, 16, 8)
+    counts = (1, 3) if b.quick else (b.args.occlusion_images, 3 * b.args.occlusion_images)
+    torch.manual_seed(0)
+    model = models.build("resnet18", num_classes=10, stem="standard").to(b.device).eval()
+    xs = {n: torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)).to(b.device) for n in counts}
+    with torch.no_grad():
+        ys = {n: model(x).argmax(1) for n, x in xs.items()}
+    fns: dict[str, Callable[[], Any]] = {}
+    for precision in ("fp32", "bf16"):
+        occ = Occlusion(model, patch=patch, stride=stride, fill="zero", batch_size=256, precision=precision)
+        for n in counts:
+            fns[f"salmap {precision}|{n}"] = lambda o=occ, n=n: o.attribute(xs[n], target=ys[n])
+    try:
+        from captum.attr import Occlusion as CaptumOcclusion
+
+        captum = CaptumOcclusion(model)
+        for n in counts:
+            fns[f"captum|{n}"] = lambda n=n: captum.attribute(  # (as in section 7: 16 copies per pass)
+                xs[n], sliding_window_shapes=(3, patch, patch), strides=(1, stride, stride), baselines=0.0,
+                target=ys[n], perturbations_per_eval=16)
+    except Exception as err:
+        say(f"captum: {type(err).__name__}: {err}")
+    with torch.no_grad():
+        times = interleaved(fns, b.device, repeats=3, budget=b.left() * 0.7)
+    lo, hi = counts
+    rows, per_image = [], {}
+    for method in dict.fromkeys(name.split("|")[0] for name in fns):
+        t_lo, t_hi = median(times[f"{method}|{lo}"]), median(times[f"{method}|{hi}"])
+        per_image[method] = (t_hi - t_lo) / (hi - lo)
+        rows.append({"method": method, f"images/s at {lo}": lo / t_lo, f"images/s at {hi}": hi / t_hi,
+                     "fixed ms per call": 1e3 * (t_lo - lo * per_image[method]),
+                     "ms per image": 1e3 * per_image[method]})
+    for row in rows:
+        if "captum" in per_image and row["method"] != "captum":
+            row["per image x captum"] = per_image["captum"] / per_image[row["method"]]
+    table(rows)
+
+
 SECTIONS: list[tuple[str, Callable[[Bench], None], float]] = [
     ("header", header, 20),
     ("lenet", lenet, 60),
@@ -477,6 +521,7 @@ SECTIONS: list[tuple[str, Callable[[Bench], None], float]] = [
     ("occlusion resnet18 224 beside captum", occlusion, 50),
     ("segmentation JSMA unet 256", jsma_seg, 40),
     ("ISI L0", isi, 20),
+    ("occlusion per call and per image", occlusion_per_image, 45),
 ]
 
 
