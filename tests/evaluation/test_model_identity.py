@@ -207,3 +207,16 @@ def test_under_torchrun_rank_zero_fingerprints_the_factory_model(factory: Path, 
     nudge(factory / "weights.safetensors")
     with pytest.raises(ValueError, match="the weights of the model models"):
         evaluate(cfg(), progress=False, world=RankZero(rank=0, size=2))
+
+
+def test_a_resumed_explain_on_an_edited_factory_model_is_refused(
+        factory: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x"
+    args = ["explain", "--method", "gradient", "--model", "ident_net:net", "--allow-code", "--model-arg",
+            f"weights={factory / 'weights.safetensors'}", "--data", "digits", "-n", "4", "--out", str(out), "-q"]
+    assert main(args) == 0
+    assert main(args) == 0  # the same model: resumed
+    nudge(factory / "weights.safetensors")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "the weights of the model models[0] (ident_net:net) builds" in error_line(capsys, "explain")
