@@ -195,6 +195,24 @@ def test_sixteen_bit_regions_correlate_with_float32(precision):
         assert float((a * b).sum() / (a.norm() * b.norm())) > 0.999
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_relu_s_difference_in_sixteen_bits_errs_relative_to_the_difference(dtype):
+    """The identity the region-held ReLU uses, ``relu(c + d) - relu(c) = max(d, -c) - relu(-c)``,
+    with ``-c`` rounded to 16 bits: exact where the sign of ``c + d`` is that of ``c``, and off by
+    at most the rounding of values smaller than ``|d|`` where it changes."""
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(100_000, generator=gen, dtype=torch.float64) * 10
+    d = torch.randn(100_000, generator=gen, dtype=torch.float64) * torch.rand(100_000, generator=gen,
+                                                                              dtype=torch.float64) * 3
+    exact = torch.relu(c + d) - torch.relu(c)
+    low, negative = d.to(dtype), (-c).to(dtype)
+    got = (torch.maximum(low, negative) - negative.clamp(min=0)).double()
+    eps, spacing = torch.finfo(dtype).eps, torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # (subnormals')
+    assert bool(((got - exact).abs() <= 2 * eps * d.abs() + spacing).all())
+    assert bool((got[(c + d > 0) == (c > 0)] == low.double()[(c + d > 0) == (c > 0)])
+                .logical_or(got[(c + d > 0) == (c > 0)] == 0).all())
+
+
 def test_the_caller_s_model_and_input_are_left_as_they_were():
     model = randomized(ResNetLike())
     x = torch.rand(1, 3, 21, 21, dtype=torch.float64)

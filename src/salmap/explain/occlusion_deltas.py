@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
-from salmap.explain.occlusion_region_ops import Difference, RegionOps
+from salmap.explain.occlusion_region_ops import Difference, RegionOps, is_relu
 from salmap.explain.occlusion_regions import KeptLayouts, Region
 
 #: the index plans kept for later images' batches hold at most this fraction of the values of the
@@ -253,23 +253,13 @@ class Deltas(RegionOps):
         return None
 
     def _relu(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Tensor | None:
-        """ReLU's difference in the low dtype: ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``.
-        With ``c`` rounded to the low dtype the error stays relative to ``d``: where the clean
-        activation's sign does not change, the result is ``d`` or exactly 0; where it does,
-        ``|c| < |d|``."""
-        relu = ((node.op == "call_module" and type(self.modules[str(node.target)]) is nn.ReLU)
-                or (node.op == "call_function" and node.target in (torch.relu, F.relu))
-                or (node.op == "call_method" and node.target == "relu"))
-        if not relu or len(node.args) != 1 or any(node.kwargs.values()) or not isinstance(node.args[0], fx.Node):
+        """ReLU's difference at full size, in the low dtype (:meth:`_relu_clean`)."""
+        if not is_relu(node, self.modules) or any(node.kwargs.values()):
             return None
-        value = env[node.args[0]]
+        value = env[node.all_input_nodes[0]]
         if not isinstance(value, Difference):
             return None
-        key = (node, "relu")
-        if key not in clean:
-            c = clean[node.args[0]]
-            clean[key] = ((-c).to(self.dtype), c.clamp(max=0).to(self.dtype))
-        negative, low = clean[key]
+        negative, low = self._relu_clean(node, clean)
         return torch.maximum(value.d, negative) + low
 
     def _low(self, weight: Tensor) -> Tensor:

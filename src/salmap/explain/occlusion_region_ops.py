@@ -165,13 +165,19 @@ class RegionOps:
         return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
 
     def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> Difference | None:
-        """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype)."""
+        """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype);
+        ReLU in the low dtype (:meth:`_relu_clean`)."""
         if not isinstance(v, Difference) or v.region is None or len(node.all_input_nodes) != 1:
             return None
         region, source = v.region, node.all_input_nodes[0]
         c = clean[source]
         if not isinstance(c, Tensor) or c.dim() != 4:
             return None
+        if is_relu(node, self.modules):
+            # relu(c + d) - relu(c) = max(d, -c) - relu(-c): one gather of -c in the low dtype
+            negative = cut(self._relu_clean(node, clean)[0], region)
+            out = torch.maximum(v.d, negative)
+            return Difference(out.sub_(negative.clamp_(min=0)), region)
         # g(c) on the region is computed again rather than cut out of the clean output: a pointwise
         # operation costs less than a gather, and both terms then come from the same arithmetic
         # (the two inputs are temporaries: an in-place g may write into them)
@@ -181,6 +187,17 @@ class RegionOps:
             out = self._call(node, lambda n: whole if n is source else env[n], True)
             out = out - self._call(node, lambda n: base if n is source else env[n], True)
         return Difference(out.to(self.dtype), region)
+
+    def _relu_clean(self, node: fx.Node, clean: dict[Any, Any]) -> tuple[Tensor, Tensor]:
+        """``-c`` and ``min(c, 0)`` of a ReLU's clean input ``c`` in the low dtype, kept with the
+        clean values: ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``. With ``c`` rounded to
+        the low dtype the error stays relative to ``d``: where the clean activation's sign does
+        not change, the result is ``d`` or exactly 0; where it does, ``|c| < |d|``."""
+        key = (node, "relu")
+        if key not in clean:
+            c = clean[node.args[0]]
+            clean[key] = ((-c).to(self.dtype), c.clamp(max=0).to(self.dtype))
+        return clean[key]  # type: ignore[no-any-return]
 
     def _global_mean(self, v: Any) -> Difference | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
@@ -220,6 +237,15 @@ class RegionOps:
         """Whether exactly one of ``args`` is computed from the input (the other is a constant of
         the model: a value computed from the input, a mask say, is not, whatever its shape)."""
         return sum(isinstance(a, fx.Node) and a in self.varying for a in args) == 1
+
+
+def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a ReLU of one input (a module, ``F.relu``/``torch.relu`` or ``.relu()``;
+    ``inplace`` or not)."""
+    relu = ((node.op == "call_module" and type(modules[str(node.target)]) is nn.ReLU)
+            or (node.op == "call_function" and node.target in (torch.relu, F.relu))
+            or (node.op == "call_method" and node.target in ("relu", "relu_")))
+    return relu and len(node.args) == 1 and isinstance(node.args[0], fx.Node) and set(node.kwargs) <= {"inplace"}
 
 
 def _is_one(size: Any) -> bool:
