@@ -137,14 +137,14 @@ class Occlusion(Explainer):
     >>> heat = Occlusion(resnet, patch=16, stride=8, fill="grey").attribute(images)     # doctest: +SKIP
     """
 
+    outputs_only = "the occluded copies of x"  # its map: output differences only (refused when not finite)
+
     def __init__(
-        self,
-        model: Model,
+        self, model: Model,
         patch: int | Sequence[int] = 4,
         stride: int | Sequence[int] | None = None,
         fill: str | float = "zero",
-        bounds: BoundsLike = (0.0, 1.0),
-        batch_size: int = 256,
+        bounds: BoundsLike = (0.0, 1.0), batch_size: int = 256,
         seed: int = 0,
         probabilities: bool = False,
         progress: bool = False,
