@@ -7,7 +7,9 @@ Every failure ends in one line on stderr, ``salmap COMMAND: error: ...``; ``--de
 shows the traceback. Exit status: 2 when the command line or an input it names is wrong
 (argparse's usage errors and salmap's ``ValueError`` checks, which name the argument, the
 value and what was expected), 1 when the run fails otherwise (a model that raises, a full
-disk, ...), 130 after Ctrl-C (a run that writes units can be resumed).
+disk, ...), 130 after Ctrl-C (a run that writes units can be resumed). A warning of the
+library is one line too, ``salmap COMMAND: warning: ...`` (none with ``--quiet``; Python's own
+format, with its source line, with ``--debug``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -106,10 +109,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.configure(quiet=args.quiet)
     prefix = f"salmap {args.command}: error:"
     try:
-        return _run(args, prefix)
+        with _one_line_warnings(args):
+            return _run(args, prefix)
     finally:  # main() may be called again in the same process (tests, notebooks)
         progress.configure(quiet=False)
         log.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(args: argparse.Namespace) -> Iterator[None]:
+    """The library's warnings (a stride past the image, probabilities given for logits) as one line
+    each, ``salmap COMMAND: warning: ...``, while the command runs; deprecations go where they went."""
+    if args.debug:
+        yield
+        return
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            shown(message, category, filename, lineno, file, line)
+        elif not args.quiet:
+            print(f"salmap {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _run(args: argparse.Namespace, prefix: str) -> int:
@@ -169,7 +196,7 @@ def _output_key_named(err: ValueError, args: argparse.Namespace) -> ValueError:
     return ValueError(f"--output-key {key!r}: {text}")
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: BaseException | str) -> str:
     text = " ".join(str(err).split())
     return text or type(err).__name__
 

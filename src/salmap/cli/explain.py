@@ -54,7 +54,7 @@ from salmap.evaluation.settings import (
     RunConfig,
 )
 from salmap.evaluation.store import RunStore, read_results
-from salmap.explain import Explainer
+from salmap.explain import Explainer, GradCAM
 from salmap.gradients import forward
 from salmap.plot import attack_grid, explanation_grid
 
@@ -210,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(params[name].get("layer"), str):  # Grad-CAM's layer: named by its flag, with the model's
             check_layer(model, params[name]["layer"], flag_of(args, name, "layer"), f"--model {args.model}")
     explainers = {name: build_named(name, params[name], args, model, bounds) for name in methods}
+    for name, explainer in explainers.items():  # a layer whose output Grad-CAM cannot use: before the folder is made
+        if isinstance(explainer, GradCAM):
+            explainer.check_layer(ds.x[:1].to(args.device), flag_of(args, name, "layer"))
     attacks = []
     if args.attack is not None:
         attack_entry(args.attack)

@@ -216,6 +216,8 @@ def _check_pairing(
                       f"{label} is a torch.export module, which runs its graph without calling its layers")
         elif "layer" in entry.param_map and isinstance(model.module, nn.Module):
             problem = _layer_problem(model.module, params.get("layer"))
+            if problem is None and ds is not None:
+                problem = _layer_output_problem(entry, model.module, params.get("layer"), ds)
             if problem:
                 check.add(f"{path}.params.layer", f"{problem} in {label}")
 
@@ -246,6 +248,20 @@ def _scripted_layer(module: nn.Module, layer: Any) -> bool:
         return isinstance(find_layer(module, default_layer(module) if layer is None else layer), torch.jit.ScriptModule)
     except ValueError:
         return False  # a wrong name is reported by the layer check
+
+
+def _layer_output_problem(entry: registry.Entry, module: nn.Module, layer: Any, ds: datasets.Dataset) -> str | None:
+    """Why Grad-CAM cannot use ``layer``'s output (an MLP's ``(B, features)``), found on the data's first
+    sample before any work (:meth:`salmap.explain.GradCAM.check_layer`), or None (other explainers too)."""
+    from salmap.explain import GradCAM
+
+    if not (isinstance(entry.cls, type) and issubclass(entry.cls, GradCAM)):
+        return None
+    try:
+        GradCAM(module, layer).check_layer(ds.x[:1], "layer")
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def _layer_problem(module: nn.Module, layer: Any) -> str | None:

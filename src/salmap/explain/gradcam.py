@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salmap._validate import check_input
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
-from salmap.gradients import Model, mode_is_fixed, output_vjps
+from salmap.gradients import Model, forward, frozen, mode_is_fixed, output_vjps
 from salmap.models.normalized import unwrap
 from salmap.precision import PRECISIONS, autocast, check_precision
 from salmap.registry import register_explainer
@@ -90,6 +91,8 @@ class GradCAM(Explainer):
     the layer (:func:`salmap.gradients.output_vjps`). The forward hook that captures the
     activation is removed in ``finally``, even when the model raises. From Python, ``layer`` may
     also be the module itself (``layer=model.layer4``, as captum and pytorch-grad-cam take it).
+    A layer whose output has no usable form is refused after the forward pass, before the
+    backward one; :meth:`check_layer` refuses it before any work (one sample's forward pass).
 
     Parameters
     ----------
@@ -160,24 +163,12 @@ class GradCAM(Explainer):
         def keep(module: nn.Module, inputs: Any, output: Any) -> None:
             captured.append(output)
 
-        def activation() -> Tensor:
-            if not captured:
-                raise ValueError(f"layer {self.layer!r} did not run in the model's forward pass")
-            act = captured[-1]
-            if isinstance(act, (tuple, list)) and act and isinstance(act[0], Tensor):
-                act = act[0]  # layers that return (hidden states, extras...)
-            if not isinstance(act, Tensor) or act.shape[0] != x.shape[0]:
-                shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
-                raise ValueError(f"layer {self.layer!r} must output a (B, ...) tensor, got {shape}")
-            # fails early, before the backward pass, when the output has no usable form
-            self._as_maps(act.detach(), x)
-            return act
-
         assert self._module is not None
         handle = self._module.register_forward_hook(keep)
         try:
             with autocast(self.precision, x.device):
-                _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)], wrt=activation)
+                _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)],
+                                         wrt=lambda: self._activation(captured, x))
         finally:
             handle.remove()
         raw = captured[-1]
@@ -193,6 +184,46 @@ class GradCAM(Explainer):
                 raise ValueError(f"Grad-CAM upsamples 1-D to 3-D maps, got input shape {tuple(x.shape)}")
             cam = F.interpolate(cam, size=size, mode=_MODES[len(size)], align_corners=False)
         return cam
+
+    def check_layer(self, x: Tensor, flag: str | None = None) -> None:
+        """Refuse, before any work, a layer whose output Grad-CAM cannot use (what :meth:`attribute`
+        finds after its forward pass): one forward pass of ``x``'s first sample without gradients, and
+        a one-line ``ValueError`` naming the layer, its output's shape and the shapes expected.
+        ``flag``: what a front end without ``reshape`` calls the layer (``--layer``): the message names
+        it so, without the advice to pass ``reshape``."""
+        sample = check_input(x)[:1]
+        if sample.dim() < 3:
+            raise ValueError(f"x must be (B, C, *spatial) for Grad-CAM, got shape {tuple(x.shape)}")
+        captured: list[Any] = []
+
+        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
+            captured.append(output)
+
+        assert self._module is not None
+        handle = self._module.register_forward_hook(keep)
+        try:
+            with frozen(self.model), torch.no_grad():
+                forward(self.model, sample.clone())
+            self._activation(captured, sample)
+        except ValueError as err:
+            if flag is None or not str(err).startswith("layer "):
+                raise
+            raise ValueError(flag + str(err)[len("layer"):].split("; pass reshape=")[0]) from None
+        finally:
+            handle.remove()
+
+    def _activation(self, captured: list[Any], x: Tensor) -> Tensor:
+        """The layer's output the hook kept last, refused (before the backward pass) when Grad-CAM cannot use it."""
+        if not captured:
+            raise ValueError(f"layer {self.layer!r} did not run in the model's forward pass")
+        act = captured[-1]
+        if isinstance(act, (tuple, list)) and act and isinstance(act[0], Tensor):
+            act = act[0]  # layers that return (hidden states, extras...)
+        if not isinstance(act, Tensor) or act.shape[0] != x.shape[0]:
+            shape = tuple(act.shape) if isinstance(act, Tensor) else type(act).__name__
+            raise ValueError(f"layer {self.layer!r} must output a (B, ...) tensor, got {shape}")
+        self._as_maps(act.detach(), x)
+        return act
 
     def _as_maps(self, act: Tensor, x: Tensor) -> Tensor:
         """The layer output as ``(B, channels, *spatial)`` (see ``reshape``)."""

@@ -144,8 +144,7 @@ class Occlusion(Explainer):
         patch: int | Sequence[int] = 4,
         stride: int | Sequence[int] | None = None,
         fill: str | float = "zero",
-        bounds: BoundsLike = (0.0, 1.0), batch_size: int = 256,
-        seed: int = 0,
+        bounds: BoundsLike = (0.0, 1.0), batch_size: int = 256, seed: int = 0,
         probabilities: bool = False,
         progress: bool = False,
         precision: str = "fp32",
@@ -185,6 +184,7 @@ class Occlusion(Explainer):
         stride = geometry.per_dim("stride", self.stride, spatial)
         if any(k > n for k, n in zip(patch, spatial, strict=True)):
             raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
+        geometry.warn_stride(stride, patch, spatial)  # accepted (as captum does), most likely a mistake
         # One row per patch position and one column per feature, per spatial dimension:
         # a patch is the outer product of one row of each, so sums over patches separate.
         windows = [geometry.windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]

@@ -5,6 +5,7 @@ and the fill the patches hold."""
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -13,7 +14,10 @@ from torch import Tensor
 
 from salmap._validate import Bounds
 
-__all__ = ["chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "per_dim", "sizes", "through_windows", "windows"]
+__all__ = [
+    "chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "per_dim", "sizes", "stride_note",
+    "through_windows", "warn_stride", "windows",
+]
 
 
 def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[int, int, int]]:
@@ -64,6 +68,33 @@ def per_dim(name: str, sizes: tuple[int, ...], spatial: tuple[int, ...]) -> tupl
     if len(sizes) != len(spatial):
         raise ValueError(f"{name} must have one size per spatial dimension {spatial}, got {sizes}")
     return sizes
+
+
+def stride_note(stride: tuple[int, ...], patch: tuple[int, ...], spatial: tuple[int, ...]) -> str | None:
+    """What a stride larger than the input (in a dimension the patch does not fill) does, or None.
+
+    It is accepted, as captum accepts it, but it is most likely a mistake: the patch then sits at the
+    dimension's start and, flush with its border, at its end only (captum skips every window but the
+    first), the positions of any stride from ``size - patch`` up."""
+    wide = [i for i, (s, k, n) in enumerate(zip(stride, patch, spatial, strict=True)) if s > n and k < n]
+    if not wide:
+        return None
+    size = "x".join(str(n) for n in spatial)
+    same = tuple(spatial[i] - patch[i] for i in wide)
+    dims = "that dimension" if len(wide) == 1 else "those dimensions"
+    return (f"occlusion's stride {_one(stride)} is larger than the input ({size}): the patch is placed only at the "
+            f"start and flush with the end of {dims}, as with any stride of at least {_one(same)} (expected a stride "
+            "no larger than the input)")
+
+
+def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def warn_stride(stride: tuple[int, ...], patch: tuple[int, ...], spatial: tuple[int, ...]) -> None:
+    """:func:`stride_note` as a ``UserWarning`` (pointing at the caller of ``attribute``)."""
+    if note := stride_note(stride, patch, spatial):
+        warnings.warn(note, UserWarning, stacklevel=5)
 
 
 def windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
