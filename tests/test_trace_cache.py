@@ -107,3 +107,46 @@ def test_a_copied_or_pickled_explainer_traces_again():
     for other in (copy.deepcopy(occ), pickle.loads(pickle.dumps(occ))):
         assert other._traces._kept is None
         torch.testing.assert_close(other.attribute(x, target=0), heat, rtol=1e-5, atol=1e-7)
+
+
+class _Held(nn.Module):
+    """A conv + batch norm whose forward reads numbers out of what it holds: a plain tensor attribute
+    (``float`` of it), a list and an object's attribute; the trace bakes all three in as constants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 3)
+        self.gain = torch.tensor(1.0)
+        self.scales = [1.0, 1.0, 1.0]
+        self.settings = _Settings()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * torch.tensor(self.scales).view(1, 3, 1, 1)
+        h = torch.relu(self.bn(self.conv(x))) * float(self.gain) * self.settings.shift
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class _Settings:
+    shift = 1.0
+
+
+def test_values_changed_inside_what_the_model_holds_are_not_served_from_a_stale_trace():
+    torch.manual_seed(0)
+    model, x = _Held().eval(), torch.rand(2, 3, 8, 8)
+    occ = Occlusion(model, patch=4, stride=4)
+    changes = [lambda: model.gain.fill_(3.0), lambda: model.gain.data.fill_(0.5),
+               lambda: model.scales.__setitem__(0, 5.0), lambda: setattr(model.settings, "shift", -2.0)]
+    for change in changes:
+        occ.attribute(x, target=0)
+        change()
+        fresh = Occlusion(model, patch=4, stride=4).attribute(x, target=0)
+        torch.testing.assert_close(occ.attribute(x, target=0), fresh, rtol=0, atol=0)
+
+
+def test_a_list_or_an_object_held_unchanged_keeps_the_trace():
+    model, x, cache = _model(), torch.rand(2, 3, 8, 8), TraceCache()
+    model.sizes, model.settings = [1, 2], _Settings()  # (read by nothing; the same items at the next call)
+    first = _agrees(cache, model, x)
+    assert _agrees(cache, model, x) is first
+    model.sizes.append(3)
+    assert _agrees(cache, model, x) is not first

@@ -19,15 +19,17 @@ batch norm with running statistics. :func:`trace` gives the traced (and folded) 
 without batch norms (:mod:`salmap.explain.occlusion_deltas` runs it). Tracing runs the model's
 ``forward`` on proxies; whatever it sets on the model's modules is put back, and a model whose
 ``forward`` changes them is not traced. An explainer keeps its trace for its next call with
-:class:`TraceCache`, which traces again when anything the trace depends on has changed and
-computes the folded weights again at every call, so later changes of the model (weights, even
-through ``.data``; hooks; flags) always count.
+:class:`TraceCache`, which traces again when what the modules hold has changed (its docstring
+says how far it looks) and computes the folded weights again at every call, so later changes
+of the model (weights, even through ``.data``; hooks; flags; numbers it holds) count.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -42,6 +44,7 @@ _PAIRS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d,
 }
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_OWN = frozenset(vars(nn.Module()))  # (the attributes every module has)
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
 
@@ -95,28 +98,30 @@ def trace(model: Any, fold: bool, always: bool = False) -> Traced | None:
 
 class TraceCache:
     """:func:`trace`, kept for the next call on the same model while nothing the trace depends
-    on has changed: the same modules with the same attributes (compared by identity: a
-    reassigned attribute, flag, buffer or submodule traces again), no hooks or parametrizations
-    since. The folded convolutions are computed again from the model's current weights at every
-    call (so weights changed in place, even through ``.data``, count), on their current device
-    and in their dtype. What an explainer holds to skip tracing on its later calls (a resnet18's
-    trace and codegen take about 20 ms on a GPU machine's host, which the device waits for)."""
+    on has changed: the same modules with the same attributes (by identity: a reassigned
+    attribute, flag, buffer or submodule traces again) and the same items in the lists, dicts,
+    sets and objects they hold (not deeper), no hooks or parametrizations since; a model holding
+    a plain tensor attribute (maybe read as a number; ``.data`` writes leave no mark) is traced at
+    every call. Not seen: changes of classes or global state. The folded convolutions are computed
+    again from the current weights at every call (even changed through ``.data``), on their
+    device and in their dtype. What an explainer holds to skip tracing on its later calls (a
+    resnet18's trace and codegen take about 20 ms on a GPU machine's host, which the device waits for)."""
 
     def __init__(self) -> None:
-        self._kept: tuple[tuple[int, bool, bool], list[Any], Traced, list[_Pair]] | None = None
+        self._kept: tuple[tuple[int, bool, bool], list[Any], list[Any], Traced, list[_Pair]] | None = None
 
     def trace(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
         key = (id(model), fold, always)
         if self._kept is not None:
-            kept_key, saved, kept, pairs = self._kept
-            if kept_key == key and _refusal(model) is None and not _changed(saved):
+            kept_key, saved, held, kept, pairs = self._kept
+            if kept_key == key and _refusal(model) is None and not _changed(saved) and _same(_held(model), held):
                 for folded, conv, bn in pairs:
                     _refold(folded, conv, bn)
                 return kept
         self._kept = None
         traced, pairs = _trace(model, fold, always)
-        if traced is not None:
-            self._kept = (key, _snapshot(model), traced, pairs)
+        if traced is not None and (found := _held(model)) is not None:
+            self._kept = (key, _snapshot(model), found, traced, pairs)
         return traced
 
     def __getstate__(self) -> dict[str, Any]:  # (a copy or a pickle traces again)
@@ -254,6 +259,27 @@ def _changed(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]
             if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
                 return True
     return False
+
+
+def _held(model: nn.Module) -> list[list[Any]] | None:
+    """Each list, dict, set or object the modules hold, with its items (not the tables and hooks every
+    module has: :func:`_changed`, :func:`_refusal`); None if one holds a plain tensor."""
+    held: list[list[Any]] = []
+    for value in (v for m in model.modules() for k, v in vars(m).items() if k not in _OWN):
+        if isinstance(value, Tensor):
+            return None
+        if isinstance(value, dict) or (hasattr(value, "__dict__") and not callable(value)
+                                       and not isinstance(value, (nn.Module, type, ModuleType))):
+            held.append([value, *(v for kv in (value if isinstance(value, dict) else vars(value)).items() for v in kv)])
+        elif isinstance(value, (list, set)):
+            held.append([value, *value])
+    return held
+
+
+def _same(now: list[list[Any]] | None, before: list[list[Any]]) -> bool:
+    """Whether :func:`_held` found the same objects (by identity: ``==`` on tensors is elementwise)."""
+    return now is not None and len(now) == len(before) and all(len(a) == len(b) and all(map(operator.is_, a, b))
+                                                               for a, b in zip(now, before, strict=True))
 
 
 def _restore(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]) -> bool:
