@@ -126,3 +126,11 @@ def test_cli_notes_a_wide_stride_in_one_line(tmp_path, lenet28, capsys):
         assert err.count("\n") == 1 and "warnings.warn" not in err
         assert main([*argv, "--quiet", "--out", str(tmp_path / "q")]) == 0
         assert capsys.readouterr().err == ""
+
+
+def test_the_stride_warning_points_at_the_caller_of_attribute():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Occlusion(model, patch=2, stride=20).attribute(torch.rand(1, 1, 8, 8))
+    assert [w.filename for w in caught if "stride" in str(w.message)] == [__file__]

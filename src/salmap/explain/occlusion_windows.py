@@ -94,7 +94,7 @@ def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
 def warn_stride(stride: tuple[int, ...], patch: tuple[int, ...], spatial: tuple[int, ...]) -> None:
     """:func:`stride_note` as a ``UserWarning`` (pointing at the caller of ``attribute``)."""
     if note := stride_note(stride, patch, spatial):
-        warnings.warn(note, UserWarning, stacklevel=5)
+        warnings.warn(note, UserWarning, stacklevel=4)  # (warn_stride, Occlusion._explain, attribute)
 
 
 def windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
