@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -150,3 +151,10 @@ def test_a_list_or_an_object_held_unchanged_keeps_the_trace():
     assert _agrees(cache, model, x) is first
     model.sizes.append(3)
     assert _agrees(cache, model, x) is not first
+
+
+def test_a_model_holding_a_plain_tensor_or_array_is_traced_at_every_call():
+    for held in (torch.ones(3), np.ones(3)):
+        model, x, cache = _model(), torch.rand(2, 3, 8, 8), TraceCache()
+        model.table = held  # (neither parameter nor buffer: a value its forward may read as a number)
+        assert _agrees(cache, model, x) is not _agrees(cache, model, x)

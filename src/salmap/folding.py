@@ -101,7 +101,7 @@ class TraceCache:
     on has changed: the same modules with the same attributes (by identity: a reassigned
     attribute, flag, buffer or submodule traces again) and the same items in the lists, dicts,
     sets and objects they hold (not deeper), no hooks or parametrizations since; a model holding
-    a plain tensor attribute (maybe read as a number; ``.data`` writes leave no mark) is traced at
+    a plain tensor or array attribute (maybe read as a number; ``.data`` writes leave no mark) is traced at
     every call. Not seen: changes of classes or global state. The folded convolutions are computed
     again from the current weights at every call (even changed through ``.data``), on their
     device and in their dtype. What an explainer holds to skip tracing on its later calls (a
@@ -263,10 +263,10 @@ def _changed(saved: list[tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]]
 
 def _held(model: nn.Module) -> list[list[Any]] | None:
     """Each list, dict, set or object the modules hold, with its items (not the tables and hooks every
-    module has: :func:`_changed`, :func:`_refusal`); None if one holds a plain tensor."""
+    module has: :func:`_changed`, :func:`_refusal`); None if one holds a plain tensor or array."""
     held: list[list[Any]] = []
     for value in (v for m in model.modules() for k, v in vars(m).items() if k not in _OWN):
-        if isinstance(value, Tensor):
+        if isinstance(value, Tensor) or hasattr(value, "__array_interface__"):  # (NumPy's)
             return None
         if isinstance(value, dict) or (hasattr(value, "__dict__") and not callable(value)
                                        and not isinstance(value, (nn.Module, type, ModuleType))):
