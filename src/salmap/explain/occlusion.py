@@ -13,6 +13,7 @@ from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
 from salmap.explain import occlusion_windows as geometry
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
+from salmap.explain.occlusion_layouts import KeptForNextCall
 from salmap.explain.occlusion_regions import cut
 from salmap.explain.targets import Target
 from salmap.folding import TraceCache
@@ -112,12 +113,12 @@ class Occlusion(Explainer):
     batch norm and residual sums run on the region; the rest, and every layer once the region
     covers most of its activation, on the whole activation. Same function, different rounding
     (float32 maps within about 1e-6 of the model's on a ResNet-18, where the stem and layer1 run
-    on 1-7% of their activations at 224x224 with 16x16 patches, layer2 on 8-29%). The regions'
-    index arithmetic is done once per batch layout (the patch positions a batch holds: the same
-    for every image whose patches all differ from the fill), while the layouts kept for the
-    next image hold at most a quarter of the values of ``batch_size`` whole copies. A sum of two
-    regions neither of which holds the other is detected (one read of the device per call) and
-    the call is computed again at full size.
+    on 1-7% of their activations at 224x224 with 16x16 patches, layer2 on 8-29%). The index
+    arithmetic is done once per batch layout (the patch positions of a batch: the same for every
+    image whose patches all differ from the fill), kept for later images and the next call on
+    images of that size (:mod:`salmap.explain.occlusion_layouts`; at most a quarter of the
+    values of ``batch_size`` whole copies). A sum of two regions neither of which holds the
+    other is detected (one read of the device per call) and the call is done again at full size.
 
     On CUDA every forward pass has the same batch shape (short batches of copies are padded
     with repeats) and cuDNN picks its fastest algorithms for that shape (``cudnn.benchmark``
@@ -153,12 +154,9 @@ class Occlusion(Explainer):
         super().__init__(model)
         self.patch = geometry.sizes("patch", patch)
         self.stride = self.patch if stride is None else geometry.sizes("stride", stride)
-        if isinstance(fill, str):
-            if fill not in FILLS:
-                raise ValueError(f"fill must be one of {list(FILLS)} or a number, got {fill!r}")
-        else:
-            fill = float(check_number("fill", fill))
-        self.fill = fill
+        if isinstance(fill, str) and fill not in FILLS:
+            raise ValueError(f"fill must be one of {list(FILLS)} or a number, got {fill!r}")
+        self.fill = fill if isinstance(fill, str) else float(check_number("fill", fill))
         self.bounds = check_bounds(bounds)
         self.batch_size = check_number("batch_size", batch_size, low=1, integer=True)
         self.seed = check_seed(seed)
@@ -166,7 +164,7 @@ class Occlusion(Explainer):
         self.progress = bool(progress)
         self.precision = check_precision(precision)
         self.fold_batchnorm = bool(fold_batchnorm)
-        self._traces = TraceCache()
+        self._traces, self._deltas = TraceCache(), KeptForNextCall[Deltas]()
 
     @property
     def low(self) -> bool:
@@ -197,7 +195,9 @@ class Occlusion(Explainer):
         model = traced.module if traced is not None and traced.folded else self.model
         deltas = None
         if traced is not None and (self.low or regions):
-            deltas = Deltas(traced.module, LOW_DTYPES[self.precision] if self.low else x.dtype)
+            dtype = LOW_DTYPES[self.precision] if self.low else x.dtype
+            deltas = self._deltas.get((traced.module, dtype, x.device, x.dtype, x.shape[1:], patch, stride,
+                                       self.batch_size), lambda: Deltas(traced.module, dtype), Deltas.new_call)
             if not deltas.exact:
                 deltas = None  # an in-place write the graph hides: plain autocast instead
         regions = regions and deltas is not None

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
+from salmap.explain.occlusion_layouts import KeptLayouts
 from salmap.explain.occlusion_region_ops import Difference, RegionOps, is_relu
-from salmap.explain.occlusion_regions import KeptLayouts, Region
+from salmap.explain.occlusion_regions import Region
 
 #: the index plans kept for later images' batches hold at most this fraction of the values of the
 #: first batch's copies computed whole (what ``batch_size`` bounds)
@@ -64,6 +65,7 @@ class Deltas(RegionOps):
         self._held: dict[int, Tensor] = {}  # whether each region sum so far kept both regions (device bools)
         self._layouts = KeptLayouts()  # the patches' regions of the latest batch layouts
         self._first: tuple[int, int] | None = None  # the first batch's copies and the bytes of a value
+        self._budget: float | None = None  # what the kept plans may hold, once known
         self._counted = False
         self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
         # only nodes computed from the input carry differences; the rest are constants
@@ -108,17 +110,23 @@ class Deltas(RegionOps):
         the patch positions; ``None``: one no later batch repeats), so that the index arithmetic
         kept on it and on the regions derived from it is done once per layout, not per batch.
         Layouts used within the latest ``keep`` batches are kept (one image's batches: the next
-        image repeats them; 0: this one is not kept, for the last image), as long as their plans
-        fit in :data:`PLANS_KEPT_FRACTION` of the first batch's whole copies (the first layouts
-        of an image that fit: a later image reuses those)."""
+        image repeats them; 0: the last image's), the others carried to the next call
+        (:class:`~salmap.explain.occlusion_layouts.KeptLayouts`), as long as their plans fit in
+        :data:`PLANS_KEPT_FRACTION` of the first batch's whole copies."""
         return self._layouts.get(layout, lambda: Region(starts(), size, full), keep, self._plan_budget)
 
-    def _plan_budget(self) -> float:
-        """The bytes the kept plans may hold (none before the first batch is done)."""
-        if self._first is None or self._clean is None:
-            return 0.0
-        copies, itemsize = self._first
-        return PLANS_KEPT_FRACTION * copies * self.whole_per_copy() * itemsize
+    def new_call(self) -> None:
+        """Start another call on images of the same size with the same patches: the batch layouts
+        and the first call's counts serve again; the clean values, the weights in the low dtype
+        (the folded weights are new at every call) and the record of the region sums start afresh."""
+        self._clean, self._held, self._weights = None, {}, {}
+
+    def _plan_budget(self) -> float | None:
+        """The bytes the kept plans may hold (``None`` before the first batch is done)."""
+        if self._budget is None and self._first is not None and self._clean is not None:
+            copies, itemsize = self._first
+            self._budget = PLANS_KEPT_FRACTION * copies * self.whole_per_copy() * itemsize
+        return self._budget
 
     def on_patches(self, image: Tensor, key: int, patches: Tensor, region: Region) -> Any:
         """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in

@@ -19,7 +19,7 @@ padding value there.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,56 +100,6 @@ class Region:
     def copies(self) -> Tensor:
         """``arange(B)`` as ``(B, 1, 1)``: the copy index of a gather per copy."""
         return self.memo("copies", lambda: torch.arange(self.starts.shape[0], device=self.starts.device)[:, None, None])  # type: ignore[no-any-return]
-
-
-class KeptLayouts:
-    """The root regions of the latest batch layouts (keys naming a batch's patch positions), for
-    later images' batches: those used within the latest ``keep`` requests, as long as the bytes
-    their plans hold fit in a budget (the first that fit: a later image reuses those)."""
-
-    def __init__(self) -> None:
-        self._regions: dict[Hashable, Region] = {}
-        self._used: dict[Hashable, int] = {}  # the request that last used each
-        self._bytes: dict[Hashable, int] = {}  # what each holds, once its first batch made its plans
-        self._new: Hashable | None = None  # kept by the latest request, its plans not yet counted
-        self._requests = 0
-        self._every = 1  # forgotten once that many requests have not used them
-
-    def __len__(self) -> int:
-        return len(self._regions)
-
-    def values(self) -> list[Region]:
-        return list(self._regions.values())
-
-    def get(self, layout: Hashable | None, make: Callable[[], Region], keep: int,
-            budget: Callable[[], float]) -> Region:
-        """The region kept for ``layout``, else ``make()`` (kept when ``keep > 0``; 0: the last
-        image's, used and forgotten; ``None``: not kept)."""
-        self._requests += 1
-        self._every = keep if keep > 0 else self._every
-        if self._new is not None:  # the previous batch made its plans: counted, kept if they fit
-            new, self._new = self._new, None
-            if new in self._regions:
-                self._bytes[new] = self._regions[new].nbytes()
-                if sum(self._bytes.values()) > budget():
-                    self._forget(new)
-        for old in [k for k, used in self._used.items() if self._requests - used > self._every]:
-            self._forget(old)  # (no later image repeats it)
-        region = self._regions.get(layout) if layout is not None else None
-        if region is None:
-            region = make()
-            if layout is not None and keep > 0:
-                self._regions[layout], self._new = region, layout
-        if layout in self._regions:
-            if keep > 0:
-                self._used[layout] = self._requests
-            else:
-                self._forget(layout)
-        return region
-
-    def _forget(self, layout: Hashable) -> None:
-        for kept in (self._regions, self._used, self._bytes):
-            kept.pop(layout, None)
 
 
 @dataclass(frozen=True)
