@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import error_line as _error_line
 
-from salmap import models
 from salmap.cli import main
 
 COMMANDS_WITH_OUT = [
@@ -63,15 +62,6 @@ def small_npz(tmp_path):
     return f"npz:{path}"
 
 
-@pytest.fixture
-def trained_lenet28(tmp_path):
-    folder = tmp_path / "trained"
-    models.save(models.build("lenet"), folder, {"bounds": [0.0, 1.0], "input_shape": [1, 28, 28],
-                                                "class_names": [str(i) for i in range(10)],
-                                                "metrics": {"test_accuracy": 0.9}})
-    return str(folder)
-
-
 NOTE = "-n 10000 is more than the 5 test images of {data}: using all 5"
 TAKING_N = [
     (["attack", "fgsm", "--model", "{lenet}"], "results.json"),
@@ -82,13 +72,13 @@ TAKING_N = [
 
 
 @pytest.mark.parametrize("argv, written", TAKING_N, ids=lambda a: a[0] if isinstance(a, list) else None)
-def test_n_past_the_split_uses_all_of_it_and_says_so_once(tmp_path, trained_lenet28, small_npz, capsys, argv, written):
+def test_n_past_the_split_uses_all_of_it_and_says_so_once(tmp_path, lenet28, small_npz, capsys, argv, written):
     """``-n 10000`` on a split of 5 runs on the 5 and prints one line naming -n, the value and the
     split's size, in attack, explain, defend and evaluate alike (evaluate refused; the others were
     silent); without -n the default says nothing on small data."""
     import json
 
-    argv = [a.format(lenet=trained_lenet28) for a in argv]
+    argv = [a.format(lenet=lenet28) for a in argv]
     base = [*argv, "--data", small_npz, "--out", str(tmp_path / "o")]
     assert main([*base, "-n", "10000"]) == 0
     out = capsys.readouterr().out
@@ -107,13 +97,13 @@ def _indices(out: Path) -> set[int]:
     return {json.loads(line)["index"] for line in path.read_text().splitlines()} if path.is_file() else set()
 
 
-def test_run_file_num_past_the_split_is_refused_and_the_flag_takes_all(tmp_path, trained_lenet28, small_npz, capsys):
+def test_run_file_num_past_the_split_is_refused_and_the_flag_takes_all(tmp_path, lenet28, small_npz, capsys):
     """A run file is a specification: its ``data.num`` past the split is refused before any work;
     ``-n`` on the command line replaces it and behaves like the other commands' ``-n``."""
     import yaml
 
     run = tmp_path / "run.yaml"
-    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": trained_lenet28}],
+    run.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "models": [{"path": lenet28}],
                                    "attacks": [{"attack": "fgsm"}], "report": False,
                                    "data": {"name": small_npz, "num": 7}}))
     assert main(["evaluate", str(run)]) == 2

@@ -8,65 +8,50 @@ import copy
 import pickle
 
 import pytest
+import test_occlusion_regions as regions_tests
 import torch
-from test_occlusion_regions import OpNames, ResNetLike, randomized
+from test_occlusion_regions import ResNetLike, randomized
 from torch import Tensor
 
-import salmap.explain.occlusion_deltas as deltas_module
 from salmap.explain import Occlusion
 from salmap.explain.occlusion_layouts import KeptForNextCall, KeptLayouts
 from salmap.explain.occlusion_regions import Region
 
 INDEX_ARITHMETIC = {"arange", "div", "stack"}
-
-
-@pytest.fixture
-def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The operators of every batch of region-held copies, in order."""
-    calls: list[list[str]] = []
-    original = deltas_module.Deltas.on_patches
-
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
-        with OpNames() as names:
-            out = original(self, image, key, patches, region)
-        calls.append(names.names)
-        return out
-
-    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
-    return calls
+batch_ops = regions_tests.batch_ops  # (the operators of every batch of region-held copies)
 
 
 def _images(seed: int, count: int = 3, size: int = 32) -> Tensor:
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
 
 
-def test_the_next_call_on_other_images_of_that_size_reuses_the_plans_and_gives_a_fresh_explainer_s_maps(batches):
+def test_the_next_call_on_other_images_of_that_size_reuses_the_plans_and_gives_a_fresh_explainer_s_maps(batch_ops):
     model = randomized(ResNetLike())
     occ = Occlusion(model, patch=4, stride=4, batch_size=32)
     occ.attribute(_images(1), target=[0, 1, 2])
-    first = len(batches)
-    assert any(INDEX_ARITHMETIC <= set(names) for names in batches[:first])
+    first = len(batch_ops)
+    assert any(INDEX_ARITHMETIC <= set(names) for names in batch_ops[:first])
     x = _images(2)
     again = occ.attribute(x, target=[2, 0, 1])
-    assert len(batches) == 2 * first
-    for names in batches[first:]:  # every layout came from the first call: values only
+    assert len(batch_ops) == 2 * first
+    for names in batch_ops[first:]:  # every layout came from the first call: values only
         assert not INDEX_ARITHMETIC & set(names)
     fresh = Occlusion(model, patch=4, stride=4, batch_size=32).attribute(x, target=[2, 0, 1])
     torch.testing.assert_close(again, fresh, rtol=0, atol=0)
 
 
-def test_another_size_patch_or_batch_size_makes_new_plans(batches):
+def test_another_size_patch_or_batch_size_makes_new_plans(batch_ops):
     model = randomized(ResNetLike())
     occ = Occlusion(model, patch=4, stride=4, batch_size=32)
     occ.attribute(_images(1), target=[0, 1, 2])
     for change in ({"size": 36}, {"patch": 3}, {"batch_size": 16}):
-        done = len(batches)
+        done = len(batch_ops)
         size = int(change.get("size", 32))
         occ.patch = occ.stride = (int(change.get("patch", 4)),)
         occ.batch_size = int(change.get("batch_size", 32))
         x = _images(3, size=size)
         got = occ.attribute(x, target=[0, 1, 2])
-        assert INDEX_ARITHMETIC <= set(batches[done])  # (new plans for the new geometry)
+        assert INDEX_ARITHMETIC <= set(batch_ops[done])  # (new plans for the new geometry)
         want = Occlusion(model, patch=occ.patch, stride=occ.stride, batch_size=occ.batch_size,
                          fold_batchnorm=False).attribute(x, target=[0, 1, 2])
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

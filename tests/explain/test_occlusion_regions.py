@@ -501,11 +501,9 @@ class OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_repeated_batch_layout_does_its_index_arithmetic_once(monkeypatch: pytest.MonkeyPatch):
-    """Every image's batch holds the same patch positions: the regions' index arithmetic (aranges,
-    clamps, the gathers' plans) is done for the first only; later batches dispatch the arithmetic
-    on the values alone. An image whose layout differs (patches equal to the fill are skipped)
-    gets its own. The maps stay those of the whole copies."""
+@pytest.fixture
+def batch_ops(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The operators of every batch of region-held copies, in order."""
     calls: list[list[str]] = []
     original = deltas_module.Deltas.on_patches
 
@@ -516,6 +514,15 @@ def test_a_repeated_batch_layout_does_its_index_arithmetic_once(monkeypatch: pyt
         return out
 
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    return calls
+
+
+def test_a_repeated_batch_layout_does_its_index_arithmetic_once(batch_ops: list[list[str]]):
+    """Every image's batch holds the same patch positions: the regions' index arithmetic (aranges,
+    clamps, the gathers' plans) is done for the first only; later batches dispatch the arithmetic
+    on the values alone. An image whose layout differs (patches equal to the fill are skipped)
+    gets its own. The maps stay those of the whole copies."""
+    calls = batch_ops
     model = randomized(ResNetLike())
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(11), dtype=torch.float64) + 0.1
     x[3, :, :8, :8] = 0.0  # the first patch of the last image equals the fill: a layout of its own

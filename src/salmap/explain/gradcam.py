@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -158,19 +159,9 @@ class GradCAM(Explainer):
     def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:
         if x.dim() < 3:
             raise ValueError(f"x must be (B, C, *spatial) for Grad-CAM, got shape {tuple(x.shape)}")
-        captured: list[Tensor] = []
-
-        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
-            captured.append(output)
-
-        assert self._module is not None
-        handle = self._module.register_forward_hook(keep)
-        try:
-            with autocast(self.precision, x.device):
-                _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)],
-                                         wrt=lambda: self._activation(captured, x))
-        finally:
-            handle.remove()
+        with self._captured() as captured, autocast(self.precision, x.device):
+            _, (grad,) = output_vjps(self.model, x, [lambda out: resolve(out).weights(out)],
+                                     wrt=lambda: self._activation(captured, x))
         raw = captured[-1]
         raw = raw[0] if isinstance(raw, (tuple, list)) else raw
         act, grad = self._as_maps(raw.detach().to(x.dtype), x), self._as_maps(grad.to(x.dtype), x)
@@ -194,6 +185,18 @@ class GradCAM(Explainer):
         sample = check_input(x)[:1]
         if sample.dim() < 3:
             raise ValueError(f"x must be (B, C, *spatial) for Grad-CAM, got shape {tuple(x.shape)}")
+        try:
+            with self._captured() as captured, frozen(self.model), torch.no_grad():
+                forward(self.model, sample.clone())
+            self._activation(captured, sample)
+        except ValueError as err:
+            if flag is None or not str(err).startswith("layer "):
+                raise
+            raise ValueError(flag + str(err)[len("layer"):].split("; pass reshape=")[0]) from None
+
+    @contextmanager
+    def _captured(self) -> Iterator[list[Any]]:
+        """The outputs of the layer in the block's forward passes (a forward hook, removed after)."""
         captured: list[Any] = []
 
         def keep(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -202,13 +205,7 @@ class GradCAM(Explainer):
         assert self._module is not None
         handle = self._module.register_forward_hook(keep)
         try:
-            with frozen(self.model), torch.no_grad():
-                forward(self.model, sample.clone())
-            self._activation(captured, sample)
-        except ValueError as err:
-            if flag is None or not str(err).startswith("layer "):
-                raise
-            raise ValueError(flag + str(err)[len("layer"):].split("; pass reshape=")[0]) from None
+            yield captured
         finally:
             handle.remove()
 
