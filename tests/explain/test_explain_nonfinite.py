@@ -87,6 +87,31 @@ def test_occlusion_refuses_outputs_that_turn_non_finite_on_its_occluded_copies()
             "the model's outputs on the occluded copies of x are NaN or infinite for 2 of 2 samples"), str(err.value)
 
 
+def test_outputs_that_overflow_float16_are_refused_with_a_pointer_to_bfloat16():
+    class Scale(nn.Module):
+        def __init__(self, factor: float) -> None:
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return t * self.factor
+
+    def large() -> nn.Sequential:  # activations of about 1e6 inside: finite in float32 and bfloat16, not in float16
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Scale(1e6), nn.ReLU(), Scale(1e-6), nn.Flatten(),
+                             nn.Linear(2 * 36, 3)).eval()
+
+    x = torch.rand(2, 1, 6, 6)
+    for precision in ("fp32", "bf16"):
+        assert torch.isfinite(Occlusion(large(), patch=3, precision=precision).attribute(x)).all()
+    with pytest.raises(ValueError) as err:
+        Occlusion(large(), patch=3, precision="fp16").attribute(x)
+    assert "NaN or infinite" in str(err.value) and "float16 overflows above 65504: try precision='bf16'" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        Occlusion(_cnn(float("inf")), patch=3).attribute(x)
+    assert "float16" not in str(err.value)
+
+
 def test_a_map_spoilt_by_an_undefined_gradient_of_finite_outputs_is_returned_with_a_warning():
     class Sqrt(nn.Module):
         def __init__(self) -> None:

@@ -95,15 +95,17 @@ class Explainer(ABC):
         """Refuse non-finite outputs and warn of a non-finite map, in one read of the device."""
         *outs, bad_map = torch.cat([s.to(heat.device) for s in spoiled] + [nonfinite_samples(heat)]).tolist()
         batch = heat.shape[0]
+        # a model finite in float32 may not be in float16
+        fp16 = "; float16 overflows above 65504: try precision='bf16'" if getattr(self, "precision", "") == "fp16" else ""
         if max(outs, default=0):
             raise ValueError(
                 f"the model's outputs are NaN or infinite on {int(max(outs))} of {batch} samples of x, so their "
-                f"{type(self).__name__} map would be NaN (expected finite outputs: check the model and x's range)"
+                f"{type(self).__name__} map would be NaN (expected finite outputs: check the model and x's range{fp16})"
             )
         if bad_map and self.outputs_only:
             raise ValueError(
                 f"the model's outputs on {self.outputs_only} are NaN or infinite for {int(bad_map)} of {batch} "
-                f"samples, so their {type(self).__name__} map would be NaN (expected finite outputs: check the model)"
+                f"samples, so their {type(self).__name__} map would be NaN (expected finite outputs: check the model{fp16})"
             )
         if bad_map:
             warnings.warn(
