@@ -37,6 +37,8 @@ from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
+from salmap.folded_weights import Pair, refold, refold_one
+
 logger = logging.getLogger(__name__)
 
 #: Convolution -> the batch norm that folds into it (exact types: a subclass may compute otherwise).
@@ -108,15 +110,14 @@ class TraceCache:
     resnet18's trace and codegen take about 20 ms on a GPU machine's host, which the device waits for)."""
 
     def __init__(self) -> None:
-        self._kept: tuple[tuple[int, bool, bool], list[Any], list[Any], Traced, list[_Pair]] | None = None
+        self._kept: tuple[tuple[int, bool, bool], list[Any], list[Any], Traced, list[Pair]] | None = None
 
     def trace(self, model: Any, fold: bool, always: bool = False) -> Traced | None:
         key = (id(model), fold, always)
         if self._kept is not None:
             kept_key, saved, held, kept, pairs = self._kept
             if kept_key == key and _refusal(model) is None and not _changed(saved) and _same(_held(model), held):
-                for folded, conv, bn in pairs:
-                    _refold(folded, conv, bn)
+                refold(pairs)
                 return kept
         self._kept = None
         traced, pairs = _trace(model, fold, always)
@@ -128,11 +129,7 @@ class TraceCache:
         return {"_kept": None}
 
 
-#: a folded convolution, its convolution and its batch norm
-_Pair = tuple[nn.Module, "nn.modules.conv._ConvNd", "nn.modules.batchnorm._BatchNorm"]
-
-
-def _trace(model: Any, fold: bool, always: bool) -> tuple[Traced | None, list[_Pair]]:
+def _trace(model: Any, fold: bool, always: bool) -> tuple[Traced | None, list[Pair]]:
     reason = _refusal(model)
     if reason is None and not always and not (fold and any(_foldable(m) for m in model.modules())):
         reason = "no eval-mode batch norm with running statistics"
@@ -180,11 +177,11 @@ def _foldable(bn: nn.Module) -> bool:
             and getattr(bn, "running_mean", None) is not None and getattr(bn, "running_var", None) is not None)
 
 
-def _fold_pairs(graph: fx.Graph, root: nn.Module) -> list[_Pair]:
+def _fold_pairs(graph: fx.Graph, root: nn.Module) -> list[Pair]:
     """Replace each (convolution, batch norm) call pair in ``graph`` by a call to a new folded
     convolution added to ``root`` (each call site gets its own: modules may be called twice)."""
     modules = dict(root.named_modules())
-    pairs: list[_Pair] = []
+    pairs: list[Pair] = []
     for node in list(graph.nodes):
         bn = modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
         if bn is None or not _foldable(bn) or len(node.args) != 1 or node.kwargs:
@@ -215,28 +212,8 @@ def _folded_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchN
         padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
         padding_mode=conv.padding_mode, device="meta",
     )
-    _refold(folded, conv, bn)
+    refold_one(folded, conv, bn)
     return folded.eval()
-
-
-@torch.no_grad()
-def _refold(folded: nn.Module, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """Set the weight and bias of ``folded`` to those of ``bn(conv(x))`` from their current values
-    (on their device, in their dtype); the arithmetic in float64."""
-    assert bn.running_mean is not None and bn.running_var is not None  # checked by _foldable
-    mean, var = bn.running_mean.double(), bn.running_var.double()
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = (conv.bias.double() - mean if conv.bias is not None else -mean) * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
-    weight = conv.weight.double() * scale.view(-1, *[1] * (conv.weight.dim() - 1))
-    dtype, device = conv.weight.dtype, conv.weight.device
-    if device.type == "cuda" and weight.dim() == 4:  # cuDNN's fastest layout (see salmap.precision.prefers_channels_last)
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    folded.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    folded.bias = nn.Parameter(shift.to(dtype=dtype), requires_grad=False)
 
 
 def _tensors(model: nn.Module) -> list[tuple[str, Tensor]]:
