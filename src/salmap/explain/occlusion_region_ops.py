@@ -25,6 +25,7 @@ from salmap.explain.occlusion_regions import (
     to_full,
     window_input,
     window_of,
+    with_zero_row,
 )
 
 #: pointwise modules and functions: on a region, ``g(c + d) - g(c)`` with ``c`` cut out of the clean value
@@ -37,13 +38,16 @@ _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 
 class Difference:
     """A value given as ``clean + d`` (``d`` in the low dtype, batch of copies); with a ``region``,
-    ``d`` holds the region of a 2-D activation, and the difference is zero outside it."""
+    ``d`` holds the region of a 2-D activation, and the difference is zero outside it; ``rows``:
+    ``d``'s channels-last rows and a zero row after them, when ``d`` was made so
+    (:func:`~salmap.explain.occlusion_regions.with_zero_row`: its zero-filled cut-outs take one pass)."""
 
-    __slots__ = ("d", "region")
+    __slots__ = ("d", "region", "rows")
 
-    def __init__(self, d: Tensor, region: Region | None = None) -> None:
+    def __init__(self, d: Tensor, region: Region | None = None, rows: Tensor | None = None) -> None:
         self.d = d
         self.region = region
+        self.rows = rows
 
 
 
@@ -152,7 +156,7 @@ class RegionOps:
         out_full = tuple(clean[node].shape[-2:])
         kernel, stride, padding = _pair(kernel), _pair(stride), _pair(padding)
         region, reads, size = window_of(v.region, kernel, stride, padding, out_full)
-        d = window_input(v.d, v.region, reads, size)
+        d = window_input(v.d, v.region, reads, size, v.rows)
         if values is None:
             out = op(d)
         else:  # the padding of a max pooling is -inf
@@ -176,8 +180,9 @@ class RegionOps:
         if is_relu(node, self.modules):
             # relu(c + d) - relu(c) = max(d, -c) - relu(-c): one gather of -c in the low dtype
             negative = cut(self._relu_clean(node, clean)[0], region)
-            out = torch.maximum(v.d, negative)
-            return Difference(out.sub_(negative.clamp_(min=0)), region)
+            out, rows = with_zero_row(tuple(v.d.shape), torch.result_type(v.d, negative), v.d.device)  # type: ignore[arg-type]
+            torch.maximum(v.d, negative, out=out)
+            return Difference(out.sub_(negative.clamp_(min=0)), region, rows)
         # g(c) on the region is computed again rather than cut out of the clean output: a pointwise
         # operation costs less than a gather, and both terms then come from the same arithmetic
         # (the two inputs are temporaries: an in-place g may write into them)
@@ -225,7 +230,7 @@ class RegionOps:
                 & (inner.starts[:, 0] + inner.size[0] <= outer.starts[:, 0] + outer.size[0]).all()
                 & (inner.starts[:, 1] + inner.size[1] <= outer.starts[:, 1] + outer.size[1]).all()), anchor=inner)
             self._held[id(inside)] = inside  # (read once, by regions_held)
-            moved = recrop(small.d, small.region, big.region)
+            moved = recrop(small.d, small.region, big.region, small.rows)
             a, b = (big.d, moved) if big is p else (moved, big.d)
             return Difference(a + b if sign > 0 else a - b, big.region)
         delta, other = (p, q) if isinstance(p, Difference) else (q, p)

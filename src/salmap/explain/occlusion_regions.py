@@ -115,11 +115,13 @@ class Gather:
 
     @staticmethod
     def plan(rows: Tensor, cols: Tensor, height: int, width: int, per_copy: bool, may_leave: bool = True,
-             dtype: torch.dtype = torch.int32) -> Gather:
+             dtype: torch.dtype = torch.int32, zero_row: bool = False) -> Gather:
         """From rows ``(B, h)`` and columns ``(B, w)`` of a source of ``height`` x ``width`` (one image
         shared by the copies, or ``per_copy``); ``may_leave``: whether some may fall outside it
         (the caller knows from the geometry: no read of the device). The index is kept in
-        ``dtype``: 32 bits halve what the plans of a batch layout hold (``index_select`` takes them)."""
+        ``dtype``: 32 bits halve what the plans of a batch layout hold (``index_select`` takes them).
+        ``zero_row``: the source is given with one zero row after its rows (:meth:`take_rows`),
+        and what falls outside it reads that row."""
         b = rows.shape[0]
         index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
         if per_copy:
@@ -128,9 +130,13 @@ class Gather:
         if may_leave:
             inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
             outside = ~inside.reshape(-1, 1)
-        if (b if per_copy else 1) * height * width >= 2**31:
+        size = (b if per_copy else 1) * height * width
+        if size + zero_row >= 2**31:
             dtype = torch.long
-        return Gather(index.reshape(-1).to(dtype), outside, (b, rows.shape[1], cols.shape[1]))
+        index = index.reshape(-1)
+        if zero_row and outside is not None:
+            index, outside = index.masked_fill(outside[:, 0], size), None
+        return Gather(index.to(dtype), outside, (b, rows.shape[1], cols.shape[1]))
 
     def take(self, t: Tensor, fill: float = 0.0) -> Tensor:
         """The cut-out of ``t`` ``(N, C, H, W)``, ``(B, C, h, w)`` in the channels-last layout, ``fill``
@@ -140,6 +146,13 @@ class Gather:
         if self.outside is not None:
             out.masked_fill_(self.outside, fill)
         return out.view(*self.shape, c).permute(0, 3, 1, 2)
+
+    def take_rows(self, rows: Tensor) -> Tensor:
+        """The cut-out, ``(B, C, h, w)`` channels-last, of a source given as its channels-last rows
+        followed by a zero row, ``(N*H*W + 1, C)``, for a plan made with ``zero_row``: one
+        ``index_select`` writes it whole (zeros included)."""
+        assert self.outside is None
+        return rows.index_select(0, self.index).view(*self.shape, rows.shape[1]).permute(0, 3, 1, 2)
 
 
 def _span(starts: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -166,9 +179,19 @@ def crop(t: Tensor, starts: Tensor, size: tuple[int, int], fill: float | None = 
 
 
 def crop_plan(starts: Tensor, size: tuple[int, int], height: int, width: int, per_copy: bool,
-              may_leave: bool = True) -> Gather:
-    """:func:`crop`'s gather."""
-    return Gather.plan(*_span(starts, size), height, width, per_copy, may_leave)
+              may_leave: bool = True, zero_row: bool = False) -> Gather:
+    """:func:`crop`'s gather (``zero_row``: see :meth:`Gather.plan`)."""
+    return Gather.plan(*_span(starts, size), height, width, per_copy, may_leave, zero_row=zero_row)
+
+
+def with_zero_row(shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A new channels-last ``(B, C, h, w)`` tensor to be written, and its rows ``(B*h*w + 1, C)``
+    whose last row is zero: what a zero-filled cut-out of it gathers from without a second pass
+    (:meth:`Gather.take_rows`)."""
+    b, c, h, w = shape
+    rows = torch.empty((b * h * w + 1, c), dtype=dtype, device=device)
+    rows[-1].zero_()
+    return rows[:-1].view(b, h, w, c).permute(0, 3, 1, 2), rows
 
 
 def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
@@ -189,21 +212,25 @@ def to_full(d: Tensor, region: Region, like: Tensor | None = None) -> Tensor:
     return out
 
 
-def recrop(d: Tensor, region: Region, target: Region) -> Tensor:
+def recrop(d: Tensor, region: Region, target: Region, rows: Tensor | None = None) -> Tensor:
     """``d`` (held on ``region``) on ``target`` of the same activation (which holds ``region``),
-    zero where ``region`` ends."""
+    zero where ``region`` ends; ``rows``: ``d``'s from :func:`with_zero_row`, if made so."""
     grows = target.size != region.size  # (else the same region: nothing falls outside)
-    plan = region.memo("recrop", lambda: crop_plan(target.starts - region.starts, target.size, *region.size, True,
-                                                   grows), anchor=target)
-    return plan.take(d)  # type: ignore[no-any-return]
+    zero_row = rows is not None and grows
+    plan = region.memo(("recrop", zero_row), lambda: crop_plan(target.starts - region.starts, target.size,
+                                                               *region.size, True, grows, zero_row), anchor=target)
+    return plan.take_rows(rows) if zero_row else plan.take(d)  # type: ignore[no-any-return]
 
 
-def window_input(d: Tensor, region: Region, reads: Tensor, size: tuple[int, int]) -> Tensor:
+def window_input(d: Tensor, region: Region, reads: Tensor, size: tuple[int, int], rows: Tensor | None = None) -> Tensor:
     """The input a sliding window reads (:func:`window_of`'s ``reads`` and ``size``) from ``d`` held
-    on ``region``: zero beyond the region and beyond the activation's border (zero padding)."""
-    plan = region.memo(("input", size), lambda: crop_plan(reads - region.starts, size, *region.size, True),
+    on ``region``: zero beyond the region and beyond the activation's border (zero padding);
+    ``rows``: ``d``'s from :func:`with_zero_row`, if made so (one pass instead of two)."""
+    zero_row = rows is not None
+    plan = region.memo(("input", size, zero_row),
+                       lambda: crop_plan(reads - region.starts, size, *region.size, True, zero_row=zero_row),
                        anchor=reads)
-    return plan.take(d)  # type: ignore[no-any-return]
+    return plan.take_rows(rows) if zero_row else plan.take(d)  # type: ignore[no-any-return, arg-type]
 
 
 def window_of(region: Region, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
