@@ -4,8 +4,12 @@ image of a call (its batch of copies after the first image's, when the region-he
 index arithmetic is kept for the batch layout).
 
     python benchmarks/occlusion_ops.py [--stride 8] [--size 224] [--device auto]
+    python benchmarks/occlusion_ops.py --images 16 [--batch-size 256] [--precision bf16]
 
-A random-weight resnet18 (standard stem), 16x16 patches, zero fill, one batch per image.
+A random-weight resnet18 (standard stem), 16x16 patches, zero fill, one batch per image. With
+``--images N``: instead, the operators of one warmed call on N images with ``--batch-size``
+(``benchmarks/gpu.py``'s occlusion section: 16 images, 256; about 3 minutes per call on a
+2-core CPU).
 """
 
 from __future__ import annotations
@@ -45,12 +49,25 @@ def main() -> int:
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--device", default="auto")
+    p.add_argument("--images", type=int, default=0, help="count one warmed call on this many images instead")
+    p.add_argument("--batch-size", type=int, default=256, help="with --images (default 256)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     args = p.parse_args()
     torch.set_num_threads(1)
     device = resolve_device(args.device)
     print(f"device: {describe_device(device)}")
+    if args.images:
+        model, x, y = resnet_setting(device, args.images, args.size)
+        occlusion = Occlusion(model, patch=16, stride=args.stride, fill="zero", batch_size=args.batch_size,
+                              precision=args.precision)
+        occlusion.attribute(x, target=y)  # (the trace, and the batch layouts' plans kept for the next call)
+        with Count() as call:
+            occlusion.attribute(x, target=y)
+        print(f"a warmed call on {args.images} images, batch_size {args.batch_size}, {args.precision}: "
+              f"{call.dispatched} operators dispatched, {call.launching} launching work")
+        return 0
     model, x, y = resnet_setting(device, 2, args.size)
-    occlusion = Occlusion(model, patch=16, stride=args.stride, fill="zero", batch_size=4096)
+    occlusion = Occlusion(model, patch=16, stride=args.stride, fill="zero", batch_size=4096, precision=args.precision)
     occlusion.attribute(x[:1], target=y[:1])  # (loads the code paths)
     with Count() as one:
         occlusion.attribute(x[:1], target=y[:1])

@@ -7,18 +7,19 @@ from __future__ import annotations
 import copy
 import pickle
 
+import _region_models as shared
 import pytest
-import test_occlusion_regions as regions_tests
 import torch
-from test_occlusion_regions import ResNetLike, randomized
+from _region_models import ResNetLike, randomized
 from torch import Tensor
 
 from salmap.explain import Occlusion
 from salmap.explain.occlusion_layouts import KeptForNextCall, KeptLayouts
 from salmap.explain.occlusion_regions import Region
 
+batch_ops = shared.batch_ops  # (a fixture)
+
 INDEX_ARITHMETIC = {"arange", "div", "stack"}
-batch_ops = regions_tests.batch_ops  # (the operators of every batch of region-held copies)
 
 
 def _images(seed: int, count: int = 3, size: int = 32) -> Tensor:
