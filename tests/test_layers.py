@@ -22,7 +22,7 @@ FLOORS = {
     "attacks": 3, "explain": 3,
     "lrp": 2, "pair_search": 2, "pair_pool": 2, "pair_matrix": 2, "targets": 2, "models": 2, "data": 2, "plot": 2, "training": 2,
     "registry": 1, "gradients": 1, "metrics": 1, "logits": 1, "_validate": 1, "_bounds": 1, "_repr": 1, "frozen": 1, "active_set": 1, "_params": 1, "_signature": 1, "randomness": 1,
-    "progress": 1, "devices": 1, "precision": 1, "folding": 1,
+    "progress": 1, "devices": 1, "precision": 1, "folding": 1, "folded_weights": 1,
 }
 #: units that never import each other although they share a floor.
 APART = {("attacks", "explain"), ("explain", "attacks"), ("models", "defenses")}
