@@ -60,6 +60,25 @@ def test_every_pair_at_once_equals_one_pair_at_a_time_bit_for_bit():
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+def test_the_signs_of_zero_are_those_of_one_pair_at_a_time():
+    # fresh batch norms (running means of zero) beside pairs with a convolution bias and affine
+    # parameters: a missing bias gives -mean * scale = -0.0 one pair at a time
+    torch.manual_seed(0)
+    specs = [(False, False), (True, True), (False, True), (True, False)]
+    pairs: list[Pair] = []
+    for bias, affine in specs:
+        conv, bn = nn.Conv2d(2, 3, 3, bias=bias).eval(), nn.BatchNorm2d(3, affine=affine).eval()
+        folded = nn.utils.skip_init(nn.Conv2d, 2, 3, 3, bias=True)
+        refold_one(folded, conv, bn)
+        pairs.append((folded.eval(), conv, bn))
+    refold(pairs)
+    together = _parameters(pairs)
+    for pair in pairs:
+        refold_one(*pair)
+    for a, b in zip(together, _parameters(pairs), strict=True):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # (torch.equal(-0.0, 0.0) holds)
+
+
 def test_the_folded_convolutions_compute_conv_then_batch_norm():
     pairs = _pairs(seed=1)
     for _, conv, bn in pairs:

@@ -91,9 +91,10 @@ def _refold_together(pairs: Sequence[Pair]) -> None:
     scale = torch.rsqrt(var)
     if (gamma := _joined([bn.weight for bn in bns], channels, 1.0)) is not None:
         scale = scale * gamma
-    bias = _joined([conv.bias for conv in convs], channels, 0.0)
+    # a missing bias is -0.0: (-0.0 - mean) is -mean and shift + -0.0 is shift, signed zeros included
+    bias = _joined([conv.bias for conv in convs], channels, -0.0)
     shift = (bias - mean if bias is not None else -mean) * scale
-    if (beta := _joined([bn.bias for bn in bns], channels, 0.0)) is not None:
+    if (beta := _joined([bn.bias for bn in bns], channels, -0.0)) is not None:
         shift = shift + beta
     weights = torch.cat([conv.weight.reshape(-1) for conv in convs]).to(f64)
     rows = [w.view(c, -1) for w, c in zip(weights.split(sizes), channels, strict=True)]
