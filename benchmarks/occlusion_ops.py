@@ -24,9 +24,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from salmap.devices import describe_device, resolve_device
 from salmap.explain import Occlusion
 
-#: operators that launch nothing (views, aliases, metadata)
+#: operators that launch nothing (views, aliases, metadata; allocations without values)
 VIEWS = {"permute", "unsqueeze", "select", "slice", "view", "reshape", "_unsafe_view", "expand", "unbind", "t",
-         "detach", "alias", "squeeze", "flatten", "as_strided", "promote_types", "to", "contiguous", "_reshape_alias"}
+         "detach", "alias", "squeeze", "flatten", "as_strided", "promote_types", "to", "contiguous", "_reshape_alias",
+         "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
 
 
 class Count(TorchDispatchMode):
