@@ -31,7 +31,7 @@ timeout 300 python3 benchmarks/gpu.py --out "$OUT" 2>&1 | tee "$OUT/gpu.txt" | g
 
 echo "== GPU tests (pytest -m gpu, and the property suite's cuda cases)"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee "$OUT/tests.txt" | tail -25
-timeout 90 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_properties.py 2>&1 | tee -a "$OUT/tests.txt" | tail -8
+timeout 90 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_properties_*.py 2>&1 | tee -a "$OUT/tests.txt" | tail -8
 
 if [ "$PROBE" = 1 ]; then
   for part in fgsm occlusion; do
