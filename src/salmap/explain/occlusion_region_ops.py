@@ -164,8 +164,11 @@ class RegionOps:
             plan = v.region.memo(("crop", size), lambda: crop_plan(reads, size, values.shape[-2], values.shape[-1],
                                                                    False, padding != (0, 0)),
                                  anchor=reads)
-            whole = plan.take(values, -math.inf) + d.to(values.dtype)
-            out = (op(whole) - cut(clean[node], region)).to(self.dtype)
+            # (in the clean values' dtype, each rounded once into the low one on its way out: one kernel each)
+            whole = plan.take(values, -math.inf)
+            whole.add_(d if torch.promote_types(values.dtype, d.dtype) == values.dtype else d.to(values.dtype))
+            pooled = op(whole)
+            out = torch.sub(pooled, cut(clean[node], region), out=torch.empty_like(pooled, dtype=self.dtype))
         return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
 
     def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> Difference | None:
@@ -201,7 +204,9 @@ class RegionOps:
         key = (node, "relu")
         if key not in clean:
             c = clean[node.args[0]]
-            clean[key] = ((-c).to(self.dtype), c.clamp(max=0).to(self.dtype))
+            # (one kernel each, computed in c's dtype and rounded once, as (-c).to(dtype) and c.clamp(max=0).to(dtype))
+            clean[key] = (torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype)),
+                          torch.minimum(c, torch.zeros((), dtype=c.dtype), out=torch.empty_like(c, dtype=self.dtype)))
         return clean[key]  # type: ignore[no-any-return]
 
     def _global_mean(self, v: Any) -> Difference | None:
