@@ -26,7 +26,7 @@ from salmap.explain import Occlusion
 
 #: operators that launch nothing (views, aliases, metadata; allocations without values)
 VIEWS = {"permute", "unsqueeze", "select", "slice", "view", "reshape", "_unsafe_view", "expand", "unbind", "t",
-         "detach", "alias", "squeeze", "flatten", "as_strided", "promote_types", "to", "contiguous", "_reshape_alias",
+         "detach", "alias", "squeeze", "flatten", "as_strided", "promote_types", "_reshape_alias",
          "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
 
 
@@ -39,7 +39,7 @@ class Count(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         self.dispatched += 1
-        # a view, or a conversion that returns its input, launches nothing
+        # a view, or a conversion that returns its input (to, contiguous), launches nothing
         if func.__name__.split(".")[0] not in VIEWS and not any(out is a for a in args):
             self.launching += 1
         return out

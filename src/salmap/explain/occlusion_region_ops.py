@@ -34,6 +34,8 @@ _POINTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
 _POINTWISE_FUNCTIONS: set[Any] = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid,
                                   F.sigmoid, torch.tanh, F.tanh, F.hardswish, F.hardsigmoid, F.hardtanh, F.mish}
 _POINTWISE_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+#: 0 as a CPU scalar tensor (a binary operation takes it on any device, in the other operand's dtype)
+_ZERO = torch.zeros(())
 
 
 class Difference:
@@ -206,7 +208,7 @@ class RegionOps:
             c = clean[node.args[0]]
             # (one kernel each, computed in c's dtype and rounded once, as (-c).to(dtype) and c.clamp(max=0).to(dtype))
             clean[key] = (torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype)),
-                          torch.minimum(c, torch.zeros((), dtype=c.dtype), out=torch.empty_like(c, dtype=self.dtype)))
+                          torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype)))
         return clean[key]  # type: ignore[no-any-return]
 
     def _global_mean(self, v: Any) -> Difference | None:
