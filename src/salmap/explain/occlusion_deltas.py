@@ -268,6 +268,7 @@ class Deltas(RegionOps):
         if not isinstance(value, Difference):
             return None
         negative, low = self._relu_clean(node, clean)
+        assert low is not None
         return torch.maximum(value.d, negative) + low
 
     def _low(self, weight: Tensor) -> Tensor:

@@ -184,8 +184,9 @@ class RegionOps:
             return None
         if is_relu(node, self.modules):
             # relu(c + d) - relu(c) = max(d, -c) - relu(-c): one gather of -c in the low dtype
-            negative = cut(self._relu_clean(node, clean)[0], region)
-            out, rows = with_zero_row(tuple(v.d.shape), torch.result_type(v.d, negative), v.d.device)  # type: ignore[arg-type]
+            negative = cut(self._relu_clean(node, clean, low=False)[0], region)
+            out, rows = with_zero_row(tuple(v.d.shape), torch.promote_types(v.d.dtype, negative.dtype),  # type: ignore[arg-type]
+                                      v.d.device)
             torch.maximum(v.d, negative, out=out)
             return Difference(out.sub_(negative.clamp_(min=0)), region, rows)
         # g(c) on the region is computed again rather than cut out of the clean output: a pointwise
@@ -198,18 +199,19 @@ class RegionOps:
             out = out - self._call(node, lambda n: base if n is source else env[n], True)
         return Difference(out.to(self.dtype), region)
 
-    def _relu_clean(self, node: fx.Node, clean: dict[Any, Any]) -> tuple[Tensor, Tensor]:
-        """``-c`` and ``min(c, 0)`` of a ReLU's clean input ``c`` in the low dtype, kept with the
-        clean values: ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``. With ``c`` rounded to
-        the low dtype the error stays relative to ``d``: where the clean activation's sign does
-        not change, the result is ``d`` or exactly 0; where it does, ``|c| < |d|``."""
-        key = (node, "relu")
-        if key not in clean:
-            c = clean[node.args[0]]
-            # (one kernel each, computed in c's dtype and rounded once, as (-c).to(dtype) and c.clamp(max=0).to(dtype))
-            clean[key] = (torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype)),
-                          torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype)))
-        return clean[key]  # type: ignore[no-any-return]
+    def _relu_clean(self, node: fx.Node, clean: dict[Any, Any], low: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``-c`` and ``min(c, 0)`` (``low``: else ``None``) of a ReLU's clean input ``c`` in the
+        low dtype, each computed once and kept with the clean values:
+        ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``. With ``c`` rounded to the low dtype
+        the error stays relative to ``d``: where the clean activation's sign does not change, the
+        result is ``d`` or exactly 0; where it does, ``|c| < |d|``."""
+        c = clean[node.args[0]]
+        # (one kernel each, computed in c's dtype and rounded once, as (-c).to(dtype) and c.clamp(max=0).to(dtype))
+        if (node, "-c") not in clean:
+            clean[node, "-c"] = torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype))
+        if low and (node, "min(c, 0)") not in clean:
+            clean[node, "min(c, 0)"] = torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype))
+        return clean[node, "-c"], clean.get((node, "min(c, 0)")) if low else None
 
     def _global_mean(self, v: Any) -> Difference | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
