@@ -1,16 +1,17 @@
 """``salmap defend`` on someone's own model (a TorchScript file, a module:factory): the accuracy measured
 where the file records none, the defended model saved as a TorchScript checkpoint folder that every
-command loads without running code, a rerun reusing the defense, and one-line refusals."""
+command loads without running code, and a rerun reusing the defense."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
+import _own_defend as shared
 import pytest
 import torch
+from _own_defend import MEAN, STD, body, dae_args, digest
 from conftest import error_line
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -18,74 +19,10 @@ from torch import nn
 from salmap import data, models
 from salmap.cli import main
 from salmap.defenses import DenoisingAutoencoder, Purified, saving
-from salmap.defenses.saving import restore, save_defended
-from salmap.models import Normalized, to_torchscript
-from salmap.training import train_classifier
+from salmap.defenses.saving import restore
+from salmap.models import Normalized
 
-MEAN, STD = 0.5, 0.3
-
-FACTORY = '''
-import torch
-from safetensors.torch import load_file
-from torch import nn
-
-
-class Net(nn.Module):
-    """torch.jit.script refuses the *unused argument, so salmap traces it."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                  nn.Linear(8 * 16, 10))
-
-    def forward(self, x, *unused):
-        return self.body(x)
-
-
-def net(weights):
-    model = Net()
-    model.body.load_state_dict(load_file(weights))
-    return model
-'''
-
-
-def body() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(8 * 16, 10))
-
-
-@models.register("own-defend-test-cnn")
-def zoo_body() -> nn.Sequential:
-    return body()
-
-
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small CNN trained on normalised 8x8 digits: ``pixels.pt`` (TorchScript, normalisation inside),
-    ``own_defend_net:net`` (a factory that needs --mean/--std) and a whole pickled model."""
-    root = tmp_path_factory.mktemp("own-defend")
-    train, test = data.load_dataset("digits", "train"), data.load_dataset("digits", "test")
-    torch.manual_seed(0)
-    core = body()
-    train_classifier(Normalized(core, [MEAN], [STD]), train.x, train.y, test.x, test.y, epochs=4, lr=1e-2, seed=0,
-                     progress=False)
-    core.eval()
-    normalised = Normalized(core, [MEAN], [STD]).eval()
-    torch.jit.save(torch.jit.trace(normalised, test.x[:2]), str(root / "pixels.pt"))
-    save_file({k: v.contiguous() for k, v in core.state_dict().items()}, str(root / "net.safetensors"))
-    (root / "own_defend_net.py").write_text(FACTORY)
-    torch.save(normalised, root / "pickled.pt")
-    models.save(core, root / "zoo", {"arch": {"name": "own-defend-test-cnn"}, "bounds": [0.0, 1.0]})
-    return root
-
-
-def dae_args(model: str, out: Path, *extra: str) -> list[str]:
-    return ["defend", "dae", "--model", model, "--data", "digits", "--out", str(out), "--epochs", "2", "--lr", "0.01",
-            "--width", "8", "-n", "10", "--attacks", "fgsm-0.1", "--device", "cpu", *extra]
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+own = shared.own  # (a fixture)
 
 
 def test_dae_on_a_torchscript_model_is_saved_as_torchscript_loaded_by_attack_and_resumed(
@@ -243,95 +180,3 @@ def test_a_zoo_checkpoint_behind_mean_std_flags(own: Path, tmp_path: Path) -> No
     meta = json.loads((tmp_path / "a" / "model.json").read_text())
     assert meta["arch"]["name"] == "own-defend-test-cnn" and meta["normalization"]["mean"] == [MEAN]
     assert (tmp_path / "a" / "weights.safetensors").is_file() and not (tmp_path / "a" / "model.ts").exists()
-
-
-@pytest.mark.parametrize("kind", ["block-switch", "dae+block-switch"])
-def test_block_switching_needs_an_architecture_and_says_which_defenses_work(
-        own: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["defend", kind, "--model", str(own / "pixels.pt"), "--data", "digits", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert f"--model {own / 'pixels.pt'} has no salmap architecture" in err and "dae or adv-train --fine-tune" in err
-    assert not (tmp_path / "o").exists()
-
-
-def test_a_pickled_or_untrained_model_is_refused_in_one_line(own: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(dae_args(str(own / "pickled.pt"), tmp_path / "p")) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "never unpickled" in err and "Traceback" not in err
-    torch.manual_seed(1)
-    untrained = tmp_path / "untrained.pt"
-    torch.jit.save(torch.jit.script(body().eval()), str(untrained))
-    assert main(dae_args(str(untrained), tmp_path / "u")) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"--model {untrained} measured test accuracy" in err and "near chance" in err
-    assert not (tmp_path / "p").exists() and not (tmp_path / "u").exists()
-
-
-class Branchy(nn.Module):
-    """A forward whose Python branch depends on the input's values: tracing fixes the branch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor, *unused: object) -> torch.Tensor:
-        return self.a(x) if float(x.mean()) > 0.5 else self.b(x)
-
-
-def test_a_trace_that_does_not_compute_the_model_is_refused(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = Branchy().eval()
-    check = torch.cat([torch.zeros(2, 4), torch.ones(3, 4)])
-    with pytest.raises(ValueError, match="model traced to TorchScript does not compute what the model computes"):
-        to_torchscript(model, check)
-    # the Python API: a Purified TorchScript model saved and loaded, the user's model untouched
-    net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval())
-    defended = Purified(net, DenoisingAutoencoder(1, 4).eval()).eval()
-    x = torch.rand(6, 1, 8, 8)
-    save_defended(defended, tmp_path / "f", {"bounds": [0.0, 1.0]}, check=x)
-    with torch.no_grad():
-        torch.testing.assert_close(models.load(tmp_path / "f")(x), defended(x))
-
-
-def test_a_per_channel_denoiser_saved_as_torchscript_is_not_pinned_to_a_device(tmp_path: Path) -> None:
-    net = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval())
-    dae = DenoisingAutoencoder(3, 4, bounds=((0.0, 0.0, 0.0), (1.0, 0.5, 1.0))).eval()
-    defended = Purified(net, dae).eval()
-    x = torch.rand(6, 3, 8, 8) * 0.5
-    save_defended(defended, tmp_path / "f", {"bounds": [[0.0, 0.0, 0.0], [1.0, 0.5, 1.0]]}, check=x)
-    loaded = models.load(tmp_path / "f")
-    codes = [m.code for _, m in [("", loaded), *loaded.named_modules()] if hasattr(m, "code")]
-    assert codes and not any("device(" in code for code in codes)  # .to(device) moves everything it uses
-    back = restore(tmp_path / "f", net)
-    assert torch.equal(back.denoiser.bound_high, dae.bound_high) and back.denoiser.state_dict().keys() == \
-        dae.state_dict().keys()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), defended(x))
-        assert float(loaded.denoiser(x)[:, 1].max()) <= 0.5
-        if torch.cuda.is_available():
-            torch.testing.assert_close(loaded.to("cuda")(x.cuda()).cpu(), defended(x), rtol=1e-4, atol=1e-4)
-
-
-def test_attacks_that_cannot_run_on_the_model_are_refused_or_replaced_before_training(
-        own: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """ISI's LRP relevance needs hooks, which a TorchScript model lacks: asked for by --attacks, it is
-    refused before the folder is made; in the default set it becomes ISI with the sensitivity indicator."""
-    from salmap.cli.defend_flags import attack_specs, fit_attacks
-
-    out = tmp_path / "d"
-    args = dae_args(str(own / "pixels.pt"), out)
-    args[args.index("fgsm-0.1")] = "isi-l0"
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--attacks isi-l0 cannot attack --model" in err
-    assert "isi:indicator=sensitivity" in err and not out.exists()
-
-    scripted = torch.jit.load(str(own / "pixels.pt"))
-    defaults = attack_specs(None)
-    fitted = fit_attacks(defaults, scripted, given=False)
-    assert "isi-l0-sensitivity instead of isi-l0" in capsys.readouterr().out
-    assert [s.name for s in fitted] == [*(s.name for s in defaults[:-1]), "isi-l0-sensitivity"]
-    assert fitted[-1].params == {**defaults[-1].params, "indicator": "sensitivity"}
-    assert fit_attacks(defaults, body(), given=False) == defaults  # an eager model keeps the set
