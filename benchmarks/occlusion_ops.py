@@ -27,7 +27,9 @@ from salmap.explain import Occlusion
 #: operators that launch nothing (views, aliases, metadata; allocations without values)
 VIEWS = {"permute", "unsqueeze", "select", "slice", "view", "reshape", "_unsafe_view", "expand", "unbind", "t",
          "detach", "alias", "squeeze", "flatten", "as_strided", "promote_types", "_reshape_alias",
-         "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
+         "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "result_type"}
+#: conversions that return their input unchanged when it is already in the asked dtype and layout
+CONVERSIONS = {"to", "contiguous", "type_as"}
 
 
 class Count(TorchDispatchMode):
@@ -39,8 +41,10 @@ class Count(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         self.dispatched += 1
-        # a view, or a conversion that returns its input (to, contiguous), launches nothing
-        if func.__name__.split(".")[0] not in VIEWS and not any(out is a for a in args):
+        # a view, or a conversion that returns its input, launches nothing (an in-place operation
+        # returns its input too, and launches)
+        name = func.__name__.split(".")[0]
+        if name not in VIEWS and not (name in CONVERSIONS and any(out is a for a in args)):
             self.launching += 1
         return out
 
