@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from _bench import Bench, say, table
 from _timing import interleaved, median, paired_ratio
+from occlusion_ops import Count
 from torch import Tensor
 
 from salmap import models
@@ -82,6 +83,11 @@ def occlusion(b: Bench) -> None:
         f"salmap batch {batch}, captum perturbations_per_eval {max(1, batch // count)}; max |map| "
         f"{float(unfolded.abs().max()):.3g}")
     table(rows)
+    # the operators of one more call of each (on a GPU, each launching one is a kernel launch)
+    for name in ("salmap fp32", "salmap bf16"):
+        with Count() as ops:
+            fns[name]()
+        say(f"{name}: one call dispatches {ops.dispatched} operators, {ops.launching} launching work")
 
 
 def occlusion_per_image(b: Bench) -> None:
