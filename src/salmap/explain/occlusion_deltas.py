@@ -261,15 +261,13 @@ class Deltas(RegionOps):
         return None
 
     def _relu(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Tensor | None:
-        """ReLU's difference at full size, in the low dtype (:meth:`_relu_clean`)."""
+        """ReLU's difference at full size, in the low dtype (:meth:`_relu_negative`, :meth:`_relu_low`)."""
         if not is_relu(node, self.modules) or any(node.kwargs.values()):
             return None
         value = env[node.all_input_nodes[0]]
         if not isinstance(value, Difference):
             return None
-        negative, low = self._relu_clean(node, clean)
-        assert low is not None
-        return torch.maximum(value.d, negative) + low
+        return torch.maximum(value.d, self._relu_negative(node, clean)) + self._relu_low(node, clean)
 
     def _low(self, weight: Tensor) -> Tensor:
         key = id(weight)

@@ -175,7 +175,7 @@ class RegionOps:
 
     def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> Difference | None:
         """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype);
-        ReLU in the low dtype (:meth:`_relu_clean`)."""
+        ReLU in the low dtype (:meth:`_relu_negative`)."""
         if not isinstance(v, Difference) or v.region is None or len(node.all_input_nodes) != 1:
             return None
         region, source = v.region, node.all_input_nodes[0]
@@ -184,7 +184,7 @@ class RegionOps:
             return None
         if is_relu(node, self.modules):
             # relu(c + d) - relu(c) = max(d, -c) - relu(-c): one gather of -c in the low dtype
-            negative = cut(self._relu_clean(node, clean, low=False)[0], region)
+            negative = cut(self._relu_negative(node, clean), region)
             out, rows = with_zero_row(tuple(v.d.shape), torch.promote_types(v.d.dtype, negative.dtype),  # type: ignore[arg-type]
                                       v.d.device)
             torch.maximum(v.d, negative, out=out)
@@ -199,19 +199,24 @@ class RegionOps:
             out = out - self._call(node, lambda n: base if n is source else env[n], True)
         return Difference(out.to(self.dtype), region)
 
-    def _relu_clean(self, node: fx.Node, clean: dict[Any, Any], low: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``-c`` and ``min(c, 0)`` (``low``: else ``None``) of a ReLU's clean input ``c`` in the
-        low dtype, each computed once and kept with the clean values:
+    def _relu_negative(self, node: fx.Node, clean: dict[Any, Any]) -> Tensor:
+        """``-c`` of a ReLU's clean input ``c`` in the low dtype, kept with the clean values:
         ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``. With ``c`` rounded to the low dtype
         the error stays relative to ``d``: where the clean activation's sign does not change, the
-        result is ``d`` or exactly 0; where it does, ``|c| < |d|``."""
-        c = clean[node.args[0]]
-        # (one kernel each, computed in c's dtype and rounded once, as (-c).to(dtype) and c.clamp(max=0).to(dtype))
+        result is ``d`` or exactly 0; where it does, ``|c| < |d|``. (One kernel, computed in ``c``'s
+        dtype and rounded once, as ``(-c).to(dtype)``.)"""
         if (node, "-c") not in clean:
+            c = clean[node.args[0]]
             clean[node, "-c"] = torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype))
-        if low and (node, "min(c, 0)") not in clean:
+        return clean[node, "-c"]  # type: ignore[no-any-return]
+
+    def _relu_low(self, node: fx.Node, clean: dict[Any, Any]) -> Tensor:
+        """``min(c, 0)`` of a ReLU's clean input in the low dtype, kept with the clean values (the
+        full-size rule's second term; one kernel, as ``c.clamp(max=0).to(dtype)``)."""
+        if (node, "min(c, 0)") not in clean:
+            c = clean[node.args[0]]
             clean[node, "min(c, 0)"] = torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype))
-        return clean[node, "-c"], clean.get((node, "min(c, 0)")) if low else None
+        return clean[node, "min(c, 0)"]  # type: ignore[no-any-return]
 
     def _global_mean(self, v: Any) -> Difference | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the
