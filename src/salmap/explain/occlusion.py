@@ -86,15 +86,16 @@ class Occlusion(Explainer):
     precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the occluded copies' forward passes
         in bfloat16 or float16 (see :mod:`salmap.precision`). For a model ``torch.fx`` can trace
         (the conditions of ``fold_batchnorm``), each copy's activations are differences from its
-        clean image's, computed once per image in the input's dtype
-        (:mod:`salmap.explain.occlusion_deltas`): linear operations run on the differences in 16
-        bits, every other ``g`` gives ``g(a + d) - g(a)`` in the input's dtype, so the rounding is
-        relative to the change occlusion measures (on a random-weight ResNet-18 at 224x224, whose
-        logits move by about 1%, correlation to float32's maps above 0.9999; 0.93 under plain
-        autocast). Batches then never mix images. A model in which a later operation reads a value
-        written in place under its old name (``y.relu_()``, then ``y``), or that cannot be traced,
-        runs under plain autocast (scores good to about 0.4% of a logit in bfloat16, 0.05% in
-        float16: noisy maps where occlusion moves the scores by less).
+        clean image's (:mod:`salmap.explain.occlusion_deltas`), computed in the input's dtype for a
+        group of images at once (at most a quarter of the values of ``batch_size`` whole copies):
+        linear operations run on the differences in 16 bits, every other ``g`` gives ``g(a + d) -
+        g(a)`` in the input's dtype, so the rounding is relative to the change occlusion measures
+        (on a random-weight ResNet-18 at 224x224, whose logits move by about 1%, correlation to
+        float32's maps above 0.9999; 0.93 under plain autocast). Batches then never mix images. A
+        model in which a later operation reads a value written in place under its old name
+        (``y.relu_()``, then ``y``), or that cannot be traced, runs under plain autocast (scores
+        good to about 0.4% of a logit in bfloat16, 0.05% in float16: noisy maps where occlusion
+        moves the scores by less).
     fold_batchnorm: fold each eval-mode batch norm into the convolution before it for the
         forward passes (:mod:`salmap.folding`: same function, one pass over the activations less,
         different rounding); the model traced with ``torch.fx`` through a private wrapper and
@@ -196,8 +197,8 @@ class Occlusion(Explainer):
         deltas = None
         if traced is not None and (self.low or regions):
             dtype = LOW_DTYPES[self.precision] if self.low else x.dtype
-            deltas = self._deltas.get((traced.module, dtype, x.device, x.dtype, x.shape[1:], patch, stride,
-                                       self.batch_size), lambda: Deltas(traced.module, dtype), Deltas.new_call)
+            key = (traced.module, dtype, x.device, x.dtype, x.shape[1:], patch, stride, self.batch_size)
+            deltas = self._deltas.get(key, lambda: Deltas(traced.module, dtype, self.batch_size), Deltas.new_call)
             if not deltas.exact:
                 deltas = None  # an in-place write the graph hides: plain autocast instead
         regions = regions and deltas is not None
@@ -224,7 +225,7 @@ class Occlusion(Explainer):
             channels_last = False
             with torch.no_grad(), autocast(precision, x.device):
                 out = predict(model, x.clone(), self.batch_size)
-        out = out.to(x.dtype)
+        out, images = out.to(x.dtype), in_layout(x, channels_last)  # (images: the differences' clean images)
         target = resolve(out)
         clean = target.score(self._transform(out))
         fill = geometry.fill_values(self.fill, self.bounds, self.seed, x)
@@ -262,7 +263,7 @@ class Occlusion(Explainer):
                 change = (fill[i : i + 1] if per_image else fill) - x[i : i + 1]
                 patches = cut(change.expand(1, *x.shape[1:]), region)
                 with torch.inference_mode():
-                    out = logits_of(deltas.on_patches(in_layout(x[i : i + 1], channels_last), i, patches, region))
+                    out = logits_of(deltas.on_patches(images, i, patches, region))
             else:
                 mask = geometry.patch_masks(pos, windows, grid)
                 copies = in_layout(torch.where(mask.unsqueeze(1), fill[image] if per_image else fill, x[image]),
@@ -272,7 +273,7 @@ class Occlusion(Explainer):
                         with autocast(self.precision, x.device):
                             out = forward(model, copies)
                     else:
-                        out = logits_of(deltas(in_layout(x[i : i + 1], channels_last), i, copies))
+                        out = logits_of(deltas(images, i, copies))
             out = self._transform(out.to(x.dtype))
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
@@ -287,7 +288,6 @@ class Occlusion(Explainer):
                     fixed = x.is_cuda and len(chunks) > 2
                     bar.total = len(chunks)
         bar.close()
-
         total = geometry.through_windows(drops.view(-1, *grid), windows, transpose=False)
         count = geometry.through_windows(torch.ones(1, *grid, dtype=x.dtype, device=x.device), windows, transpose=False)
         heat = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))

@@ -19,32 +19,24 @@ the convolutions and poolings of the first layers then run on a small part of th
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, fx
 
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
+from salmap.explain.occlusion_clean import CleanPasses, ImageValues
 from salmap.explain.occlusion_layouts import KeptLayouts
+from salmap.explain.occlusion_linear import linear_difference
 from salmap.explain.occlusion_region_ops import Difference, RegionOps, is_relu
 from salmap.explain.occlusion_regions import Region
 
 #: the index plans kept for later images' batches hold at most this fraction of the values of the
 #: first batch's copies computed whole (what ``batch_size`` bounds)
 PLANS_KEPT_FRACTION = 0.25
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: modules that are linear maps without offset (in eval mode): applied to the difference as they are
-_LINEAR = (nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-           nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_RESHAPES = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze"}
-_FUNCTIONS: set[Any] = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-                        torch.transpose, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-                        F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
+#: the clean values of a group of images (computed together) hold at most this fraction of the same
+CLEAN_KEPT_FRACTION = 0.25
 
 
 class Deltas(RegionOps):
@@ -54,14 +46,16 @@ class Deltas(RegionOps):
     ----------
     graph: the traced model (:class:`torch.fx.GraphModule`, its ``forward(x)`` one input).
     dtype: the low precision (``torch.bfloat16`` or ``torch.float16``).
+    batch_size: the copies a batch holds at most (it bounds the clean values kept for a group of
+        images, :meth:`clean`).
     """
 
-    def __init__(self, graph: fx.GraphModule, dtype: torch.dtype) -> None:
+    def __init__(self, graph: fx.GraphModule, dtype: torch.dtype, batch_size: int = 1) -> None:
         self.graph = graph
         self.dtype = dtype
         self.modules = dict(graph.named_modules())
         self._weights: dict[int, Tensor] = {}
-        self._clean: tuple[int, dict[fx.Node, Any]] | None = None
+        self._clean: ImageValues | None = None  # the clean values of the image at hand
         self._held: dict[int, Tensor] = {}  # whether each region sum so far kept both regions (device bools)
         self._layouts = KeptLayouts()  # the patches' regions of the latest batch layouts
         self._first: tuple[int, int] | None = None  # the first batch's copies and the bytes of a value
@@ -83,25 +77,39 @@ class Deltas(RegionOps):
         self._drops: dict[fx.Node, list[fx.Node]] = {}
         for value, user in last.items():
             self._drops.setdefault(user, []).append(value)
+        self._passes = CleanPasses(self.varying)
+        self._batch_size = batch_size
+
+    def clean(self, images: Tensor, i: int) -> ImageValues:
+        """Every node's value on the clean image ``images[i]`` (``images``: the call's images, one
+        tensor for the call), computed together with the next images' while their values fit in
+        :data:`CLEAN_KEPT_FRACTION` of the values of ``batch_size`` whole copies
+        (:class:`~salmap.explain.occlusion_clean.CleanPasses`)."""
+        self._clean = None  # (freed before the next group's values are computed)
+        self._clean = self._passes.image(images, i, self._clean_pass, self._images_per_group)
+        return self._clean
+
+    def _images_per_group(self, values: Any) -> int:
+        """The images whose clean values fit in :data:`CLEAN_KEPT_FRACTION` of ``batch_size`` whole
+        copies' (given one image's values)."""
+        kept = sum(v.numel() for node in self.varying if isinstance(v := values.get(node), Tensor))
+        return int(CLEAN_KEPT_FRACTION * self._batch_size * self._whole_peak(values) / max(1, kept))
 
     @torch.no_grad()
-    def clean(self, image: Tensor, key: int) -> dict[fx.Node, Any]:
-        """Every node's value on the clean ``image`` (``(1, C, ...)``), kept while ``key`` repeats."""
-        if self._clean is None or self._clean[0] != key:
-            values: dict[fx.Node, Any] = {}
-            with torch.autocast(image.device.type, enabled=False):
-                for node in self.graph.graph.nodes:
-                    if node.op == "placeholder":
-                        values[node] = image
-                    elif node.op != "output":
-                        values[node] = self._call(node, lambda n: values[n])
-            self._clean = (key, values)
-        return self._clean[1]
+    def _clean_pass(self, images: Tensor) -> dict[fx.Node, Any]:
+        values: dict[fx.Node, Any] = {}
+        with torch.autocast(images.device.type, enabled=False):
+            for node in self.graph.graph.nodes:
+                if node.op == "placeholder":
+                    values[node] = images
+                elif node.op != "output":
+                    values[node] = self._call(node, lambda n: values[n])
+        return values
 
-    def __call__(self, image: Tensor, key: int, copies: Tensor) -> Any:
-        """The model's output on ``copies`` of the clean ``image`` (``(1, C, ...)``; ``key`` names it
-        for the cache of its clean values), in the input's dtype."""
-        return self._run(image, key, Difference((copies - image).to(self.dtype)))
+    def __call__(self, images: Tensor, i: int, copies: Tensor) -> Any:
+        """The model's output on ``copies`` of the clean image ``images[i]`` (``images``: the call's
+        images, :meth:`clean`), in the input's dtype."""
+        return self._run(images, i, Difference((copies - images[i : i + 1]).to(self.dtype)))
 
     def patch_region(self, layout: Hashable | None, starts: Callable[[], Tensor], size: tuple[int, int],
                      full: tuple[int, int], keep: int = 1) -> Region:
@@ -120,6 +128,7 @@ class Deltas(RegionOps):
         and the first call's counts serve again; the clean values, the weights in the low dtype
         (the folded weights are new at every call) and the record of the region sums start afresh."""
         self._clean, self._held, self._weights = None, {}, {}
+        self._passes.reset()
 
     def _plan_budget(self) -> float | None:
         """The bytes the kept plans may hold (``None`` before the first batch is done)."""
@@ -128,11 +137,12 @@ class Deltas(RegionOps):
             self._budget = PLANS_KEPT_FRACTION * copies * self.whole_per_copy() * itemsize
         return self._budget
 
-    def on_patches(self, image: Tensor, key: int, patches: Tensor, region: Region) -> Any:
-        """The model's output on copies of the 2-D ``image`` (``(1, C, H, W)``) that differ from it in
-        one patch each: ``patches`` ``(B, C, h, w)`` are the differences, on ``region``
-        (:meth:`patch_region`). Read :meth:`regions_held` once the copies are done."""
-        return self._run(image, key, Difference(patches.to(self.dtype), region))
+    def on_patches(self, images: Tensor, i: int, patches: Tensor, region: Region) -> Any:
+        """The model's output on copies of the 2-D image ``images[i]`` (``images``: the call's
+        ``(N, C, H, W)`` images, :meth:`clean`) that differ from it in one patch each: ``patches``
+        ``(B, C, h, w)`` are the differences, on ``region`` (:meth:`patch_region`). Read
+        :meth:`regions_held` once the copies are done."""
+        return self._run(images, i, Difference(patches.to(self.dtype), region))
 
     def peak_per_copy(self) -> int:
         """The most elements of one copy's values alive at once during the first call (the values
@@ -143,7 +153,10 @@ class Deltas(RegionOps):
         """The same for the model's own forward pass on one whole image (the last clean image's
         activations, each dropped after its last use)."""
         assert self._clean is not None
-        values, live, peak = self._clean[1], 0, 0
+        return self._whole_peak(self._clean)
+
+    def _whole_peak(self, values: Any) -> int:
+        live, peak = 0, 0
         for node in self.graph.graph.nodes:
             if node in self.varying and isinstance(values.get(node), Tensor):
                 live += values[node].numel()
@@ -166,12 +179,12 @@ class Deltas(RegionOps):
         return held
 
     @torch.no_grad()
-    def _run(self, image: Tensor, key: int, start: Difference) -> Any:
-        clean = self.clean(image, key)
+    def _run(self, images: Tensor, i: int, start: Difference) -> Any:
+        clean = self.clean(images, i)
         env: dict[fx.Node, Any] = {}
         counting, self._counted = not self._counted, True  # the values alive, in the first call only
         if counting:
-            self._first = (start.d.shape[0], image.element_size())
+            self._first = (start.d.shape[0], images.element_size())
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = self._expanded(env, node)
@@ -191,10 +204,11 @@ class Deltas(RegionOps):
                 env[node] = r
             else:
                 self._expand_inputs(node, env)
-                if (d := self._linear(node, env)) is not None or (d := self._relu(node, env, clean)) is not None:
+                d = linear_difference(node, env, self.modules, self.varying, self._low, self.dtype)
+                if d is not None or (d := self._relu(node, env, clean)) is not None:
                     env[node] = Difference(d)
                 else:
-                    env[node] = self._in_full(node, full, clean[node], image.device.type)
+                    env[node] = self._in_full(node, full, clean[node], images.device.type)
             for value in self._drops.get(node, ()):
                 env.pop(value, None)
             if counting:
@@ -212,55 +226,7 @@ class Deltas(RegionOps):
             return Difference(torch.sub(out, c, out=torch.empty_like(out, dtype=self.dtype)))
         return out
 
-    def _linear(self, node: fx.Node, env: dict[fx.Node, Any]) -> Tensor | None:
-        """The difference of a node linear in its varying input, computed from the differences;
-        ``None`` when the node is not one of those (then it is computed in full)."""
-        args: list[Any] = [env[a] if isinstance(a, fx.Node) else a for a in node.args]
-        deltas = [a for a in args if isinstance(a, Difference)]
-        if not deltas or any(isinstance(a, fx.Node) for a in node.kwargs.values()):
-            return None
-        # every tensor computed from the input must be a difference (sizes computed from it may not)
-        if any(a in self.varying and isinstance(env[a], Tensor) for a in node.all_input_nodes):
-            return None
-        first: Any = args[0] if args else None
-        if node.op == "call_module":
-            mod: Any = self.modules[str(node.target)]
-            if len(args) != 1 or node.kwargs or mod.training:
-                return None
-            d = first.d
-            if type(mod) in _CONVS:
-                return mod._conv_forward(d, self._low(mod.weight), None)  # type: ignore[no-any-return]
-            if type(mod) is nn.Linear:
-                return F.linear(d, self._low(mod.weight))
-            return mod(d) if type(mod) in _LINEAR else None
-        if node.op == "call_method" and node.target in _RESHAPES and isinstance(first, Difference) and len(deltas) == 1:
-            return getattr(first.d, str(node.target))(*args[1:], **node.kwargs)  # type: ignore[no-any-return]
-        if node.op != "call_function" or node.kwargs:
-            return None
-        fn: Any = node.target
-        if fn in _FUNCTIONS and isinstance(first, Difference) and len(deltas) == 1:
-            return fn(first.d, *args[1:])  # type: ignore[no-any-return]
-        if fn in (operator.add, torch.add, operator.sub, torch.sub) and len(args) == 2:
-            sign = -1 if fn in (operator.sub, torch.sub) else 1
-            p, q = (x.d if isinstance(x, Difference) else None for x in args)
-            if p is not None and q is not None:
-                diff = p + q if sign > 0 else p - q
-            else:
-                diff = p if p is not None else (q if sign > 0 else -q)  # type: ignore[assignment, operator]
-            other = [x for x in args if isinstance(x, Tensor)]  # a constant tensor may broadcast the result
-            shape = torch.broadcast_shapes(diff.shape, *(o.shape for o in other)) if other else diff.shape
-            return diff.expand(shape) if shape != diff.shape else diff
-        if fn in (operator.neg, torch.neg) and len(args) == 1:
-            return -first.d  # type: ignore[no-any-return]
-        if fn in (operator.mul, torch.mul, operator.truediv, torch.div) and len(args) == 2 and len(deltas) == 1:
-            if fn in (operator.truediv, torch.div) and not isinstance(first, Difference):
-                return None
-            a, b = args[0], args[1]
-            out: Tensor = (a.d * b if isinstance(a, Difference) else a * b.d) if fn in (operator.mul, torch.mul) else a.d / b
-            return out.to(self.dtype) if out.is_floating_point() else None
-        return None
-
-    def _relu(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Tensor | None:
+    def _relu(self, node: fx.Node, env: dict[fx.Node, Any], clean: ImageValues) -> Tensor | None:
         """ReLU's difference at full size, in the low dtype (:meth:`_relu_negative`, :meth:`_relu_low`)."""
         if not is_relu(node, self.modules) or any(node.kwargs.values()):
             return None

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from salmap.explain.occlusion_clean import ImageValues
 from salmap.explain.occlusion_regions import (
     Region,
     crop_plan,
@@ -60,7 +61,7 @@ class RegionOps:
 
     modules: dict[str, nn.Module]
     dtype: torch.dtype
-    _clean: tuple[int, dict[fx.Node, Any]] | None
+    _clean: ImageValues | None
     _held: dict[int, Tensor]
     varying: set[fx.Node]
     _low: Callable[[Tensor], Tensor]  # the weight in the low dtype
@@ -71,14 +72,14 @@ class RegionOps:
         v = env[node]
         if isinstance(v, Difference) and v.region is not None:
             assert self._clean is not None
-            v = env[node] = Difference(to_full(v.d, v.region, self._clean[1][node]))
+            v = env[node] = Difference(to_full(v.d, v.region, self._clean[node]))
         return v
 
     def _expand_inputs(self, node: fx.Node, env: dict[fx.Node, Any]) -> None:
         for a in node.all_input_nodes:
             self._expanded(env, a)
 
-    def _regional(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any]) -> Difference | None:
+    def _regional(self, node: fx.Node, env: dict[fx.Node, Any], clean: ImageValues) -> Difference | None:
         """The node's difference on a region when its varying input is held on one and the node
         keeps it local (a convolution, a pooling, a pointwise operation, a sum); ``None`` else."""
         inputs = [env[a] for a in node.all_input_nodes if isinstance(env[a], Difference)]
@@ -150,7 +151,7 @@ class RegionOps:
             return Difference(-v.d, v.region)
         return None
 
-    def _slide(self, v: Difference, node: fx.Node, kernel: Any, stride: Any, padding: Any, clean: dict[Any, Any],
+    def _slide(self, v: Difference, node: fx.Node, kernel: Any, stride: Any, padding: Any, clean: ImageValues,
                op: Callable[[Tensor], Tensor], values: Tensor | None = None) -> Difference:
         """A sliding window (no padding; it is cut out with the input) over a region-held ``v``: the
         difference for linear ``op``s, ``op(c + d) - op(c)`` when ``values`` (the clean input) is given."""
@@ -173,7 +174,7 @@ class RegionOps:
             out = torch.sub(pooled, cut(clean[node], region), out=torch.empty_like(pooled, dtype=self.dtype))
         return Difference(out, region) if region.worth_keeping() else Difference(to_full(out, region, clean[node]))
 
-    def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: dict[Any, Any], v: Any) -> Difference | None:
+    def _pointwise(self, node: fx.Node, env: dict[fx.Node, Any], clean: ImageValues, v: Any) -> Difference | None:
         """``g(c + d) - g(c)`` on ``v``'s region, ``c`` cut out of the clean values (the input's dtype);
         ReLU in the low dtype (:meth:`_relu_negative`)."""
         if not isinstance(v, Difference) or v.region is None or len(node.all_input_nodes) != 1:
@@ -199,24 +200,20 @@ class RegionOps:
             out = out - self._call(node, lambda n: base if n is source else env[n], True)
         return Difference(out.to(self.dtype), region)
 
-    def _relu_negative(self, node: fx.Node, clean: dict[Any, Any]) -> Tensor:
+    def _relu_negative(self, node: fx.Node, clean: ImageValues) -> Tensor:
         """``-c`` of a ReLU's clean input ``c`` in the low dtype, kept with the clean values:
         ``relu(c + d) - relu(c) = max(d, -c) + min(c, 0)``. With ``c`` rounded to the low dtype
         the error stays relative to ``d``: where the clean activation's sign does not change, the
         result is ``d`` or exactly 0; where it does, ``|c| < |d|``. (One kernel, computed in ``c``'s
         dtype and rounded once, as ``(-c).to(dtype)``.)"""
-        if (node, "-c") not in clean:
-            c = clean[node.args[0]]
-            clean[node, "-c"] = torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype))
-        return clean[node, "-c"]  # type: ignore[no-any-return]
+        return clean.derived((node, "-c"), node.args[0],  # type: ignore[arg-type]
+                             lambda c: torch.mul(c, -1, out=torch.empty_like(c, dtype=self.dtype)))
 
-    def _relu_low(self, node: fx.Node, clean: dict[Any, Any]) -> Tensor:
+    def _relu_low(self, node: fx.Node, clean: ImageValues) -> Tensor:
         """``min(c, 0)`` of a ReLU's clean input in the low dtype, kept with the clean values (the
         full-size rule's second term; one kernel, as ``c.clamp(max=0).to(dtype)``)."""
-        if (node, "min(c, 0)") not in clean:
-            c = clean[node.args[0]]
-            clean[node, "min(c, 0)"] = torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype))
-        return clean[node, "min(c, 0)"]  # type: ignore[no-any-return]
+        return clean.derived((node, "min(c, 0)"), node.args[0],  # type: ignore[arg-type]
+                             lambda c: torch.minimum(c, _ZERO, out=torch.empty_like(c, dtype=self.dtype)))
 
     def _global_mean(self, v: Any) -> Difference | None:
         """The mean over both spatial dimensions (``(B, C, 1, 1)``): the region's sum over the

@@ -1,0 +1,127 @@
+"""The clean pass of :class:`~salmap.explain.occlusion_deltas.Deltas`: every node's value on the
+clean images, computed for a group of a call's images at once and read one image at a time.
+
+The occluded copies of an image are differences from that image's clean activations, so each
+image needs every node's clean value. Computed one image at a time, that is a whole forward pass
+at batch 1 per image (on a GPU, one small kernel per node and image); here the images of a group
+go through the graph together and each image reads its rows (views). A graph whose values are not
+batch-first (a ``view`` that merges the batch into another dimension, a ``permute`` that moves
+it) cannot be read by rows: every group's value shapes are checked against those of the first
+image's pass (run alone), and on a mismatch the images go one at a time from then on. The
+images' rows must not depend on one another, as for the model's own batched predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from torch import Tensor, fx
+
+
+class _Group:
+    """The clean values of ``images[start:stop]``; ``rows``: the nodes whose values are batch-first
+    (read by rows), ``derived``: values computed from them (:meth:`ImageValues.derived`)."""
+
+    __slots__ = ("derived", "images", "rows", "start", "stop", "values")
+
+    def __init__(self, images: Tensor, start: int, values: dict[fx.Node, Any], count: int, rows: set[fx.Node]) -> None:
+        self.images, self.start, self.stop = images, start, start + count
+        self.values, self.rows = values, rows
+        self.derived: dict[Hashable, Tensor] = {}
+
+
+class ImageValues:
+    """One image's clean values: its rows of its group's values (one view per node, made when first
+    read), the group's own value for a node that is not batch-first (a constant, a size)."""
+
+    __slots__ = ("_group", "_own", "_row")
+
+    def __init__(self, group: _Group, row: int) -> None:
+        self._group, self._row = group, row
+        self._own: dict[Hashable, Any] = {}
+
+    def __getitem__(self, node: fx.Node) -> Any:
+        if node in self._own:
+            return self._own[node]
+        group = self._group
+        value = group.values[node]
+        if node in group.rows:
+            value = self._own[node] = value[self._row : self._row + 1]
+        return value
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._group.values
+
+    def get(self, node: fx.Node, default: Any = None) -> Any:
+        return self[node] if node in self._group.values else default
+
+    def derived(self, key: Hashable, source: fx.Node, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn`` (elementwise) of ``source``'s clean value, computed once for the whole group and
+        kept with its values; this image's rows of it."""
+        if key in self._own:
+            return self._own[key]  # type: ignore[no-any-return]
+        group = self._group
+        if key not in group.derived:
+            group.derived[key] = fn(group.values[source])
+        value = group.derived[key]
+        if source in group.rows:
+            value = value[self._row : self._row + 1]
+        self._own[key] = value
+        return value
+
+
+class CleanPasses:
+    """The clean values of a call's images, a group of images at a time (:meth:`image`); ``varying``:
+    the nodes computed from the input (the others are constants, the same for every image)."""
+
+    def __init__(self, varying: set[fx.Node]) -> None:
+        self._varying = varying
+        self._images = 1  # images per group, once known
+        self._shapes: dict[fx.Node, tuple[int, ...]] | None = None  # one image's values' shapes
+        self.batchable = True  # False once a group's values were not batch-first
+        self._group: _Group | None = None
+        self._current: ImageValues | None = None
+
+    def reset(self) -> None:
+        """Drop the values (at the start of a call)."""
+        self._group = self._current = None
+
+    def image(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]],
+              limit: Callable[[dict[fx.Node, Any]], int]) -> ImageValues:
+        """The clean values of ``images[i]`` (``images``: the call's clean images, one tensor for the
+        whole call): computed together with those of the next images of its group, unless they are.
+        ``run``: every node's value on a batch of clean images (nothing dropped); ``limit``: how many
+        images a group may hold, given one image's values (asked once, on the first image, which is
+        computed alone first: its value shapes are the ones every group must have)."""
+        current = self._current
+        if current is not None and current._group.images is images and current._row == i - current._group.start:
+            return current
+        group = self._group
+        if group is None or group.images is not images or not group.start <= i < group.stop:
+            self._group = self._current = group = None  # (the last group's values freed first)
+            if self._shapes is None:
+                alone = run(images[i : i + 1])
+                self._shapes = {node: tuple(v.shape) for node, v in alone.items()
+                                if node in self._varying and isinstance(v, Tensor)}
+                self._images = max(1, limit(alone))
+                if self._images == 1 or images.shape[0] - i == 1:
+                    group = _Group(images, i, alone, 1, set())
+                del alone
+            if group is None:
+                group = self._pass(run, images, i, min(self._images, images.shape[0] - i) if self.batchable else 1)
+            self._group = group
+        self._current = ImageValues(group, i - group.start)
+        return self._current
+
+    def _pass(self, run: Callable[[Tensor], dict[fx.Node, Any]], images: Tensor, i: int, count: int) -> _Group:
+        values = run(images[i : i + count])
+        if count == 1:
+            return _Group(images, i, values, 1, set())
+        assert self._shapes is not None
+        if all(isinstance(v := values.get(node), Tensor) and shape[:1] == (1,) and tuple(v.shape) == (count, *shape[1:])
+               for node, shape in self._shapes.items()):
+            return _Group(images, i, values, count, set(self._shapes))
+        self.batchable = False  # (e.g. a view that merges the batch into another dimension)
+        del values
+        return self._pass(run, images, i, 1)
