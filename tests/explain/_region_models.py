@@ -143,9 +143,9 @@ def batch_ops(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     calls: list[list[str]] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+    def spy(self: deltas_module.Deltas, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
         with OpNames() as names:
-            out = original(self, image, key, patches, region)
+            out = original(self, images, i, patches, region)
         calls.append(names.names)
         return out
 

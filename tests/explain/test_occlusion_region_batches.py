@@ -20,9 +20,9 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
     sizes: list[int] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: object, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+    def spy(self: object, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
         sizes.append(patches.shape[0])
-        return original(self, image, key, patches, region)  # type: ignore[arg-type]
+        return original(self, images, i, patches, region)  # type: ignore[arg-type]
 
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
@@ -41,9 +41,9 @@ def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypat
     peaks: list[tuple[int, int, int]] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+    def spy(self: deltas_module.Deltas, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
         self._counted, self._peak = False, 0  # count every batch
-        out = original(self, image, key, patches, region)
+        out = original(self, images, i, patches, region)
         peaks.append((patches.shape[0], self.peak_per_copy(), self.whole_per_copy()))
         return out
 
@@ -89,9 +89,9 @@ def test_a_batch_of_region_held_copies_reads_nothing_from_the_device(monkeypatch
     kept: list[int] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
+    def spy(self: deltas_module.Deltas, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
         with Recorder() as recorder:
-            out = original(self, image, key, patches, region)
+            out = original(self, images, i, patches, region)
         reads.append(recorder.reads)
         kept.append(len(self._layouts))
         return out

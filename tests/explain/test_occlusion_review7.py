@@ -53,11 +53,11 @@ def test_the_kept_batch_layouts_stay_within_the_memory_of_a_batch(monkeypatch: A
     held: list[tuple[int, int]] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
-        out = original(self, image, key, patches, region)
+    def spy(self: deltas_module.Deltas, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
+        out = original(self, images, i, patches, region)
         seen: set[int] = set()
         kept = sum(plan_bytes(r, seen) for r in self._layouts.values())
-        held.append((kept, 10 * self.whole_per_copy() * image.element_size()))
+        held.append((kept, 10 * self.whole_per_copy() * images.element_size()))
         return out
 
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
@@ -78,9 +78,9 @@ def test_the_first_image_s_grown_batches_are_not_kept(monkeypatch: Any) -> None:
     kept: list[tuple[int, int]] = []
     original = deltas_module.Deltas.on_patches
 
-    def spy(self: deltas_module.Deltas, image: Tensor, key: int, patches: Tensor, region: Region) -> object:
-        kept.append((key, len(self._layouts)))
-        return original(self, image, key, patches, region)
+    def spy(self: deltas_module.Deltas, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
+        kept.append((i, len(self._layouts)))
+        return original(self, images, i, patches, region)
 
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())

@@ -179,11 +179,7 @@ class Occlusion(Explainer):
         if x.dim() < 3:
             raise ValueError(f"x must be (B, C, *spatial) for occlusion, got shape {tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
-        patch = geometry.per_dim("patch", self.patch, spatial)
-        stride = geometry.per_dim("stride", self.stride, spatial)
-        if any(k > n for k, n in zip(patch, spatial, strict=True)):
-            raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
-        geometry.warn_stride(stride, patch, spatial)  # accepted (as captum does), most likely a mistake
+        patch, stride = geometry.patches(self.patch, self.stride, spatial)
         # One row per patch position and one column per feature, per spatial dimension:
         # a patch is the outer product of one row of each, so sums over patches separate.
         windows = [geometry.windows(n, k, s, x.device, x.dtype) for n, k, s in zip(spatial, patch, stride, strict=True)]
@@ -207,6 +203,8 @@ class Occlusion(Explainer):
             if regions and deltas is not None and not deltas.regions_held():
                 # a sum of two differences whose regions did not nest: again at full size
                 heat = self._occlude(model, deltas, x, resolve, windows, grid, patch, False)
+        if deltas is not None:
+            deltas.end_call()  # (its clean values freed)
         return heat
 
     def _occlude(self, model: Model, deltas: Deltas | None, x: Tensor, resolve: Resolver,

@@ -20,12 +20,13 @@ from torch import Tensor, fx
 
 
 class _Group:
-    """The clean values of ``images[start:stop]``; ``rows``: the nodes whose values are batch-first
-    (read by rows), ``derived``: values computed from them (:meth:`ImageValues.derived`)."""
+    """The clean values of ``images[start:stop]``; ``rows``: the nodes whose values are read by rows
+    (none for a group of one), ``derived``: values computed from them (:meth:`ImageValues.derived`)."""
 
     __slots__ = ("derived", "images", "rows", "start", "stop", "values")
 
-    def __init__(self, images: Tensor, start: int, values: dict[fx.Node, Any], count: int, rows: set[fx.Node]) -> None:
+    def __init__(self, images: Tensor, start: int, values: dict[fx.Node, Any], count: int,
+                 rows: frozenset[fx.Node]) -> None:
         self.images, self.start, self.stop = images, start, start + count
         self.values, self.rows = values, rows
         self.derived: dict[Hashable, Tensor] = {}
@@ -49,9 +50,6 @@ class ImageValues:
         if node in group.rows:
             value = self._own[node] = value[self._row : self._row + 1]
         return value
-
-    def __contains__(self, node: object) -> bool:
-        return node in self._group.values
 
     def get(self, node: fx.Node, default: Any = None) -> Any:
         return self[node] if node in self._group.values else default
@@ -79,49 +77,63 @@ class CleanPasses:
         self._varying = varying
         self._images = 1  # images per group, once known
         self._shapes: dict[fx.Node, tuple[int, ...]] | None = None  # one image's values' shapes
+        self._rows: frozenset[fx.Node] = frozenset()  # the nodes of those shapes
         self.batchable = True  # False once a group's values were not batch-first
         self._group: _Group | None = None
         self._current: ImageValues | None = None
 
     def reset(self) -> None:
-        """Drop the values (at the start of a call)."""
+        """Drop the values (at the end of a call)."""
         self._group = self._current = None
 
     def image(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]],
               limit: Callable[[dict[fx.Node, Any]], int]) -> ImageValues:
         """The clean values of ``images[i]`` (``images``: the call's clean images, one tensor for the
-        whole call): computed together with those of the next images of its group, unless they are.
-        ``run``: every node's value on a batch of clean images (nothing dropped); ``limit``: how many
-        images a group may hold, given one image's values (asked once, on the first image, which is
-        computed alone first: its value shapes are the ones every group must have)."""
-        current = self._current
-        if current is not None and current._group.images is images and current._row == i - current._group.start:
-            return current
-        group = self._group
-        if group is None or group.images is not images or not group.start <= i < group.stop:
-            self._group = self._current = group = None  # (the last group's values freed first)
-            if self._shapes is None:
-                alone = run(images[i : i + 1])
-                self._shapes = {node: tuple(v.shape) for node, v in alone.items()
-                                if node in self._varying and isinstance(v, Tensor)}
-                self._images = max(1, limit(alone))
-                if self._images == 1 or images.shape[0] - i == 1:
-                    group = _Group(images, i, alone, 1, set())
-                del alone
-            if group is None:
-                group = self._pass(run, images, i, min(self._images, images.shape[0] - i) if self.batchable else 1)
-            self._group = group
-        self._current = ImageValues(group, i - group.start)
+        whole call), computed with those of the next images of its group when its group is not the
+        one at hand. ``run``: every node's value on a batch of clean images (nothing dropped);
+        ``limit``: how many images a group may hold, given one image's values (asked once, on the
+        first image, which is computed alone first: its value shapes are the ones every group must
+        have)."""
+        if self._current is None or self._current._group.images is not images \
+                or self._current._row != i - self._current._group.start:
+            if not _holds(self._group, images, i):
+                self.reset()  # (the last group's values freed before the next group's are computed)
+                self._group = self._next(images, i, run, limit)
+            assert self._group is not None
+            self._current = ImageValues(self._group, i - self._group.start)
         return self._current
 
-    def _pass(self, run: Callable[[Tensor], dict[fx.Node, Any]], images: Tensor, i: int, count: int) -> _Group:
+    def _next(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]],
+              limit: Callable[[dict[fx.Node, Any]], int]) -> _Group:
+        left = images.shape[0] - i
+        if self._shapes is None:
+            alone = run(images[i : i + 1])
+            self._shapes = {node: tuple(v.shape) for node, v in alone.items()
+                            if node in self._varying and isinstance(v, Tensor)}
+            self._rows = frozenset(self._shapes)
+            self._images = max(1, limit(alone))
+            if self._images == 1 or left == 1:
+                return _Group(images, i, alone, 1, frozenset())
+            del alone
+        count = min(self._images, left) if self.batchable else 1
         values = run(images[i : i + count])
         if count == 1:
-            return _Group(images, i, values, 1, set())
-        assert self._shapes is not None
-        if all(isinstance(v := values.get(node), Tensor) and shape[:1] == (1,) and tuple(v.shape) == (count, *shape[1:])
-               for node, shape in self._shapes.items()):
-            return _Group(images, i, values, count, set(self._shapes))
+            return _Group(images, i, values, 1, frozenset())
+        if _batch_first(values, self._shapes, count):
+            return _Group(images, i, values, count, self._rows)
         self.batchable = False  # (e.g. a view that merges the batch into another dimension)
         del values
-        return self._pass(run, images, i, 1)
+        return _Group(images, i, run(images[i : i + 1]), 1, frozenset())
+
+
+def _holds(group: _Group | None, images: Tensor, i: int) -> bool:
+    return group is not None and group.images is images and group.start <= i < group.stop
+
+
+def _batch_first(values: dict[fx.Node, Any], shapes: dict[fx.Node, tuple[int, ...]], count: int) -> bool:
+    """Whether a group of ``count`` images' ``values`` have one image's ``shapes`` with ``count`` rows."""
+    for node, shape in shapes.items():
+        value = values.get(node)
+        if not isinstance(value, Tensor) or shape[:1] != (1,) or tuple(value.shape) != (count, *shape[1:]):
+            return False
+    return True

@@ -5,7 +5,8 @@ bfloat16, every activation of ``x'`` is rounded to 8 bits of mantissa, and on mo
 scores barely move (a random-weight ResNet: a drop of 1% of the logit) that rounding noise
 swamps the drops. Here the model's graph (:func:`salmap.folding.trace`) is run on the
 *differences* ``d = a(x') - a(x)`` of every activation from the clean image's activation
-``a(x)``, which is computed once per image in the input's precision: operations linear in
+``a(x)``, computed in the input's precision (for a group of images at once,
+:mod:`salmap.explain.occlusion_clean`): operations linear in
 their input (convolutions and linear layers without their bias, average pooling, sums,
 reshapes) run on ``d`` in 16 bits, so their rounding is relative to the difference, not to
 the activation; every other operation ``g`` (ReLU, max pooling, anything not listed) gives
@@ -89,11 +90,16 @@ class Deltas(RegionOps):
         self._clean = self._passes.image(images, i, self._clean_pass, self._images_per_group)
         return self._clean
 
-    def _images_per_group(self, values: Any) -> int:
-        """The images whose clean values fit in :data:`CLEAN_KEPT_FRACTION` of ``batch_size`` whole
-        copies' (given one image's values)."""
-        kept = sum(v.numel() for node in self.varying if isinstance(v := values.get(node), Tensor))
-        return int(CLEAN_KEPT_FRACTION * self._batch_size * self._whole_peak(values) / max(1, kept))
+    def _images_per_group(self, values: dict[fx.Node, Any]) -> int:
+        """The images whose clean values (and each ReLU's two clean terms in the low dtype) fit in
+        :data:`CLEAN_KEPT_FRACTION` of ``batch_size`` whole copies' values (given one image's)."""
+        kept = 0.0
+        for node, v in values.items():
+            if node in self.varying and isinstance(v, Tensor):
+                kept += v.numel()
+                low = [u for u in node.users if is_relu(u, self.modules)]
+                kept += 2 * len(low) * v.numel() * self.dtype.itemsize / v.element_size()
+        return int(CLEAN_KEPT_FRACTION * self._batch_size * self._whole_peak(values) / max(1.0, kept))
 
     @torch.no_grad()
     def _clean_pass(self, images: Tensor) -> dict[fx.Node, Any]:
@@ -127,7 +133,12 @@ class Deltas(RegionOps):
         """Start another call on images of the same size with the same patches: the batch layouts
         and the first call's counts serve again; the clean values, the weights in the low dtype
         (the folded weights are new at every call) and the record of the region sums start afresh."""
-        self._clean, self._held, self._weights = None, {}, {}
+        self.end_call()
+        self._held = {}
+
+    def end_call(self) -> None:
+        """Drop what only the call at hand uses: its clean values and the weights in the low dtype."""
+        self._clean, self._weights = None, {}
         self._passes.reset()
 
     def _plan_budget(self) -> float | None:

@@ -15,8 +15,8 @@ from torch import Tensor
 from salmap._validate import Bounds
 
 __all__ = [
-    "chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "per_dim", "sizes", "stride_note",
-    "through_windows", "warn_stride", "windows",
+    "chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "patches", "per_dim", "sizes",
+    "stride_note", "through_windows", "windows",
 ]
 
 
@@ -91,10 +91,17 @@ def _one(values: tuple[int, ...]) -> int | tuple[int, ...]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def warn_stride(stride: tuple[int, ...], patch: tuple[int, ...], spatial: tuple[int, ...]) -> None:
-    """:func:`stride_note` as a ``UserWarning`` (pointing at the caller of ``attribute``)."""
+def patches(patch: tuple[int, ...], stride: tuple[int, ...],
+            spatial: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The patch and the stride per spatial dimension (:func:`per_dim`), the patch checked against
+    the input's ``spatial`` size; :func:`stride_note` as a ``UserWarning`` pointing at the caller of
+    ``attribute`` (accepted, as captum does, but most likely a mistake)."""
+    patch, stride = per_dim("patch", patch, spatial), per_dim("stride", stride, spatial)
+    if any(k > n for k, n in zip(patch, spatial, strict=True)):
+        raise ValueError(f"patch {patch} is larger than the input's spatial size {spatial}")
     if note := stride_note(stride, patch, spatial):
-        warnings.warn(note, UserWarning, stacklevel=4)  # (warn_stride, Occlusion._explain, attribute)
+        warnings.warn(note, UserWarning, stacklevel=4)  # (patches, Occlusion._explain, attribute)
+    return patch, stride
 
 
 def windows(size: int, patch: int, stride: int, device: torch.device, dtype: torch.dtype) -> Tensor:
