@@ -233,9 +233,10 @@ class Occlusion(Explainer):
         differs = (x != fill).any(dim=1).to(x.dtype)
         changed = geometry.through_windows(differs, windows, transpose=True) > 0
         pairs = changed.flatten(1).nonzero()
-        positions = pairs[:, 1].cpu().numpy() if regions else None  # (they name the batch layouts)
+        listed = pairs.cpu()  # (one read of the device: the batches' bounds, the batch layouts' names)
+        positions = listed[:, 1].numpy() if regions else None
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
-        chunks = geometry.chunks(pairs[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
+        chunks = geometry.chunks(listed[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
         # On CUDA one batch shape for every pass: cuDNN tunes it once (short batches are padded).
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
@@ -279,7 +280,7 @@ class Occlusion(Explainer):
                 # later batches hold more region-held copies: a quarter of the ratio of values alive (<= 16x)
                 factor = min(16, int(deltas.whole_per_copy() // max(1, 4 * deltas.peak_per_copy())))
                 if factor >= 2:
-                    rest = geometry.chunks(pairs[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
+                    rest = geometry.chunks(listed[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
                     chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]
                     keep, once = geometry.kept_layouts(chunks, grown=i)
                     width = max((b - a for a, b, _ in chunks[1:]), default=0)
