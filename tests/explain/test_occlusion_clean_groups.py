@@ -35,15 +35,15 @@ def _images(n: int, seed: int = 0, size: int = 24) -> Tensor:
 
 
 def test_a_call_s_images_share_one_clean_pass(passes: list[int]) -> None:
-    """The first image is computed alone once (its value shapes are what a group must have), then
-    every call's images go through the graph together; the maps are those of whole copies."""
+    """Two copies of the first image go through the graph once (its values must be batch-first),
+    then every call's images go through it together; the maps are those of whole copies."""
     model = randomized(ResNetLike())
     occlusion = Occlusion(model, patch=4, stride=4, batch_size=100)
     x = _images(5)
     first = occlusion.attribute(x, target=[0, 1, 2, 0, 1])
-    assert passes == [1, 5]
+    assert passes == [2, 5]
     again = occlusion.attribute(x, target=[0, 1, 2, 0, 1])
-    assert passes == [1, 5, 5]
+    assert passes == [2, 5, 5]
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     whole = maps(model, x, [0, 1, 2, 0, 1], patch=4, stride=4, batch_size=100, fold_batchnorm=False)
     torch.testing.assert_close(first, whole, rtol=1e-9, atol=1e-12)
@@ -105,8 +105,7 @@ def test_a_group_s_values_are_freed_before_the_next_group_s_pass(monkeypatch: py
 
 
 class Transposed(nn.Module):
-    """A value that is not batch-first (the batch moved to the second dimension and back): a
-    group's rows cannot be read off it."""
+    """A value that is not batch-first (the batch moved to the second dimension and back)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,21 +118,31 @@ class Transposed(nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.max_pool2d(h, 2), 1))
 
 
+class Merged(Transposed):
+    """The batch merged into one row and split again (found in review: the differences from one
+    image's values did not broadcast, and the call failed)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        h = torch.relu(h.view(1, -1)).view(h.shape)
+        return self.fc(torch.flatten(torch.nn.functional.max_pool2d(h, 2), 1))
+
+
+@pytest.mark.parametrize("model_class", [Transposed, Merged])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_graph_whose_values_are_not_batch_first_goes_one_image_at_a_time(passes: list[int], precision: str) -> None:
-    model = randomized(Transposed())
-    x = _images(4, seed=2)
-    occlusion = Occlusion(model, patch=4, stride=2, batch_size=64, precision=precision)
-    got = occlusion.attribute(x, target=[0, 1, 2, 0])
-    assert passes[0] == 1 and passes[1] > 1  # (the group tried, refused: its shapes are not the first image's)
-    assert passes[2:] == [1, 1, 1, 1]
-    occlusion.attribute(x, target=[0, 1, 2, 0])
-    assert passes[6:] == [1, 1, 1, 1]  # (and not tried again)
-    whole = maps(model, x, [0, 1, 2, 0], patch=4, stride=2, fold_batchnorm=False)
-    if precision == "fp32":
-        torch.testing.assert_close(got, whole, rtol=1e-9, atol=1e-12)
-    else:
-        assert torch.corrcoef(torch.stack([got.flatten(), whole.flatten()]))[0, 1] > 0.999
+def test_a_graph_whose_values_are_not_batch_first_runs_on_whole_copies(passes: list[int], precision: str,
+                                                                         model_class: type[nn.Module]) -> None:
+    model = randomized(model_class())
+    for n in (4, 1):
+        x = _images(n, seed=2)
+        target = [0, 1, 2, 0][:n]
+        occlusion = Occlusion(model, patch=4, stride=2, batch_size=64, precision=precision)
+        got = occlusion.attribute(x, target=target)
+        occlusion.attribute(x, target=target)
+        whole = maps(model, x, target, patch=4, stride=2, fold_batchnorm=False, precision=precision)
+        torch.testing.assert_close(got, whole, rtol=0, atol=0)  # (the model's own arithmetic, autocast in bf16)
+    # the check, once per explainer (in bf16 the whole copies' explainer traces the model too); no clean pass
+    assert passes == [2] * (4 if precision == "bf16" else 2)
 
 
 def test_the_relu_terms_are_computed_once_per_group(monkeypatch: pytest.MonkeyPatch, passes: list[int]) -> None:
@@ -158,15 +167,6 @@ def test_the_relu_terms_are_computed_once_per_group(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch, "mul", original)
     full = Occlusion(model, patch=4, stride=4, batch_size=100).attribute(x, target=[2] * 6)
     assert torch.corrcoef(torch.stack([got.flatten(), full.flatten()]))[0, 1] > 0.9999
-
-
-def test_a_refused_group_s_values_are_freed_before_the_passes_of_one_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    """(Found in review: one value of the refused group stayed alive, and with it the storage of its
-    convolution's output.)"""
-    log = _alive_at_each_pass(monkeypatch)
-    x = _images(4, seed=2)
-    Occlusion(randomized(Transposed()), patch=4, stride=2, batch_size=64).attribute(x, target=[0, 1, 2, 0])
-    assert log[1][0] == 4 and all(entry == (1, 0) for entry in log[2:]), log
 
 
 def test_the_clean_values_are_dropped_when_the_call_ends(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,11 +4,9 @@ clean images, computed for a group of a call's images at once and read one image
 The occluded copies of an image are differences from that image's clean activations, so each
 image needs every node's clean value. Computed one image at a time, that is a whole forward pass
 at batch 1 per image (on a GPU, one small kernel per node and image); here the images of a group
-go through the graph together and each image reads its rows (views). A graph whose values are not
-batch-first (a ``view`` that merges the batch into another dimension, a ``permute`` that moves
-it) cannot be read by rows: every group's value shapes are checked against those of the first
-image's pass (run alone), and on a mismatch the images go one at a time from then on. The
-images' rows must not depend on one another, as for the model's own batched predictions.
+go through the graph together and each image reads its rows (views). The graph's values must be
+batch-first (:meth:`CleanPasses.probe`, on two images, once per graph) and the images' rows must
+not depend on one another, as for the model's own batched predictions.
 """
 
 from __future__ import annotations
@@ -71,69 +69,46 @@ class ImageValues:
 
 class CleanPasses:
     """The clean values of a call's images, a group of images at a time (:meth:`image`); ``varying``:
-    the nodes computed from the input (the others are constants, the same for every image)."""
+    the nodes computed from the input (the others are constants, the same for every image). Images
+    go one at a time until :meth:`probe` has found the graph's values batch-first and
+    :attr:`per_group` is set."""
 
     def __init__(self, varying: set[fx.Node]) -> None:
         self._varying = varying
-        self._images = 1  # images per group, once known
-        self._shapes: dict[fx.Node, tuple[int, ...]] | None = None  # one image's values' shapes
-        self._rows: frozenset[fx.Node] = frozenset()  # the nodes of those shapes
-        self.batchable = True  # False once a group's values were not batch-first
+        self._rows: frozenset[fx.Node] = frozenset()  # the nodes whose values are read by rows
+        self.per_group = 1  # images per group
         self._group: _Group | None = None
         self._current: ImageValues | None = None
+
+    def probe(self, values: dict[fx.Node, Any]) -> dict[fx.Node, Any] | None:
+        """Given every node's values on two clean images, one image's values (its rows, the constants
+        as they are) when every value computed from the input is batch-first (two rows), else ``None``
+        (e.g. a ``view`` that merges the batch into another dimension, a ``permute`` that moves it)."""
+        rows = {node: v for node, v in values.items() if node in self._varying and isinstance(v, Tensor)}
+        if not all(v.dim() >= 1 and v.shape[0] == 2 for v in rows.values()):
+            return None
+        self._rows = frozenset(rows)
+        return {node: v[:1] if node in self._rows else v for node, v in values.items()}
 
     def reset(self) -> None:
         """Drop the values (at the end of a call)."""
         self._group = self._current = None
 
-    def image(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]],
-              limit: Callable[[dict[fx.Node, Any]], int]) -> ImageValues:
+    def image(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]]) -> ImageValues:
         """The clean values of ``images[i]`` (``images``: the call's clean images, one tensor for the
-        whole call), computed with those of the next images of its group when its group is not the
-        one at hand. ``run``: every node's value on a batch of clean images (nothing dropped);
-        ``limit``: how many images a group may hold, given one image's values (asked once, on the
-        first image, which is computed alone first: its value shapes are the ones every group must
-        have)."""
+        whole call), computed with those of the next images of its group (``run``: every node's value
+        on a batch of clean images, nothing dropped) when its group is not the one at hand."""
         if self._current is None or self._current._group.images is not images \
                 or self._current._row != i - self._current._group.start:
             if not _holds(self._group, images, i):
                 self.reset()  # (the last group's values freed before the next group's are computed)
-                self._group = self._next(images, i, run, limit)
+                count = min(self.per_group, images.shape[0] - i)
+                self._group = _Group(images, i, run(images[i : i + count]), count,
+                                     self._rows if count > 1 else frozenset())
             assert self._group is not None
             self._current = ImageValues(self._group, i - self._group.start)
         return self._current
 
-    def _next(self, images: Tensor, i: int, run: Callable[[Tensor], dict[fx.Node, Any]],
-              limit: Callable[[dict[fx.Node, Any]], int]) -> _Group:
-        left = images.shape[0] - i
-        if self._shapes is None:
-            alone = run(images[i : i + 1])
-            self._shapes = {node: tuple(v.shape) for node, v in alone.items()
-                            if node in self._varying and isinstance(v, Tensor)}
-            self._rows = frozenset(self._shapes)
-            self._images = max(1, limit(alone))
-            if self._images == 1 or left == 1:
-                return _Group(images, i, alone, 1, frozenset())
-            del alone
-        count = min(self._images, left) if self.batchable else 1
-        values = run(images[i : i + count])
-        if count == 1:
-            return _Group(images, i, values, 1, frozenset())
-        if _batch_first(values, self._shapes, count):
-            return _Group(images, i, values, count, self._rows)
-        self.batchable = False  # (e.g. a view that merges the batch into another dimension)
-        del values
-        return _Group(images, i, run(images[i : i + 1]), 1, frozenset())
-
 
 def _holds(group: _Group | None, images: Tensor, i: int) -> bool:
     return group is not None and group.images is images and group.start <= i < group.stop
-
-
-def _batch_first(values: dict[fx.Node, Any], shapes: dict[fx.Node, tuple[int, ...]], count: int) -> bool:
-    """Whether a group of ``count`` images' ``values`` have one image's ``shapes`` with ``count`` rows."""
-    for node, shape in shapes.items():
-        value = values.get(node)
-        if not isinstance(value, Tensor) or shape[:1] != (1,) or tuple(value.shape) != (count, *shape[1:]):
-            return False
-    return True

@@ -79,6 +79,7 @@ class Deltas(RegionOps):
         for value, user in last.items():
             self._drops.setdefault(user, []).append(value)
         self._passes = CleanPasses(self.varying)
+        self._batch_first: bool | None = None
         self._batch_size = batch_size
 
     def clean(self, images: Tensor, i: int) -> ImageValues:
@@ -86,9 +87,23 @@ class Deltas(RegionOps):
         tensor for the call), computed together with the next images' while their values fit in
         :data:`CLEAN_KEPT_FRACTION` of the values of ``batch_size`` whole copies
         (:class:`~salmap.explain.occlusion_clean.CleanPasses`)."""
+        if self._batch_first is None:
+            self.batch_first(images[i : i + 1])
         self._clean = None  # (freed before the next group's values are computed)
-        self._clean = self._passes.image(images, i, self._clean_pass, self._images_per_group)
+        self._clean = self._passes.image(images, i, self._clean_pass)
         return self._clean
+
+    def batch_first(self, x: Tensor) -> bool:
+        """Whether every value the graph computes from its input is batch-first, so that copies can
+        be differences from their image's values and the images' clean values read by rows (checked
+        once, on two copies of ``x[0]``; a ``view`` that merges the batch into another dimension, or
+        a ``permute`` that moves it, is refused). Sets how many images a clean pass takes."""
+        if self._batch_first is None:
+            one = self._passes.probe(self._clean_pass(torch.cat([x[:1], x[:1]])))
+            self._batch_first = one is not None
+            if one is not None:
+                self._passes.per_group = max(1, self._images_per_group(one))
+        return self._batch_first
 
     def _images_per_group(self, values: dict[fx.Node, Any]) -> int:
         """The images whose clean values (and each ReLU's two clean terms in the low dtype) fit in
