@@ -93,7 +93,7 @@ class Occlusion(Explainer):
         (on a random-weight ResNet-18 at 224x224, whose logits move by about 1%, correlation to
         float32's maps above 0.9999; 0.93 under plain autocast). Batches then never mix images. A
         model in which a later operation reads a value written in place under its old name
-        (``y.relu_()``, then ``y``), that moves the batch out of the first dimension, or that cannot
+        (``y.relu_()``, then ``y``), that merges the batch into another dimension, or that cannot
         be traced, runs under plain autocast (scores good to about 0.4% of a logit in bfloat16,
         0.05% in float16: noisy maps where occlusion moves the scores by less).
     fold_batchnorm: fold each eval-mode batch norm into the convolution before it for the
@@ -195,8 +195,8 @@ class Occlusion(Explainer):
             dtype = LOW_DTYPES[self.precision] if self.low else x.dtype
             key = (traced.module, dtype, x.device, x.dtype, x.shape[1:], patch, stride, self.batch_size)
             deltas = self._deltas.get(key, lambda: Deltas(traced.module, dtype, self.batch_size), Deltas.new_call)
-            if not (deltas.exact and deltas.batch_first(x)):
-                deltas = None  # an in-place write the graph hides, a batch it moves: plain autocast instead
+            if not (deltas.exact and deltas.fits(x)):
+                deltas = None  # an in-place write the graph hides, a batch it merges: plain autocast instead
         regions = regions and deltas is not None
         with tuned_convolutions(x.device):
             heat = self._occlude(model, deltas, x, resolve, windows, grid, patch, regions)

@@ -4,9 +4,9 @@ clean images, computed for a group of a call's images at once and read one image
 The occluded copies of an image are differences from that image's clean activations, so each
 image needs every node's clean value. Computed one image at a time, that is a whole forward pass
 at batch 1 per image (on a GPU, one small kernel per node and image); here the images of a group
-go through the graph together and each image reads its rows (views). The graph's values must be
-batch-first (:meth:`CleanPasses.probe`, on two images, once per graph) and the images' rows must
-not depend on one another, as for the model's own batched predictions.
+go through the graph together and each image reads its rows (views). Each value computed from the
+input must be batch-first or the same for any batch (:func:`batch_layout`), and the images' rows
+must not depend on one another, as for the model's own batched predictions.
 """
 
 from __future__ import annotations
@@ -67,28 +67,41 @@ class ImageValues:
         return value
 
 
-class CleanPasses:
-    """The clean values of a call's images, a group of images at a time (:meth:`image`); ``varying``:
-    the nodes computed from the input (the others are constants, the same for every image). Images
-    go one at a time until :meth:`probe` has found the graph's values batch-first and
-    :attr:`per_group` is set."""
+def batch_layout(one: dict[fx.Node, tuple[int, ...]], two: dict[fx.Node, tuple[int, ...]]
+                 ) -> tuple[bool, frozenset[fx.Node] | None]:
+    """Given the shapes of the tensors computed from the input, on one image and on two: whether one
+    image's values broadcast over a batch of copies (every dimension the same for both, or 1 for
+    one image; not so where the batch is merged into another dimension), and the nodes whose values
+    are read by rows when every value is batch-first or the same for any batch (``None`` where the
+    batch stands elsewhere, e.g. a ``(sequence, batch, features)`` layout: images one at a time)."""
+    rows: set[fx.Node] | None = set()
+    for node, s1 in one.items():
+        s2 = two.get(node)
+        if s2 is None or len(s1) != len(s2) or any(p != q and p != 1 for p, q in zip(s1, s2, strict=True)):
+            return False, None
+        if s1 == s2:
+            continue  # (the same for any batch: computed from the input's size, say)
+        if s1[:1] == (1,) and s2 == (2, *s1[1:]):
+            rows = None if rows is None else rows | {node}
+        else:
+            rows = None
+    return True, None if rows is None else frozenset(rows)
 
-    def __init__(self, varying: set[fx.Node]) -> None:
-        self._varying = varying
+
+class CleanPasses:
+    """The clean values of a call's images, a group of images at a time (:meth:`image`): one at a
+    time until :meth:`group` says which values are read by rows and how many images a group takes."""
+
+    def __init__(self) -> None:
         self._rows: frozenset[fx.Node] = frozenset()  # the nodes whose values are read by rows
-        self.per_group = 1  # images per group
+        self._per_group = 1  # images per group
         self._group: _Group | None = None
         self._current: ImageValues | None = None
 
-    def probe(self, values: dict[fx.Node, Any]) -> dict[fx.Node, Any] | None:
-        """Given every node's values on two clean images, one image's values (its rows, the constants
-        as they are) when every value computed from the input is batch-first (two rows), else ``None``
-        (e.g. a ``view`` that merges the batch into another dimension, a ``permute`` that moves it)."""
-        rows = {node: v for node, v in values.items() if node in self._varying and isinstance(v, Tensor)}
-        if not all(v.dim() >= 1 and v.shape[0] == 2 for v in rows.values()):
-            return None
-        self._rows = frozenset(rows)
-        return {node: v[:1] if node in self._rows else v for node, v in values.items()}
+    def group(self, rows: frozenset[fx.Node], images: int) -> None:
+        """Take ``images`` images per group (at least 1), reading the values of ``rows`` by rows (the
+        other nodes' values: the same for every image)."""
+        self._rows, self._per_group = rows, max(1, images)
 
     def reset(self) -> None:
         """Drop the values (at the end of a call)."""
@@ -102,7 +115,7 @@ class CleanPasses:
                 or self._current._row != i - self._current._group.start:
             if not _holds(self._group, images, i):
                 self.reset()  # (the last group's values freed before the next group's are computed)
-                count = min(self.per_group, images.shape[0] - i)
+                count = min(self._per_group, images.shape[0] - i)
                 self._group = _Group(images, i, run(images[i : i + count]), count,
                                      self._rows if count > 1 else frozenset())
             assert self._group is not None

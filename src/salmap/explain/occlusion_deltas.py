@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, fx
 
 from salmap.explain.fx_nodes import call_node, map_nodes, writes_into_input
-from salmap.explain.occlusion_clean import CleanPasses, ImageValues
+from salmap.explain.occlusion_clean import CleanPasses, ImageValues, batch_layout
 from salmap.explain.occlusion_layouts import KeptLayouts
 from salmap.explain.occlusion_linear import linear_difference
 from salmap.explain.occlusion_region_ops import Difference, RegionOps, is_relu
@@ -78,8 +78,8 @@ class Deltas(RegionOps):
         self._drops: dict[fx.Node, list[fx.Node]] = {}
         for value, user in last.items():
             self._drops.setdefault(user, []).append(value)
-        self._passes = CleanPasses(self.varying)
-        self._batch_first: bool | None = None
+        self._passes = CleanPasses()
+        self._fits: bool | None = None  # (:meth:`fits`, once known)
         self._batch_size = batch_size
 
     def clean(self, images: Tensor, i: int) -> ImageValues:
@@ -87,23 +87,30 @@ class Deltas(RegionOps):
         tensor for the call), computed together with the next images' while their values fit in
         :data:`CLEAN_KEPT_FRACTION` of the values of ``batch_size`` whole copies
         (:class:`~salmap.explain.occlusion_clean.CleanPasses`)."""
-        if self._batch_first is None:
-            self.batch_first(images[i : i + 1])
+        if not self.fits(images[i : i + 1]):
+            raise ValueError("the model's graph merges the batch into another dimension: its outputs "
+                             "cannot be differences from one image's values")
         self._clean = None  # (freed before the next group's values are computed)
         self._clean = self._passes.image(images, i, self._clean_pass)
         return self._clean
 
-    def batch_first(self, x: Tensor) -> bool:
-        """Whether every value the graph computes from its input is batch-first, so that copies can
-        be differences from their image's values and the images' clean values read by rows (checked
-        once, on two copies of ``x[0]``; a ``view`` that merges the batch into another dimension, or
-        a ``permute`` that moves it, is refused). Sets how many images a clean pass takes."""
-        if self._batch_first is None:
-            one = self._passes.probe(self._clean_pass(torch.cat([x[:1], x[:1]])))
-            self._batch_first = one is not None
-            if one is not None:
-                self._passes.per_group = max(1, self._images_per_group(one))
-        return self._batch_first
+    def fits(self, x: Tensor) -> bool:
+        """Whether one image's values broadcast over a batch of its copies, so that the copies can be
+        differences from them (checked once, on one and on two copies of ``x[0]``; not so where the
+        graph merges the batch into another dimension). Sets how many images a clean pass takes:
+        :data:`CLEAN_KEPT_FRACTION`, where every value is batch-first or the same for any batch
+        (:func:`~salmap.explain.occlusion_clean.batch_layout`); else one."""
+        if self._fits is None:
+            one = self._clean_pass(x[:1])
+            per_group, shapes = self._images_per_group(one), self._shapes(one)
+            del one
+            self._fits, rows = batch_layout(shapes, self._shapes(self._clean_pass(torch.cat([x[:1], x[:1]]))))
+            if rows is not None:
+                self._passes.group(rows, per_group)
+        return self._fits
+
+    def _shapes(self, values: dict[fx.Node, Any]) -> dict[fx.Node, tuple[int, ...]]:
+        return {node: tuple(v.shape) for node, v in values.items() if node in self.varying and isinstance(v, Tensor)}
 
     def _images_per_group(self, values: dict[fx.Node, Any]) -> int:
         """The images whose clean values (and each ReLU's two clean terms in the low dtype) fit in
