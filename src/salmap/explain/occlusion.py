@@ -233,7 +233,7 @@ class Occlusion(Explainer):
         differs = (x != fill).any(dim=1).to(x.dtype)
         changed = geometry.through_windows(differs, windows, transpose=True) > 0
         pairs = changed.flatten(1).nonzero()
-        listed = pairs.cpu()  # (one read of the device: the batches' bounds, the batch layouts' names)
+        listed = pairs.cpu() if deltas is not None else pairs  # (on the host: the batches' bounds, the layouts' names)
         positions = listed[:, 1].numpy() if regions else None
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
         chunks = geometry.chunks(listed[:, 0], x.shape[0], self.batch_size, by_image=deltas is not None)
