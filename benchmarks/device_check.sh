@@ -6,6 +6,8 @@
 # --probe: then benchmarks/gpu_probe.py's occlusion and FGSM parts ($OUT/probe.txt and its profiles).
 # .whl/ may hold wheels of packages the machine lacks (mlxtend, torchattacks, captum); they are
 # installed into /tmp/site, so packages already present are never touched. About 3 minutes on an H100.
+# To fill it here first: pip download --no-deps -d .whl mlxtend torchattacks captum
+# (and echo /.whl/ >> .git/info/exclude, then carry .whl to the device).
 set -u
 NO_DEMO=0; PROBE=0
 for arg in "$@"; do
