@@ -88,14 +88,14 @@ class Occlusion(Explainer):
         (the conditions of ``fold_batchnorm``), each copy's activations are differences from its
         clean image's (:mod:`salmap.explain.occlusion_deltas`), computed in the input's dtype for a
         group of images at once (at most a quarter of the values of ``batch_size`` whole copies):
-        linear operations run on the differences in 16 bits, every other ``g`` gives ``g(a + d) -
-        g(a)`` in the input's dtype, so the rounding is relative to the change occlusion measures
-        (on a random-weight ResNet-18 at 224x224, whose logits move by about 1%, correlation to
-        float32's maps above 0.9999; 0.93 under plain autocast). Batches then never mix images. A
-        model in which a later operation reads a value written in place under its old name
-        (``y.relu_()``, then ``y``), that merges the batch into another dimension, or that cannot
-        be traced, runs under plain autocast (scores good to about 0.4% of a logit in bfloat16,
-        0.05% in float16: noisy maps where occlusion moves the scores by less).
+        linear operations run on the differences in 16 bits, every other ``g`` gives
+        ``g(a + d) - g(a)`` in the input's dtype, so the rounding is relative to the change
+        occlusion measures (on a random-weight ResNet-18 at 224x224, whose logits move by about 1%,
+        correlation to float32's maps above 0.9999; 0.93 under plain autocast). Batches then never
+        mix images. A model in which a later operation reads a value written in place under its old
+        name (``y.relu_()``, then ``y``), that merges the batch into another dimension, or that
+        cannot be traced, runs under plain autocast (scores good to about 0.4% of a logit in
+        bfloat16, 0.05% in float16: noisy maps where occlusion moves the scores by less).
     fold_batchnorm: fold each eval-mode batch norm into the convolution before it for the
         forward passes (:mod:`salmap.folding`: same function, one pass over the activations less,
         different rounding); the model traced with ``torch.fx`` through a private wrapper and

@@ -6,12 +6,12 @@ scores barely move (a random-weight ResNet: a drop of 1% of the logit) that roun
 swamps the drops. Here the model's graph (:func:`salmap.folding.trace`) is run on the
 *differences* ``d = a(x') - a(x)`` of every activation from the clean image's activation
 ``a(x)``, computed in the input's precision (for a group of images at once,
-:mod:`salmap.explain.occlusion_clean`): operations linear in
-their input (convolutions and linear layers without their bias, average pooling, sums,
-reshapes) run on ``d`` in 16 bits, so their rounding is relative to the difference, not to
-the activation; every other operation ``g`` (ReLU, max pooling, anything not listed) gives
-``g(a(x) + d) - g(a(x))`` computed in the input's precision. The arithmetic identity is exact;
-only the rounding differs from float32's, and it is relative to what occlusion measures.
+:mod:`salmap.explain.occlusion_clean`): operations linear in their input (convolutions and
+linear layers without their bias, average pooling, sums, reshapes) run on ``d`` in 16 bits, so
+their rounding is relative to the difference, not to the activation; every other operation
+``g`` (ReLU, max pooling, anything not listed) gives ``g(a(x) + d) - g(a(x))`` computed in the
+input's precision. The arithmetic identity is exact; only the rounding differs from float32's,
+and it is relative to what occlusion measures.
 
 Given where each copy's patch lies (:meth:`Deltas.on_patches`), the differences of 2-D
 activations are held on the region the patch can reach (:mod:`salmap.explain.occlusion_regions`):
@@ -86,7 +86,8 @@ class Deltas(RegionOps):
         """Every node's value on the clean image ``images[i]`` (``images``: the call's images, one
         tensor for the call), computed together with the next images' while their values fit in
         :data:`CLEAN_KEPT_FRACTION` of the values of ``batch_size`` whole copies
-        (:class:`~salmap.explain.occlusion_clean.CleanPasses`)."""
+        (:class:`~salmap.explain.occlusion_clean.CleanPasses`). A ``ValueError`` where the graph
+        does not :meth:`fit <fits>` differences."""
         if not self.fits(images[i : i + 1]):
             raise ValueError("the model's graph merges the batch into another dimension: its outputs "
                              "cannot be differences from one image's values")
