@@ -35,12 +35,17 @@ def check_output_path(path: str | Path, flag: str = "--out") -> Path:
     if existing != out:
         try:
             out.mkdir(parents=True)
+        except FileExistsError:
+            return out  # made meanwhile by another process (another rank of the same torchrun run)
         except OSError as err:
             raise ValueError(f"{flag} {out} cannot be created: {err.strerror or err}") from None
         for made in (out, *out.parents):  # remove only the folders made here (empty, salmap's own)
             if made == existing:
                 break
-            made.rmdir()
+            try:
+                made.rmdir()
+            except OSError:  # written into or removed meanwhile by another process: leave it
+                break
     return out
 
 
