@@ -223,7 +223,7 @@ class Occlusion(Explainer):
             channels_last = False
             with torch.no_grad(), autocast(precision, x.device):
                 out = predict(model, x.clone(), self.batch_size)
-        out, images = out.to(x.dtype), in_layout(x, channels_last)  # (images: the differences' clean images)
+        out, images = out.to(x.dtype), in_layout(x, channels_last) if deltas is not None else x  # (differences')
         target = resolve(out)
         clean = target.score(self._transform(out))
         fill = geometry.fill_values(self.fill, self.bounds, self.seed, x)

@@ -74,18 +74,16 @@ def batch_layout(one: dict[fx.Node, tuple[int, ...]], two: dict[fx.Node, tuple[i
     one image; not so where the batch is merged into another dimension), and the nodes whose values
     are read by rows when every value is batch-first or the same for any batch (``None`` where the
     batch stands elsewhere, e.g. a ``(sequence, batch, features)`` layout: images one at a time)."""
-    rows: set[fx.Node] | None = set()
+    rows, grouped = set(), True
     for node, s1 in one.items():
         s2 = two.get(node)
         if s2 is None or len(s1) != len(s2) or any(p != q and p != 1 for p, q in zip(s1, s2, strict=True)):
             return False, None
-        if s1 == s2:
-            continue  # (the same for any batch: computed from the input's size, say)
         if s1[:1] == (1,) and s2 == (2, *s1[1:]):
-            rows = None if rows is None else rows | {node}
-        else:
-            rows = None
-    return True, None if rows is None else frozenset(rows)
+            rows.add(node)
+        elif s1 != s2:  # (equal: the same for any batch, computed from the input's size, say)
+            grouped = False
+    return True, frozenset(rows) if grouped else None
 
 
 class CleanPasses:
