@@ -34,6 +34,35 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
                                rtol=1e-9, atol=1e-12)
 
 
+def test_the_next_call_s_batches_hold_the_grown_number_of_copies_from_the_first(monkeypatch: pytest.MonkeyPatch):
+    """The first call learns how many more region-held copies a batch may hold (after its first
+    batch); the explainer's next call on images of that size batches that many from its first
+    batch on (no small first batch, no padded remainder of the first image), with the same maps."""
+    from salmap.explain import Occlusion
+
+    sizes: list[int] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: object, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
+        sizes.append(patches.shape[0])
+        return original(self, images, i, patches, region)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    target = torch.tensor([1, 2, 0])
+    occlusion = Occlusion(model, patch=4, stride=2, batch_size=100)  # 23 x 23 = 529 copies per image
+    first = occlusion.attribute(x, target=target)
+    first_sizes, sizes[:] = list(sizes), []
+    again = occlusion.attribute(x, target=target)
+    grown = first_sizes[-3:]  # (the last image's batches: 529 copies in batches of 200 or fewer)
+    assert first_sizes[0] <= 100 < min(grown) and first_sizes[1] < grown[0] and len(first_sizes) == 10
+    assert sizes == grown * 3  # (the first image's too)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    torch.testing.assert_close(again, maps(model, x, target, patch=4, stride=2, fold_batchnorm=False),
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypatch: pytest.MonkeyPatch):
     """The values a grown batch keeps alive at once, counted as the first batch's are (each dropped
     after its last use), times four for the operations' temporaries, stay within those of

@@ -62,7 +62,8 @@ class Deltas(RegionOps):
         self._first: tuple[int, int] | None = None  # the first batch's copies and the bytes of a value
         self._budget: float | None = None  # what the kept plans may hold, once known
         self._counted = False
-        self._peak = 0  # the most elements of one copy's differences alive at once, over the first call
+        self._peak = 0  # the most elements of one copy's differences alive at once, in the first batch
+        self._whole: int | None = None  # the same for a whole image's values (known with it)
         # only nodes computed from the input carry differences; the rest are constants
         # (a function marked ``reads_only_metadata`` reads only its input's shape and dtype: a constant)
         self.varying: set[fx.Node] = set()
@@ -166,7 +167,7 @@ class Deltas(RegionOps):
 
     def _plan_budget(self) -> float | None:
         """The bytes the kept plans may hold (``None`` before the first batch is done)."""
-        if self._budget is None and self._first is not None and self._clean is not None:
+        if self._budget is None and self._first is not None and self._whole is not None:
             copies, itemsize = self._first
             self._budget = PLANS_KEPT_FRACTION * copies * self.whole_per_copy() * itemsize
         return self._budget
@@ -179,15 +180,21 @@ class Deltas(RegionOps):
         return self._run(images, i, Difference(patches.to(self.dtype), region))
 
     def peak_per_copy(self) -> int:
-        """The most elements of one copy's values alive at once during the first call (the values
+        """The most elements of one copy's values alive at once during the first batch (the values
         dropped after their last use, as in the model's own forward pass)."""
         return self._peak
 
     def whole_per_copy(self) -> int:
-        """The same for the model's own forward pass on one whole image (the last clean image's
-        activations, each dropped after its last use)."""
-        assert self._clean is not None
-        return self._whole_peak(self._clean)
+        """The same for the model's own forward pass on one whole image (each activation dropped after
+        its last use; counted with the first batch's clean image)."""
+        assert self._whole is not None
+        return self._whole
+
+    def growth(self) -> int | None:
+        """How many times ``batch_size`` region-held copies a batch may hold: a quarter of the ratio of
+        :meth:`whole_per_copy` to :meth:`peak_per_copy`, at most 16 (``None`` until the first batch
+        is done; the next calls' batches hold that many from their first)."""
+        return None if self._whole is None else min(16, self._whole // max(1, 4 * self._peak))
 
     def _whole_peak(self, values: Any) -> int:
         live, peak = 0, 0
@@ -218,7 +225,7 @@ class Deltas(RegionOps):
         env: dict[fx.Node, Any] = {}
         counting, self._counted = not self._counted, True  # the values alive, in the first call only
         if counting:
-            self._first = (start.d.shape[0], images.element_size())
+            self._first, self._whole = (start.d.shape[0], images.element_size()), self._whole_peak(clean)
 
         def full(node: fx.Node) -> Any:  # the value itself: clean (broadcast over the copies) + difference
             v = self._expanded(env, node)
