@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import salmap.explain.occlusion_deltas as deltas_module
 import salmap.explain.occlusion_region_ops as region_ops
+import salmap.explain.occlusion_windows as occlusion_windows
 from salmap.explain import Occlusion
 from salmap.explain.occlusion_regions import Region
 
@@ -105,6 +106,11 @@ CASES = [
     ("resnet", ResNetLike, 3, (37, 29), (5, 5), (3, 4)),
     ("assorted", Assorted, 2, (24, 26), (3, 5), (2, 3)),
 ]
+
+
+def grow_as_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of region-held copies grow on the CPU as they do on CUDA (``occlusion_windows.grows``)."""
+    monkeypatch.setattr(occlusion_windows, "grows", lambda device: True)
 
 
 def maps(model: nn.Module, x: Tensor, target: object, **kwargs: object) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import _region_models as shared
 import pytest
 import torch
-from _region_models import ResNetLike, maps, randomized
+from _region_models import ResNetLike, grow_as_on_cuda, maps, randomized
 from torch import Tensor
 
 import salmap.explain.occlusion_deltas as deltas_module
@@ -24,6 +24,7 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
         sizes.append(patches.shape[0])
         return original(self, images, i, patches, region)  # type: ignore[arg-type]
 
+    grow_as_on_cuda(monkeypatch)
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -47,6 +48,7 @@ def test_the_next_call_s_batches_hold_the_grown_number_of_copies_from_the_first(
         sizes.append(patches.shape[0])
         return original(self, images, i, patches, region)  # type: ignore[arg-type]
 
+    grow_as_on_cuda(monkeypatch)
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
     x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
@@ -63,6 +65,27 @@ def test_the_next_call_s_batches_hold_the_grown_number_of_copies_from_the_first(
                                rtol=1e-9, atol=1e-12)
 
 
+def test_on_the_cpu_batches_of_region_held_copies_stay_at_batch_size(monkeypatch: pytest.MonkeyPatch):
+    """On the CPU a grown batch runs slower per copy (its working set leaves the caches): every
+    batch, in the first call and the next, holds ``batch_size`` copies or fewer."""
+    from salmap.explain import Occlusion
+
+    sizes: list[int] = []
+    original = deltas_module.Deltas.on_patches
+
+    def spy(self: object, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
+        sizes.append(patches.shape[0])
+        return original(self, images, i, patches, region)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    model = randomized(ResNetLike())
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    occlusion = Occlusion(model, patch=4, stride=2, batch_size=100)  # 23 x 23 = 529 copies per image
+    first = occlusion.attribute(x, target=[1, 2])
+    assert sizes == [89, 89, 89, 89, 89, 84] * 2  # (529 in 6 batches)
+    assert torch.equal(occlusion.attribute(x, target=[1, 2]), first) and sizes[12:] == sizes[:12]
+
+
 def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypatch: pytest.MonkeyPatch):
     """The values a grown batch keeps alive at once, counted as the first batch's are (each dropped
     after its last use), times four for the operations' temporaries, stay within those of
@@ -76,6 +99,7 @@ def test_grown_batches_keep_no_more_alive_than_a_batch_of_whole_copies(monkeypat
         peaks.append((patches.shape[0], self.peak_per_copy(), self.whole_per_copy()))
         return out
 
+    grow_as_on_cuda(monkeypatch)
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(9), dtype=torch.float64)

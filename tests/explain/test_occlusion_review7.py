@@ -6,6 +6,7 @@ import gc
 from typing import Any
 
 import torch
+from _region_models import grow_as_on_cuda
 from test_occlusion_regions import ResNetLike, maps, randomized
 from torch import Tensor
 
@@ -82,6 +83,7 @@ def test_the_first_image_s_grown_batches_are_not_kept(monkeypatch: Any) -> None:
         kept.append((i, len(self._layouts)))
         return original(self, images, i, patches, region)
 
+    grow_as_on_cuda(monkeypatch)
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
     model = randomized(ResNetLike())
     x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(23), dtype=torch.float64)

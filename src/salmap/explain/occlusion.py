@@ -55,11 +55,11 @@ class Occlusion(Explainer):
 
     Occluded copies are evaluated ``batch_size`` at a time (all images and positions
     mixed), so memory stays bounded by one batch of copies. Copies held on regions (below) need
-    a fraction of a whole copy's memory: after the first batch (in later calls on images of that
-    size, from the first), batches hold more copies, a quarter of the ratio of the values a whole
-    copy and a region-held one keep alive at once (at most 16 times; on a resnet18 at 224x224 with
-    16x16 patches and ``batch_size=16``, 4 times, and the call's peak memory was 1.1 times that of
-    the model's own arithmetic on whole copies). Copies that equal the input (the patch already holds the fill, e.g. zero-filling
+    a fraction of a whole copy's memory: on CUDA, after the first batch (in later calls on images of
+    that size, from the first), batches hold more copies, a quarter of the ratio of the values a
+    whole copy and a region-held one keep alive at once (at most 16 times; on a resnet18 at 224x224
+    with 16x16 patches and ``batch_size=16``, 4 times, and the call's peak memory was 1.1 times that
+    of the model's own arithmetic on whole copies; not on the CPU, where they run slower). Copies that equal the input (the patch already holds the fill, e.g. zero-filling
     black background) are not evaluated: their drop is 0 by definition.
 
     Same maps as ``captum.attr.Occlusion``: with ``sliding_window_shapes=(C, *patch)``,
@@ -236,10 +236,10 @@ class Occlusion(Explainer):
         listed = pairs.cpu() if deltas is not None else pairs  # (on the host: the batches' bounds, the layouts' names)
         positions = listed[:, 1].numpy() if regions else None
         drops = torch.zeros(x.shape[0], math.prod(grid), dtype=x.dtype, device=x.device)
-        # region-held copies: after the first call's first batch, more per batch (Deltas.growth)
-        growth = deltas.growth() if regions and deltas is not None else None
-        chunks = geometry.chunks(listed[:, 0], x.shape[0], self.batch_size * max(1, growth or 1),
-                                 by_image=deltas is not None)
+        # on CUDA, more region-held copies per batch once the first batch measured them (Deltas.growth)
+        grows = regions and deltas is not None and geometry.grows(x.device)
+        growth = deltas.growth() if grows and deltas is not None else None  # (None in the first call)
+        chunks = geometry.chunks(listed[:, 0], x.shape[0], self.batch_size * max(1, growth or 1), deltas is not None)
         # On CUDA one batch shape for every pass: cuDNN tunes it once (short batches are padded).
         width = max((hi - lo for lo, hi, _ in chunks), default=0)
         fixed = x.is_cuda and len(chunks) > 1
@@ -279,7 +279,7 @@ class Occlusion(Explainer):
             out = self._transform(out.to(x.dtype))
             image, pos, out = image[:real], pos[:real], out[:real]
             drops[image, pos] = clean[image] - target.select(image).score(out)
-            if regions and deltas is not None and growth is None and k == 1 and len(chunks) > 1:
+            if grows and deltas is not None and growth is None and k == 1 and len(chunks) > 1:
                 if (factor := deltas.growth() or 1) >= 2:  # (the first batch done: later ones hold more)
                     rest = geometry.chunks(listed[hi:, 0], x.shape[0], self.batch_size * factor, by_image=True)
                     chunks = chunks[:1] + [(a + hi, b + hi, j) for a, b, j in rest]

@@ -15,7 +15,7 @@ from torch import Tensor
 from salmap._validate import Bounds
 
 __all__ = [
-    "chunks", "fill_values", "kept_layouts", "patch_masks", "patch_starts", "patches", "per_dim", "sizes",
+    "chunks", "fill_values", "grows", "kept_layouts", "patch_masks", "patch_starts", "patches", "per_dim", "sizes",
     "stride_note", "through_windows", "windows",
 ]
 
@@ -33,6 +33,14 @@ def chunks(images: Tensor, count: int, size: int, by_image: bool) -> list[tuple[
         out += [(lo, min(lo + step, start + n), i) for lo in range(start, start + n, step)]
         start += n
     return out
+
+
+def grows(device: torch.device) -> bool:
+    """Whether batches of region-held copies grow past ``batch_size`` once the first batch has
+    measured their memory (:meth:`~salmap.explain.occlusion_deltas.Deltas.growth`): on CUDA, where
+    bigger batches fill the device; not on the CPU, where a batch of a few hundred region-held
+    copies already runs slower per copy than a smaller one (its working set leaves the caches)."""
+    return device.type == "cuda"
 
 
 def kept_layouts(chunks: list[tuple[int, int, int]], grown: int | None = None) -> tuple[int, set[int]]:
