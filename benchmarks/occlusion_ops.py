@@ -9,7 +9,7 @@ index arithmetic is kept for the batch layout).
 A random-weight resnet18 (standard stem), 16x16 patches, zero fill, one batch per image. With
 ``--images N``: instead, the operators of one warmed call on N images with ``--batch-size``
 (``benchmarks/gpu.py``'s occlusion section: 16 images, 256; about 3 minutes per call on a
-2-core CPU).
+2-core CPU), its batches of region-held copies grown as on CUDA on any device.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from call_cost import resnet_setting
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from salmap.devices import describe_device, resolve_device
-from salmap.explain import Occlusion
+from salmap.explain import Occlusion, occlusion_windows
 
 #: operators that launch nothing (views, aliases, metadata; allocations without values)
 VIEWS = {"permute", "unsqueeze", "select", "slice", "view", "reshape", "_unsafe_view", "expand", "unbind", "t",
@@ -62,6 +62,7 @@ def main() -> int:
     device = resolve_device(args.device)
     print(f"device: {describe_device(device)}")
     if args.images:
+        occlusion_windows.grows = lambda device: True  # (the batches of region-held copies as on CUDA)
         model, x, y = resnet_setting(device, args.images, args.size)
         occlusion = Occlusion(model, patch=16, stride=args.stride, fill="zero", batch_size=args.batch_size,
                               precision=args.precision)
