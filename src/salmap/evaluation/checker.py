@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from salmap import _repr
+
 
 class Checker:
     """Collects problems with their key paths instead of stopping at the first."""
@@ -75,8 +77,7 @@ def kind_of(value: Any) -> str:
 
 
 def short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _repr.short(value, limit=60)
 
 
 def items(check: Checker, section: str, raw: Any, required: bool) -> list[tuple[str, dict[str, Any]]]:

@@ -148,14 +148,26 @@ def load_config(
                         trust_model=trust_model)
 
 
+#: the largest run file read (a run file is a page of YAML)
+RUN_FILE_LIMIT = 2**20
+
+
 def read_run_file(path: str | Path) -> Any:
     """The parsed YAML of a run file (``{}`` when empty), not validated; ValueError naming the file
     when it cannot be read or parsed."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.exists() and not path.is_file():
+            raise ValueError(f"run file {str(path)!r} must be a file, got a {'folder' if path.is_dir() else 'device or pipe'}")
+        with path.open("rb") as f:  # (sizes checked before reading it all)
+            data = f.read(RUN_FILE_LIMIT + 1)
+        if len(data) > RUN_FILE_LIMIT:
+            raise ValueError(f"run file {str(path)!r} is larger than {RUN_FILE_LIMIT // 2**20} MiB: not a run file")
+        text = data.decode("utf-8")
     except OSError as err:
         raise ValueError(f"run file {str(path)!r} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"run file {str(path)!r} is not UTF-8 text (byte {err.start}): not a YAML run file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

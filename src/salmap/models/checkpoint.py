@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from salmap._repr import short
 from salmap.models.factory import is_factory_spec, load_factory
 from salmap.models.metadata import check_meta
 from salmap.models.normalized import Normalized, parse_normalization
@@ -184,10 +185,9 @@ def _load_model(
     if path.is_file() and path.name == META:
         path = path.parent
     if kwargs and (path.is_dir() or (path.is_file() and arch is None)):  # ignored otherwise: the file fixes them
-        raise ValueError(
-            f"model arguments {kwargs} (--model-arg) apply to a module:factory or a state dict with arch=, "
-            f"not to {'checkpoint folder' if path.is_dir() else 'model file'} {text!r}, whose file fixes them"
-        )
+        raise ValueError(f"model arguments {short(kwargs)} (--model-arg) apply to a module:factory or a state dict "
+                         f"with arch=, not to {'checkpoint folder' if path.is_dir() else 'model file'} {text!r}, "
+                         "whose file fixes them")
     if path.is_dir():
         meta = read_meta(path)
         if meta.get("format") == TORCHSCRIPT:
