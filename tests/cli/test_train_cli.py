@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -29,3 +30,34 @@ def test_train_on_a_folder_of_mixed_sizes(tmp_path, capsys):
     assert models.load(tmp_path / "m")(torch.rand(2, 3, 16, 16)).shape == (2, 2)
     assert main(["train", "--task", "segmentation", "--image-size", "16", "--out", str(tmp_path / "s")]) == 2
     assert "--image-size applies to classification images" in capsys.readouterr().err
+
+
+def test_train_leaves_a_checkpoint_in_out_alone_unless_overwrite(tmp_path, capsys):
+    """A folder already holding a checkpoint (the user's model.json and weights) is refused before any
+    work; ``--overwrite`` replaces the checkpoint and keeps the folder's other files."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "model.json").write_text('{"my": "config"}')
+    (out / "weights.safetensors").write_text("my weights")
+    (out / "notes.txt").write_text("mine")
+    argv = ["train", "--data", "digits", "--image-size", "16", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "already holds model.json and weights.safetensors" in err
+    assert (out / "model.json").read_text() == '{"my": "config"}' and (out / "weights.safetensors").read_text() == "my weights"
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "model.json").read_text())["input_shape"] == [1, 16, 16]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--model", "unet"], "--model must be one of ['lenet', 'resnet18', 'resnet34'] for --task classification, got 'unet'"),
+    (["--model", "dae"], "--model must be one of ['lenet', 'resnet18', 'resnet34'] for --task classification, got 'dae'"),
+    (["--task", "segmentation", "--model", "lenet"], "--model must be one of ['unet'] for --task segmentation, got 'lenet'"),
+    (["--lr", "1e39"], "--lr must be in (0.0, 3.4028234663852886e+38], got 1e+39"),
+], ids=["unet-classifier", "dae-classifier", "lenet-segmenter", "lr-past-float32"])
+def test_train_refuses_a_model_the_task_cannot_train_and_an_lr_float32_cannot_hold(tmp_path, capsys, flags, message):
+    assert main(["train", "--data", "digits", "--image-size", "16", *flags, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"salmap train: error: {message}\n"
+    assert not (tmp_path / "o").exists()

@@ -49,6 +49,20 @@ def check_output_path(path: str | Path, flag: str = "--out") -> Path:
     return out
 
 
+def check_checkpoint_out(path: str | Path, overwrite: bool) -> Path:
+    """``--out`` of a command that writes a checkpoint folder: :func:`check_output_path`, and no
+    checkpoint there already (``model.json``, ``weights.safetensors``) unless ``overwrite``; the
+    folder's other files are left as they are."""
+    from salmap.models.checkpoint import META, WEIGHTS
+
+    out = check_output_path(path)
+    held = [name for name in (META, WEIGHTS) if _exists(out / name)]
+    if held and not overwrite:
+        raise ValueError(f"--out {out} already holds {' and '.join(held)}: give --overwrite to replace that "
+                         "checkpoint, or another folder")
+    return out
+
+
 def _exists(path: Path) -> bool:
     try:
         return path.exists()

@@ -12,6 +12,7 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models
 from salmap._validate import check_number
+from salmap.cli.checks import check_checkpoint_out
 from salmap.cli.common import add_device_arg, output_folder
 from salmap.training import train_classifier, trained_meta
 
@@ -21,12 +22,18 @@ CLASSIFIER_EPOCHS = 12
 SEGMENTATION_EPOCHS = 4
 
 
+def classifiers() -> tuple[str, ...]:
+    """The zoo's architectures ``train`` builds as classifiers (:func:`build_classifier`)."""
+    return tuple(name for name in models.available() if name == "lenet" or name.startswith("resnet"))
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a zoo model and save a checkpoint", description=__doc__)
     p.add_argument("--data", default="mnist-sample", help="dataset name or kind:PATH (default mnist-sample)")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="resize images (shorter side to N, centre crop N x N); folder: decoded batch by batch")
-    p.add_argument("--model", default="lenet", help=f"zoo architecture, one of {models.available()} (default lenet)")
+    p.add_argument("--model", default=None, help=f"zoo architecture: one of {list(classifiers())} for classification "
+                   "(default lenet), unet for segmentation")
     p.add_argument("--task", default="classification", choices=["classification", "segmentation"])
     p.add_argument("--epochs", type=int, default=None,
                    help=f"training epochs (default {CLASSIFIER_EPOCHS} for classification, "
@@ -37,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stem", choices=["standard", "small"], help="resnet stem (default: small for inputs <= 64 px)")
     add_device_arg(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.set_defaults(func=run)
 
 
@@ -45,9 +53,13 @@ def run(args: argparse.Namespace) -> int:
         args.epochs = SEGMENTATION_EPOCHS if args.task == "segmentation" else CLASSIFIER_EPOCHS
     for flag, value, low, low_open in (("--epochs", args.epochs, 1, False), ("--batch-size", args.batch_size, 1, False),
                                        ("--lr", args.lr, 0.0, True)):  # named here, before any data is read
-        check_number(flag, value, low=low, low_open=low_open, integer=flag != "--lr")
-    if args.model not in models.available():
-        raise ValueError(f"--model must be one of {models.available()}, got {args.model!r}")
+        check_number(flag, value, low=low, low_open=low_open, integer=flag != "--lr",
+                     high=torch.finfo(torch.float32).max if flag == "--lr" else None)  # (the optimiser's float32)
+    trainable = classifiers() if args.task == "classification" else ("unet",)
+    args.model = args.model or ("lenet" if args.task == "classification" else "unet")
+    if args.model not in trainable:
+        raise ValueError(f"--model must be one of {list(trainable)} for --task {args.task}, got {args.model!r}")
+    check_checkpoint_out(args.out, args.overwrite)  # (before any work: a checkpoint there is the user's)
     if args.task == "segmentation":
         from salmap.cli.train_seg import run_segmentation
 

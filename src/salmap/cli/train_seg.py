@@ -80,11 +80,10 @@ def train_segmenter(
 def run_segmentation(args: argparse.Namespace) -> int:
     """Train a unet on ``args.data`` (``mnist-seg`` when the classification default is left)."""
     name = "mnist-seg" if args.data == "mnist-sample" else args.data
-    model_name = "unet" if args.model == "lenet" else args.model
     train = datasets.load_dataset(name, "train")
     test = datasets.load_dataset(name, "test")
     torch.manual_seed(args.seed)  # the unet's initial weights come from --seed too
-    model, meta = build_segmenter(model_name, train)
+    model, meta = build_segmenter(args.model, train)
     model = model.to(args.device)
     report = train_segmenter(model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              seed=args.seed)
