@@ -186,10 +186,12 @@ def test_defend_takes_image_size_for_a_folder_of_mixed_sizes(tmp_path: Path, che
 
 @pytest.mark.parametrize("flags, message", [
     (["dae", "--epochs", "0"], "--epochs must be in [1, inf), got 0"),
-    (["dae", "--width", "0"], "--width must be in [1, inf), got 0"),
+    (["dae", "--width", "0"], "--width must be in [1, 4096], got 0"),
+    (["dae", "--width", "100000000"], "--width must be in [1, 4096], got 100000000"),  # (was a 4 GB allocation)
     (["dae", "--lr", "0"], "--lr must be in (0.0, inf), got 0.0"),
     (["dae", "--pgd-steps", "0"], "--pgd-steps must be in [1, inf), got 0"),  # was ZeroDivisionError, exit 1
-    (["block-switch", "--channels", "1"], "--channels must be in [2, inf), got 1"),
+    (["block-switch", "--channels", "1"], "--channels must be in [2, 256], got 1"),
+    (["block-switch", "--channels", "100000"], "--channels must be in [2, 256], got 100000"),
     # these four were the library's eps, split, eps_warmup (after the folder was claimed) and alpha
     (["dae", "--eps", "-1"], "--eps must be in [0.0, inf), got -1.0"),
     (["block-switch", "--split", "5"], "--split must be in [1, 4], got 5"),

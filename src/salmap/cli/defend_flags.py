@@ -88,11 +88,14 @@ def _classifier_attacks() -> list[str]:
     return [n for n, e in registry.attacks().items() if "classification" in e.tasks]
 
 
+#: the widest autoencoder and the most block-switching channels built (sizes checked before allocating:
+#: a width of 4096 is 436 million weights, each channel a copy of the model's lower part)
+MAX_WIDTH, MAX_CHANNELS = 4096, 256
 #: numeric flags the training checks again (same limits): ``(flag, low, integer, high)``, checked before the
 #: output folder is claimed, so that a wrong value leaves no run behind to refuse the corrected command
 _LIMITS = (("epochs", 1, True, None), ("batch_size", 1, True, None), ("lr", 0.0, False, None),
-           ("pgd_steps", 1, True, None), ("width", 1, True, None), ("noise_std", 0.0, False, None),
-           ("channels", 2, True, None), ("upper_epochs", 1, True, None), ("eot_samples", 1, True, None),
+           ("pgd_steps", 1, True, None), ("width", 1, True, MAX_WIDTH), ("noise_std", 0.0, False, None),
+           ("channels", 2, True, MAX_CHANNELS), ("upper_epochs", 1, True, None), ("eot_samples", 1, True, None),
            ("eps", 0.0, False, None), ("eps_warmup", 0.0, False, None), ("steps", 1, True, None),
            ("step", 0.0, False, None), ("alpha", 0.0, False, 1.0), ("beta", 0.0, False, None))
 #: flags whose value must be above their low limit

@@ -42,7 +42,7 @@ class DenoisingAutoencoder(nn.Module):
     Parameters
     ----------
     in_channels: channels of the images.
-    width: feature maps of the first layer (the bottleneck has ``2 * width``).
+    width: feature maps of the first layer (the bottleneck has ``2 * width``), at most 4096.
     bounds: ``(low, high)`` of valid inputs; the output is squashed into this range.
 
     Examples
@@ -55,7 +55,7 @@ class DenoisingAutoencoder(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 32, bounds: BoundsLike = (0.0, 1.0)) -> None:
         super().__init__()
         check_number("in_channels", in_channels, low=1, integer=True)
-        check_number("width", width, low=1, integer=True)
+        check_number("width", width, low=1, high=4096, integer=True)  # (4096: 436 million weights)
         self.bounds = check_bounds(bounds)
         self.encoder = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
