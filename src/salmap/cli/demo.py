@@ -21,6 +21,7 @@ from torch import nn
 
 from salmap import data as datasets
 from salmap import models
+from salmap._repr import short
 from salmap.cli.checks import take
 from salmap.cli.common import add_device_arg, output_folder, print_table, write_json
 from salmap.cli.train import build_classifier
@@ -105,9 +106,29 @@ def cached_unet(folder: Path, epochs: int, retrain: bool = False, device: str = 
     return folder
 
 
+#: the names of the demo's two runs (an earlier demo's run under them is the demo's to replace)
+MAIN_NAME, SEG_NAME = "salmap demo: lenet and a denoiser defense", "salmap demo: segmentation JSMA"
+
+
+def check_not_another_run(folder: Path, name: str) -> None:
+    """``ValueError`` when ``folder`` holds a salmap run that is not the demo's run ``name`` (the
+    demo replaces its own earlier runs, never another)."""
+    from salmap.evaluation.runner import RUN_FILE
+
+    if not (folder / RUN_FILE).is_file():
+        return
+    try:
+        held = json.loads((folder / RUN_FILE).read_text()).get("settings", {}).get("name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        held = None
+    if held != name:
+        raise ValueError(f"--out {folder.parent} holds another salmap run in {folder.name}/ "
+                         f"({short(held)}, not the demo's): give the demo another --out")
+
+
 def evaluate_cached(cfg: RunConfig) -> Outcome:
-    """Run ``cfg``, resuming an earlier demo's identical run; a different one in the folder is replaced
-    (the demo owns its output folder)."""
+    """Run ``cfg``, resuming an earlier demo's identical run; an earlier demo's different run in the
+    folder is replaced (:func:`check_not_another_run` refused any other before the demo began)."""
     from salmap.evaluation.runner import RUN_FILE, evaluate, prepare
 
     run_file = Path(cfg.output) / RUN_FILE
@@ -138,6 +159,8 @@ def check_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_flags(args)
+    for sub, name in (("evaluation", MAIN_NAME), ("segmentation", SEG_NAME)):
+        check_not_another_run(Path(args.out) / sub, name)
     out = output_folder(args.out)
     steps = 6
 
@@ -153,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
     step(4, f"attacks and explanations on {args.num} test images: FGSM, JSMA, ISI; gradient saliency, occlusion")
     cfg = parse_config({
-        "name": "salmap demo: lenet and a denoiser defense",
+        "name": MAIN_NAME,
         "output": str(out / "evaluation"), "seed": 0, "batch_size": 20, "device": args.device,
         "data": {"name": "mnist-sample", "split": "test", "num": args.num},
         "models": [{"name": "lenet", "path": str(out / "lenet")},
@@ -170,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
     step(5, f"segmentation JSMA on {args.seg_num} mnist-seg images: hide the digit")
     seg_cfg = parse_config({
-        "name": "salmap demo: segmentation JSMA",
+        "name": SEG_NAME,
         "output": str(out / "segmentation"), "seed": 0, "batch_size": args.seg_num, "device": args.device,
         "data": {"name": "mnist-seg", "split": "test", "num": args.seg_num},
         "models": [{"name": "unet", "path": str(unet)}],
