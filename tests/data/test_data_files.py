@@ -35,3 +35,41 @@ def test_train_and_test_folders_with_different_classes_share_one_labelling(tmp_p
         assert loaded("train").y.tolist() == [0, 1] and loaded("test").y.tolist() == [1, 2]
         assert loaded("all").y.tolist() == [0, 1, 1, 2]
         assert loaded("test").class_names == ["cat", "dog", "emu"] == loaded("all").class_names
+
+
+def _npz(path, train: int, test: int | None):
+    """An npz of ``train`` (and, unless ``test`` is None, ``test``) 28x28 images of 10 classes."""
+    def images(n):
+        return np.full((n, 1, 28, 28), 0.5, np.float32), np.arange(n, dtype=np.int64) % 10
+    x, y = images(train)
+    tests = {} if test is None else dict(zip(("x_test", "y_test"), images(test), strict=True))
+    np.savez(path, x=x, y=y, **tests)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("train, test, split, message", [
+    (0, None, "test", "has no test images"),       # x and y hold no sample at all
+    (0, None, "train", "has no train images"),
+    (0, None, "all", "has no images (train and test)"),
+    (20, 0, "test", "has no test images"),         # an empty x_test / y_test
+    (0, 20, "train", "has no train images"),       # x_test but an empty x
+], ids=["empty-test", "empty-train", "empty-all", "empty-x_test", "empty-x"])
+def test_a_split_with_no_samples_is_named(tmp_path, train, test, split, message):
+    name = _npz(tmp_path / "d.npz", train, test)
+    with pytest.raises(ValueError) as info:
+        data.load_dataset(name, split)
+    assert str(info.value) == f"dataset {name!r} {message}: split {split!r} must hold at least one sample"
+    if train or test:  # the other split is loaded as before
+        assert len(data.load_dataset(name, "test" if split == "train" else "train")) == 20
+
+
+def test_an_empty_split_of_a_streamed_folder_is_named(tmp_path):
+    """One image per class: the test split takes each class's only image, the train split is empty."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (6, 6), 40).save(tmp_path / name / "0.png")
+    assert len(data.load_dataset(f"folder:{tmp_path}", "test")) == 2
+    with pytest.raises(ValueError, match=r"dataset 'folder:.*' has no train images: split 'train' must hold"):
+        data.load_dataset(f"folder:{tmp_path}", "train")

@@ -222,3 +222,13 @@ def test_labels_past_the_models_outputs_are_refused_at_validation(tmp_path, lene
     data = {"name": f"npz:{tmp_path / 'd.npz'}", "num": 3}
     with pytest.raises(ConfigError, match=r"models\[0\]\.path: npz:.* has labels up to 12 but the model has 10 outputs"):
         parse_config(run(lenet, tmp_path / "out", data=data))
+
+
+def test_a_data_split_with_no_samples_is_refused_at_validation(tmp_path, lenet):
+    import numpy as np
+
+    x = np.zeros((3, 28, 28), np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2]), x_test=x[:0], y_test=np.zeros(0, np.int64))
+    data = {"name": f"npz:{tmp_path / 'd.npz'}", "num": 3}
+    with pytest.raises(ConfigError, match=r"data\.name: dataset 'npz:.*' has no test images: split 'test' must hold"):
+        parse_config(run(lenet, tmp_path / "out", data=data))

@@ -77,6 +77,12 @@ def split_per_class(y: Tensor, test_per_class: int, seed: int = 0) -> tuple[Tens
     return torch.nonzero(mask).flatten(), test_idx
 
 
+def no_samples(name: str, split: str) -> ValueError:
+    """The error for a dataset split that holds no sample, naming the dataset and the split."""
+    what = f"{split} images" if split in ("train", "test") else "images (train and test)"
+    return ValueError(f"dataset {name!r} has no {what}: split {split!r} must hold at least one sample")
+
+
 def take_split(x: Tensor, y: Tensor, split: str, train_idx: Tensor, test_idx: Tensor) -> tuple[Tensor, Tensor]:
     if split == "all":
         return x, y

@@ -152,7 +152,7 @@ def load_npz(path: str, split: str = "test") -> Dataset:
             raise ValueError(f"npz file {file}: x_test images have shape {tuple(xt.shape[1:])}, x {tuple(x.shape[1:])}")
         num = max(num, check_class_labels(yt, f"npz file {file} (y_test)"))
         x, y = {"train": (x, y), "test": (xt, yt), "all": (torch.cat([x, xt]), torch.cat([y, yt]))}[split]
-    else:
+    elif y.numel():  # (no samples at all: every split is empty, refused by load_dataset naming the split)
         counts = torch.bincount(y)
         per_class = max(1, int(counts[counts > 0].min()) // 5)
         train_idx, test_idx = split_per_class(y, per_class, seed=0)

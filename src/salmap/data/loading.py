@@ -11,7 +11,7 @@ from torch import Tensor
 
 from salmap._validate import check_choice
 from salmap.data import files, limits, mnist_seg, packaged, stream  # noqa: F401  (registration on import)
-from salmap.data.base import Dataset
+from salmap.data.base import Dataset, no_samples
 from salmap.data.registry import load_registered, path_problem, registered
 
 SPLITS = ("train", "test", "all")
@@ -24,7 +24,8 @@ def load_dataset(name: str, split: str = "test", image_size: int | None = None, 
     ``folder:PATH`` is streamed (images decoded per batch, :mod:`salmap.data.stream`).
     ``image_size`` (resize the shorter side, centre-crop to a square) and ``channels``
     (1 grey, 3 RGB: the model's) apply to every kind: a folder applies them as it decodes,
-    other sets once after loading.
+    other sets once after loading. A split that holds no sample is refused (``ValueError``
+    naming the dataset and the split), whatever command or kind of data asked for it.
     """
     check_choice("split", split, SPLITS)
     if not isinstance(name, str):
@@ -35,11 +36,20 @@ def load_dataset(name: str, split: str = "test", image_size: int | None = None, 
     if problem := path_problem(name):  # a missing folder: named with the dataset, before any reading
         raise ValueError(f"dataset {name!r}: {problem}")
     if name.startswith("folder:") and name.partition(":")[2]:
-        return stream.stream_folder(name.partition(":")[2], split, image_size=image_size, channels=channels)
-    ds = load_registered(name, split)
+        streamed = stream.stream_folder(name.partition(":")[2], split, image_size=image_size, channels=channels)
+        return _not_empty(streamed, name, split)
+    ds = _not_empty(load_registered(name, split), name, split)
     if image_size is None and channels is None:
         return ds
     return _transformed(ds, image_size, channels)
+
+
+def _not_empty(ds: Dataset, name: str, split: str) -> Dataset:
+    """``ds`` when it holds a sample; else a ``ValueError`` naming the dataset and the split (an
+    empty split would fail later inside a command, with nothing to say which data was empty)."""
+    if len(ds) == 0:
+        raise no_samples(name, split)
+    return ds
 
 
 def _transformed(ds: Dataset, image_size: int | None, channels: int | None) -> Dataset:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salmap.data import limits
+from salmap.data import base, limits
 from salmap.data.base import IMAGE_SUFFIXES, Dataset, class_images, class_names_of, split_per_class
 from salmap.data.heap import release_freed_memory
 
@@ -277,6 +277,8 @@ def stream_folder(
             train_idx, test_idx = split_per_class(y_all, per_class, seed=0)
             keep = (train_idx if split == "train" else test_idx).tolist()
             files, labels, sizes = [files[i] for i in keep], [labels[i] for i in keep], [sizes[i] for i in keep]
+    if not files:  # (one image per class: all of them test images)
+        raise base.no_samples(f"folder:{path}", split)
     first = decode_image(files[0], channels)
     channels = int(first.shape[0])
     if image_size is not None:
