@@ -1,5 +1,5 @@
-"""The bad-input matrix, evaluation side (group ``faults``): a corrupt or short unit file is
-named and recomputed; a full disk leaves no hidden temporary files."""
+"""The bad-input matrix, evaluation side (group ``faults``): a corrupt or short unit file (rows,
+kept examples, adversarial shard) is named and recomputed; a full disk leaves no hidden temporary files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from _evaluate_support import rows_without_timing, save_lenet, write_run
 from _faults import full_disk
 
+from salmap.cli import main
+from salmap.evaluation import load_adversarial
 from salmap.evaluation import store as store_module
 from salmap.evaluation.config import load_config
 from salmap.evaluation.runner import evaluate
@@ -61,6 +63,45 @@ def test_faults_corrupt_units_are_named_and_recomputed(tmp_path, lenet):
         assert [json.loads(line) for line in unit.read_text().splitlines()]  # rewritten whole
     assert again.computed == 4
     assert rows_without_timing(again.output) == expected
+
+
+def test_faults_damaged_tensor_files_are_named_and_recomputed(tmp_path, lenet):
+    """A unit's examples file and adversarial shard cut short (or the shard lost): a warning names
+    the file and the unit is recomputed, as a damaged rows file is; never SafetensorError unnamed."""
+    run = write_run(tmp_path / "run.yaml", output="out", seed=0, batch_size=4, data={"name": "mnist-sample", "num": 12},
+                    models=[{"name": "m", "path": str(lenet)}], attacks=[{"attack": "fgsm", "params": {"eps": 0.2}}],
+                    save_adversarial=True, report=False)
+    first = evaluate(load_config(run), progress=False)
+    expected, saved = rows_without_timing(first.output), load_adversarial(first.output)
+    examples = sorted((first.output / "batches").glob("*.examples.safetensors"))
+    shards = sorted((first.output / "adversarial").glob("*.safetensors"))
+    assert examples and len(shards) == 3
+    damaged = [examples[0], shards[1], shards[2]]
+    for path in damaged[:2]:
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"adversarial examples file {shards[1]} could not be read"):
+        load_adversarial(first.output)
+    shards[2].unlink()
+    records = _Records()
+    logging.getLogger("salmap").addHandler(records)
+    try:
+        again = evaluate(load_config(run), progress=False)
+    finally:
+        logging.getLogger("salmap").removeHandler(records)
+    for path, message in zip(damaged, ["could not be read", "could not be read", "is missing"], strict=True):
+        warned = [m for m in records.messages if str(path) in m]
+        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (path, records.messages)
+    assert again.computed == 3 and rows_without_timing(again.output) == expected
+    assert all(load_adversarial(again.output)[key][k].equal(v[k]) for key, v in saved.items() for k in v)
+
+
+def test_faults_cli_resume_with_truncated_examples_recomputes(tmp_path, lenet, caplog):
+    argv = ["attack", "fgsm", "--model", str(lenet), "-n", "6", "--eps", "0.3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    for path in (tmp_path / "o" / "batches").glob("*.examples.safetensors"):
+        path.write_bytes(path.read_bytes()[:100])
+    assert main(argv) == 0
+    assert "examples.safetensors could not be read" in caplog.text and "recomputing the unit" in caplog.text
 
 
 def test_faults_full_disk_leaves_no_temporary_file(tmp_path):

@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from salmap.evaluation.files import load_tensors
 from salmap.evaluation.store import ADVERSARIAL, RUN_FILE
 
 _SHARD = re.compile(r"^m(\d{3})-a(\d{3})-b(\d{6})\.safetensors$")
@@ -74,7 +74,7 @@ def load_adversarial(run_dir: str | Path, model: str | int | None = None,
             continue
         if attack is not None and attack not in (key[1], a_pos):
             continue
-        parts.setdefault(key, []).append(load_file(str(path)))
+        parts.setdefault(key, []).append(load_tensors(path, "adversarial examples file"))
     return {key: {name: torch.cat([p[name] for p in found]) for name in found[0]} for key, found in parts.items()}
 
 

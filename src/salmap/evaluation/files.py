@@ -1,4 +1,5 @@
-"""Writing salmap's files atomically: JSON documents (with ``schema_version``) and safetensors.
+"""Writing salmap's files atomically: JSON documents (with ``schema_version``) and safetensors;
+reading safetensors back.
 
 A file written here holds either nothing or all of it (a temporary name, flushed, then
 renamed), so a run killed at any moment never leaves a half-written file behind.
@@ -12,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 #: version of every JSON document salmap writes (see docs/schema.md); 2: metrics name what they average
@@ -80,4 +82,13 @@ def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
         raise
 
 
-__all__ = ["SCHEMA_VERSION", "atomic_write", "clean_json", "save_tensors", "write_json"]
+def load_tensors(path: Path, what: str = "tensor file") -> dict[str, Tensor]:
+    """The tensors of a safetensors file salmap wrote; a damaged or truncated one is a ``ValueError``
+    naming ``what`` and the file (not safetensors' own error, which names no file)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{what} {path} could not be read ({type(err).__name__}: {err})") from None
+
+
+__all__ = ["SCHEMA_VERSION", "atomic_write", "clean_json", "load_tensors", "save_tensors", "write_json"]

@@ -226,10 +226,12 @@ def expected_rows(the_plan: Plan, unit: Unit) -> int:
 
 
 def unit_is_whole(the_plan: Plan, unit: Unit, store: RunStore) -> bool:
-    """Whether a unit file on disk is complete; a corrupt or short one is named in a warning and
-    recomputed (it is salmap's own file: the recomputed unit replaces it atomically)."""
+    """Whether a unit's files on disk are complete; a corrupt or short one (rows, kept examples or
+    adversarial shard) is named in a warning and recomputed (salmap's own files: the recomputed unit
+    replaces them atomically)."""
     try:
         rows = store.read_unit(unit.key)
+        store.check_tensors(unit.key, adversarial=unit.kind == "attack" and the_plan.cfg.save_adversarial)
     except (ValueError, OSError) as err:
         log.warning("%s; recomputing the unit", err)
         return False

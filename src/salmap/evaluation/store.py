@@ -30,13 +30,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import Tensor
 
 from salmap.evaluation.files import (
     SCHEMA_VERSION,
     atomic_write,
     clean_json,
+    load_tensors,
     save_tensors,
     write_json,
 )
@@ -250,8 +250,19 @@ class RunStore:
         return rows
 
     def examples(self, key: str) -> dict[str, Tensor]:
+        """A unit's kept inputs (``{}`` when it kept none); ValueError naming a damaged file."""
         path = self.batches / f"{key}.examples.safetensors"
-        return load_file(str(path)) if path.is_file() else {}
+        return load_tensors(path, "unit file") if path.is_file() else {}
+
+    def check_tensors(self, key: str, adversarial: bool = False) -> None:
+        """Read back a unit's tensor files (its examples; its adversarial shard, which must be there,
+        with ``adversarial``): a ValueError names a damaged or missing one."""
+        self.examples(key)
+        if adversarial:
+            shard = self.out / ADVERSARIAL / f"{key}.safetensors"
+            if not shard.is_file():
+                raise ValueError(f"unit file {shard} is missing")
+            load_tensors(shard, "unit file")
 
     def write_results(self, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
