@@ -95,13 +95,17 @@ def test_faults_damaged_tensor_files_are_named_and_recomputed(tmp_path, lenet):
     assert all(load_adversarial(again.output)[key][k].equal(v[k]) for key, v in saved.items() for k in v)
 
 
-def test_faults_cli_resume_with_truncated_examples_recomputes(tmp_path, lenet, caplog):
+@pytest.mark.parametrize("lost", [False, True], ids=["truncated", "lost"])
+def test_faults_cli_resume_with_damaged_examples_recomputes(tmp_path, lenet, caplog, lost):
+    """``salmap attack`` resumed with its figure samples' examples file cut short or lost (was
+    SafetensorError naming no file, or KeyError: 'position')."""
     argv = ["attack", "fgsm", "--model", str(lenet), "-n", "6", "--eps", "0.3", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
-    for path in (tmp_path / "o" / "batches").glob("*.examples.safetensors"):
-        path.write_bytes(path.read_bytes()[:100])
+    (path,) = (tmp_path / "o" / "batches").glob("*.examples.safetensors")
+    path.unlink() if lost else path.write_bytes(path.read_bytes()[:100])
     assert main(argv) == 0
-    assert "examples.safetensors could not be read" in caplog.text and "recomputing the unit" in caplog.text
+    assert f"{path} {'is missing' if lost else 'could not be read'}" in caplog.text
+    assert "recomputing the unit" in caplog.text and len(path.read_bytes()) > 100
 
 
 def test_faults_full_disk_leaves_no_temporary_file(tmp_path):

@@ -254,15 +254,16 @@ class RunStore:
         path = self.batches / f"{key}.examples.safetensors"
         return load_tensors(path, "unit file") if path.is_file() else {}
 
-    def check_tensors(self, key: str, adversarial: bool = False) -> None:
-        """Read back a unit's tensor files (its examples; its adversarial shard, which must be there,
-        with ``adversarial``): a ValueError names a damaged or missing one."""
-        self.examples(key)
-        if adversarial:
-            shard = self.out / ADVERSARIAL / f"{key}.safetensors"
-            if not shard.is_file():
-                raise ValueError(f"unit file {shard} is missing")
-            load_tensors(shard, "unit file")
+    def check_tensors(self, key: str, examples: bool = False, adversarial: bool = False) -> None:
+        """Read back a unit's tensor files (its examples, which must be there with ``examples``; its
+        adversarial shard, which must be there with ``adversarial``): a ValueError names a damaged or
+        missing one."""
+        kept, shard = self.batches / f"{key}.examples.safetensors", self.out / ADVERSARIAL / f"{key}.safetensors"
+        for path, needed in ((kept, examples), (shard, adversarial)):
+            if needed and not path.is_file():
+                raise ValueError(f"unit file {path} is missing")
+            if path.is_file() and (needed or path == kept):
+                load_tensors(path, "unit file")
 
     def write_results(self, rows: list[dict[str, Any]]) -> None:
         text = "".join(json.dumps(clean_json(r), allow_nan=False) + "\n" for r in rows)
