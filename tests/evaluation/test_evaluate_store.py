@@ -68,6 +68,33 @@ def test_lock_in_process_and_release(tmp_path: Path) -> None:
         pass
 
 
+def test_the_lock_file_is_removed_on_release_and_a_replaced_one_is_not_the_folder_s(tmp_path: Path) -> None:
+    """The holder removes ``.salmap.lock`` as it releases the lock; a lock taken on a file that was
+    removed or replaced meanwhile does not lock the folder (the next acquirer takes the new file),
+    and its release leaves the new file alone."""
+    with FolderLock(tmp_path):
+        assert (tmp_path / LOCK_FILE).is_file()
+    assert not (tmp_path / LOCK_FILE).exists()
+    old = FolderLock(tmp_path).acquire()
+    (tmp_path / LOCK_FILE).unlink()  # (as its release does, seen by a process that opened it before)
+    new = FolderLock(tmp_path).acquire()  # the file at the path now: not locked by the old holder
+    old.release()
+    assert (tmp_path / LOCK_FILE).is_file()  # (not the old holder's to remove)
+    with pytest.raises(FolderLocked):
+        FolderLock(tmp_path).acquire()
+    new.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_refused_run_leaves_nothing_in_the_user_s_folder(tmp_path: Path, lenet: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["evaluate", str(_run(tmp_path, lenet)), "--no-progress"]) == 2
+    assert "is not empty and holds no salmap run (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # (no .salmap.lock left behind)
+
+
 def test_overwrite_refuses_a_folder_salmap_did_not_write(tmp_path: Path, lenet: Path, capsys) -> None:
     out = tmp_path / "out"
     (out / "figures").mkdir(parents=True)

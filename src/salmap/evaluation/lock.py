@@ -4,7 +4,9 @@ The lock is ``.salmap.lock`` in the folder, held with ``fcntl.flock`` for the li
 run. The kernel releases it when the holder exits, however it exits (``kill -9``
 included), so a lock left by a killed process is stale by construction and the next run
 takes it over. The file records who holds it (pid, host, command, start time), so that
-a second run can say who holds the folder before it exits.
+a second run can say who holds the folder before it exits. The holder removes the file
+when it releases the lock (a refused run leaves nothing in the user's folder); a process
+that locked a file removed meanwhile sees it is no longer the folder's and tries again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            fd = self._lock_file()
+            if fd is not None:
+                self._fd = fd
+                return self
+        raise FolderLocked(f"output folder {str(self.path.parent)!r}: its lock file keeps being replaced; "
+                           "another program is removing it")
+
+    def _lock_file(self) -> int | None:
+        """The locked file's descriptor; ``None`` when the file locked was removed or replaced meanwhile
+        (its holder released it): it no longer locks the folder."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:
@@ -76,6 +89,9 @@ class FolderLock:
                 if isinstance(pid, int) and pid != os.getpid() and holder.get("host") == socket.gethostname() \
                         and _alive(pid):
                     raise FolderLocked(self._message(holder))
+            if not self._current(fd):
+                os.close(fd)
+                return None
             record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                       "command": " ".join(["salmap", *sys.argv[1:]])[:300]}
             os.ftruncate(fd, 0)
@@ -83,15 +99,23 @@ class FolderLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        return self
+        return fd
+
+    def _current(self, fd: int) -> bool:
+        """Whether ``fd`` is the file at the lock's path (not one removed or replaced meanwhile)."""
+        try:
+            here, held = os.stat(self.path), os.fstat(fd)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)  # no holder recorded any more; the file stays (others may have it open)
+            if self._current(fd):
+                self.path.unlink()  # (still held: a process that opened it meanwhile sees it removed, and retries)
         except OSError:
             pass
         os.close(fd)  # closing releases the flock
