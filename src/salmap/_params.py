@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from salmap._repr import short
+
 #: constructor parameters supplied by the runner, never by a flag or a run file
 FIXED = frozenset({"model", "bounds"})
 #: targeting modes of classifiers: untargeted with the true labels, a seeded random other
@@ -83,12 +85,12 @@ class Param:
         if self.choices is not None and value not in self.choices and not (number and str in self.types):
             close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{self.name} must be {self.describe_range()}, got {value!r}{hint}")
+            raise ValueError(f"{self.name} must be {self.describe_range()}, got {short(value)}{hint}")
         if self.interval is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high, lc, hc = self.interval
             inside = (value >= low if lc else value > low) and (value <= high if hc else value < high)
             if not inside or (isinstance(value, float) and math.isnan(value)):
-                raise ValueError(f"{self.name} must be {self.describe_range()}, got {value!r}")
+                raise ValueError(f"{self.name} must be {self.describe_range()}, got {short(value)}")
         return value
 
     def value(self, checked: Any) -> Any:
@@ -104,13 +106,13 @@ def _convert(name: str, value: Any, kind: type) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {short(value)}")
     if kind is int or kind is float:
         return _convert_number(name, value, kind)
     if kind is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{name} must be a string, got {value!r}")
+        raise ValueError(f"{name} must be a string, got {short(value)}")
     return value
 
 
@@ -126,7 +128,7 @@ def _convert_number(name: str, value: Any, kind: type) -> Any:
                 return kind(value)
             except ValueError:
                 pass
-    raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {short(value)}")
 
 
 def _convert_union(name: str, value: Any, types: tuple[type, ...]) -> Any:
@@ -138,7 +140,7 @@ def _convert_union(name: str, value: Any, types: tuple[type, ...]) -> Any:
         except ValueError:
             continue
     kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    raise ValueError(f"{name} must be {' or '.join(kinds[t] for t in types)}, got {value!r}")
+    raise ValueError(f"{name} must be {' or '.join(kinds[t] for t in types)}, got {short(value)}")
 
 
 def _num(v: float) -> str:

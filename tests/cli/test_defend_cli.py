@@ -189,6 +189,7 @@ def test_defend_takes_image_size_for_a_folder_of_mixed_sizes(tmp_path: Path, che
     (["dae", "--width", "0"], "--width must be in [1, 4096], got 0"),
     (["dae", "--width", "100000000"], "--width must be in [1, 4096], got 100000000"),  # (was a 4 GB allocation)
     (["dae", "--lr", "0"], "--lr must be in (0.0, inf), got 0.0"),
+    (["dae", "--lr", "1e39"], "--lr must be at most 3.403e+38 (the largest float32), got 1e+39"),  # (was a raw error)
     (["dae", "--pgd-steps", "0"], "--pgd-steps must be in [1, inf), got 0"),  # was ZeroDivisionError, exit 1
     (["block-switch", "--channels", "1"], "--channels must be in [2, 256], got 1"),
     (["block-switch", "--channels", "100000"], "--channels must be in [2, 256], got 100000"),

@@ -54,7 +54,7 @@ def test_train_leaves_a_checkpoint_in_out_alone_unless_overwrite(tmp_path, capsy
     (["--model", "unet"], "--model must be one of ['lenet', 'resnet18', 'resnet34'] for --task classification, got 'unet'"),
     (["--model", "dae"], "--model must be one of ['lenet', 'resnet18', 'resnet34'] for --task classification, got 'dae'"),
     (["--task", "segmentation", "--model", "lenet"], "--model must be one of ['unet'] for --task segmentation, got 'lenet'"),
-    (["--lr", "1e39"], "--lr must be in (0.0, 3.4028234663852886e+38], got 1e+39"),
+    (["--lr", "1e39"], "--lr must be at most 3.403e+38 (the largest float32), got 1e+39"),
 ], ids=["unet-classifier", "dae-classifier", "lenet-segmenter", "lr-past-float32"])
 def test_train_refuses_a_model_the_task_cannot_train_and_an_lr_float32_cannot_hold(tmp_path, capsys, flags, message):
     assert main(["train", "--data", "digits", "--image-size", "16", *flags, "--out", str(tmp_path / "o")]) == 2

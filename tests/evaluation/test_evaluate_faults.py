@@ -108,6 +108,20 @@ def test_faults_cli_resume_with_damaged_examples_recomputes(tmp_path, lenet, cap
     assert "recomputing the unit" in caplog.text and len(path.read_bytes()) > 100
 
 
+def test_faults_a_lost_explanation_maps_file_is_named_and_recomputed(tmp_path, lenet, caplog):
+    """``salmap evaluate``'s explanation units always keep their maps (the figures'): one lost is
+    named and its unit recomputed, and the figure is there again (it was resumed without it)."""
+    run = write_run(tmp_path / "run.yaml", output="out", seed=0, batch_size=3, data={"name": "mnist-sample", "num": 6},
+                    models=[{"name": "m", "path": str(lenet)}], explanations=[{"explainer": "gradient"}], report=False)
+    first = evaluate(load_config(run), progress=False)
+    (path,) = (first.output / "batches").glob("*-e000-*.examples.safetensors")
+    path.unlink()
+    again = evaluate(load_config(run), progress=False)
+    assert f"{path} is missing" in caplog.text and "recomputing the unit" in caplog.text
+    assert again.computed == 1 and path.is_file()
+    assert json.loads((again.output / "summary.json").read_text())["explanations"][0]["figure"]
+
+
 def test_faults_full_disk_leaves_no_temporary_file(tmp_path):
     with full_disk(), pytest.raises(OSError):
         store_module.atomic_write(tmp_path / "results.jsonl", b"x" * 100)

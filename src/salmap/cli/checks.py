@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+#: the largest float32
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 def check_output_path(path: str | Path, flag: str = "--out") -> Path:
     """Check, before any work, that results can be written to the folder ``path``.
@@ -47,6 +50,13 @@ def check_output_path(path: str | Path, flag: str = "--out") -> Path:
             except OSError:  # written into or removed meanwhile by another process: leave it
                 break
     return out
+
+
+def check_learning_rate(flag: str, value: float) -> None:
+    """``--lr`` within float32, the optimisers' arithmetic (past it the first step fails in torch,
+    with a message that names no flag); its lower limit is checked with the other numbers."""
+    if value > FLOAT32_MAX:
+        raise ValueError(f"{flag} must be at most {FLOAT32_MAX:.4g} (the largest float32), got {value:g}")
 
 
 def check_checkpoint_out(path: str | Path, overwrite: bool) -> Path:

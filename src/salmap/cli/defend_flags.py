@@ -10,6 +10,7 @@ from torch import nn
 
 from salmap import registry
 from salmap._validate import check_number
+from salmap.cli.checks import check_learning_rate
 from salmap.cli.common import add_device_arg, add_model_options
 from salmap.cli.flags import parse_spec
 from salmap.cli.pipeline import add_run_flags
@@ -109,6 +110,8 @@ def check_flags(args: argparse.Namespace) -> None:
         if value is not None:
             check_number(f"--{name.replace('_', '-')}", value, low=low, high=high, low_open=name in _OPEN,
                          integer=integer)
+    if getattr(args, "lr", None) is not None:
+        check_learning_rate("--lr", args.lr)
 
 
 def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSpec]:

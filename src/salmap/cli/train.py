@@ -12,7 +12,7 @@ from torch import nn
 from salmap import data as datasets
 from salmap import models
 from salmap._validate import check_number
-from salmap.cli.checks import check_checkpoint_out
+from salmap.cli.checks import check_checkpoint_out, check_learning_rate
 from salmap.cli.common import add_device_arg, output_folder
 from salmap.training import train_classifier, trained_meta
 
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         args.epochs = SEGMENTATION_EPOCHS if args.task == "segmentation" else CLASSIFIER_EPOCHS
     for flag, value, low, low_open in (("--epochs", args.epochs, 1, False), ("--batch-size", args.batch_size, 1, False),
                                        ("--lr", args.lr, 0.0, True)):  # named here, before any data is read
-        check_number(flag, value, low=low, low_open=low_open, integer=flag != "--lr",
-                     high=torch.finfo(torch.float32).max if flag == "--lr" else None)  # (the optimiser's float32)
+        check_number(flag, value, low=low, low_open=low_open, integer=flag != "--lr")
+    check_learning_rate("--lr", args.lr)
     trainable = classifiers() if args.task == "classification" else ("unet",)
     args.model = args.model or ("lenet" if args.task == "classification" else "unet")
     if args.model not in trainable:

@@ -157,9 +157,9 @@ def read_run_file(path: str | Path) -> Any:
     when it cannot be read or parsed."""
     path = Path(path)
     try:
-        if path.exists() and not path.is_file():
-            raise ValueError(f"run file {str(path)!r} must be a file, got a {'folder' if path.is_dir() else 'device or pipe'}")
-        with path.open("rb") as f:  # (sizes checked before reading it all)
+        if path.is_dir():
+            raise ValueError(f"run file {str(path)!r} must be a file, got a folder")
+        with path.open("rb") as f:  # (at most the limit read: a pipe or /dev/zero too)
             data = f.read(RUN_FILE_LIMIT + 1)
         if len(data) > RUN_FILE_LIMIT:
             raise ValueError(f"run file {str(path)!r} is larger than {RUN_FILE_LIMIT // 2**20} MiB: not a run file")
@@ -170,8 +170,9 @@ def read_run_file(path: str | Path) -> Any:
         raise ValueError(f"run file {str(path)!r} is not UTF-8 text (byte {err.start}): not a YAML run file") from None
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"run file {str(path)!r} is not valid YAML: {err}") from None
+    except (yaml.YAMLError, ValueError) as err:  # (ValueError: an integer of over 4300 digits, say)
+        detail = err if isinstance(err, yaml.YAMLError) else str(err)[:200]
+        raise ValueError(f"run file {str(path)!r} is not valid YAML: {detail}") from None
     return {} if raw is None else raw
 
 

@@ -231,7 +231,9 @@ def unit_is_whole(the_plan: Plan, unit: Unit, store: RunStore) -> bool:
     replaces them atomically)."""
     try:
         rows = store.read_unit(unit.key)
-        kept = unit.kind == "attack" and bool(torch.isin(unit.positions, torch.tensor(the_plan.figure_indices)).any())
+        # (an attack unit keeps its figure samples' examples; an evaluate explanation unit, its maps)
+        kept = bool(torch.isin(unit.positions, torch.tensor(the_plan.figure_indices)).any()) \
+            if unit.kind == "attack" else the_plan.cfg.explain is None
         store.check_tensors(unit.key, examples=kept, adversarial=unit.kind == "attack" and the_plan.cfg.save_adversarial)
     except (ValueError, OSError) as err:
         log.warning("%s; recomputing the unit", err)
