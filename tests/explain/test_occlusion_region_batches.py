@@ -15,8 +15,8 @@ from salmap.explain.occlusion_regions import Region
 batch_ops = shared.batch_ops  # (a fixture)
 
 
-def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monkeypatch: pytest.MonkeyPatch):
-    """After the first batch, as many more copies as the regions leave room for (at most 16 times)."""
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The copies of every batch of region-held copies run from now on."""
     sizes: list[int] = []
     original = deltas_module.Deltas.on_patches
 
@@ -24,8 +24,14 @@ def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monk
         sizes.append(patches.shape[0])
         return original(self, images, i, patches, region)  # type: ignore[arg-type]
 
-    grow_as_on_cuda(monkeypatch)
     monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    return sizes
+
+
+def test_batches_of_region_held_copies_grow_within_the_memory_of_whole_ones(monkeypatch: pytest.MonkeyPatch):
+    """After the first batch, as many more copies as the regions leave room for (at most 16 times)."""
+    grow_as_on_cuda(monkeypatch)
+    sizes = batch_sizes(monkeypatch)
     model = randomized(ResNetLike())
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     target = torch.tensor([1, 2])
@@ -41,15 +47,8 @@ def test_the_next_call_s_batches_hold_the_grown_number_of_copies_from_the_first(
     batch on (no small first batch, no padded remainder of the first image), with the same maps."""
     from salmap.explain import Occlusion
 
-    sizes: list[int] = []
-    original = deltas_module.Deltas.on_patches
-
-    def spy(self: object, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
-        sizes.append(patches.shape[0])
-        return original(self, images, i, patches, region)  # type: ignore[arg-type]
-
     grow_as_on_cuda(monkeypatch)
-    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    sizes = batch_sizes(monkeypatch)
     model = randomized(ResNetLike())
     x = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     target = torch.tensor([1, 2, 0])
@@ -70,14 +69,7 @@ def test_on_the_cpu_batches_of_region_held_copies_stay_at_batch_size(monkeypatch
     batch, in the first call and the next, holds ``batch_size`` copies or fewer."""
     from salmap.explain import Occlusion
 
-    sizes: list[int] = []
-    original = deltas_module.Deltas.on_patches
-
-    def spy(self: object, images: Tensor, i: int, patches: Tensor, region: Region) -> object:
-        sizes.append(patches.shape[0])
-        return original(self, images, i, patches, region)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(deltas_module.Deltas, "on_patches", spy)
+    sizes = batch_sizes(monkeypatch)
     model = randomized(ResNetLike())
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     occlusion = Occlusion(model, patch=4, stride=2, batch_size=100)  # 23 x 23 = 529 copies per image
