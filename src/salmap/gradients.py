@@ -196,7 +196,7 @@ def predict_checked(model: Model, x: Tensor) -> Tensor:
     """:func:`predict`, or a ``ValueError`` naming ``x``'s shape when the model cannot take ``x``
     (a 3-D image without its batch dimension, the wrong image size or dtype)."""
     try:
-        return predict(model, x)
+        out = predict(model, x)
     except torch.cuda.OutOfMemoryError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -205,9 +205,19 @@ def predict_checked(model: Model, x: Tensor) -> Tensor:
             f"the model cannot be run on x of shape {tuple(x.shape)}: {text[-300:]} "
             "(x must be a batch (B, ...) of the inputs the model expects, e.g. (B, C, H, W) images)"
         ) from err
+    check_output_rows(out, x.shape[0])
+    return out
+
+
+def check_output_rows(out: Tensor, batch: int) -> None:
+    """Refuse a model's output that is not one row per sample of a batch of ``batch`` (a model that
+    keeps the first row, or merges the batch: every later step would read the wrong rows)."""
+    if out.dim() == 0 or out.shape[0] != batch:
+        raise ValueError(f"the model must return one output row per sample of x: x holds {batch} samples, the "
+                         f"model returned an output of shape {tuple(out.shape)}")
 
 
 __all__ = [
     "ActiveStep", "LossFn", "Model", "RecordedPass", "active_set_loop", "class_score_grads", "forward", "frozen", "loss_grad",
-    "mode_is_fixed", "output_vjps", "predict", "predict_checked", "record_forward", "set_eval", "softmax_classes",
+    "check_output_rows", "mode_is_fixed", "output_vjps", "predict", "predict_checked", "record_forward", "set_eval", "softmax_classes",
 ]

@@ -37,7 +37,7 @@ from salmap.attacks.clean_outputs import (
 )
 from salmap.attacks.result import AttackResult, _version
 from salmap.frozen import module_tensors, modules_of
-from salmap.gradients import Model, frozen, predict, record_forward
+from salmap.gradients import Model, check_output_rows, frozen, predict, record_forward
 from salmap.precision import autocast
 from salmap.targets import all_other_targets, random_targets
 
@@ -124,9 +124,8 @@ class Attack(ABC):
         modules = modules_of(self.model) if isinstance(self.model, nn.Module) else None
         with frozen(self.model, modules=modules), torch.inference_mode(False):  # (gradients under a caller's)
             x0 = x.detach().clone()
-            # The clean prediction is computed once: given by the caller, else by the first gradient
-            # step's forward pass when the attack starts with a gradient at the clean input, else by
-            # one forward pass.
+            # The clean prediction is computed once: given by the caller, else by the first gradient step's
+            # forward pass when the attack starts with a gradient at the clean input, else by one forward pass.
             with autocast(self.precision, x0.device):
                 # (an EOT model computes its own expected loss: its gradient does not start from this pass)
                 reuse = self._gradient_at_clean_input() and not callable(getattr(self.model, "expected_loss", None))
@@ -138,6 +137,7 @@ class Attack(ABC):
                 own_clean = clean is None
                 if clean is None:
                     clean = first.output.detach() if first is not None else first_forward(self.model, x0, check_now)
+                    check_output_rows(clean, x0.shape[0])
                     if first is not None and check_now:
                         check_finite_outputs(clean, "clean")
                 elif clean.shape[0] != x0.shape[0]:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from salmap._validate import check_input
 from salmap.explain.targets import Target, resolve_target
-from salmap.gradients import Model, frozen, predict, predict_checked
+from salmap.gradients import Model, check_output_rows, frozen, predict, predict_checked
 
 #: Turns the model's outputs on the batch into the resolved :class:`Target`.
 Resolver = Callable[[Tensor], Target]
@@ -75,6 +75,7 @@ class Explainer(ABC):
         spoiled: list[Tensor] = []
 
         def resolve(out: Tensor) -> Target:
+            check_output_rows(out, x.shape[0])  # (a target resolved from the wrong rows: maps of zeros)
             spoiled.append(nonfinite_samples(out))
             return resolve_target(out, target, mask)
 
