@@ -13,11 +13,20 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from salmap._bounds import Bounds, BoundsLike, check_bounds, clip_features
 from salmap._repr import short as _short
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """An on/off option: ``True``/``False`` (NumPy's too, and the integers 0 and 1); anything else,
+    such as the string ``"False"`` (which ``bool()`` reads as true), is a ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {_short(value)}")
 
 
 def check_number(
@@ -275,6 +284,6 @@ def check_shape(name: str, value: Tensor, expected: Sequence[int]) -> Tensor:
 
 __all__ = [
     "MAX_SEED", "READ_LATER", "Bounds", "BoundsLike", "InputChecks", "ReadLater", "as_index_tensor", "check_bounds",
-    "check_choice", "check_class_scores", "check_input", "check_input_and_labels", "check_label_range", "check_labels", "check_number",
+    "check_choice", "check_class_scores", "check_flag", "check_input", "check_input_and_labels", "check_label_range", "check_labels", "check_number",
     "label_range", "check_seed", "check_shape", "clip_features",
 ]

@@ -19,7 +19,7 @@ import math
 
 from torch import Tensor
 
-from salmap._validate import BoundsLike, ReadLater, check_number, clip_features
+from salmap._validate import BoundsLike, ReadLater, check_flag, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.gradients import Model, active_set_loop, class_score_grads
 from salmap.pair_search import auto_chunk_size, select_features
@@ -103,13 +103,13 @@ class JSMA(Attack):
         saturation: float = 0.01,
     ) -> None:
         super().__init__(model, bounds)
-        self.strict_targets = bool(strict_targets)
+        self.strict_targets = check_flag("strict_targets", strict_targets)
         self.theta = float(check_number("theta", theta))
         if self.theta == 0:
             raise ValueError("theta must be non-zero (the change applied to each chosen feature), got 0")
         self.gamma = float(check_number("gamma", gamma, low=0.0, high=1.0, low_open=True))
-        self.pairs = bool(pairs)
-        self.probabilities = bool(probabilities)
+        self.pairs = check_flag("pairs", pairs)
+        self.probabilities = check_flag("probabilities", probabilities)
         self.candidates = None if candidates is None else check_number(
             "candidates", candidates, low=2 if self.pairs else 1, integer=True
         )

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from salmap import _validate
 from salmap._validate import BoundsLike, as_index_tensor, check_choice, check_number, clip_features
 from salmap.attacks.base import Attack
 from salmap.attacks.seg_goals import RegionFn, outside, region_mask, resize_mask
@@ -135,13 +136,13 @@ class SegmentationJSMA(Attack):
         self.gamma = float(check_number("gamma", gamma, low=0.0, high=1.0, low_open=True))
         self.required = float(check_number("required", required, low=0.0, high=1.0, low_open=True))
         self.map = check_choice("map", map, ("jsma", "masked"))
-        self.pairs = bool(pairs) and self.map == "jsma"
+        self.pairs = _validate.check_flag("pairs", pairs) and self.map == "jsma"
         self.k = check_number("k", k, low=1, integer=True)
         if region is not None and not isinstance(region, Tensor) and not callable(region):
             raise ValueError(f"region must be None, a bool tensor or a callable, got {type(region).__name__}")
         self.region = region
-        self.probabilities = bool(probabilities)
-        self.local = None if local is None else bool(local)
+        self.probabilities = _validate.check_flag("probabilities", probabilities)
+        self.local = None if local is None else _validate.check_flag("local", local)
         self.candidates = None if candidates is None else check_number(
             "candidates", candidates, low=2 if self.pairs else 1, integer=True
         )
@@ -149,7 +150,7 @@ class SegmentationJSMA(Attack):
         self.max_iterations = None if max_iterations is None else check_number(
             "max_iterations", max_iterations, low=1, integer=True
         )
-        self.progress = bool(progress)
+        self.progress = _validate.check_flag("progress", progress)
 
     # -- what the base class asks ----------------------------------------------
     def _labels_read_early(self, labels: Any) -> Any:

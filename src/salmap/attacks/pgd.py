@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from salmap._repr import short as _short
-from salmap._validate import BoundsLike, check_number, check_seed
+from salmap._validate import BoundsLike, check_flag, check_number, check_seed
 from salmap.active_set import active_set_loop
 from salmap.attacks.base import Attack
 from salmap.gradients import LossFn, Model, RecordedPass, forward, loss_grad
@@ -87,10 +87,10 @@ class PGD(Attack):
         else:
             self.step = float(check_number("step", step, low=0.0, low_open=largest > 0))
         self.steps = check_number("steps", steps, low=1, integer=True)
-        self.random_start = bool(random_start)
+        self.random_start = check_flag("random_start", random_start)
         self.seed = check_seed(seed)
         self.loss_fn = loss_fn
-        self.early_stop = bool(early_stop)
+        self.early_stop = check_flag("early_stop", early_stop)
         self.restarts = check_number("restarts", restarts, low=1, integer=True)
         if self.restarts > 1 and not self.random_start:
             raise ValueError(f"restarts must be 1 without a random start (every restart would be the same), "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salmap._validate import check_input
+from salmap._validate import check_flag, check_input
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, forward, frozen, mode_is_fixed, output_vjps
@@ -147,7 +147,7 @@ class GradCAM(Explainer):
                 "hooks; explain the eager model (checkpoint folder or module:factory), "
                 "or use gradient or occlusion on this one"
             )
-        self.relu = bool(relu)
+        self.relu = check_flag("relu", relu)
         if reshape is not None and not callable(reshape):
             raise ValueError(f"reshape must be a function of the layer's output, got {type(reshape).__name__}")
         self.reshape = reshape

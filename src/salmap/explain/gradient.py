@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from salmap._validate import check_flag
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.targets import Target
 from salmap.gradients import Model, output_vjps
@@ -51,8 +52,8 @@ class GradientSaliency(Explainer):
         self, model: Model, absolute: bool = True, times_input: bool = False, precision: str = "fp32"
     ) -> None:
         super().__init__(model)
-        self.absolute = bool(absolute)
-        self.times_input = bool(times_input)
+        self.absolute = check_flag("absolute", absolute)
+        self.times_input = check_flag("times_input", times_input)
         self.precision = check_precision(precision)
 
     def _explain(self, x: Tensor, resolve: Resolver) -> Tensor:

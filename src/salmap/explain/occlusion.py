@@ -9,7 +9,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from salmap._validate import BoundsLike, check_bounds, check_number, check_seed
+from salmap._validate import BoundsLike, check_bounds, check_flag, check_number, check_seed
 from salmap.explain import occlusion_windows as geometry
 from salmap.explain.base import Explainer, Resolver
 from salmap.explain.occlusion_deltas import Deltas
@@ -161,10 +161,10 @@ class Occlusion(Explainer):
         self.bounds = check_bounds(bounds)
         self.batch_size = check_number("batch_size", batch_size, low=1, integer=True)
         self.seed = check_seed(seed)
-        self.probabilities = bool(probabilities)
-        self.progress = bool(progress)
+        self.probabilities = check_flag("probabilities", probabilities)
+        self.progress = check_flag("progress", progress)
         self.precision = check_precision(precision)
-        self.fold_batchnorm = bool(fold_batchnorm)
+        self.fold_batchnorm = check_flag("fold_batchnorm", fold_batchnorm)
         self._traces, self._deltas = TraceCache(), KeptForNextCall[Deltas]()
 
     @property
