@@ -103,3 +103,19 @@ def test_defended_models_follow_the_device(trained, dae) -> None:
     switched = switch(3, seed=4).to(device)
     cpu = switch(3, seed=4)
     torch.testing.assert_close(switched(x).cpu(), cpu(x.cpu()), rtol=1e-4, atol=1e-5)  # same draws on any device
+
+
+def test_denoiser_inputs_are_checked_in_one_line() -> None:
+    """Labels that are not one per image (two for four: trained anyway, failing or not by the
+    shuffle), and images of other channels than the denoiser's (a raw convolution error)."""
+    from salmap.defenses import DenoisingAutoencoder, reconstruction_error, train_denoiser
+
+    net = models.build("lenet", in_channels=1, num_classes=10, input_size=[28, 28]).eval()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for y in (torch.tensor([1]), torch.tensor([1, 2]), [[1, 2, 3, 4]]):
+        with pytest.raises(ValueError, match=r"^y must hold one class index per sample of x, shape \(4,\), got "):
+            train_denoiser(DenoisingAutoencoder(in_channels=1), x, epochs=1, model=net, y=y, progress=False)
+    with pytest.raises(ValueError, match=r"^the denoiser cannot be run on x of shape \(1, 1, 28, 28\): .*channels"):
+        train_denoiser(DenoisingAutoencoder(in_channels=3), x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"^the denoiser cannot be run on x of shape \(2, 3, 28, 28\): "):
+        reconstruction_error(DenoisingAutoencoder(in_channels=1), torch.rand(2, 3, 28, 28))

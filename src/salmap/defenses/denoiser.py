@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from salmap._validate import (
     Bounds,
     BoundsLike,
+    as_index_tensor,
     check_bounds,
     check_choice,
     check_input,
@@ -100,8 +101,12 @@ def dae(in_channels: int = 1, width: int = 32, bounds: Any = (0.0, 1.0)) -> Deno
 def check_denoiser_shape(denoiser: Model, x: Tensor, out: Tensor | None = None) -> Tensor:
     """Raise ``ValueError`` unless ``denoiser(x)`` has ``x``'s shape; returns the output."""
     if out is None:
-        with torch.no_grad():
-            out = denoiser(x)
+        try:
+            with torch.no_grad():
+                out = denoiser(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:  # e.g. x's channels not the denoiser's
+            text = " ".join(str(err).split())
+            raise ValueError(f"the denoiser cannot be run on x of shape {tuple(x.shape)}: {text[-300:]}") from err
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
@@ -220,6 +225,8 @@ def train_denoiser(
     if (model is None) != (y is None):
         raise ValueError("model and y must be given together (adversarial examples need true labels), "
                          f"got model={'None' if model is None else 'given'} and y={'None' if y is None else 'given'}")
+    if y is not None and (shape := tuple(as_index_tensor(y, "y").shape)) != (x.shape[0],):
+        raise ValueError(f"y must hold one class index per sample of x, shape ({x.shape[0]},), got {shape}")
     check_denoiser_shape(denoiser, x[:1].to(_device_of(denoiser)))
     gen = torch.Generator().manual_seed(seed + 1)
     labels = y
@@ -254,4 +261,4 @@ def reconstruction_error(
 ) -> float:
     """Mean squared error between ``denoiser(x + noise)`` and ``x`` (noise seeded by ``seed``)."""
     noisy = gaussian_noise(x, noise_std, torch.Generator().manual_seed(seed), check_bounds(bounds))
-    return float(nn.functional.mse_loss(denoiser(noisy), x))
+    return float(nn.functional.mse_loss(check_denoiser_shape(denoiser, noisy), x))
