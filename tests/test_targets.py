@@ -1,5 +1,8 @@
 """salmap.targets: every targeting mode and segmentation goal, decided in one place."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +92,18 @@ def test_relabel_main_class():
         segmentation_goal("relabel", masks, num_classes=2)
     with pytest.raises(ValueError, match="to must be a class"):
         segmentation_goal("relabel", masks, num_classes=4, to=7)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: all_other_targets(np.zeros((2, 1, 4, 4)), torch.tensor([0, 1]), 3), "x must be a tensor of inputs (B, ...), got ndarray"),
+    (lambda: all_other_targets([[0.0]], torch.tensor([0]), 3), "x must be a tensor of inputs (B, ...), got list"),
+    (lambda: random_targets(torch.tensor(3), 10, seed=0), "y must be a sequence of class indices (B,), got shape ()"),
+    (lambda: random_targets(3, 10), "y must be a sequence of class indices (B,), got shape ()"),
+    (lambda: random_targets(torch.tensor([1, 2]), 10, seed="a"), "seed must be an integer, got 'a'"),
+    (lambda: random_targets(torch.tensor([1, 2]), 10, seed=-1), "seed must be in [0, 9223372036854775807], got -1"),
+], ids=["grid-ndarray", "grid-list", "random-0d", "random-int", "random-seed-str", "random-seed-negative"])
+def test_target_helpers_refuse_bad_input_in_one_line(call, message):
+    """(were AttributeError, IndexError, TypeError and torch's RuntimeError; a negative seed was taken)"""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call()
+    assert random_targets([1, 2, 3], 10, seed=0).equal(random_targets(torch.tensor([1, 2, 3]), 10, seed=0))

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from salmap._validate import check_labels, check_number
+from salmap._validate import as_index_tensor, check_labels, check_number, check_seed
 from salmap.gradients import Model, frozen, predict
 from salmap.metrics import mask_from_output
 
@@ -74,9 +74,12 @@ def random_targets(
     True
     """
     check_number("num_classes", num_classes, low=2, integer=True)
-    y = check_labels(y, int(y.shape[0]) if isinstance(y, Tensor) else len(y), num_classes, "y")
+    labels = as_index_tensor(y, "y")
+    if labels.dim() != 1:
+        raise ValueError(f"y must be a sequence of class indices (B,), got shape {tuple(labels.shape)}")
+    y = check_labels(labels, labels.shape[0], num_classes, "y")
     if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        generator = torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
     offset = torch.randint(1, num_classes, (y.shape[0],), generator=generator)
     return (y.cpu() + offset) % num_classes
 
@@ -87,6 +90,8 @@ def all_other_targets(x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, T
     Returns ``(x_rep, y_rep, targets)`` with ``B * (num_classes - 1)`` rows, sample-major.
     """
     check_number("num_classes", num_classes, low=2, integer=True)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a tensor of inputs (B, ...), got {type(x).__name__}")
     y = check_labels(y, x.shape[0], num_classes, "y", x.device)
     classes = torch.arange(num_classes, device=x.device)
     grid = classes.expand(y.shape[0], num_classes)

@@ -152,3 +152,9 @@ def test_adaptive_attack_is_never_weaker_than_transfer(digits, trained, dae, swi
             assert report["adaptive"][name] <= report["transfer"][name]
             assert report["worst"][name] <= min(report["adaptive"][name], report["transfer"][name])
         assert report["adaptive"]["pgd-0.2"] < report["clean_accuracy"]
+
+
+def test_bpda_refuses_an_approximation_that_cannot_be_called() -> None:
+    """(was accepted, failing at the first forward pass with "'str' object is not callable")"""
+    with pytest.raises(ValueError, match="^approximation must be a torch.nn.Module, a callable or None, got str$"):
+        BPDA(nn.Identity(), "x")  # type: ignore[arg-type]

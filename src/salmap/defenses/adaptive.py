@@ -151,6 +151,8 @@ class BPDA(nn.Module):
         super().__init__()
         if not callable(module):
             raise ValueError(f"module must be a torch.nn.Module or callable, got {type(module).__name__}")
+        if approximation is not None and not callable(approximation):
+            raise ValueError(f"approximation must be a torch.nn.Module, a callable or None, got {type(approximation).__name__}")
         self.module = module
         self.approximation = approximation
 
