@@ -3,21 +3,11 @@ the data and the split (exit 2), never a raw RuntimeError / IndexError / KeyErro
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from _evaluate_support import npz_of
 from conftest import error_line
 
 from salmap.cli import main
-
-
-def _npz(path, train: int, test: int | None) -> str:
-    def images(n):
-        return np.full((n, 1, 28, 28), 0.5, np.float32), np.arange(n, dtype=np.int64) % 10
-    x, y = images(train)
-    tests = {} if test is None else dict(zip(("x_test", "y_test"), images(test), strict=True))
-    np.savez(path, x=x, y=y, **tests)
-    return f"npz:{path}"
-
 
 COMMANDS = {
     "attack": ["attack", "fgsm", "--model", "{lenet}", "-n", "20"],
@@ -31,7 +21,7 @@ COMMANDS = {
 @pytest.mark.parametrize("train, test", [(0, None), (20, 0)], ids=["no-samples", "empty-x_test"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_empty_test_split_is_one_line_naming_the_data(tmp_path, lenet28, capsys, command, train, test):
-    data = _npz(tmp_path / "d.npz", train, test)
+    data = npz_of(tmp_path / "d.npz", train, test)
     argv = [a.format(lenet=lenet28) for a in COMMANDS[command]] + ["--data", data, "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     line = error_line(capsys, argv[0])
@@ -41,7 +31,7 @@ def test_empty_test_split_is_one_line_naming_the_data(tmp_path, lenet28, capsys,
 
 
 def test_empty_train_split_leaves_the_test_split_usable(tmp_path, lenet28, capsys):
-    data = _npz(tmp_path / "d.npz", 0, 3)
+    data = npz_of(tmp_path / "d.npz", 0, 3)
     assert main(["attack", "fgsm", "--model", lenet28, "--data", data, "--split", "train", "--out",
                  str(tmp_path / "o")]) == 2
     assert "has no train images" in error_line(capsys, "attack")

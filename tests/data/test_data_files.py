@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _evaluate_support import npz_of
 
 from salmap import data
 from salmap.data.files import load_folder
@@ -37,16 +38,6 @@ def test_train_and_test_folders_with_different_classes_share_one_labelling(tmp_p
         assert loaded("test").class_names == ["cat", "dog", "emu"] == loaded("all").class_names
 
 
-def _npz(path, train: int, test: int | None):
-    """An npz of ``train`` (and, unless ``test`` is None, ``test``) 28x28 images of 10 classes."""
-    def images(n):
-        return np.full((n, 1, 28, 28), 0.5, np.float32), np.arange(n, dtype=np.int64) % 10
-    x, y = images(train)
-    tests = {} if test is None else dict(zip(("x_test", "y_test"), images(test), strict=True))
-    np.savez(path, x=x, y=y, **tests)
-    return f"npz:{path}"
-
-
 @pytest.mark.parametrize("train, test, split, message", [
     (0, None, "test", "has no test images"),       # x and y hold no sample at all
     (0, None, "train", "has no train images"),
@@ -55,7 +46,7 @@ def _npz(path, train: int, test: int | None):
     (0, 20, "train", "has no train images"),       # x_test but an empty x
 ], ids=["empty-test", "empty-train", "empty-all", "empty-x_test", "empty-x"])
 def test_a_split_with_no_samples_is_named(tmp_path, train, test, split, message):
-    name = _npz(tmp_path / "d.npz", train, test)
+    name = npz_of(tmp_path / "d.npz", train, test)
     with pytest.raises(ValueError) as info:
         data.load_dataset(name, split)
     assert str(info.value) == f"dataset {name!r} {message}: split {split!r} must hold at least one sample"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _evaluate_support import rows_without_timing, save_lenet, write_run
@@ -32,6 +33,16 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def evaluate_recording(run: Path) -> tuple[Any, list[str]]:
+    """``evaluate`` the run file again, with the warnings it logged."""
+    records = _Records()
+    logging.getLogger("salmap").addHandler(records)
+    try:
+        return evaluate(load_config(run), progress=False), records.messages
+    finally:
+        logging.getLogger("salmap").removeHandler(records)
+
+
 DAMAGE = {  # what each of the four units suffers, and the warning that must name it
     "truncated": (lambda text: text[: len(text) // 2], "not valid JSON"),     # cut inside a line
     "short": (lambda text: text.splitlines(keepends=True)[0], "holds 1 rows, expected 3"),  # a line lost
@@ -51,15 +62,10 @@ def test_faults_corrupt_units_are_named_and_recomputed(tmp_path, lenet):
     for unit, (damage, _) in zip(units, DAMAGE.values(), strict=True):
         unit.write_bytes(damage(unit.read_text()).encode("utf-8", "surrogateescape"))
     (first.output / "results.jsonl").unlink()
-    records = _Records()
-    logging.getLogger("salmap").addHandler(records)
-    try:
-        again = evaluate(load_config(run), progress=False)
-    finally:
-        logging.getLogger("salmap").removeHandler(records)
+    again, messages = evaluate_recording(run)
     for unit, (_, message) in zip(units, DAMAGE.values(), strict=True):
-        warned = [m for m in records.messages if unit.name in m]
-        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (unit.name, records.messages)
+        warned = [m for m in messages if unit.name in m]
+        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (unit.name, messages)
         assert [json.loads(line) for line in unit.read_text().splitlines()]  # rewritten whole
     assert again.computed == 4
     assert rows_without_timing(again.output) == expected
@@ -82,15 +88,10 @@ def test_faults_damaged_tensor_files_are_named_and_recomputed(tmp_path, lenet):
     with pytest.raises(ValueError, match=f"adversarial examples file {shards[1]} could not be read"):
         load_adversarial(first.output)
     shards[2].unlink()
-    records = _Records()
-    logging.getLogger("salmap").addHandler(records)
-    try:
-        again = evaluate(load_config(run), progress=False)
-    finally:
-        logging.getLogger("salmap").removeHandler(records)
+    again, messages = evaluate_recording(run)
     for path, message in zip(damaged, ["could not be read", "could not be read", "is missing"], strict=True):
-        warned = [m for m in records.messages if str(path) in m]
-        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (path, records.messages)
+        warned = [m for m in messages if str(path) in m]
+        assert len(warned) == 1 and message in warned[0] and "recomputing" in warned[0], (path, messages)
     assert again.computed == 3 and rows_without_timing(again.output) == expected
     assert all(load_adversarial(again.output)[key][k].equal(v[k]) for key, v in saved.items() for k in v)
 
