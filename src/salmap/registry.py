@@ -78,7 +78,9 @@ def register_attack(
     other keywords: anything else a front end may read; ``hooks=True`` says it registers hooks on the
         model's layers (so TorchScript models are refused at validation); ``model_check=fn``
         is a salmap function raising ValueError for a module it cannot handle (LRP's layer
-        check), called at validation when a module is needed; ``budget={"linf": "eps"}`` names the parameter
+        check), called at validation when a module is needed; ``input_check=fn(module, x)`` the same
+        with one sample of the run's data, before the output folder is claimed (LRP's one-sample pass);
+        ``budget={"linf": "eps"}`` names the parameter
         that bounds a distortion metric of :class:`~salmap.attacks.base.AttackResult` (``l0``,
         ``l0_fraction``, ``l2``, ``linf``); the property tests check it.
 

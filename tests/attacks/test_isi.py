@@ -225,8 +225,8 @@ def test_bad_input() -> None:
         ISI(net, objective="loss")
     with pytest.raises(ValueError, match="torch.nn.Module"):
         ISI(lambda t: t, indicator="relevance")
-    with pytest.raises(ValueError, match="Tanh"):
-        ISI(nn.Sequential(nn.Linear(4, 2), nn.Tanh()))(torch.rand(1, 4), y=0)
+    with pytest.raises(ValueError, match="Softmax"):
+        ISI(nn.Sequential(nn.Linear(4, 2), nn.Softmax(1)))(torch.rand(1, 4), y=0)
 
 
 def test_cli_isi_end_to_end(tmp_path) -> None:

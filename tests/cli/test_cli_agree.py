@@ -225,3 +225,21 @@ def test_model_that_cannot_take_the_data_names_data_by_its_flag(tmp_path, lenet2
     assert main([*argv, "--model", lenet28, "-n", "2", "--out", str(tmp_path / "o")]) == 2
     assert "but --data mnist-seg has samples of shape (1, 64, 64)" in _error_line(capsys, argv[0])
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["explain", "--method", "lrp"], ["attack", "isi"]], ids=lambda a: a[0])
+def test_lrp_on_a_model_ending_in_log_softmax_is_refused_before_the_folder(tmp_path, capsys, monkeypatch, argv):
+    """LRP passed a final ``log_softmax`` its plain gradient as relevance, silently; now its one-sample
+    pass names it, exit 2, before the output folder is made."""
+    (tmp_path / "log_probabilities.py").write_text(
+        "import torch.nn.functional as F\nfrom torch import nn\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))\n\n"
+        "    def forward(self, x):\n        return F.log_softmax(self.body(x), dim=1)\n\n"
+        "def build():\n    return Net()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "o"
+    assert main([*argv, "--model", "log_probabilities:build", "--allow-code", "-n", "2", "--out", str(out)]) == 2
+    line = _error_line(capsys, argv[0])
+    assert "LRP has no rule for 'log_softmax', called in the forward of the model (Net)" in line
+    assert not out.exists()

@@ -29,6 +29,7 @@ from salmap.defenses import (
 from salmap.defenses.adaptive import check_gradients, warn_if_unaccounted
 from salmap.defenses.evaluation import AttackSpec
 from salmap.gradients import output_vjps
+from salmap.lrp import lrp_relevance, make_composite
 
 trained = shared.trained  # (a fixture)
 dae = shared.dae  # (a fixture)
@@ -71,6 +72,28 @@ def test_eot_gradient_is_the_mean_of_the_channel_gradients() -> None:
     per_channel = [output_vjps(lambda z, k=k: model.channel_forward(z, k), x, [w])[1][0] for k in range(3)]
     torch.testing.assert_close(g_eot, torch.stack(per_channel).mean(dim=0))
     assert not torch.allclose(per_channel[0], per_channel[1])  # the average is not trivial
+
+
+@pytest.mark.parametrize("average", ["loss", "probabilities", "logits"])
+def test_eot_relevance_is_the_mean_of_the_channel_relevances(average: str) -> None:
+    """LRP has no rule for the log of a mean softmax: EOT's relevance is the mean of its passes' (the logits' mean)."""
+
+    class Channel(nn.Module):
+        def __init__(self, switched: nn.Module, k: int) -> None:
+            super().__init__()
+            self.switched, self.k = switched, k
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.switched.channel_forward(z, self.k)
+
+    model = switch(3, seed=0)
+    x = torch.rand(4, 1, 8, 8)
+    w = torch.randn(4, 10, generator=torch.Generator().manual_seed(2))
+    composite = make_composite("epsilon")
+    _, relevance, _ = lrp_relevance(EOT(model, average=average), x, lambda out: w, composite)
+    per_channel = [lrp_relevance(Channel(model, k), x, lambda out: w, composite)[1] for k in range(3)]
+    torch.testing.assert_close(relevance, torch.stack(per_channel).mean(dim=0))
+    assert not torch.allclose(per_channel[0], per_channel[1])
 
 
 @pytest.mark.filterwarnings("ignore::salmap.defenses.DefenseWarning")

@@ -204,14 +204,14 @@ def test_lrp_and_isi_relevance_check_the_layers_at_validation():
     from salmap import registry
     from salmap.evaluation.settings import ModelConfig
 
-    gelu = LoadedModel("g", nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.GELU()), {}, (0.0, 1.0), "classification")
+    norm = LoadedModel("g", nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LayerNorm(3)), {}, (0.0, 1.0), "classification")
     cfgs = [ModelConfig("g", "g")]
-    resources._check_pairing(check, "explanations[0]", registry.get_explainer("lrp"), {}, cfgs, [gelu], None, "d")
-    resources._check_pairing(check, "attacks[0]", registry.get_attack("isi"), {}, cfgs, [gelu], None, "d")
+    resources._check_pairing(check, "explanations[0]", registry.get_explainer("lrp"), {}, cfgs, [norm], None, "d")
+    resources._check_pairing(check, "attacks[0]", registry.get_attack("isi"), {}, cfgs, [norm], None, "d")
     resources._check_pairing(check, "attacks[1]", registry.get_attack("isi"), {"indicator": "sensitivity"}, cfgs,
-                             [gelu], None, "d")
+                             [norm], None, "d")
     assert [p for p, _ in check.problems] == ["explanations[0].explainer", "attacks[0].attack"]
-    assert check.problems[0][1].startswith("lrp cannot run on models[0] (g): LRP has no rule for layer '2' of type GELU")
+    assert check.problems[0][1].startswith("lrp cannot run on models[0] (g): LRP has no rule for layer '2' of type LayerNorm")
 
 
 def test_labels_past_the_models_outputs_are_refused_at_validation(tmp_path, lenet):

@@ -27,7 +27,7 @@ L2_RULES = ("authors", "gradient")
 
 
 @register_attack(
-    "isi", needs_module={"indicator": "relevance"}, model_check=check_supported,
+    "isi", needs_module={"indicator": "relevance"}, model_check=check_supported, input_check=lrp_plan,
     choices={"indicator": ("relevance", "sensitivity"), "norm": ("l0", "l2", "linf"), "objective": ("logit", "margin"),
              "l2_rule": ("authors", "gradient")},
     ranges={"eps": "(0, inf)", "max_iter": "[1, inf)", "n_features": "[1, inf)"},

@@ -10,6 +10,7 @@ gradient attack of :mod:`salmap.attacks` applied to the wrapped model is then ad
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -85,6 +86,16 @@ class EOT(nn.Module):
         self.exact = samples is None and hasattr(model, "channel_forward") and hasattr(model, "num_channels")
         self.samples = samples if samples is not None else 16
         self.average = check_choice("average", average, AVERAGES)
+
+    def relevance_model(self) -> EOT:
+        """What LRP explains for this model (:func:`salmap.lrp.propagation.explained`): the mean of
+        the same passes' logits, whose relevance is the mean of the passes' relevance (EOT over the
+        relevance; the log of a mean softmax mixes the classes, which no LRP rule redistributes)."""
+        if self.average == "logits":
+            return self
+        stand_in = copy.copy(self)
+        stand_in.average = "logits"
+        return stand_in
 
     def outputs(self, x: Tensor) -> list[Tensor]:
         """The individual outputs being averaged (one per channel, or one per pass)."""

@@ -1,9 +1,12 @@
 """What is checked before a run claims its output folder, so that a mistake leaves no run behind to refuse
-the corrected command: each attack and explainer built once per model (a value its constructor refuses),
+the corrected command: each attack and explainer built once per model (a value its constructor refuses)
+and its model checks run (LRP's layers, and its one-sample pass for functions it has no rule for),
 and under ``torchrun`` rank 0's ``module:factory`` models opened (their errors, and the models they build
 identifying the run: :mod:`salmap.evaluation.identity`)."""
 
 from __future__ import annotations
+
+import torch
 
 from salmap import registry
 from salmap.evaluation.execute import build
@@ -35,8 +38,12 @@ def check_builds(the_plan: Plan) -> None:
                     cfg.explanations[unit.attack].params
             else:
                 entry, params = registry.get_attack(cfg.attacks[unit.attack].attack), cfg.attacks[unit.attack].params
-            if (model_check := entry.extra.get("model_check")) and entry.requires_module(params):
-                model_check(loaded.module)  # e.g. ISI's relevance needs LRP's layers
+            if entry.requires_module(params):
+                if model_check := entry.extra.get("model_check"):
+                    model_check(loaded.module)  # e.g. ISI's relevance needs LRP's layers
+                if input_check := entry.extra.get("input_check"):
+                    device = next(iter(loaded.module.parameters()), torch.empty(0)).device
+                    input_check(loaded.module, the_plan.dataset.x[:1].to(device))  # e.g. LRP's one-sample pass
 
 
 __all__ = ["check_builds", "opened_plan"]

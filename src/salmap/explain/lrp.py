@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 
-@register_explainer("lrp", needs_module=True, ranges={"eps": "(0, inf)"}, model_check=check_supported)
+@register_explainer("lrp", needs_module=True, ranges={"eps": "(0, inf)"}, model_check=check_supported,
+                    input_check=lrp_plan)
 class LRP(Explainer):
     """Layer-wise relevance propagation for classifiers and segmenters.
 

@@ -25,6 +25,11 @@ PASS_LAYERS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: element-wise smooth activations: their function gets the pass rule (:mod:`salmap.lrp.functions`).
+ACTIVATION_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink,
+)
 
 #: ``forward(a, weight, bias)``: the layer's own operation with other parameters.
 LayerFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -86,13 +91,13 @@ def check_supported(model: nn.Module) -> dict[nn.Module, str]:
                 f"{name or '<model>'!r} do not support hooks; explain the eager model (checkpoint folder or "
                 "module:factory), or use gradient or occlusion maps (ISI: indicator='sensitivity') on this one"
             )
-        known = isinstance(module, LINEAR_LAYERS + PASS_LAYERS + NORM_LAYERS)
+        known = isinstance(module, LINEAR_LAYERS + PASS_LAYERS + NORM_LAYERS + ACTIVATION_LAYERS)
         leaf = next(module.children(), None) is None
         own_params = next(module.parameters(recurse=False), None) is not None
         if not known and (leaf or own_params):
             raise ValueError(
                 f"LRP has no rule for layer {name or '<model>'!r} of type {type(module).__name__}; "
-                f"supported: {sorted({t.__name__ for t in LINEAR_LAYERS + PASS_LAYERS + NORM_LAYERS})}"
+                f"supported: {sorted({t.__name__ for t in LINEAR_LAYERS + PASS_LAYERS + NORM_LAYERS + ACTIVATION_LAYERS})}"
             )
     return names
 
@@ -120,8 +125,8 @@ def find_batchnorm_pairs(model: nn.Module, x: Tensor, names: dict[nn.Module, str
                 handles.append(m.register_forward_hook(on_linear))
             elif isinstance(m, NORM_LAYERS):
                 handles.append(m.register_forward_hook(on_norm))
-        with torch.no_grad():
-            model(x)
+        with torch.enable_grad():  # the input requires grad: salmap.lrp.functions tells what depends on it
+            model(x.detach().requires_grad_())
     finally:
         for h in handles:
             h.remove()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from salmap.gradients import forward, frozen
 from salmap.lrp.composites import Composite
+from salmap.lrp.functions import watch
 from salmap.lrp.layers import (
     LINEAR_LAYERS,
     batchnorm_affine,
@@ -35,12 +36,16 @@ def _stabilise(z: Tensor, eps: float) -> Tensor:
 
 
 class _ScaleGrad(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the incoming gradient by ``factor`` in the backward pass."""
+    """Identity in the forward pass; multiplies the incoming gradient by ``factor`` in the backward pass.
+
+    The output is a copy, not a view: a model may change it in place (``nn.ReLU(inplace=True)``
+    right after a convolution), which autograd forbids on a custom function's view.
+    """
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, factor: Tensor) -> Tensor:
         ctx.save_for_backward(factor)
-        return z.view_as(z)
+        return z.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -65,6 +70,24 @@ def _self_ratio(y: Tensor, eps: float) -> Tensor:
     return (a > 0).to(y.dtype)
 
 
+def explained(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """The module LRP explains for ``model``, and its input for ``x``.
+
+    A :class:`~salmap.models.Normalized` model: the wrapped network on the normalised batch (the
+    normalisation is not a layer LRP has rules for). A model with a ``relevance_model()`` method:
+    the module it returns, whose relevance stands for its own (EOT's average of random passes:
+    the mean of the passes' logits, whose relevance is the mean of the passes' relevance).
+    """
+    from salmap.models.normalized import Normalized
+
+    stand_in = getattr(model, "relevance_model", None)
+    if callable(stand_in):
+        model = stand_in()
+    if isinstance(model, Normalized):
+        return model.model, model.normalize(x)
+    return model, x
+
+
 @dataclass
 class LRPPlan:
     """What one model needs for LRP, found once: module names and the batch norms merged into linear layers.
@@ -78,15 +101,16 @@ class LRPPlan:
 
 
 def lrp_plan(model: nn.Module, x: Tensor) -> LRPPlan:
-    """Check that LRP supports ``model`` and find its conv/linear + batch-norm pairs (one forward of ``x[:1]``)."""
-    from salmap.models.normalized import Normalized
+    """Check that LRP supports ``model`` and find its conv/linear + batch-norm pairs (one forward of ``x[:1]``).
 
-    if isinstance(model, Normalized):
-        x = model.normalize(x[:1].detach())
-        model = model.model
+    The same forward pass is watched for functions LRP has no rule for (softmax, layer norm, a
+    product of two activations: :mod:`~salmap.lrp.functions`), refused by name.
+    """
+    model, x = explained(model, x[:1].detach())
     names = check_supported(model)
-    with frozen(model):
+    with frozen(model), watch(model, names) as watched:
         pairs = find_batchnorm_pairs(model, x[:1].detach(), names)
+    watched.check()
     return LRPPlan(names, pairs)
 
 
@@ -184,18 +208,15 @@ def lrp_relevance(
     normalised feature is that of its pixel, and ``grad`` is taken at the normalised input.
     Build its composite with :func:`~salmap.lrp.lrp_input_bounds`.
     """
-    from salmap.models.normalized import Normalized
-
-    if isinstance(model, Normalized):
-        x = model.normalize(x.detach())
-        model = model.model
+    model, x = explained(model, x.detach())
     if plan is None:
         plan = lrp_plan(model, x)
     xg = x.detach().requires_grad_(True)
     leaves: list[tuple[Tensor, Tensor]] = []
     with frozen(model), torch.enable_grad():
-        with _lrp_hooks(model, composite, xg, plan, leaves):
+        with _lrp_hooks(model, composite, xg, plan, leaves), watch(model, plan.names, passing=True) as watched:
             out = forward(model, xg)
+        watched.check()
         weights = cotangent(out.detach()).to(out.dtype)
         wrt = [xg] + [leaf for leaf, _ in leaves]
         grads = torch.autograd.grad(out, wrt, grad_outputs=weights, allow_unused=True)
