@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from salmap.attacks import ISI
 from salmap.explain import LRP
-from salmap.lrp import Composite, Epsilon
+from salmap.lrp import Composite, Epsilon, lrp_plan
 
 LRP0 = Composite([(nn.Linear, Epsilon(0.0))])
 
@@ -142,3 +142,11 @@ def test_piecewise_linear_functions_give_the_relevance_of_their_modules(composit
     as_modules = LRP(Residual(functional=False), composite=composite).attribute(x, target=1)
     assert as_functions.abs().sum() > 0
     torch.testing.assert_close(as_functions, as_modules, rtol=0, atol=0)
+
+
+def test_the_plan_says_whether_the_pass_rule_is_needed() -> None:
+    """Without element-wise smooth functions the LRP pass runs no function mode (no cost per call)."""
+    x = torch.rand(2, 6)
+    assert lrp_plan(Between(F.relu), x).elementwise is False
+    assert lrp_plan(Between(torch.sigmoid), x).elementwise is True
+    assert lrp_plan(nn.Sequential(nn.Linear(6, 3), nn.GELU()), x).elementwise is True

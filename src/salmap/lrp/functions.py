@@ -90,6 +90,7 @@ class FunctionWatch(TorchFunctionMode):
         self.modules: list[str] = []  # the modules whose forward is running, innermost last
         self.inside_known = 0  # how many layers LRP knows are running (their insides are theirs)
         self.first: tuple[str, str] | None = None
+        self.elementwise = False  # an element-wise smooth function of the input was called
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -97,8 +98,10 @@ class FunctionWatch(TorchFunctionMode):
             name = function_name(func)
             if name in ELEMENTWISE or name in REFUSED or name in PRODUCTS:
                 inputs = _inputs(args, kwargs)
-                if name in ELEMENTWISE and len(inputs) == 1 and self.passing:
-                    return _passed_on(func, inputs[0], args, kwargs)
+                if name in ELEMENTWISE and len(inputs) == 1:
+                    self.elementwise = True
+                    if self.passing:
+                        return _passed_on(func, inputs[0], args, kwargs)
                 refused = (name in REFUSED and inputs) or len(inputs) > 1
                 if refused and self.first is None:
                     what = f"{name!r} of two activations" if len(inputs) > 1 else repr(name)

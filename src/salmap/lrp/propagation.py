@@ -9,7 +9,7 @@ the input relevance is ``x * grad`` (plus the bounds' share for z^B). See :mod:`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,9 @@ class LRPPlan:
 
     names: dict[nn.Module, str]
     pairs: dict[nn.Module, nn.Module]
+    #: whether the forward calls element-wise smooth functions, which :func:`lrp_relevance` then
+    #: gives the pass rule (:mod:`~salmap.lrp.functions`); without them it runs no function mode.
+    elementwise: bool = True
 
 
 def lrp_plan(model: nn.Module, x: Tensor) -> LRPPlan:
@@ -111,7 +114,7 @@ def lrp_plan(model: nn.Module, x: Tensor) -> LRPPlan:
     with frozen(model), watch(model, names) as watched:
         pairs = find_batchnorm_pairs(model, x[:1].detach(), names)
     watched.check()
-    return LRPPlan(names, pairs)
+    return LRPPlan(names, pairs, watched.elementwise)
 
 
 @contextmanager
@@ -214,9 +217,11 @@ def lrp_relevance(
     xg = x.detach().requires_grad_(True)
     leaves: list[tuple[Tensor, Tensor]] = []
     with frozen(model), torch.enable_grad():
-        with _lrp_hooks(model, composite, xg, plan, leaves), watch(model, plan.names, passing=True) as watched:
+        with _lrp_hooks(model, composite, xg, plan, leaves), ExitStack() as stack:
+            watched = stack.enter_context(watch(model, plan.names, passing=True)) if plan.elementwise else None
             out = forward(model, xg)
-        watched.check()
+        if watched is not None:
+            watched.check()
         weights = cotangent(out.detach()).to(out.dtype)
         wrt = [xg] + [leaf for leaf, _ in leaves]
         grads = torch.autograd.grad(out, wrt, grad_outputs=weights, allow_unused=True)
