@@ -10,6 +10,7 @@ import _own_defend as shared
 import pytest
 import torch
 from _own_defend import body, dae_args
+from torch import nn
 
 from salmap.cli import main
 
@@ -60,3 +61,28 @@ def test_attacks_that_cannot_run_on_the_model_are_refused_or_replaced_before_tra
     assert [s.name for s in fitted] == [*(s.name for s in defaults[:-1]), "isi-l0-sensitivity"]
     assert fitted[-1].params == {**defaults[-1].params, "indicator": "sensitivity"}
     assert fit_attacks(defaults, body(), given=False) == defaults  # an eager model keeps the set
+
+
+def test_isi_relevance_on_a_model_ending_in_log_softmax_is_replaced_or_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """LRP has no rule for a final log_softmax, found on one test sample before any training: the default
+    set attacks with ISI's sensitivity instead (said in one line); asked for, it is refused."""
+    from salmap.cli.defend_flags import attack_specs, fit_attacks
+
+    class LogProbabilities(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = body()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log_softmax(self.body(x), dim=1)
+
+    x = torch.rand(1, 1, 8, 8)
+    defaults = attack_specs(None)
+    fitted = fit_attacks(defaults, LogProbabilities(), given=False, x=x)
+    out = capsys.readouterr().out
+    assert "isi-l0-sensitivity instead of isi-l0 (LRP has no rule for 'log_softmax'" in out
+    assert fitted[-1].params == {**defaults[-1].params, "indicator": "sensitivity"}
+    with pytest.raises(ValueError, match="--attacks isi-l0 cannot attack --model: LRP has no rule for 'log_softmax'"):
+        fit_attacks(attack_specs(["isi-l0"]), LogProbabilities(), given=True, x=x)
+    assert fit_attacks(defaults, body(), given=False, x=x) == defaults

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
-from torch import nn
+from torch import Tensor, nn
 
 from salmap import registry
 from salmap._validate import check_number
@@ -140,22 +140,27 @@ def attack_specs(values: list[str] | None, pgd_steps: int = 40) -> list[AttackSp
     return specs
 
 
-def fit_attacks(specs: list[AttackSpec], model: nn.Module, given: bool) -> list[AttackSpec]:
+def fit_attacks(specs: list[AttackSpec], model: nn.Module, given: bool, x: Tensor | None = None) -> list[AttackSpec]:
     """The ``--attacks`` specs the model can be attacked with, checked before any training.
 
     An attack whose registry entry checks the model (ISI's LRP relevance needs hooks on layers
-    LRP has rules for) and refuses it: named in one line when ``--attacks`` asked for it
+    LRP has rules for, and no function it has no rule for in its forward on the sample ``x``,
+    such as a final ``log_softmax``) and refuses it: named in one line when ``--attacks`` asked for it
     (``given``); in the default set, ISI's relevance is replaced by its sensitivity indicator,
     which needs only gradients, and the replacement is said in one line.
     """
     fitted = []
     for spec in specs:
         entry = registry.get_attack(spec.attack)
-        check = entry.extra.get("model_check")
+        checks = [entry.extra.get("model_check")]
+        if x is not None and (input_check := entry.extra.get("input_check")) is not None:
+            checks.append(lambda module, check=input_check: check(module, x))
         problem = None
-        if check is not None and entry.requires_module(dict(spec.params)):
+        if entry.requires_module(dict(spec.params)):
             try:
-                check(model)
+                for check in checks:
+                    if check is not None:
+                        check(model)
             except ValueError as err:
                 problem = str(err).split(";")[0]
         if problem is None:
