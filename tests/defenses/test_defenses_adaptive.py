@@ -13,7 +13,7 @@ import torch
 from _defense_fixtures import switch
 from torch import nn
 
-from salmap.attacks import FGSM
+from salmap.attacks import FGSM, ISI
 from salmap.defenses import (
     BPDA,
     EOT,
@@ -94,6 +94,39 @@ def test_eot_relevance_is_the_mean_of_the_channel_relevances(average: str) -> No
     per_channel = [lrp_relevance(Channel(model, k), x, lambda out: w, composite)[1] for k in range(3)]
     torch.testing.assert_close(relevance, torch.stack(per_channel).mean(dim=0))
     assert not torch.allclose(per_channel[0], per_channel[1])
+
+
+class _Disagreeing(nn.Module):
+    """Three linear channels on ones(1, 4): the mean of their logits favours class 1, EOT's log of the
+    mean softmax (what it predicts) class 0."""
+
+    num_channels = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ch = nn.ModuleList([nn.Linear(4, 2, bias=False) for _ in range(3)])
+        with torch.no_grad():
+            self.ch[0].weight.copy_(torch.tensor([[0.0] * 4, [5.0] * 4]))
+            for k in (1, 2):
+                self.ch[k].weight.copy_(torch.tensor([[0.5] * 4, [0.0] * 4]))
+
+    def channel_forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self.ch[k](x)
+
+
+def test_relevance_of_eot_is_of_eot_s_own_prediction_and_isi_stops_on_it() -> None:
+    """The mean of the logits is explained, but the prediction stays EOT's: ISI with relevance attacks
+    class 0 (it stopped at once, on the mean logits' class 1), and LRP's default target is class 0."""
+    eot, x = EOT(_Disagreeing()), torch.ones(1, 4)
+    assert eot(x).argmax(1).item() == 0
+    out, relevance, _ = lrp_relevance(eot, x, lambda o: torch.nn.functional.one_hot(o.argmax(1), 2).float(),
+                                      make_composite("epsilon"))
+    torch.testing.assert_close(out, eot(x).detach())
+    torch.testing.assert_close(relevance.sum(), torch.tensor(4 * 0.5 * 2 / 3))  # class 0's mean logit
+    for indicator in ("relevance", "sensitivity"):
+        result = ISI(eot, indicator=indicator, norm="linf", eps=0.05, max_iter=20)(x, y=torch.tensor([0]))
+        assert result.success.item() and result.iterations.item() == 10
+    assert eot.average == "loss"
 
 
 @pytest.mark.filterwarnings("ignore::salmap.defenses.DefenseWarning")

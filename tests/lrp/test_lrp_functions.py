@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from salmap.attacks import ISI
 from salmap.explain import LRP
-from salmap.lrp import Composite, Epsilon, lrp_plan
+from salmap.lrp import Composite, Epsilon, lrp_plan, lrp_relevance
 
 LRP0 = Composite([(nn.Linear, Epsilon(0.0))])
 
@@ -52,6 +52,8 @@ ELEMENTWISE = {
     "x ** 2": lambda t: t**2,
     "2 ** x": lambda t: 2**t,
     "x.exp()": lambda t: t.exp(),
+    "torch.special.expit": torch.special.expit,
+    "torch.atan": torch.atan,
 }
 
 
@@ -70,7 +72,11 @@ REFUSED = {
     "softmax": (lambda t: t.softmax(1), r"'softmax'"),
     "layer_norm": (lambda t: F.layer_norm(t, (5,)), r"'layer_norm'"),
     "gating": (lambda t: t * torch.sigmoid(t), r"'mul' of two activations"),
-    "x / |x|": (lambda t: t / t.norm(dim=1, keepdim=True), r"'div' of two activations"),
+    "x / |x|": (lambda t: t / t.norm(dim=1, keepdim=True), r"'norm'"),
+    "x / (|x| + 1)": (lambda t: t / (t.abs() + 1), r"'div' of two activations"),
+    "torch.multiply": (lambda t: torch.multiply(t, t.abs()), r"'multiply' of two activations"),
+    "torch.special.log_softmax": (lambda t: torch.special.log_softmax(t, 1), r"'log_softmax'"),
+    "logsumexp": (lambda t: t - t.logsumexp(1, keepdim=True), r"'logsumexp'"),
     "x ** x": (lambda t: t.abs() ** t, r"'pow' of two activations"),
 }
 
@@ -82,6 +88,7 @@ def test_a_function_that_mixes_activations_is_named_with_where_it_was_called(nam
     with pytest.raises(ValueError, match=message + r".*forward of the model \(Between\)"):
         LRP(net).attribute(torch.rand(2, 6), target=0)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert torch._C._len_torch_function_stack() == 0
 
 
 def test_the_innermost_module_running_is_named() -> None:
@@ -150,3 +157,59 @@ def test_the_plan_says_whether_the_pass_rule_is_needed() -> None:
     assert lrp_plan(Between(F.relu), x).elementwise is False
     assert lrp_plan(Between(torch.sigmoid), x).elementwise is True
     assert lrp_plan(nn.Sequential(nn.Linear(6, 3), nn.GELU()), x).elementwise is True
+
+
+def test_an_error_inside_the_pass_rule_s_forward_leaves_no_hook_and_no_mode() -> None:
+    def broken(t: Tensor) -> Tensor:
+        torch.sigmoid(t)
+        raise RuntimeError("boom")
+
+    net = Between(broken)
+    plan = lrp_plan(Between(torch.sigmoid), torch.rand(1, 6))  # (a plan that runs the pass rule)
+    with pytest.raises(RuntimeError, match="boom"):
+        lrp_relevance(net, torch.rand(2, 6), lambda out: torch.ones_like(out), LRP0, plan)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert torch._C._len_torch_function_stack() == 0
+
+
+class Masked(nn.Module):
+    """A softmax under no_grad used as a constant mask, and a constant scale that requires grad as a plain
+    tensor attribute: neither is a function of the activations LRP would redistribute through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.first, self.last = nn.Linear(6, 5, bias=False), nn.Linear(5, 3, bias=False)
+        self.scale = torch.tensor(2.0, requires_grad=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.first(x))
+        with torch.no_grad():
+            mask = (h.softmax(1) > 0.1).to(h.dtype)
+        return self.last(h * mask * self.scale)
+
+
+def test_constants_computed_from_activations_or_stored_with_requires_grad_are_not_refused() -> None:
+    x = torch.rand(3, 6)
+    relevance = LRP(Masked(), composite=LRP0).attribute(x, target=0)
+    torch.testing.assert_close(relevance.sum(1), Masked()(x)[:, 0].detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_plan_refuses_in_inference_mode_and_after_a_layer_that_raised() -> None:
+    class Fallback(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wrong, self.right = nn.Linear(7, 3), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            try:
+                h = self.wrong(x)
+            except RuntimeError:
+                h = self.right(x)
+            return h.log_softmax(1)
+
+    net = Fallback()
+    with pytest.raises(ValueError, match="'log_softmax'"):
+        lrp_plan(net, torch.rand(1, 6))
+    with torch.inference_mode(), pytest.raises(ValueError, match="'log_softmax'"):
+        lrp_plan(net, torch.rand(1, 6))  # (an inference tensor)

@@ -10,7 +10,6 @@ gradient attack of :mod:`salmap.attacks` applied to the wrapped model is then ad
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -87,15 +86,11 @@ class EOT(nn.Module):
         self.samples = samples if samples is not None else 16
         self.average = check_choice("average", average, AVERAGES)
 
-    def relevance_model(self) -> EOT:
+    def relevance_model(self) -> MeanOfPasses:
         """What LRP explains for this model (:func:`salmap.lrp.propagation.explained`): the mean of
-        the same passes' logits, whose relevance is the mean of the passes' relevance (EOT over the
+        the passes' logits, whose relevance is the mean of the passes' relevance (EOT over the
         relevance; the log of a mean softmax mixes the classes, which no LRP rule redistributes)."""
-        if self.average == "logits":
-            return self
-        stand_in = copy.copy(self)
-        stand_in.average = "logits"
-        return stand_in
+        return MeanOfPasses(self)
 
     def outputs(self, x: Tensor) -> list[Tensor]:
         """The individual outputs being averaged (one per channel, or one per pass)."""
@@ -126,6 +121,28 @@ class EOT(nn.Module):
         if self.average != "loss":
             return out, loss_fn(out, labels)
         return out, torch.stack([loss_fn(o, labels) for o in outs]).mean(dim=0)
+
+
+class MeanOfPasses(nn.Module):
+    """The mean of an :class:`EOT` model's passes' logits: what LRP explains for it, whose relevance is
+    the mean of the passes' relevance; :meth:`model_output` is the EOT model's own output from the
+    same passes (what decides a prediction)."""
+
+    def __init__(self, eot: EOT) -> None:
+        super().__init__()
+        self.eot = eot
+        self._outs: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = torch.stack(self.eot.outputs(x))
+        self._outs = outs.detach()
+        return outs.mean(dim=0)
+
+    def model_output(self) -> Tensor:
+        """The EOT model's output from the last forward pass's passes."""
+        if self._outs is None:
+            raise RuntimeError("model_output() needs a forward pass first")
+        return self.eot._aggregate(self._outs)
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -12,14 +12,16 @@ layers), with ``a`` a tensor that depends on the input:
   (``nn.Sigmoid``, ``nn.GELU``, ...), gets the *pass* rule of zennit's composites for
   activations: its output's relevance goes unchanged to its input, ``R(a) = R(z)``, a
   gradient of ``z / a`` in the ``relevance = a * gradient`` bookkeeping (stabilised: the
-  relevance of an ``|a|`` below the dtype's epsilon is lost);
+  relevance of an ``|a|`` below the dtype's epsilon is lost; so is that of ``f(0)`` for an
+  ``a`` that is zero, such as a sigmoid after a ReLU, as a bias's is);
 - a function that mixes features non-linearly (:data:`REFUSED`: softmax, log-softmax, layer,
   group and instance norm, ``F.normalize``, attention) or a **product or quotient of two
   input-dependent tensors** (gating, attention, ``x / x.norm()``) has no rule, and
   :func:`watch` names the first one in a one-line ``ValueError`` with the module whose
   forward called it.
 
-Functions of the parameters alone (``torch.sigmoid(self.gate)``) are left as they are.
+Functions of the parameters alone (``torch.sigmoid(self.gate)``) and what runs under ``no_grad``
+(a mask) are left as they are. Names are matched without ``special_`` (``torch.special.expit``).
 """
 
 from __future__ import annotations
@@ -34,34 +36,42 @@ from torch.overrides import TorchFunctionMode
 
 from salmap.lrp.layers import LINEAR_LAYERS, NORM_LAYERS, PASS_LAYERS
 
-#: element-wise smooth functions (names without underscores at either end): the pass rule.
+#: element-wise smooth functions (names without underscores at either end or ``special_``): the pass rule.
 ELEMENTWISE: frozenset[str] = frozenset({
-    "sigmoid", "tanh", "gelu", "silu", "elu", "selu", "celu", "softplus", "softsign", "mish", "hardswish",
-    "hardsigmoid", "logsigmoid", "log_sigmoid", "tanhshrink", "exp", "exp2", "expm1", "log", "log2", "log10",
-    "log1p", "pow", "rpow", "float_power", "square", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf", "erfc",
+    "sigmoid", "expit", "tanh", "gelu", "silu", "elu", "selu", "celu", "softplus", "softsign", "mish",
+    "hardswish", "hardsigmoid", "logsigmoid", "log_sigmoid", "tanhshrink", "logit", "exp", "exp2", "expm1", "log",
+    "log2", "log10", "log1p", "pow", "rpow", "float_power", "square", "sqrt", "rsqrt", "reciprocal", "sin", "cos",
+    "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "sinc", "erf", "erfc", "erfinv",
+    "erfcx", "ndtr", "ndtri", "log_ndtr", "i0",
 })
 #: functions that mix features non-linearly: refused.
 REFUSED: frozenset[str] = frozenset({
-    "softmax", "log_softmax", "softmin", "layer_norm", "group_norm", "instance_norm", "batch_norm",
-    "local_response_norm", "rms_norm", "normalize", "cosine_similarity", "scaled_dot_product_attention", "prod",
+    "softmax", "log_softmax", "softmin", "logsumexp", "logcumsumexp", "glu", "layer_norm", "group_norm",
+    "instance_norm", "batch_norm", "local_response_norm", "rms_norm", "normalize", "norm", "vector_norm",
+    "var", "std", "var_mean", "std_mean", "cosine_similarity", "scaled_dot_product_attention", "prod", "cumprod",
 })
 #: products and quotients: refused when two of their tensors depend on the input.
 PRODUCTS: frozenset[str] = frozenset({
-    "mul", "rmul", "matmul", "rmatmul", "mm", "bmm", "einsum", "div", "divide", "truediv", "rtruediv",
-    "addcmul", "addcdiv", "baddbmm", "bilinear",
+    "mul", "rmul", "multiply", "matmul", "rmatmul", "mm", "bmm", "mv", "addmm", "addbmm", "addmv", "baddbmm",
+    "einsum", "dot", "vdot", "inner", "outer", "ger", "kron", "tensordot", "cross", "linear", "bilinear",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "div", "divide",
+    "truediv", "rtruediv", "true_divide", "floor_divide", "addcmul", "addcdiv", "xlogy", "hypot", "atan2",
 })
 
 
 def function_name(func: Callable[..., Any]) -> str:
-    """``func``'s name without underscores at either end (``Tensor.sigmoid_``, ``torch.sigmoid``: ``sigmoid``)."""
-    return str(getattr(func, "__name__", "")).strip("_")
+    """``func``'s name without underscores at either end and ``special_`` (``Tensor.sigmoid_``, ``torch.sigmoid``,
+    ``torch.special.expit``: ``sigmoid``, ``sigmoid``, ``expit``)."""
+    name = str(getattr(func, "__name__", "")).strip("_")
+    return name.removeprefix("special_")
 
 
-def _inputs(args: Any, kwargs: dict[str, Any]) -> list[Tensor]:
-    """The tensors among the call's arguments (also inside lists and tuples) that depend on the input."""
+def _inputs(args: Any, kwargs: dict[str, Any], x: Tensor | None) -> list[Tensor]:
+    """The tensors among the call's arguments (also inside lists and tuples) computed from the input ``x``
+    (the model's parameters are frozen: a tensor that needs a gradient and is not a leaf came from ``x``)."""
     flat = [*args, *kwargs.values()]
     flat = [t for item in flat for t in (item if isinstance(item, (list, tuple)) else (item,))]
-    return [t for t in flat if isinstance(t, Tensor) and t.requires_grad]
+    return [t for t in flat if isinstance(t, Tensor) and t.requires_grad and (t.grad_fn is not None or t is x)]
 
 
 def _passed_on(func: Callable[..., Any], a: Tensor, args: Any, kwargs: dict[str, Any]) -> Tensor:
@@ -84,9 +94,9 @@ class FunctionWatch(TorchFunctionMode):
     """Outside the layers LRP knows: records the first call it has no rule for, or (``passing``)
     gives element-wise smooth functions the pass rule."""
 
-    def __init__(self, passing: bool) -> None:
+    def __init__(self, x: Tensor, passing: bool) -> None:
         super().__init__()
-        self.passing = passing
+        self.x, self.passing = x, passing
         self.modules: list[str] = []  # the modules whose forward is running, innermost last
         self.inside_known = 0  # how many layers LRP knows are running (their insides are theirs)
         self.first: tuple[str, str] | None = None
@@ -94,10 +104,10 @@ class FunctionWatch(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if self.inside_known == 0:
+        if self.inside_known == 0 and torch.is_grad_enabled():
             name = function_name(func)
             if name in ELEMENTWISE or name in REFUSED or name in PRODUCTS:
-                inputs = _inputs(args, kwargs)
+                inputs = _inputs(args, kwargs, self.x)
                 if name in ELEMENTWISE and len(inputs) == 1:
                     self.elementwise = True
                     if self.passing:
@@ -121,13 +131,14 @@ class FunctionWatch(TorchFunctionMode):
 
 
 @contextmanager
-def watch(model: nn.Module, names: dict[nn.Module, str], passing: bool = False) -> Iterator[FunctionWatch]:
-    """A :class:`FunctionWatch` over the forward passes of ``model`` run inside; hooks removed on exit.
+def watch(model: nn.Module, names: dict[nn.Module, str], x: Tensor, passing: bool = False) -> Iterator[FunctionWatch]:
+    """A :class:`FunctionWatch` over the forward passes of ``model`` on ``x`` (which requires grad) run
+    inside; hooks removed on exit.
 
     Enter it after any other forward hooks of the pass: its own run last, so that what those
     hooks compute still counts as inside their layer.
     """
-    mode = FunctionWatch(passing)
+    mode = FunctionWatch(x, passing)
     known = LINEAR_LAYERS + NORM_LAYERS + PASS_LAYERS
 
     def enter(module: nn.Module, inputs: Any) -> None:
@@ -142,6 +153,6 @@ def watch(model: nn.Module, names: dict[nn.Module, str], passing: bool = False) 
     with ExitStack() as stack:
         for module in model.modules():
             stack.callback(module.register_forward_pre_hook(enter, prepend=True).remove)
-            stack.callback(module.register_forward_hook(leave).remove)
+            stack.callback(module.register_forward_hook(leave, always_call=True).remove)
         with mode:
             yield mode

@@ -103,7 +103,8 @@ def check_supported(model: nn.Module) -> dict[nn.Module, str]:
 
 
 def find_batchnorm_pairs(model: nn.Module, x: Tensor, names: dict[nn.Module, str]) -> dict[nn.Module, nn.Module]:
-    """Linear layer -> the batch norm that takes its output directly (found on one forward pass)."""
+    """Linear layer -> the batch norm that takes its output directly (found on one forward pass of ``x``,
+    under the caller's grad mode)."""
     produced: dict[int, tuple[nn.Module, Tensor]] = {}
     pairs: dict[nn.Module, nn.Module] = {}
     unmerged: list[nn.Module] = []
@@ -125,8 +126,7 @@ def find_batchnorm_pairs(model: nn.Module, x: Tensor, names: dict[nn.Module, str
                 handles.append(m.register_forward_hook(on_linear))
             elif isinstance(m, NORM_LAYERS):
                 handles.append(m.register_forward_hook(on_norm))
-        with torch.enable_grad():  # the input requires grad: salmap.lrp.functions tells what depends on it
-            model(x.detach().requires_grad_())
+        model(x)
     finally:
         for h in handles:
             h.remove()

@@ -71,20 +71,26 @@ def _self_ratio(y: Tensor, eps: float) -> Tensor:
 
 
 def explained(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
-    """The module LRP explains for ``model``, and its input for ``x``.
+    """The module LRP explains for ``model``, and its input for ``x``, through wrappers in any order.
 
     A :class:`~salmap.models.Normalized` model: the wrapped network on the normalised batch (the
     normalisation is not a layer LRP has rules for). A model with a ``relevance_model()`` method:
-    the module it returns, whose relevance stands for its own (EOT's average of random passes:
-    the mean of the passes' logits, whose relevance is the mean of the passes' relevance).
+    the module it returns, whose relevance stands for its own; if that module has a
+    ``model_output()`` method, it gives the output of the model it stands for, from its last
+    forward pass (EOT: the mean of the passes' logits is explained, the mean of the passes'
+    relevance; its output stays the log of the mean softmax).
     """
     from salmap.models.normalized import Normalized
 
-    stand_in = getattr(model, "relevance_model", None)
-    if callable(stand_in):
-        model = stand_in()
-    if isinstance(model, Normalized):
-        return model.model, model.normalize(x)
+    for _ in range(8):  # (a stand-in that names another stand-in cannot loop for ever)
+        stand_in: Any = getattr(model, "relevance_model", None)
+        if callable(stand_in):
+            model = stand_in()
+        elif isinstance(model, Normalized):
+            x = model.normalize(x)
+            model = model.model
+        else:
+            break
     return model, x
 
 
@@ -111,8 +117,11 @@ def lrp_plan(model: nn.Module, x: Tensor) -> LRPPlan:
     """
     model, x = explained(model, x[:1].detach())
     names = check_supported(model)
-    with frozen(model), watch(model, names) as watched:
-        pairs = find_batchnorm_pairs(model, x[:1].detach(), names)
+    # the input requires grad, so that salmap.lrp.functions can tell what is computed from it
+    with torch.inference_mode(False), torch.enable_grad(), frozen(model):
+        x1 = x.clone().requires_grad_()
+        with watch(model, names, x1) as watched:
+            pairs = find_batchnorm_pairs(model, x1, names)
     watched.check()
     return LRPPlan(names, pairs, watched.elementwise)
 
@@ -197,7 +206,8 @@ def lrp_relevance(
 
     Returns
     -------
-    (out, relevance, grad): the detached model output (of the same forward pass), the
+    (out, relevance, grad): the detached model output (of the same forward pass; of the model a
+    stand-in stands for, see :func:`explained`), the
     input relevance (shaped like ``x``), and the modified gradient at ``x``
     (``relevance = x * grad`` except where the z^B rule adds the bounds' share); the sign
     of ``grad`` is the direction in which a feature's relevance grows.
@@ -218,11 +228,13 @@ def lrp_relevance(
     leaves: list[tuple[Tensor, Tensor]] = []
     with frozen(model), torch.enable_grad():
         with _lrp_hooks(model, composite, xg, plan, leaves), ExitStack() as stack:
-            watched = stack.enter_context(watch(model, plan.names, passing=True)) if plan.elementwise else None
+            watched = stack.enter_context(watch(model, plan.names, xg, passing=True)) if plan.elementwise else None
             out = forward(model, xg)
         if watched is not None:
             watched.check()
-        weights = cotangent(out.detach()).to(out.dtype)
+        own_output = getattr(model, "model_output", None)
+        real = own_output().detach() if callable(own_output) else out.detach()
+        weights = cotangent(real).to(out.dtype)
         wrt = [xg] + [leaf for leaf, _ in leaves]
         grads = torch.autograd.grad(out, wrt, grad_outputs=weights, allow_unused=True)
     grad = torch.zeros_like(xg) if grads[0] is None else grads[0].detach()
@@ -230,4 +242,4 @@ def lrp_relevance(
     for (leaf, _), g in zip(leaves, grads[1:], strict=True):
         if g is not None:
             relevance = relevance + leaf.detach() * g
-    return out.detach(), relevance, grad
+    return real, relevance, grad
