@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ def fit(
 
     Shuffling and initial randomness come from ``seed`` so that a run is reproducible.
     ``cosine`` decays the learning rate to zero over the run. The model is left in eval mode.
+    A loss that is not finite (a learning rate far too high) stops the run with a ``ValueError``
+    naming the epoch and batch, before the step that would make every weight ``nan``.
     """
     check_number("epochs", epochs, low=1, integer=True)
     check_number("batch_size", batch_size, low=1, integer=True)
@@ -70,7 +73,7 @@ def fit(
     start = time.perf_counter()
     bar = progress_bar(total=epochs * steps, desc=desc, enabled=progress, unit="batch")
     try:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             model.train()
             order = torch.randperm(n, generator=gen)
             total = 0.0
@@ -81,14 +84,19 @@ def fit(
                     xb, yb = batch_hook(model, xb, yb)
                     model.train()
                 loss = loss_fn(model(xb), yb)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # (the step it would take makes every weight nan)
+                    raise ValueError(
+                        f"{desc}: the loss became {value} at epoch {epoch + 1}, batch {i // batch_size + 1} of {steps}; "
+                        f"lower the learning rate (lr={lr:g}) or look for non-finite values in the data")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if schedule is not None:
                     schedule.step()
-                total += float(loss.detach()) * idx.numel()
+                total += value * idx.numel()
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{value:.3f}")
             report.train_loss.append(total / n)
     finally:
         bar.close()

@@ -61,3 +61,14 @@ def test_train_refuses_a_model_the_task_cannot_train_and_an_lr_float32_cannot_ho
     err = capsys.readouterr().err
     assert err == f"salmap train: error: {message}\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_learning_rate_that_makes_the_loss_nan_stops_training_in_one_line(tmp_path, capsys):
+    """``--lr 1e30`` trained to nan weights and wrote them as a checkpoint; now the first non-finite loss
+    stops the run, named with its epoch and batch, before the step, and no folder is left."""
+    assert main(["train", "--data", "digits", "--image-size", "16", "--lr", "1e30", "--epochs", "2",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("salmap train: error: train: the loss became nan at epoch 1, batch ")
+    assert "lower the learning rate (lr=1e+30)" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
