@@ -177,3 +177,24 @@ def test_model_arguments_for_a_file_that_fixes_the_architecture_are_refused(tmp_
     assert "not to checkpoint folder" in capsys.readouterr().err and not (tmp_path / "o").exists()
     torch.save(models.build("lenet").state_dict(), tmp_path / "sd.pt")
     assert models.load(tmp_path / "sd.pt", arch="lenet", num_classes=10) is not None  # a state dict takes them
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_weights_and_unit_tensors_get_the_umask_s_permissions(tmp_path, umask):
+    """safetensors' save_file wrote every weights file 0600, whatever the umask: a checkpoint saved for a
+    team could not be read by it. Now files are created as any other (0644 under umask 022)."""
+    import os
+    import stat
+
+    from salmap.evaluation.files import load_tensors, save_tensors
+
+    old = os.umask(umask)
+    try:
+        folder = models.save(models.build("lenet"), tmp_path / "m")
+        save_tensors(tmp_path / "t.safetensors", {"a": torch.arange(3.0)})
+    finally:
+        os.umask(old)
+    for path in (folder / "weights.safetensors", folder / "model.json", tmp_path / "t.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert torch.equal(load_tensors(tmp_path / "t.safetensors")["a"], torch.arange(3.0))
+    assert type(models.load(folder)).__name__ == "LeNet"

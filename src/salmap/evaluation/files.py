@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 #: version of every JSON document salmap writes (see docs/schema.md); 2: metrics name what they average
@@ -72,14 +73,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    """Write safetensors atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write safetensors atomically, with the permissions of the user's umask (``save_file`` gives 0600)."""
+    atomic_write(path, safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def load_tensors(path: Path, what: str = "tensor file") -> dict[str, Tensor]:

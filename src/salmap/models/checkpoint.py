@@ -1,10 +1,10 @@
 """Saving and loading models: checkpoint folders, TorchScript, torch.export, factories.
 
 A checkpoint folder holds ``weights.safetensors`` and ``model.json`` (architecture name and arguments, input
-shape, bounds, normalisation, class names, metrics at save time). Model files are untrusted: nothing pickled is
-loaded without ``weights_only=True``; a ``torch.export`` archive (which torch can only load by unpickling) needs
-``trust=True``; a ``module:factory`` source needs ``allow_code=True``; the architecture a ``model.json``
-declares is checked against the weights file before any memory is allocated for it.
+shape, bounds, normalisation, class names, metrics at save time). Model files are untrusted: nothing pickled
+is loaded without ``weights_only=True``; a ``torch.export`` archive (which torch can only load by unpickling)
+needs ``trust=True``; a ``module:factory`` source ``allow_code=True``; what a ``model.json`` declares is
+checked against the weights file before any memory is allocated for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from salmap._repr import short
@@ -38,10 +39,9 @@ FORMAT_VERSION = 1
 def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Save ``model`` as a checkpoint folder (``weights.safetensors`` + ``model.json``).
 
-    The architecture comes from ``meta["arch"]`` (``{"name": ..., "kwargs": {...}}``) or
-    from the model if :func:`salmap.models.build` made it. Other keys of ``meta``
-    (``input_shape``, ``bounds``, ``normalization``, ``class_names``, ``metrics``, ...)
-    are stored as given. Returns the folder.
+    The architecture comes from ``meta["arch"]`` (``{"name": ..., "kwargs": {...}}``) or from the model if
+    :func:`salmap.models.build` made it. Other keys of ``meta`` (``input_shape``, ``bounds``, ``normalization``,
+    ``class_names``, ``metrics``, ...) are stored as given. Returns the folder. Files get the umask's permissions.
     """
     meta = dict(meta or {})
     if isinstance(model, Normalized):
@@ -60,7 +60,7 @@ def save(model: nn.Module, folder: str | Path, meta: dict[str, Any] | None = Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS))
+    (folder / WEIGHTS).write_bytes(safetensors_bytes(state))  # (save_file would make it owner-only)
     (folder / META).write_text(json.dumps(meta, indent=2, default=_jsonable))
     return folder
 
