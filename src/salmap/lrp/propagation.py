@@ -36,16 +36,12 @@ def _stabilise(z: Tensor, eps: float) -> Tensor:
 
 
 class _ScaleGrad(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the incoming gradient by ``factor`` in the backward pass.
-
-    The output is a copy, not a view: a model may change it in place (``nn.ReLU(inplace=True)``
-    right after a convolution), which autograd forbids on a custom function's view.
-    """
+    """Identity in the forward pass; multiplies the incoming gradient by ``factor`` in the backward pass."""
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, factor: Tensor) -> Tensor:
         ctx.save_for_backward(factor)
-        return z.clone()
+        return z.view_as(z)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
@@ -141,7 +137,7 @@ def _lrp_hooks(
     """
     names, pairs = plan.names, plan.pairs
 
-    def hook(module: Any, inputs: tuple[Any, ...], z: Tensor) -> Tensor:
+    def hook(module: Any, inputs: tuple[Any, ...], z: Tensor) -> Tensor | None:
         a = inputs[0]
         is_input = a is x
         name = names.get(module, "?")
@@ -165,8 +161,13 @@ def _lrp_hooks(
         if isinstance(rule, Epsilon) and type(rule).terms is Epsilon.terms:
             # z_k is the (merged) layer itself: scale the gradient, no second forward pass. The
             # gradient then runs through the unmerged layer, and the BN's own factor s turns W into
-            # the merged s W on the way, so no division by s here.
-            return _ScaleGrad.apply(z, _self_ratio(y, rule.eps))
+            # the merged s W on the way, so no division by s here. A hook on z itself, not a new
+            # tensor: the model may change z in place (nn.ReLU(inplace=True) after a convolution),
+            # which autograd forbids on a custom function's view, and the hook still gets z's gradient.
+            if z.requires_grad:
+                factor = _self_ratio(y, rule.eps)
+                z.register_hook(lambda g: g * factor)
+            return None
         ctx = RuleContext(name, is_input)
         out = zd
         for zk, coef, eps in rule.terms(layer_fn(module), a, weight, bias, ctx):
