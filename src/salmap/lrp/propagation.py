@@ -131,7 +131,7 @@ def _lrp_hooks(
     Each hook returns the layer's own output ``z`` unchanged in value. The epsilon rule
     needs no extra computation: its redistribution ``J^T (g * y / stabilise(y))`` is the
     layer's ordinary gradient applied to ``g`` scaled element-wise, so the hook only
-    attaches that scale to ``z`` (:class:`_ScaleGrad`); the whole pass then costs one
+    attaches that scale to ``z`` (a tensor hook); the whole pass then costs one
     forward and one backward. Rules that weigh contributions differently (z+, alpha-beta,
     z^B) need the layer's modified forward passes ``z_k`` and route the gradient through them.
     """
