@@ -238,6 +238,18 @@ class Entry:
         values = {**self.defaults(), **(params or {})}
         return all(values.get(k) == v for k, v in self.needs_module.items())
 
+    def check_module(self, module: Any, params: Mapping[str, Any] | None = None, sample: Any = None) -> None:
+        """``ValueError`` when these parameters need a module and ``module`` is one this entry refuses: the
+        decorator's ``model_check(module)``, then ``input_check(module, x)`` on the first of ``sample``'s
+        rows (moved to the module's device) when a sample is given."""
+        if not self.requires_module(params):
+            return
+        if (model_check := self.extra.get("model_check")) is not None:
+            model_check(module)
+        if sample is not None and (input_check := self.extra.get("input_check")) is not None:
+            device = next((p.device for p in module.parameters()), sample.device)
+            input_check(module, sample[:1].to(device))
+
     def budget(self, params: Mapping[str, Any] | None = None) -> dict[str, float]:
         """The perturbation budget these parameters set, by metric (``{"linf": 0.3}``), from the
         decorator's ``budget={"linf": "eps"}``; empty when the attack declares none."""

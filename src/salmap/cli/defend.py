@@ -209,8 +209,7 @@ def defend(args: argparse.Namespace, kind: str, settings: dict[str, Any], train:
     another run is refused unless ``--overwrite``.
     """
     model, meta, train_set, test, script = _load(args, kind)
-    specs = fit_attacks(attack_specs(args.attacks, args.pgd_steps), model, bool(args.attacks),
-                        test.x[:1].to(next(iter(model.parameters()), torch.empty(0)).device))
+    specs = fit_attacks(attack_specs(args.attacks, args.pgd_steps), model, bool(args.attacks), test.x[:1])
     description = {"defense": kind, "settings": settings, "data": args.data,
                    **({"image_size": args.image_size} if args.image_size else {}), "epochs": args.epochs,
                    "batch_size": args.batch_size, "lr": args.lr, "eot_samples": args.eot_samples,

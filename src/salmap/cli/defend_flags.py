@@ -152,17 +152,11 @@ def fit_attacks(specs: list[AttackSpec], model: nn.Module, given: bool, x: Tenso
     fitted = []
     for spec in specs:
         entry = registry.get_attack(spec.attack)
-        checks = [entry.extra.get("model_check")]
-        if x is not None and (input_check := entry.extra.get("input_check")) is not None:
-            checks.append(lambda module, check=input_check: check(module, x))
         problem = None
-        if entry.requires_module(dict(spec.params)):
-            try:
-                for check in checks:
-                    if check is not None:
-                        check(model)
-            except ValueError as err:
-                problem = str(err).split(";")[0]
+        try:
+            entry.check_module(model, dict(spec.params), x)
+        except ValueError as err:
+            problem = str(err).split(";")[0]
         if problem is None:
             fitted.append(spec)
         elif given:

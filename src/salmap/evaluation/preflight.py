@@ -6,8 +6,6 @@ identifying the run: :mod:`salmap.evaluation.identity`)."""
 
 from __future__ import annotations
 
-import torch
-
 from salmap import registry
 from salmap.evaluation.execute import build
 from salmap.evaluation.plan import Plan, plan
@@ -38,12 +36,7 @@ def check_builds(the_plan: Plan) -> None:
                     cfg.explanations[unit.attack].params
             else:
                 entry, params = registry.get_attack(cfg.attacks[unit.attack].attack), cfg.attacks[unit.attack].params
-            if entry.requires_module(params):
-                if model_check := entry.extra.get("model_check"):
-                    model_check(loaded.module)  # e.g. ISI's relevance needs LRP's layers
-                if input_check := entry.extra.get("input_check"):
-                    device = next(iter(loaded.module.parameters()), torch.empty(0)).device
-                    input_check(loaded.module, the_plan.dataset.x[:1].to(device))  # e.g. LRP's one-sample pass
+            entry.check_module(loaded.module, params, the_plan.dataset.x[:1])  # e.g. ISI's relevance: LRP's
 
 
 __all__ = ["check_builds", "opened_plan"]

@@ -226,11 +226,8 @@ def module_problem(entry: registry.Entry, params: dict[str, Any], model: Any) ->
     """Why ``entry`` with ``params`` cannot run on ``model`` by its own ``model_check`` (salmap's code:
     ISI's relevance needs LRP's layers, which TorchScript lacks), without the library's advice, and
     the parameter values with which it needs no module (``{"indicator": "sensitivity"}``); or None."""
-    check = entry.extra.get("model_check")
-    if check is None or not entry.requires_module(params):
-        return None
     try:
-        check(model)
+        entry.check_module(model, params)
     except ValueError as err:
         needs = entry.needs_module if isinstance(entry.needs_module, dict) else {}
         instead = {k: next((c for c in entry.param_map[k].choices or () if c != v), None) for k, v in needs.items()}
